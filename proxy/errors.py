@@ -1,0 +1,54 @@
+"""Errors the proxy raises on purpose, each carrying the SQLSTATE a client will see.
+
+PgwardenError
+├── ProtocolViolation       08P01 (defined in proxy.pgwire.errors, re-exported here)
+├── AuthenticationFailed    28000 / 28P01
+├── UnknownService          3D000
+├── AccessDenied            42501; names the policy rule that decided
+├── UpstreamUnavailable     08006
+└── SnapshotRejected        the admin API refused a snapshot; nothing changed
+"""
+
+from __future__ import annotations
+
+from proxy.pgwire.errors import PgwardenError, ProtocolViolation
+
+__all__ = [
+    "AccessDenied",
+    "AuthenticationFailed",
+    "PgwardenError",
+    "ProtocolViolation",
+    "SnapshotRejected",
+    "UnknownService",
+    "UpstreamUnavailable",
+]
+
+
+class AuthenticationFailed(PgwardenError):
+    """The client's credential was missing, wrong, expired or not allowed here."""
+
+    sqlstate = "28000"
+
+
+class UnknownService(PgwardenError):
+    """The client asked for a service the live snapshot does not have."""
+
+    sqlstate = "3D000"
+
+
+class AccessDenied(PgwardenError):
+    """A rule or policy refused the request."""
+
+    sqlstate = "42501"
+
+
+class UpstreamUnavailable(PgwardenError):
+    """The real database could not be reached or refused our login."""
+
+    sqlstate = "08006"
+
+
+class SnapshotRejected(PgwardenError):
+    """A snapshot could not be applied; the previous one stays live."""
+
+    sqlstate = "XX000"

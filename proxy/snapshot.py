@@ -1,0 +1,324 @@
+"""The routing snapshot: frozen values the reconciler builds and the proxy serves from.
+
+A Snapshot holds plain data only (CEL as source text); `proxy.routing` compiles it once when it
+is applied. `to_wire`/`from_wire` carry it over the admin API; secrets travel only when asked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import IntEnum, StrEnum
+from typing import Any
+from urllib.parse import urlsplit
+
+
+class SSLMode(IntEnum):
+    """Upstream TLS, ordered by strength (libpq's sslmode, as asyncpg's connect_utils orders it)."""
+
+    DISABLE = 0
+    PREFER = 1
+    REQUIRE = 2
+    VERIFY_CA = 3
+    VERIFY_FULL = 4
+
+
+class AuthorizationMode(StrEnum):
+    """When Policies are consulted: only at connect (NONE) or for every request (ALL)."""
+
+    NONE = "NONE"
+    ALL = "ALL"
+
+
+class UserType(StrEnum):
+    HUMAN = "HUMAN"
+    WORKLOAD = "WORKLOAD"
+
+
+class SecretValue:
+    """A secret string whose repr and str never show it. Read it with `reveal()`."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def fingerprint(self, key: bytes) -> str:
+        """A keyed, truncated digest: equal values give equal fingerprints under one key."""
+        digest = hmac.new(key, self._value.encode("utf-8"), hashlib.sha256).hexdigest()
+        return f"hmac-sha256:{digest[:16]}"
+
+    def __repr__(self) -> str:
+        return "SecretValue('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SecretValue):
+            return NotImplemented
+        return hmac.compare_digest(self._value.encode(), other._value.encode())
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Secret:
+    name: str
+    value: SecretValue
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Condition:
+    """One node of Octelium's condition tree: match | matchAny | not | all | any | none."""
+
+    match: str | None = None
+    match_any: bool = False
+    not_: str | None = None
+    all_of: tuple[Condition, ...] | None = None
+    any_of: tuple[Condition, ...] | None = None
+    none_of: tuple[Condition, ...] | None = None
+
+    def expressions(self) -> list[str]:
+        """Every CEL expression in this tree, for compiling and validating."""
+        found = [e for e in (self.match, self.not_) if e is not None]
+        for children in (self.all_of, self.any_of, self.none_of):
+            for child in children or ():
+                found.extend(child.expressions())
+        return found
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Upstream:
+    url: str
+    host: str
+    port: int
+
+    @classmethod
+    def from_url(cls, url: str) -> Upstream:
+        """Parse `postgres://host[:port]`; the port defaults to 5432."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("postgres", "postgresql") or not parts.hostname:
+            raise ValueError(f"upstream url must look like postgres://host:port, got {url!r}")
+        return cls(url=url, host=parts.hostname, port=parts.port or 5432)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PostgresSettings:
+    """How the proxy logs in upstream. Empty user/database forward what the client asked for."""
+
+    user: str = ""
+    database: str = ""
+    password_secret: str | None = None
+    ssl_mode: SSLMode = SSLMode.PREFER
+    ca_secret: str | None = None
+    ca_file: str | None = None
+    authorization_mode: AuthorizationMode = AuthorizationMode.NONE
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServiceConfig:
+    """One named upstream configuration, with its `parent` chain already merged in."""
+
+    name: str
+    upstream: Upstream
+    postgres: PostgresSettings
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoutingRule:
+    condition: Condition
+    config_name: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Service:
+    name: str
+    port: int = 5432
+    is_disabled: bool = False
+    configs: Mapping[str, ServiceConfig] = field(default_factory=dict)
+    rules: tuple[RoutingRule, ...] = ()
+    default_config: str | None = None
+    manifest: Mapping[str, Any] = field(default_factory=dict)  # metadata + spec, as CEL sees ctx.service
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class User:
+    name: str
+    type: UserType = UserType.HUMAN
+    groups: tuple[str, ...] = ()
+    email: str = ""
+    is_disabled: bool = False
+    manifest: Mapping[str, Any] = field(default_factory=dict)  # metadata + spec, as CEL sees ctx.user
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Group:
+    name: str
+    manifest: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Snapshot:
+    """Everything the proxy needs to route and authorize. Swapped whole, never edited."""
+
+    revision: str = ""
+    source: str = ""
+    services: Mapping[str, Service] = field(default_factory=dict)
+    users: Mapping[str, User] = field(default_factory=dict)
+    groups: Mapping[str, Group] = field(default_factory=dict)
+    secrets: Mapping[str, Secret] = field(default_factory=dict)
+
+
+# --- wire form (admin API) -------------------------------------------------------------------
+
+
+def condition_to_wire(c: Condition) -> dict[str, Any]:
+    if c.match is not None:
+        return {"match": c.match}
+    if c.match_any:
+        return {"matchAny": True}
+    if c.not_ is not None:
+        return {"not": c.not_}
+    for key, children in (("all", c.all_of), ("any", c.any_of), ("none", c.none_of)):
+        if children is not None:
+            return {key: {"of": [condition_to_wire(child) for child in children]}}
+    return {}
+
+
+def condition_from_wire(d: Mapping[str, Any]) -> Condition:
+    def children(key: str) -> tuple[Condition, ...] | None:
+        if key not in d:
+            return None
+        return tuple(condition_from_wire(x) for x in d[key].get("of", []))
+
+    return Condition(
+        match=d.get("match"),
+        match_any=bool(d.get("matchAny", False)),
+        not_=d.get("not"),
+        all_of=children("all"),
+        any_of=children("any"),
+        none_of=children("none"),
+    )
+
+
+def _config_to_wire(c: ServiceConfig) -> dict[str, Any]:
+    p = c.postgres
+    return {
+        "name": c.name,
+        "upstream": {"url": c.upstream.url},
+        "postgres": {
+            "user": p.user,
+            "database": p.database,
+            "passwordSecret": p.password_secret,
+            "sslMode": p.ssl_mode.name,
+            "caSecret": p.ca_secret,
+            "caFile": p.ca_file,
+            "authorizationMode": p.authorization_mode.value,
+        },
+    }
+
+
+def _config_from_wire(d: Mapping[str, Any]) -> ServiceConfig:
+    p = d["postgres"]
+    return ServiceConfig(
+        name=d["name"],
+        upstream=Upstream.from_url(d["upstream"]["url"]),
+        postgres=PostgresSettings(
+            user=p.get("user", ""),
+            database=p.get("database", ""),
+            password_secret=p.get("passwordSecret"),
+            ssl_mode=SSLMode[p.get("sslMode", "PREFER")],
+            ca_secret=p.get("caSecret"),
+            ca_file=p.get("caFile"),
+            authorization_mode=AuthorizationMode(p.get("authorizationMode", "NONE")),
+        ),
+    )
+
+
+def to_wire(snapshot: Snapshot, *, fingerprint_key: bytes, include_secrets: bool = False) -> dict[str, Any]:
+    """Render for JSON. Secrets appear as fingerprints unless `include_secrets` (PUT bodies only)."""
+    secrets: dict[str, Any] = {}
+    for name, s in snapshot.secrets.items():
+        entry: dict[str, Any] = {"fingerprint": s.value.fingerprint(fingerprint_key)}
+        if include_secrets:
+            entry["value"] = s.value.reveal()
+        secrets[name] = entry
+    return {
+        "revision": snapshot.revision,
+        "source": snapshot.source,
+        "services": {
+            name: {
+                "port": s.port,
+                "isDisabled": s.is_disabled,
+                "defaultConfig": s.default_config,
+                "configs": [_config_to_wire(c) for c in s.configs.values()],
+                "rules": [
+                    {"condition": condition_to_wire(r.condition), "configName": r.config_name} for r in s.rules
+                ],
+                "manifest": dict(s.manifest),
+            }
+            for name, s in snapshot.services.items()
+        },
+        "users": {
+            name: {
+                "type": u.type.value,
+                "groups": list(u.groups),
+                "email": u.email,
+                "isDisabled": u.is_disabled,
+                "manifest": dict(u.manifest),
+            }
+            for name, u in snapshot.users.items()
+        },
+        "groups": {name: {"manifest": dict(g.manifest)} for name, g in snapshot.groups.items()},
+        "secrets": secrets,
+    }
+
+
+def from_wire(d: Mapping[str, Any]) -> Snapshot:
+    """Rebuild a Snapshot from `to_wire(..., include_secrets=True)` output.
+
+    Raises KeyError/ValueError/TypeError on malformed input; the admin API turns those into 400s.
+    """
+    secrets = {}
+    for name, s in d.get("secrets", {}).items():
+        if "value" not in s:
+            raise ValueError(f"secrets.{name}: a snapshot to apply must carry secret values")
+        secrets[name] = Secret(name=name, value=SecretValue(str(s["value"])))
+    return Snapshot(
+        revision=str(d.get("revision", "")),
+        source=str(d.get("source", "")),
+        services={
+            name: Service(
+                name=name,
+                port=int(s.get("port", 5432)),
+                is_disabled=bool(s.get("isDisabled", False)),
+                default_config=s.get("defaultConfig"),
+                configs={c["name"]: _config_from_wire(c) for c in s.get("configs", [])},
+                rules=tuple(
+                    RoutingRule(condition=condition_from_wire(r["condition"]), config_name=r["configName"])
+                    for r in s.get("rules", [])
+                ),
+                manifest=s.get("manifest", {}),
+            )
+            for name, s in d.get("services", {}).items()
+        },
+        users={
+            name: User(
+                name=name,
+                type=UserType(u.get("type", "HUMAN")),
+                groups=tuple(u.get("groups", ())),
+                email=u.get("email", ""),
+                is_disabled=bool(u.get("isDisabled", False)),
+                manifest=u.get("manifest", {}),
+            )
+            for name, u in d.get("users", {}).items()
+        },
+        groups={name: Group(name=name, manifest=g.get("manifest", {})) for name, g in d.get("groups", {}).items()},
+        secrets=secrets,
+    )
