@@ -1,0 +1,57 @@
+"""The `pgwarden` command: parse arguments, call one room, print the result."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+DESCRIPTION = """\
+pgwarden: zero-trust, secretless access to PostgreSQL, configured by GitOps.
+
+Clients connect with plain psql/drivers; pgwarden knows who they are from an access token
+(presented as the password over TLS), picks an upstream login by rules on their identity,
+and logs in to the real database with a password the user never sees.
+"""
+
+EPILOG = """\
+quick start:
+  pgwarden proxy --manifests examples-repo/ &
+  export PGPASSWORD=$(pgwarden token issue --user alice)
+  psql "host=127.0.0.1 port=6543 dbname=my-db sslmode=require user=alice"
+
+exit codes: 0 ok, 1 findings (invalid manifests, a diff, not ready), 2 could not run.
+Run `pgwarden COMMAND --help` for each command's options and an example.
+"""
+
+# Each module adds its own subcommand with register(subparsers).
+COMMAND_MODULES = ("proxy", "token", "sops", "secret")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pgwarden", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details to stderr")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"pgwarden.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"pgwarden.commands.{name}":
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="pgwarden: %(levelname)s: %(message)s", stream=sys.stderr)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""`pgwarden proxy`: serve PostgreSQL clients from the manifests in a directory."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from reconciler.manifests import load_snapshot
+
+from pgwarden.datadir import default_data_dir
+from pgwarden.output import error
+from pgwarden.runtime import ProxyOptions, run, serve_until_signal, start_proxy
+from reconciler.errors import ConfigError, ManifestErrors
+
+log = logging.getLogger("pgwarden")
+
+EPILOG = """\
+example:
+  pgwarden proxy --manifests examples-repo/ --listen 127.0.0.1:6543
+  export PGPASSWORD=$(pgwarden token issue --user alice)
+  psql "host=127.0.0.1 port=6543 dbname=my-db sslmode=require user=alice"
+
+Choosing a service: the TLS SNI host name's first label (e.g. host=my-db.localhost), else the
+database name: dbname=my-db, or dbname=my-db/other_db to also ask for a database.
+Send SIGHUP to re-read the manifests; a bad edit is reported and the running state is kept.
+"""
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid address {text!r}: use HOST:PORT, e.g. 127.0.0.1:6543")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def add_proxy_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--listen", type=parse_listen, default=("127.0.0.1", 6543), metavar="HOST:PORT",
+                   help="where PostgreSQL clients connect (default 127.0.0.1:6543; port 0 picks a free one)")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="keys, certificates and the admin socket (default $PGWARDEN_DATA_DIR or the "
+                        "per-user data directory)")
+    p.add_argument("--admin-socket", type=Path, default=None, help="admin API socket (default DATA_DIR/admin.sock)")
+    p.add_argument("--access-log", default="-", metavar="PATH|-",
+                   help="JSON-lines access log file, or - for stdout (default)")
+    p.add_argument("--tls-cert", type=Path, help="server certificate (PEM); default: a local CA and certificate "
+                                                 "generated in the data directory")
+    p.add_argument("--tls-key", type=Path, help="private key for --tls-cert")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "proxy", help="run the proxy on a directory of manifests",
+        description="Run the PostgreSQL proxy, routing from the Service/User/Group/Secret manifests in DIR.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--manifests", type=Path, required=True, metavar="DIR",
+                   help="directory of YAML/JSON manifests (plain-text Secrets allowed for local use)")
+    add_proxy_options(p)
+    p.set_defaults(func=run_proxy)
+
+
+def options_from(args: argparse.Namespace) -> ProxyOptions:
+    host, port = args.listen
+    access_log = None if args.access_log in ("", "none") else args.access_log
+    return ProxyOptions(listen_host=host, listen_port=port, data_dir=args.data_dir or default_data_dir(),
+                        admin_socket=args.admin_socket, access_log=access_log,
+                        tls_cert=args.tls_cert, tls_key=args.tls_key)
+
+
+def run_proxy(args: argparse.Namespace) -> int:
+    if (args.tls_cert is None) != (args.tls_key is None):
+        error("--tls-cert and --tls-key go together")
+        return 2
+    try:
+        snapshot = load_snapshot(args.manifests)
+    except (ManifestErrors, ConfigError) as exc:
+        error(f"the manifests in {args.manifests} are not valid:\n{exc}")
+        return 1
+    except FileNotFoundError as exc:
+        error(f"no such directory: {exc.filename or args.manifests}")
+        return 2
+
+    async def main() -> None:
+        running = await start_proxy(options_from(args), snapshot)
+        print(running.ready_line(), file=sys.stderr if args.access_log == "-" else sys.stdout, flush=True)
+
+        def reload() -> None:
+            try:
+                generation = running.server.apply(load_snapshot(args.manifests))
+                log.warning("reloaded %s: generation %d", args.manifests, generation)
+            except Exception as exc:  # noqa: BLE001 - report, keep serving the last good state
+                log.error("reload of %s failed, keeping generation %d:\n%s",
+                          args.manifests, running.server.live.generation, exc)
+
+        await serve_until_signal(running, on_reload=lambda: asyncio.get_running_loop().call_soon(reload))
+
+    try:
+        run(main)
+    except OSError as exc:
+        error(f"cannot listen on {args.listen[0]}:{args.listen[1]}: {exc.strerror or exc}",
+              hint="pick another address with --listen HOST:PORT")
+        return 2
+    return 0

@@ -1,0 +1,103 @@
+"""Assemble a running proxy from options: data directory, TLS, tokens, access log, admin API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from pgwarden.datadir import ADMIN_SOCKET, fingerprint_key, prepare
+from proxy.admin import start_admin
+from proxy.audit.accesslog import AccessLog, AccessLogWriter
+from proxy.identity.tokens import TokenAuthority
+from proxy.server import ProxyServer
+from proxy.snapshot import Snapshot
+from proxy.tls import ServerCertificate, ensure_local_certificate, server_context
+
+log = logging.getLogger("pgwarden")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProxyOptions:
+    listen_host: str
+    listen_port: int
+    data_dir: Path
+    admin_socket: Path | None = None
+    access_log: str | None = "-"
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+
+@dataclass(slots=True, kw_only=True)
+class RunningProxy:
+    server: ProxyServer
+    admin: web.AppRunner
+    host: str
+    port: int
+    admin_socket: Path
+    ca_path: Path | None
+
+    def ready_line(self) -> str:
+        ca = f", CA certificate {self.ca_path}" if self.ca_path else ""
+        return (f"pgwarden proxy ready: listening on {self.host}:{self.port}, "
+                f"admin socket {self.admin_socket}{ca}, generation {self.server.live.generation}")
+
+    async def close(self) -> None:
+        await self.server.close()
+        await self.admin.cleanup()
+        self.server.access_log.writer.close()
+
+
+async def start_proxy(options: ProxyOptions, snapshot: Snapshot) -> RunningProxy:
+    data_dir = prepare(options.data_dir)
+    if options.tls_cert and options.tls_key:
+        cert = ServerCertificate(cert_path=options.tls_cert, key_path=options.tls_key, ca_path=None)
+    else:
+        cert = ensure_local_certificate(data_dir)
+    writer = AccessLogWriter(options.access_log)
+    server = ProxyServer(
+        tls_context=server_context(cert),
+        tokens=TokenAuthority.load_or_create(data_dir),
+        access_log=AccessLog(writer),
+        fingerprint_key=fingerprint_key(data_dir),
+        snapshot=snapshot,
+    )
+    host, port = await server.start(options.listen_host, options.listen_port)
+    socket_path = options.admin_socket or data_dir / ADMIN_SOCKET
+    admin = await start_admin(server, socket_path)
+    return RunningProxy(server=server, admin=admin, host=host, port=port, admin_socket=socket_path,
+                        ca_path=cert.ca_path)
+
+
+async def serve_until_signal(running: RunningProxy, *, on_reload: Callable[[], None] | None = None) -> None:
+    """Run until SIGINT/SIGTERM; SIGHUP calls `on_reload` (re-read the manifests)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if on_reload is not None:
+        loop.add_signal_handler(signal.SIGHUP, on_reload)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
+        await running.close()
+
+
+def run(main: Callable[[], object]) -> None:
+    """Run a coroutine function on uvloop when it is installed."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        asyncio.run(main())  # type: ignore[arg-type]
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())  # type: ignore[arg-type]

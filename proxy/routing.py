@@ -1,0 +1,147 @@
+"""The live routing table: a Snapshot with its CEL compiled, and the connect-time decision.
+
+`LiveSnapshot.route()` picks the Service config for an identity: rules in order, first match
+wins, else the default config, else refusal. Compilation happens once per applied snapshot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from proxy.errors import AccessDenied, AuthenticationFailed, UnknownService
+from proxy.policy.cel import CompiledCondition, ConditionError, compile_condition, to_cel
+from proxy.snapshot import Service, ServiceConfig, Snapshot, User
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConnectRequest:
+    """What the client asked for in its StartupMessage (before any override)."""
+
+    user: str
+    database: str
+    application_name: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Route:
+    """The decision: which config serves this session, and why."""
+
+    service: Service
+    config: ServiceConfig
+    reason: str  # e.g. "rule 1 (configName full-access)" or "default config"
+    upstream_user: str
+    upstream_database: str
+
+    @property
+    def target(self) -> tuple[str, str, str, str]:
+        """What a session is bound to; a reload that changes it ends the session."""
+        return (self.config.name, self.config.upstream.url, self.upstream_user, self.upstream_database)
+
+
+@dataclass(frozen=True, slots=True)
+class _CompiledRule:
+    index: int
+    condition: CompiledCondition
+    config_name: str
+
+
+class LiveSnapshot:
+    """An applied Snapshot: immutable, compiled, and numbered by generation."""
+
+    def __init__(self, snapshot: Snapshot, generation: int) -> None:
+        self.snapshot = snapshot
+        self.generation = generation
+        self._rules: dict[str, tuple[_CompiledRule, ...]] = {
+            name: tuple(
+                _CompiledRule(i + 1, compile_condition(rule.condition), rule.config_name)
+                for i, rule in enumerate(service.rules)
+            )
+            for name, service in snapshot.services.items()
+        }
+
+    def user(self, name: str) -> User:
+        """The enabled User with this name, or AuthenticationFailed."""
+        user = self.snapshot.users.get(name)
+        if user is None:
+            raise AuthenticationFailed(f'user "{name}" does not exist', hint="ask an administrator to add you")
+        if user.is_disabled:
+            raise AuthenticationFailed(f'user "{name}" is disabled')
+        return user
+
+    def service(self, name: str) -> Service:
+        service = self.snapshot.services.get(name)
+        if service is None:
+            known = ", ".join(sorted(self.snapshot.services)) or "none"
+            raise UnknownService(
+                f'service "{name}" does not exist',
+                hint=f"name a service as the database (dbname=SERVICE or SERVICE/DATABASE); known: {known}",
+            )
+        if service.is_disabled:
+            raise UnknownService(f'service "{name}" is disabled')
+        return service
+
+    def activation(self, user: User, service: Service, request: ConnectRequest) -> dict[str, Any]:
+        """The CEL `ctx` for a connect decision, shaped like Octelium's (camelCase, no empties)."""
+        groups = [
+            {"metadata": {"name": g}, **dict(self.snapshot.groups[g].manifest)}
+            for g in user.groups
+            if g in self.snapshot.groups
+        ]
+        connect = {"user": request.user, "database": request.database}
+        if request.application_name:
+            connect["applicationName"] = request.application_name
+        ctx = {
+            "user": _with_name(user.manifest, user.name),
+            "groups": groups,
+            "service": _with_name(service.manifest, service.name),
+            "request": {"postgres": {"connect": connect}},
+        }
+        return {"ctx": to_cel(ctx)}
+
+    def route(self, user_name: str, service_name: str, request: ConnectRequest) -> Route:
+        """Decide the config for a new session. Raises AuthenticationFailed/UnknownService/AccessDenied."""
+        user = self.user(user_name)
+        service = self.service(service_name)
+        rules = self._rules.get(service.name, ())
+        chosen: str | None = None
+        reason = "default config"
+        if rules:
+            activation = self.activation(user, service, request)
+            for rule in rules:
+                try:
+                    matched = rule.condition.evaluate(activation)
+                except ConditionError as exc:
+                    # Fail closed: a rule we cannot evaluate must not silently fall through.
+                    raise AccessDenied(
+                        f'access to service "{service.name}" denied: routing rule {rule.index} failed to evaluate',
+                        detail=str(exc),
+                    ) from exc
+                if matched:
+                    chosen, reason = rule.config_name, f"rule {rule.index} (configName {rule.config_name})"
+                    break
+        if chosen is None:
+            chosen = service.default_config
+        if chosen is None or chosen not in service.configs:
+            raise AccessDenied(
+                f'access to service "{service.name}" denied: no routing rule matched user "{user.name}"',
+                hint="the service has no default config; ask an administrator to add a rule for you",
+            )
+        config = service.configs[chosen]
+        return Route(
+            service=service,
+            config=config,
+            reason=reason,
+            upstream_user=config.postgres.user or request.user,
+            upstream_database=config.postgres.database or request.database,
+        )
+
+
+def _with_name(manifest: Mapping[str, Any], name: str) -> dict[str, Any]:
+    out = dict(manifest)
+    metadata = dict(out.get("metadata") or {})
+    metadata.setdefault("name", name)
+    out["metadata"] = metadata
+    out.setdefault("spec", {})
+    return out

@@ -1,0 +1,186 @@
+"""The listener and the registry of live sessions; `apply()` swaps the snapshot atomically.
+
+New connections read `server.live` once; a swap is one reference assignment. After a swap, every
+session whose access the new snapshot removes is ended with a FATAL that says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import secrets
+import time
+from dataclasses import asdict
+from typing import Any
+
+from proxy.audit.accesslog import AccessLog, SessionLog
+from proxy.errors import AccessDenied, AuthenticationFailed, SnapshotRejected
+from proxy.identity.tokens import TokenAuthority
+from proxy.pgwire.errors import PgwardenError
+from proxy.routing import ConnectRequest, LiveSnapshot, Route
+from proxy.session import ClientSession, SessionInfo
+from proxy.snapshot import Snapshot
+from proxy.upstream import send_cancel
+
+log = logging.getLogger("pgwarden.server")
+
+REVOCATION_BATCH = 200  # sessions re-checked between yields to the loop, so the relay keeps moving
+
+
+class ProxyServer:
+    """Accepts PostgreSQL clients on one listener and serves them from the live snapshot."""
+
+    def __init__(
+        self,
+        *,
+        tls_context: Any,
+        tokens: TokenAuthority,
+        access_log: AccessLog,
+        fingerprint_key: bytes,
+        snapshot: Snapshot | None = None,
+    ) -> None:
+        self.tls_context = tls_context
+        self.tokens = tokens
+        self.access_log = access_log
+        self.fingerprint_key = fingerprint_key
+        self.live = LiveSnapshot(snapshot or Snapshot(), generation=1)
+        self.applied_at = time.time()
+        self.sessions: dict[str, ClientSession] = {}
+        self._by_process_id: dict[int, ClientSession] = {}
+        self._server: asyncio.AbstractServer | None = None
+        self._revocation: asyncio.Task[None] | None = None
+
+    # --- listening -----------------------------------------------------------------------
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: ClientSession(self), host, port, reuse_address=True)
+        sockname = self._server.sockets[0].getsockname()
+        return sockname[0], sockname[1]
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for session in list(self.sessions.values()):
+            session.terminate(AuthenticationFailed("the proxy is shutting down", hint="reconnect in a moment"))
+        if self._server is not None:
+            await self._server.wait_closed()
+        self.access_log.writer.flush()
+
+    # --- snapshots -----------------------------------------------------------------------
+    def apply(self, snapshot: Snapshot) -> int:
+        """Compile and swap in `snapshot`; returns its generation. On error nothing changes."""
+        try:
+            live = LiveSnapshot(snapshot, generation=self.live.generation + 1)
+        except Exception as exc:
+            raise SnapshotRejected(f"snapshot rejected, generation {self.live.generation} stays live: {exc}") from exc
+        self.live = live
+        self.applied_at = time.time()
+        if self._revocation is not None and not self._revocation.done():
+            self._revocation.cancel()
+        self._revocation = asyncio.get_running_loop().create_task(self._revoke(live))
+        return live.generation
+
+    async def _revoke(self, live: LiveSnapshot) -> None:
+        for i, session in enumerate(list(self.sessions.values())):
+            if i and i % REVOCATION_BATCH == 0:
+                await asyncio.sleep(0)
+            if self.live is not live:
+                return  # a newer snapshot took over; it will re-check everyone
+            reason = self.recheck(session, live)
+            if reason is not None:
+                log.info("ending session %s: %s", session.id, reason.message)
+                session.terminate(reason)
+
+    def recheck(self, session: ClientSession, live: LiveSnapshot) -> PgwardenError | None:
+        """Why the new snapshot no longer allows this session, or None if it keeps its access."""
+        if session.route is None or session.request is None or session.info is None:
+            return None
+        try:
+            route = live.route(session.info.user, session.route.service.name, session.request)
+        except PgwardenError as exc:
+            return AccessDenied(f"access revoked by configuration change: {exc.message}", detail=exc.detail)
+        if route.target != session.route.target:
+            return AccessDenied(
+                "access revoked by configuration change: this session's routing changed "
+                f'(now config "{route.config.name}")',
+                hint="reconnect to get the new routing",
+            )
+        return None
+
+    # --- session registry ----------------------------------------------------------------
+    def register(self, session: ClientSession, user: str, generation: int) -> tuple[int, int]:
+        """Record a session that reached the relay; returns the BackendKeyData we give its client."""
+        while True:
+            process_id = secrets.randbelow(2**31 - 2) + 1
+            if process_id not in self._by_process_id:
+                break
+        secret_key = secrets.randbits(32) - 2**31
+        assert session.route is not None
+        route = session.route
+        session.info = SessionInfo(
+            id=session.id, user=user, service=route.service.name, config=route.config.name,
+            upstream_user=route.upstream_user, upstream_database=route.upstream_database,
+            client_address=_peer(session), started_at=time.time(), generation=generation,
+        )
+        self.sessions[session.id] = session
+        self._by_process_id[process_id] = session
+        return process_id, secret_key
+
+    def forget(self, session: ClientSession) -> None:
+        self.sessions.pop(session.id, None)
+        if self._by_process_id.get(session.process_id) is session:
+            del self._by_process_id[session.process_id]
+
+    async def cancel(self, process_id: int, secret_key: int) -> None:
+        """Forward a client's CancelRequest to the upstream backend of the session it names."""
+        session = self._by_process_id.get(process_id)
+        if session is None or session.login is None or session.route is None:
+            return
+        if not hmac.compare_digest(secret_key.to_bytes(4, "big", signed=True),
+                                   session.secret_key.to_bytes(4, "big", signed=True)):
+            return
+        up = session.route.config.upstream
+        await send_cancel(up.host, up.port, session.route.config.postgres.ssl_mode,
+                          session.login.process_id, session.login.secret_key)
+
+    def session_list(self) -> list[dict[str, Any]]:
+        out = []
+        for s in self.sessions.values():
+            if s.info is None:
+                continue
+            entry = asdict(s.info)
+            entry["transactionStatus"] = s.transaction_status.decode()
+            entry["bytesFromClient"] = s.bytes_received
+            entry["bytesFromUpstream"] = s.upstream.bytes_received if s.upstream else 0
+            out.append(entry)
+        return out
+
+    # --- access log ----------------------------------------------------------------------
+    def session_log(self, session: ClientSession, user: str, route: Route, request: ConnectRequest) -> SessionLog:
+        return self.access_log.session(session.id, {
+            "connectionID": session.id, "user": user, "service": route.service.name,
+            "config": route.config.name, "status": "ALLOWED", "reason": route.reason,
+            "generation": self.live.generation, "clientAddress": _peer(session),
+        })
+
+    def log_denied(
+        self, session: ClientSession, user: str, service: str, request: ConnectRequest, exc: PgwardenError
+    ) -> None:
+        self.access_log.event(
+            {"connectionID": session.id, "user": user, "service": service, "status": "DENIED",
+             "reason": exc.message, "sqlstate": exc.sqlstate, "clientAddress": _peer(session)},
+            {"type": "SESSION_START", "start": {"requestedUser": request.user,
+                                                "requestedDatabase": request.database,
+                                                "applicationName": request.application_name}},
+            entry_id=f"{session.id}-0",
+        )
+
+
+def _peer(session: ClientSession) -> str:
+    if session.transport is None:
+        return ""
+    peer = session.transport.get_extra_info("peername")
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return str(peer or "")

@@ -1,0 +1,321 @@
+"""One client session: startup, TLS, token check, routing, upstream login, then the relay.
+
+The relay forwards each chunk untouched. The client side is scanned for Query/Parse (access log);
+the server side for ReadyForQuery (transaction state, and a safe point to inject a FATAL).
+Errors we raise become one ErrorResponse in `_refuse`, then the connection closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from proxy.audit.accesslog import SessionLog
+from proxy.connection import PgConnection
+from proxy.errors import AuthenticationFailed, UnknownService
+from proxy.pgwire import messages as m
+from proxy.pgwire.encodings import decode_text, python_codec
+from proxy.pgwire.errors import PgwardenError, ProtocolViolation
+from proxy.pgwire.framing import DEFAULT_MAX_MESSAGE_BYTES, FrameScanner
+from proxy.routing import ConnectRequest, LiveSnapshot, Route
+from proxy.upstream import UPSTREAM_MAX_MESSAGE_BYTES, UpstreamLogin, open_upstream
+
+if TYPE_CHECKING:
+    from proxy.server import ProxyServer
+
+log = logging.getLogger("pgwarden.session")
+
+STARTUP_TIMEOUT_S = 60.0  # PostgreSQL's authentication_timeout default
+TERMINATE_GRACE_S = 2.0
+_CLIENT_INSPECT = frozenset({m.QUERY, m.PARSE})
+_SERVER_INSPECT = frozenset({m.READY_FOR_QUERY, m.PARAMETER_STATUS})
+
+
+@dataclass(slots=True, kw_only=True)
+class SessionInfo:
+    """What `GET /v1/sessions` shows about a live session."""
+
+    id: str
+    user: str
+    service: str
+    config: str
+    upstream_user: str
+    upstream_database: str
+    client_address: str
+    started_at: float
+    generation: int
+
+
+class UpstreamSide(PgConnection):
+    """The upstream socket of a session; its relay data goes to the client."""
+
+    def __init__(self) -> None:
+        super().__init__(whose="upstream", max_message_bytes=UPSTREAM_MAX_MESSAGE_BYTES)
+        self.session: ClientSession | None = None
+        self.scanner = FrameScanner(_SERVER_INSPECT, max_message_bytes=UPSTREAM_MAX_MESSAGE_BYTES, whose="upstream")
+
+    def on_relay_data(self, data: bytes) -> None:
+        session = self.session
+        assert session is not None
+        try:
+            found = self.scanner.scan(data)
+        except ProtocolViolation as exc:
+            session.end_now(exc)
+            return
+        session.write(data)
+        if found:
+            session.on_server_messages(found)
+        if session.pending_termination is not None and self.scanner.is_at_boundary:
+            session.finish_termination()
+
+    def on_closed(self) -> None:
+        if self.session is not None:
+            self.session.on_upstream_closed()
+
+
+class ClientSession(PgConnection):
+    """The client socket, and the session it belongs to."""
+
+    def __init__(self, server: ProxyServer) -> None:
+        super().__init__(whose="client", max_message_bytes=DEFAULT_MAX_MESSAGE_BYTES)
+        self.server = server
+        self.id = secrets.token_hex(8)
+        self.info: SessionInfo | None = None
+        self.route: Route | None = None
+        self.request: ConnectRequest | None = None
+        self.upstream: UpstreamSide | None = None
+        self.login: UpstreamLogin | None = None
+        self.log: SessionLog | None = None
+        self.process_id = 0
+        self.secret_key = 0
+        self.transaction_status = b"I"
+        self.pending_termination: PgwardenError | None = None
+        self.is_tls = False
+        self._codec = "utf-8"
+        self._scanner = FrameScanner(_CLIENT_INSPECT, whose="client")
+        self._started = time.monotonic()
+        self._task: asyncio.Task[None] | None = None
+        self._ended = False
+        self._claimed: tuple[str, str] = ("", "")  # (user, service) once known, for refusal logs
+
+    # --- lifecycle -----------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._task = asyncio.get_running_loop().create_task(self._serve())
+
+    def on_closed(self) -> None:
+        if self.upstream is not None:
+            self.upstream.close()
+        if self._task is not None and not self._task.done() and not self.is_relaying:
+            self._task.cancel()
+        self._end()
+
+    def on_upstream_closed(self) -> None:
+        if self.pending_termination is not None:
+            self.finish_termination()
+        else:
+            self.close()
+
+    def _end(self) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        self.server.forget(self)
+        if self.log is not None and self.upstream is not None:
+            self.log.event({
+                "type": "SESSION_END",
+                "end": {
+                    "durationMs": round((time.monotonic() - self._started) * 1000, 1),
+                    "bytesFromClient": self.bytes_received,
+                    "bytesFromUpstream": self.upstream.bytes_received,
+                    "reason": self.pending_termination.message if self.pending_termination else "closed",
+                },
+            })
+
+    # --- startup -------------------------------------------------------------------------
+    async def _serve(self) -> None:
+        try:
+            async with asyncio.timeout(STARTUP_TIMEOUT_S):
+                startup = await self._read_startup()
+                if startup is None:
+                    return
+                await self._establish(startup)
+        except PgwardenError as exc:
+            self._log_refusal(exc)
+            self._refuse(exc)
+        except TimeoutError:
+            self._refuse(AuthenticationFailed("startup did not complete in time"))
+        except (ConnectionResetError, asyncio.CancelledError):
+            self.close()
+        except Exception as exc:  # noqa: BLE001 - a bug must not take the server down
+            log.exception("session %s failed during startup", self.id)
+            self._refuse(PgwardenError(f"internal error: {type(exc).__name__}"))
+
+    async def _read_startup(self) -> m.StartupMessage | None:
+        loop = asyncio.get_running_loop()
+        while True:
+            packet = await self.read(self.reader.next_startup)
+            if isinstance(packet, m.SSLRequest):
+                if self.is_tls:
+                    raise ProtocolViolation("SSLRequest received twice")
+                self.write(b"S")
+                assert self.transport is not None
+                tls = await loop.start_tls(self.transport, self, self.server.tls_context, server_side=True)
+                assert isinstance(tls, asyncio.Transport)
+                self.transport = tls
+                self.is_tls = True
+            elif isinstance(packet, m.GSSENCRequest):
+                self.write(b"N")  # no GSSAPI encryption; the client goes on with SSL or plain
+            elif isinstance(packet, m.CancelRequest):
+                await self.server.cancel(packet.process_id, packet.secret_key)
+                self.close()
+                return None
+            else:
+                return packet
+
+    def sni_service(self) -> str | None:
+        if not self.is_tls or self.transport is None:
+            return None
+        sslobj = self.transport.get_extra_info("ssl_object")
+        name = getattr(sslobj, "pgwarden_sni", None)
+        return name.split(".", 1)[0] if name else None
+
+    def _select(self, live: LiveSnapshot, params: dict[str, str]) -> tuple[str, ConnectRequest]:
+        """Service from the SNI host's first label, else from dbname `SERVICE` or `SERVICE/DATABASE`."""
+        database = params.get("database", "")
+        user = params.get("user", "")
+        app = params.get("application_name", "")
+        sni = self.sni_service()
+        if sni and sni in live.snapshot.services:
+            service, _, rest = database.partition("/")
+            db = rest if service == sni else ("" if database == sni else database)
+            return sni, ConnectRequest(user=user, database=db, application_name=app)
+        service, _, db = database.partition("/")
+        if not service:
+            raise UnknownService(
+                "no service named: connect with dbname=SERVICE or dbname=SERVICE/DATABASE",
+                hint=f"known services: {', '.join(sorted(live.snapshot.services)) or 'none'}",
+            )
+        return service, ConnectRequest(user=user, database=db, application_name=app)
+
+    async def _establish(self, startup: m.StartupMessage) -> None:
+        params = startup.parameters
+        if "user" not in params:
+            raise AuthenticationFailed("no PostgreSQL user name specified in startup packet")
+        if not self.is_tls:
+            raise AuthenticationFailed(
+                "pgwarden accepts access tokens only over TLS",
+                hint="connect with sslmode=require (or verify-full with the proxy's CA)",
+            )
+        self._claimed = ("", params.get("database", ""))
+        self.write(m.encode_authentication(m.AUTH_CLEARTEXT))
+        type_byte, body = await self.read(self.reader.next_message)
+        if type_byte != m.PASSWORD:
+            raise ProtocolViolation(f"expected a password message, got {chr(type_byte)!r}")
+        token = body.rstrip(b"\x00").decode("utf-8", "replace")
+        claims = self.server.tokens.verify(token)
+        live = self.server.live
+        service_name, request = self._select(live, params)
+        self.request = request
+        self._claimed = (claims.user, service_name)
+        route = live.route(claims.user, service_name, request)
+        self.route = route
+        self.upstream = UpstreamSide()
+        upstream = self.upstream
+        login = await open_upstream(route, live.snapshot.secrets, params, factory=lambda: upstream)
+        self.login = login
+        upstream.session = self
+        self.process_id, self.secret_key = self.server.register(self, claims.user, live.generation)
+        self._codec = python_codec(login.parameters.get("client_encoding", params.get("client_encoding", "UTF8")))
+        out = [m.encode_authentication(m.AUTH_OK), *login.parameter_status,
+               m.encode_backend_key_data(self.process_id, self.secret_key), m.encode_ready_for_query(b"I")]
+        assert self.transport is not None
+        self.transport.writelines(out)
+        self.log = self.server.session_log(self, claims.user, route, request)
+        self.log.event({"type": "SESSION_START", "start": {
+            "user": route.upstream_user, "database": route.upstream_database,
+            "requestedUser": request.user, "requestedDatabase": request.database,
+            "applicationName": request.application_name, "authMechanism": login.auth_mechanism,
+            "upstreamTLS": login.is_tls,
+        }})
+        upstream.start_relay(self)
+        self.start_relay(upstream)
+
+    # --- relay (hot path) ----------------------------------------------------------------
+    def on_relay_data(self, data: bytes) -> None:
+        try:
+            found = self._scanner.scan(data)
+        except ProtocolViolation as exc:
+            self.end_now(exc)
+            return
+        upstream = self.upstream
+        assert upstream is not None and upstream.transport is not None
+        upstream.transport.write(data)
+        if found and self.log is not None:
+            for type_byte, body in found:
+                self._log_statement(type_byte, body)
+
+    def _log_statement(self, type_byte: int, body: bytes) -> None:
+        assert self.log is not None
+        if type_byte == m.QUERY:
+            self.log.statement("QUERY", decode_text(body, self._codec))
+        else:
+            name, rest = body.split(b"\x00", 1) if b"\x00" in body else (b"", body)
+            query = rest.split(b"\x00", 1)[0]
+            self.log.statement("PARSE", decode_text(query, self._codec), decode_text(name, self._codec))
+
+    def on_server_messages(self, found: list[tuple[int, bytes]]) -> None:
+        for type_byte, body in found:
+            if type_byte == m.READY_FOR_QUERY:
+                self.transaction_status = body[:1]
+            elif body.startswith(b"client_encoding\x00"):
+                self._codec = python_codec(body[16:].rstrip(b"\x00").decode("ascii", "replace"))
+
+    # --- ending --------------------------------------------------------------------------
+    def _log_refusal(self, exc: PgwardenError) -> None:
+        if self.log is not None:
+            return  # the session had started; SESSION_END tells the rest
+        user, service = self._claimed
+        request = self.request or ConnectRequest(user="", database="")
+        self.server.log_denied(self, user, service, request, exc)
+
+    def _refuse(self, exc: PgwardenError) -> None:
+        """Send one FATAL ErrorResponse for an error before the relay started, then close."""
+        if not self.is_closed:
+            self.write(m.encode_error_response(exc.message, code=exc.sqlstate, detail=exc.detail, hint=exc.hint))
+        if self.upstream is not None:
+            self.upstream.abort()
+        self.close()
+
+    def terminate(self, reason: PgwardenError) -> None:
+        """End a relaying session with a FATAL, at a message boundary of the server stream."""
+        if self.pending_termination is not None or self.is_closed:
+            return
+        self.pending_termination = reason
+        upstream = self.upstream
+        if upstream is None or upstream.scanner.is_at_boundary:
+            self.finish_termination()
+        else:
+            asyncio.get_running_loop().call_later(TERMINATE_GRACE_S, self.finish_termination)
+
+    def finish_termination(self) -> None:
+        reason = self.pending_termination
+        if reason is None or self.is_closed:
+            return
+        upstream = self.upstream
+        # Only at a message boundary: half a DataRow followed by our FATAL would be garbage.
+        if upstream is None or upstream.scanner.is_at_boundary:
+            self.write(m.encode_error_response(reason.message, code=reason.sqlstate, detail=reason.detail,
+                                               hint=reason.hint))
+        if self.upstream is not None:
+            self.upstream.write(m.encode_terminate())
+            self.upstream.close()
+        self.close()
+
+    def end_now(self, exc: PgwardenError) -> None:
+        self.pending_termination = exc
+        self.finish_termination()
