@@ -1,0 +1,141 @@
+"""What the bench needs from this machine: binaries, the `postgres` OS user, free ports, CPU time, a description."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+INSTALL_HINT = "apt-get install postgresql pgbouncer"
+
+
+class BenchSetupError(RuntimeError):
+    """The bench could not set itself up (a missing binary, a server that would not start): exit 2."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Binaries:
+    """Absolute paths of the programs the bench runs."""
+
+    pg_bindir: Path
+    pgbouncer: Path
+
+    def pg(self, name: str) -> str:
+        return str(self.pg_bindir / name)
+
+
+def _pg_bindir() -> Path | None:
+    if env := os.environ.get("PGBIN"):
+        return Path(env)
+    if shutil.which("pg_config"):
+        done = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True)
+        if done.returncode == 0 and done.stdout.strip():
+            return Path(done.stdout.strip())
+    # Debian keeps the server binaries off PATH, one directory per major version.
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name), reverse=True)
+    return versions[0] if versions else None
+
+
+def find_binaries() -> Binaries:
+    """Locate PostgreSQL's tools and pgbouncer; raise BenchSetupError naming the Debian packages if missing."""
+    missing: list[str] = []
+    bindir = _pg_bindir()
+    for tool in ("initdb", "pg_ctl", "postgres", "psql", "pgbench"):
+        if bindir is None or not (bindir / tool).is_file():
+            missing.append(tool)
+    pgbouncer = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+    if not Path(pgbouncer).is_file():
+        missing.append("pgbouncer")
+    if missing or bindir is None:
+        raise BenchSetupError(f"missing {', '.join(missing)}; install them with: {INSTALL_HINT}"
+                              " (or set PGBIN to PostgreSQL's bin directory)")
+    return Binaries(pg_bindir=bindir, pgbouncer=Path(pgbouncer))
+
+
+def as_postgres_user() -> dict[str, Any]:
+    """subprocess kwargs that run a program as the `postgres` OS user when we are root (the servers refuse root)."""
+    if os.geteuid() != 0:
+        return {}
+    return {"user": "postgres", "group": "postgres", "extra_groups": []}
+
+
+def give_to_postgres(*paths: Path) -> None:
+    """chown `paths` to the `postgres` OS user when we are root, so the servers we start can use them."""
+    if os.geteuid() == 0:
+        for path in paths:
+            shutil.chown(path, "postgres", "postgres")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on `host` right now (another process may still take it before we bind)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` (all its threads), from /proc/<pid>/stat."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    # The command name (field 2) may contain spaces; fields after its closing ")" start at field 3.
+    fields = stat.rpartition(")")[2].split()
+    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
+    return (utime + stime) / CLOCK_TICKS_PER_S
+
+
+def clean_libpq_env() -> dict[str, str]:
+    """os.environ without PG* variables, so an outer PGHOST or PGSSLMODE cannot steer our clients."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env["LC_ALL"] = "C"
+    return env
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _version_line(argv: list[str]) -> str:
+    done = subprocess.run(argv, capture_output=True, text=True)
+    return (done.stdout or done.stderr).splitlines()[0].strip() if done.returncode == 0 else "unknown"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Machine:
+    """Where the numbers came from; printed with every table and stored in the JSON."""
+
+    cpus: int
+    arch: str
+    cpu_model: str
+    kernel: str
+    python: str
+    postgres: str
+    pgbouncer: str
+
+    def describe(self) -> str:
+        return (f"{self.cpus} CPUs ({self.cpu_model}), {self.arch}, Linux {self.kernel}, Python {self.python}, "
+                f"{self.postgres}, {self.pgbouncer}")
+
+
+def describe_machine(binaries: Binaries) -> Machine:
+    """nproc, uname -m, CPU model, kernel, Python, PostgreSQL and pgbouncer versions."""
+    return Machine(
+        cpus=len(os.sched_getaffinity(0)),
+        arch=platform.machine(),
+        cpu_model=_cpu_model(),
+        kernel=platform.release(),
+        python=sys.version.split()[0],
+        postgres=_version_line([binaries.pg("postgres"), "--version"]),
+        pgbouncer=_version_line([str(binaries.pgbouncer), "--version"]),
+    )

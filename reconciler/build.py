@@ -1,0 +1,171 @@
+"""Build the proxy's Snapshot from validated Documents: merge config parents, parse upstreams, keep manifests.
+
+Pure: Documents in, a Snapshot out. Run `validate.validate_all` first; this stage trusts the shapes.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from proxy.snapshot import (
+    AuthorizationMode,
+    Group,
+    PostgresSettings,
+    RoutingRule,
+    Secret,
+    SecretValue,
+    Service,
+    ServiceConfig,
+    Snapshot,
+    SSLMode,
+    Upstream,
+    User,
+    UserType,
+    condition_from_wire,
+)
+from reconciler.errors import ConfigError, DecryptionFailed, ManifestErrors
+from reconciler.load import Document
+
+DEFAULT_CONFIG = "default"  # the name `spec.config` goes by, as in Octelium
+
+# Mappings a child config replaces whole instead of merging into: "exactly one of" choices, where
+# merging a parent's `file` with a child's `fromSecret` would leave both set.
+_REPLACED_WHOLE = {("postgres", "tls", "ca")}
+
+
+def build_snapshot(documents: Iterable[Document], *, revision: str, source: str) -> Snapshot:
+    """The Snapshot for these documents. Raises ManifestErrors if a document cannot be built."""
+    services: dict[str, Service] = {}
+    users: dict[str, User] = {}
+    groups: dict[str, Group] = {}
+    secrets: dict[str, Secret] = {}
+    problems: list[ConfigError] = []
+    for doc in documents:
+        try:
+            if doc.kind == "Service":
+                services[doc.name] = _service(doc)
+            elif doc.kind == "User":
+                users[doc.name] = _user(doc)
+            elif doc.kind == "Group":
+                groups[doc.name] = Group(name=doc.name, manifest=_manifest(doc))
+            elif doc.kind == "Secret":
+                secrets[doc.name] = _secret(doc)
+        except ConfigError as exc:
+            problems.append(exc)
+        except (KeyError, TypeError, ValueError) as exc:
+            # Validation should have caught this; name the place, and only the exception type
+            # (its text could quote a value).
+            detail = f" {exc.args[0]!r}" if isinstance(exc, KeyError) and exc.args else ""
+            problems.append(ConfigError(f"cannot build {doc.kind}: {type(exc).__name__}{detail}", source=doc.source()))
+    if problems:
+        raise ManifestErrors(problems)
+    return Snapshot(revision=revision, source=source, services=services, users=users, groups=groups, secrets=secrets)
+
+
+def merged_configs(spec: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each config of a Service spec with its `parent` chain merged in (child wins, field by field)."""
+    raw: dict[str, Mapping[str, Any]] = {}
+    if "config" in spec:
+        raw[DEFAULT_CONFIG] = spec["config"]
+    for config in spec.get("dynamicConfig", {}).get("configs", []):
+        raw[config["name"]] = config
+    resolved: dict[str, dict[str, Any]] = {}
+
+    def resolve(name: str, visiting: frozenset[str]) -> dict[str, Any]:
+        if name in resolved:
+            return resolved[name]
+        if name in visiting:
+            raise ValueError(f"parent chain of config {name!r} loops")
+        own = {k: v for k, v in raw[name].items() if k not in ("name", "parent")}
+        parent = raw[name].get("parent")
+        resolved[name] = _deep_merge(resolve(parent, visiting | {name}), own, ()) if parent else own
+        return resolved[name]
+
+    return {name: resolve(name, frozenset()) for name in raw}
+
+
+def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        here = (*path, key)
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping) and here not in _REPLACED_WHOLE:
+            merged[key] = _deep_merge(merged[key], value, here)
+        else:
+            merged[key] = value  # scalars and lists: the child's value replaces the parent's
+    return merged
+
+
+def _service(doc: Document) -> Service:
+    spec = doc.body["spec"]
+    configs = {name: _service_config(name, config) for name, config in merged_configs(spec).items()}
+    rules = tuple(
+        RoutingRule(condition=condition_from_wire(rule["condition"]), config_name=rule["configName"])
+        for rule in spec.get("dynamicConfig", {}).get("rules", [])
+    )
+    return Service(
+        name=doc.name,
+        port=int(spec.get("port", 5432)),
+        is_disabled=bool(spec.get("isDisabled", False)),
+        configs=configs,
+        rules=rules,
+        default_config=DEFAULT_CONFIG if "config" in spec else None,
+        manifest=_manifest(doc),
+    )
+
+
+def _service_config(name: str, config: Mapping[str, Any]) -> ServiceConfig:
+    postgres = config.get("postgres", {})
+    ca = postgres.get("tls", {}).get("ca", {})
+    return ServiceConfig(
+        name=name,
+        upstream=Upstream.from_url(config["upstream"]["url"]),
+        postgres=PostgresSettings(
+            user=postgres.get("user", ""),
+            database=postgres.get("database", ""),
+            password_secret=postgres.get("auth", {}).get("password", {}).get("fromSecret"),
+            ssl_mode=SSLMode[postgres.get("sslMode", "PREFER")],
+            ca_secret=ca.get("fromSecret"),
+            ca_file=ca.get("file"),
+            authorization_mode=AuthorizationMode(postgres.get("authorization", {}).get("mode", "NONE")),
+        ),
+    )
+
+
+def _user(doc: Document) -> User:
+    manifest = _manifest(doc)
+    spec = manifest["spec"]
+    # Filled in so CEL sees what the proxy uses: `!ctx.user.spec.groups.hasAny([...])` is then true
+    # for a User without groups, instead of false because the field is missing.
+    spec.setdefault("type", UserType.HUMAN.value)
+    spec.setdefault("groups", [])
+    return User(
+        name=doc.name,
+        type=UserType(spec["type"]),
+        groups=tuple(spec["groups"]),
+        email=spec.get("email", ""),
+        is_disabled=bool(spec.get("isDisabled", False)),
+        manifest=manifest,
+    )
+
+
+def _secret(doc: Document) -> Secret:
+    if "sops" in doc.body:
+        raise DecryptionFailed("Secret is still sops-encrypted; decrypt it before building", source=doc.source("sops"))
+    return Secret(name=doc.name, value=SecretValue(doc.body["data"]["value"]))
+
+
+def _manifest(doc: Document) -> dict[str, Any]:
+    """metadata + spec as CEL's ctx.* sees them, JSON-safe (YAML timestamps become RFC 3339 strings)."""
+    return {"metadata": _jsonable(doc.body.get("metadata", {})), "spec": _jsonable(doc.body.get("spec", {}))}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {key: _jsonable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, datetime.date):  # datetime too: protojson renders timestamps as strings
+        return value.isoformat()
+    return value

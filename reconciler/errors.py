@@ -1,0 +1,105 @@
+"""Errors in the manifests themselves, each placed at file, document and field path.
+
+PgwardenError                      proxy/errors.py
+├── ConfigError                    one problem, carries SourceRef(file, document, path)
+│   ├── ManifestSyntaxError        unreadable file: YAML syntax, duplicate key, size limit, symlink
+│   ├── SchemaViolation            a document does not match its kind's JSON Schema
+│   ├── DanglingReference          names a Secret, config, parent or Group that does not exist; parent cycles
+│   ├── DuplicateName              two documents of one kind share metadata.name
+│   ├── InvalidExpression          a CEL condition does not compile
+│   └── DecryptionFailed           an encrypted Secret could not be (or may not be) decrypted
+└── ManifestErrors                 every ConfigError found in one pass, so a user fixes them all at once
+
+Messages name the place, never the value: nothing here may echo a Secret's data.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from proxy.errors import PgwardenError
+
+_PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+
+
+def format_path(parts: Iterable[str | int]) -> str:
+    """Render `["spec", "configs", 1, "name"]` as `spec.configs[1].name`; odd keys are quoted."""
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif _PLAIN_KEY.fullmatch(part):
+            out += f".{part}" if out else part
+        else:
+            out += f"[{part!r}]"
+    return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SourceRef:
+    """Where a problem is: a file relative to the manifest root, a 1-based document, a field path."""
+
+    file: str
+    document: int | None = None  # None: the whole file (too big, a symlink that escapes, not UTF-8)
+    path: str = ""
+
+    def __str__(self) -> str:
+        parts = [self.file]
+        if self.document is not None:
+            parts.append(f"document {self.document}")
+        place = ", ".join(parts)
+        return f"{place}, {self.path}" if self.path else place
+
+
+class ConfigError(PgwardenError):
+    """A problem in the manifests; `source` says where. The message never contains a secret value."""
+
+    def __init__(self, message: str, *, source: SourceRef, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.source = source
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.message}"
+
+
+class ManifestSyntaxError(ConfigError):
+    """A file that cannot be read as YAML/JSON manifests."""
+
+
+class SchemaViolation(ConfigError):
+    """A document that does not match the JSON Schema of its kind."""
+
+
+class DanglingReference(ConfigError):
+    """A reference to something that is not defined (or a `parent` chain that loops)."""
+
+
+class DuplicateName(ConfigError):
+    """A second document of the same kind with the same metadata.name."""
+
+
+class InvalidExpression(ConfigError):
+    """A CEL expression that does not compile."""
+
+
+class DecryptionFailed(ConfigError):
+    """An encrypted Secret that could not be decrypted, or no keys to try."""
+
+
+class ManifestErrors(PgwardenError):
+    """Every problem found in one pass over the manifests; str() lists one per line."""
+
+    def __init__(self, errors: Sequence[ConfigError]) -> None:
+        self.errors: list[ConfigError] = sorted(errors, key=_order)
+        count = len(self.errors)
+        super().__init__(f"{count} problem{'s' if count != 1 else ''} in the manifests")
+
+    def __str__(self) -> str:
+        return "\n".join([f"{self.message}:", *(f"  {e}" for e in self.errors)])
+
+
+def _order(error: ConfigError) -> tuple[str, int]:
+    # Stable sort: within one document, errors keep the order the checks found them.
+    return (error.source.file, error.source.document or 0)

@@ -1,0 +1,264 @@
+"""Read a manifest directory into Documents: YAML 1.2 (JSON too), multi-document, placed by file and line.
+
+Refuses duplicate keys, custom tags, files over the size limit and symlinks that leave the root.
+Error messages never quote the source text: a broken line may hold a secret.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedBase, TaggedScalar
+from ruamel.yaml.constructor import DuplicateKeyError
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+from reconciler.errors import ConfigError, ManifestErrors, ManifestSyntaxError, SourceRef, format_path
+
+MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+DEFAULT_MAX_FILE_BYTES = 1 << 20
+MAX_VALUES_PER_DOCUMENT = 100_000  # after aliases expand: refuses "billion laughs" documents
+# Explicit tags that name plain data (`!!map`, `!!str`, ...); anything else, e.g. `!!python/object`, is refused.
+_STANDARD_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("map", "omap", "seq", "str", "int", "float", "bool", "null")}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Document:
+    """One YAML document. `body` is plain dicts/lists/scalars in source order (YAML dates stay dates)."""
+
+    file: str  # relative to the manifest root, with '/' separators
+    index: int  # 1-based position in the file's document stream
+    line: int  # 1-based line where the document's content starts
+    kind: str  # "" when missing or not a string; validation reports it
+    name: str  # metadata.name, "" when missing or not a string
+    body: dict[str, Any]
+
+    def source(self, path: str = "") -> SourceRef:
+        """A SourceRef for a field of this document."""
+        return SourceRef(file=self.file, document=self.index, path=path)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ManifestFile:
+    """The bytes of one manifest file, as read (the revision digest hashes exactly these)."""
+
+    path: str  # relative to the root, with '/' separators
+    data: bytes
+
+
+def with_body(document: Document, body: dict[str, Any]) -> Document:
+    """The same document with a new body (e.g. decrypted); kind and name are read again."""
+    return replace(document, body=body, kind=_kind_of(body), name=_name_of(body))
+
+
+def load_directory(root: Path, *, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> list[Document]:
+    """Every document under `root`. Raises ManifestErrors listing every file problem at once."""
+    files, problems = read_directory(root, max_file_bytes=max_file_bytes)
+    return parse_files(files, problems)
+
+
+def load_file(path: Path, root: Path, *, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> list[Document]:
+    """The documents of one file inside `root`. Raises ManifestErrors."""
+    real_root = root.resolve()
+    path = path.parent.resolve() / path.name  # resolve the directories, keep a final symlink to check
+    file, problem = _read_file(path, _relative(path, real_root), real_root, max_file_bytes)
+    return parse_files([file] if file else [], [problem] if problem else [])
+
+
+def read_directory(
+    root: Path, *, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+) -> tuple[list[ManifestFile], list[ConfigError]]:
+    """Read every manifest file under `root`, sorted by path; also return the files that were refused.
+
+    Names starting with '.' are skipped (`.git/`, `.sops.yaml` is sops configuration, not a manifest).
+    Symlinked directories are not followed; symlinked files are read only if they stay inside `root`.
+    """
+    real_root = root.resolve()
+    if not real_root.is_dir():
+        raise ManifestErrors([ManifestSyntaxError("not a directory", source=SourceRef(file=str(root)))])
+    files: list[ManifestFile] = []
+    problems: list[ConfigError] = []
+    for dirpath, dirnames, filenames in os.walk(real_root):
+        here = Path(dirpath)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for d in dirnames:
+            if (here / d).is_symlink() and not _inside(here / d, real_root):
+                problems.append(_refused(_relative(here / d, real_root), "symlink points outside the manifest root"))
+        for name in sorted(filenames):
+            if name.startswith(".") or not name.lower().endswith(MANIFEST_SUFFIXES):
+                continue
+            file, problem = _read_file(here / name, _relative(here / name, real_root), real_root, max_file_bytes)
+            files.extend([file] if file else [])
+            problems.extend([problem] if problem else [])
+    files.sort(key=lambda f: f.path)
+    return files, problems
+
+
+def parse_files(files: Iterable[ManifestFile], problems: Iterable[ConfigError] = ()) -> list[Document]:
+    """Parse every file; raise ManifestErrors with `problems` plus every parse problem, if any."""
+    errors = list(problems)
+    documents: list[Document] = []
+    for file in files:
+        try:
+            documents.extend(parse_file(file))
+        except ManifestErrors as exc:
+            errors.extend(exc.errors)
+    if errors:
+        raise ManifestErrors(errors)
+    return documents
+
+
+def parse_file(file: ManifestFile) -> list[Document]:
+    """The documents in one file (empty documents are skipped but still counted)."""
+    try:
+        text = file.data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ManifestErrors([_refused(file.path, f"not UTF-8 (byte {exc.start})")]) from None
+    yaml = YAML(typ="rt", pure=True)  # rt: keeps line numbers; its default is YAML 1.2 ("on" stays a string)
+    yaml.allow_duplicate_keys = False
+    documents: list[Document] = []
+    errors: list[ConfigError] = []
+    index = 0
+    try:
+        for index, raw in enumerate(yaml.load_all(text), start=1):
+            if raw is None:
+                continue
+            try:
+                documents.append(_document(file.path, index, raw))
+            except ManifestSyntaxError as exc:
+                errors.append(exc)
+    except YAMLError as exc:
+        errors.append(_syntax_error(file.path, index + 1, exc))
+    except RecursionError:
+        errors.append(ManifestSyntaxError("nested too deeply", source=SourceRef(file=file.path, document=index + 1)))
+    except (ValueError, TypeError, OverflowError) as exc:
+        # ruamel's constructors raise these for `2024-13-45` or `!!int abc`; their text quotes the value.
+        message = f"a value cannot be read ({type(exc).__name__}): check dates and explicit !!tags"
+        errors.append(ManifestSyntaxError(message, source=SourceRef(file=file.path, document=index + 1)))
+    if errors:
+        raise ManifestErrors(errors)
+    return documents
+
+
+def _document(path: str, index: int, raw: Any) -> Document:
+    source = SourceRef(file=path, document=index)
+    if not isinstance(raw, Mapping):
+        raise ManifestSyntaxError("a document must be a mapping (kind, metadata, spec)", source=source)
+    line = raw.lc.line + 1 if isinstance(raw, CommentedBase) else 1
+    body = _plain(raw, [], source, [0])
+    return Document(file=path, index=index, line=line, kind=_kind_of(body), name=_name_of(body), body=body)
+
+
+def _kind_of(body: Mapping[str, Any]) -> str:
+    kind = body.get("kind")
+    return kind if isinstance(kind, str) else ""
+
+
+def _name_of(body: Mapping[str, Any]) -> str:
+    metadata = body.get("metadata")
+    name = metadata.get("name") if isinstance(metadata, Mapping) else None
+    return name if isinstance(name, str) else ""
+
+
+def _plain(value: Any, path: list[str | int], source: SourceRef, count: list[int]) -> Any:
+    """ruamel's round-trip types -> dict/list/str/int/float/bool/None/date(time), checking as we go."""
+    count[0] += 1
+    if count[0] > MAX_VALUES_PER_DOCUMENT or len(path) > 100:
+        raise ManifestSyntaxError(
+            f"document expands to more than {MAX_VALUES_PER_DOCUMENT} values or 100 levels (aliases?)", source=source
+        )
+    where = replace(source, path=format_path(path))
+    tag = getattr(getattr(value, "tag", None), "value", None)
+    if isinstance(value, TaggedScalar) and tag == "tag:yaml.org,2002:str":
+        return str(value.value)  # `!!str 1`: ruamel keeps the tag, the meaning is just a string
+    if isinstance(value, TaggedScalar) or (tag is not None and tag not in _STANDARD_TAGS):
+        raise ManifestSyntaxError(f"YAML tag {tag!r} is not supported", source=where)
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ManifestSyntaxError("mapping keys must be strings", source=where)
+            out[key] = _plain(item, [*path, key], source, count)
+        return out
+    if isinstance(value, list):
+        return [_plain(item, [*path, i], source, count) for i, item in enumerate(value)]
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, datetime.datetime):
+        return datetime.datetime(  # drop ruamel's TimeStamp subclass, keep the instant
+            value.year, value.month, value.day, value.hour, value.minute, value.second, value.microsecond, value.tzinfo
+        )
+    if isinstance(value, datetime.date):
+        return datetime.date(value.year, value.month, value.day)
+    raise ManifestSyntaxError(f"YAML {type(value).__name__} values (binary, sets) are not supported", source=where)
+
+
+_DUPLICATE_KEY = re.compile(r'found duplicate key "(?P<key>.*?)" with value')
+
+
+def _syntax_error(path: str, index: int, exc: YAMLError) -> ManifestSyntaxError:
+    # ruamel's own text quotes the offending line (and, for duplicates, both values): a secret
+    # could be on that line, so only the problem, its position and the key are kept.
+    source = SourceRef(file=path, document=index)
+    if not isinstance(exc, MarkedYAMLError):
+        return ManifestSyntaxError("not valid YAML", source=source)
+    mark = exc.problem_mark or exc.context_mark
+    at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    if isinstance(exc, DuplicateKeyError):
+        found = _DUPLICATE_KEY.search(exc.problem or "")
+        first = exc.context_mark
+        key = f" {found.group('key')!r}" if found else ""
+        origin = f" (the mapping starts at line {first.line + 1})" if first is not None else ""
+        return ManifestSyntaxError(f"{at}duplicate key{key}{origin}", source=source)
+    problem = (exc.problem or "syntax error").strip()
+    context = f" {exc.context.strip()}" if exc.context else ""
+    return ManifestSyntaxError(f"{at}{problem}{context}", source=source)
+
+
+def _read_file(
+    path: Path, rel: str, real_root: Path, max_file_bytes: int
+) -> tuple[ManifestFile | None, ConfigError | None]:
+    if path.is_symlink():
+        if not path.exists():
+            return None, _refused(rel, "broken symlink")
+        if not _inside(path, real_root):
+            return None, _refused(rel, "symlink points outside the manifest root")
+    if not _inside(path, real_root):
+        return None, _refused(rel, "file is outside the manifest root")
+    if not path.is_file():  # a FIFO or device would block or never end
+        return None, _refused(rel, "not a regular file")
+    try:
+        with path.open("rb") as fh:
+            data = fh.read(max_file_bytes + 1)
+    except OSError as exc:
+        return None, _refused(rel, f"cannot read: {exc.strerror or type(exc).__name__}")
+    if len(data) > max_file_bytes:
+        return None, _refused(rel, f"larger than the {max_file_bytes}-byte limit")
+    return ManifestFile(path=rel, data=data), None
+
+
+def _inside(path: Path, real_root: Path) -> bool:
+    return path.resolve().is_relative_to(real_root)
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def _refused(rel: str, message: str) -> ManifestSyntaxError:
+    return ManifestSyntaxError(message, source=SourceRef(file=rel))

@@ -1,0 +1,355 @@
+"""Check Documents before building: JSON Schema per kind, then references, names and CEL.
+
+Every check collects all its problems; `validate_all` reports every one of them together.
+Messages are written here, never copied from jsonschema, so no field value is ever echoed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import json
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
+from referencing import Registry, Resource
+
+from proxy.policy.cel import CelCompileError, compile_expression
+from proxy.snapshot import Upstream
+from reconciler.errors import (
+    ConfigError,
+    DanglingReference,
+    DuplicateName,
+    InvalidExpression,
+    ManifestErrors,
+    SchemaViolation,
+    format_path,
+)
+from reconciler.load import Document
+
+SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas"
+MAX_CONDITION_DEPTH = 16  # Octelium's limit (admin/policy.go)
+
+
+def validate_all(documents: Sequence[Document]) -> None:
+    """Run every check; raise one ManifestErrors with everything found."""
+    problems = _collect(against_schemas, documents)
+    for check in (references, unique_names, expressions):
+        problems.extend(_collect(check, documents))
+    if problems:
+        raise ManifestErrors(problems)
+
+
+def against_schemas(documents: Sequence[Document]) -> None:
+    """Each document against the JSON Schema in schemas/ whose `kind` const matches its kind."""
+    problems = [p for doc in documents for p in _schema_problems(doc)]
+    if problems:
+        raise ManifestErrors(problems)
+
+
+def references(documents: Sequence[Document]) -> None:
+    """Every fromSecret, configName, parent and group names something that exists; no parent loops.
+
+    Documents that failed their schema are checked too, as far as their shape allows.
+    """
+    names = _names_by_kind(documents)
+    valid = {id(doc) for doc in _schema_valid(documents)}
+    problems: list[ConfigError] = []
+    for doc in documents:
+        if doc.kind == "Service":
+            problems.extend(_service_references(doc, names, is_valid=id(doc) in valid))
+        elif doc.kind == "User":
+            for i, group in enumerate(_list(_get(doc.body, "spec", "groups"))):
+                if isinstance(group, str) and group not in names["Group"]:
+                    problems.append(_dangling(doc, f"spec.groups[{i}]", "Group", group, names["Group"]))
+    if problems:
+        raise ManifestErrors(problems)
+
+
+def unique_names(documents: Sequence[Document]) -> None:
+    """No two documents of one kind share metadata.name."""
+    first: dict[tuple[str, str], Document] = {}
+    problems: list[ConfigError] = []
+    for doc in documents:
+        if not doc.kind or not doc.name:
+            continue
+        earlier = first.setdefault((doc.kind, doc.name), doc)
+        if earlier is not doc:
+            problems.append(
+                DuplicateName(
+                    f"{doc.kind} {doc.name!r} is already defined in {earlier.file}, document {earlier.index}",
+                    source=doc.source("metadata.name"),
+                )
+            )
+    if problems:
+        raise ManifestErrors(problems)
+
+
+def expressions(documents: Sequence[Document]) -> None:
+    """Every CEL expression compiles, and conditions nest at most 16 deep."""
+    problems: list[ConfigError] = []
+    for doc in documents:
+        if doc.kind != "Service":
+            continue
+        for i, rule in enumerate(_list(_get(doc.body, "spec", "dynamicConfig", "rules"))):
+            path: list[str | int] = ["spec", "dynamicConfig", "rules", i, "condition"]
+            problems.extend(_condition_problems(doc, _get(rule, "condition"), path))
+    if problems:
+        raise ManifestErrors(problems)
+
+
+# --- JSON Schema ------------------------------------------------------------------------------
+
+
+@functools.cache
+def _validators() -> dict[str, Draft202012Validator]:
+    """kind -> validator, from every schemas/*.schema.json that declares its `kind` as a const.
+
+    All schemas are registered by `$id`, so one may `$ref` another's `$defs` (a Policy's conditions).
+    """
+    schemas = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(SCHEMA_DIR.glob("*.schema.json"))]
+    registry: Registry[Any] = Registry().with_resources(
+        (schema["$id"], Resource.from_contents(schema)) for schema in schemas if "$id" in schema
+    )
+    validators = {}
+    for schema in schemas:
+        Draft202012Validator.check_schema(schema)
+        kind = schema.get("properties", {}).get("kind", {}).get("const")
+        if kind is not None:
+            validators[kind] = Draft202012Validator(schema, registry=registry)
+    return validators
+
+
+def _schema_problems(doc: Document) -> list[ConfigError]:
+    validators = _validators()
+    if doc.kind not in validators:
+        what = f"unknown kind {doc.kind!r}" if doc.kind else "missing or not a string"
+        return [SchemaViolation(f"{what}; expected one of {', '.join(sorted(validators))}", source=doc.source("kind"))]
+    errors = sorted(validators[doc.kind].iter_errors(doc.body), key=lambda e: [str(p) for p in e.absolute_path])
+    return [SchemaViolation(message, source=doc.source(path)) for e in errors for path, message in _describe(e)]
+
+
+def _schema_valid(documents: Iterable[Document]) -> Iterator[Document]:
+    validators = _validators()
+    return (d for d in documents if d.kind in validators and validators[d.kind].is_valid(d.body))
+
+
+_JSON_TYPES = {
+    "object": "a mapping",
+    "array": "a list",
+    "string": "a string",
+    "integer": "an integer",
+    "number": "a number",
+    "boolean": "true or false",
+    "null": "null",
+}
+# bool before int: True is an int in Python, but not in JSON.
+_PYTHON_TO_JSON = ((bool, "boolean"), (type(None), "null"), (int, "integer"), (float, "number"),
+                   (str, "string"), (list, "array"), (dict, "object"))  # fmt: skip
+
+
+def _json_type(value: Any) -> str:
+    for kinds, name in _PYTHON_TO_JSON:
+        if isinstance(value, kinds):
+            return _JSON_TYPES[name]
+    return f"a {type(value).__name__}"
+
+
+def _describe(error: ValidationError) -> list[tuple[str, str]]:
+    """(path, message) for one jsonschema error, built from the schema alone: no instance values."""
+    parts = list(error.absolute_path)
+    here = format_path(parts)
+    keyword, expected, schema = error.validator, error.validator_value, error.schema
+    instance = error.instance
+    if keyword == "required":
+        missing = [name for name in expected if isinstance(instance, dict) and name not in instance]
+        return [(format_path([*parts, name]), "is required") for name in missing]
+    if keyword == "additionalProperties":
+        allowed = sorted(schema.get("properties", {}))
+        extra = [k for k in instance if k not in allowed] if isinstance(instance, dict) else []
+        hint = f"; expected one of: {', '.join(allowed)}" if allowed else ""
+        return [(format_path([*parts, k]), f"unknown field{_suggest(k, allowed)}{hint}") for k in extra]
+    if keyword in ("minProperties", "maxProperties") and schema.get("maxProperties") == 1:
+        return [(here, f"set exactly one of: {', '.join(schema.get('properties', {}))}")]
+    if keyword == "type":
+        wanted = [str(t) for t in (expected if isinstance(expected, list) else [expected])]
+        return [(here, f"must be {' or '.join(_JSON_TYPES.get(t, t) for t in wanted)}, not {_json_type(instance)}")]
+    messages: dict[str, Callable[[Any], str]] = {
+        "enum": lambda v: f"must be one of: {', '.join(map(str, v))}",
+        "const": lambda v: f"must be {v!r}",
+        "pattern": lambda v: f"must match {v}" + (f" ({schema['description']})" if "description" in schema else ""),
+        "minLength": lambda v: "must not be empty" if v == 1 else f"must be at least {v} characters",
+        "maxLength": lambda v: f"must be at most {v} characters",
+        "minimum": lambda v: f"must be at least {v}",
+        "maximum": lambda v: f"must be at most {v}",
+        "minItems": lambda v: "must not be empty" if v == 1 else f"must have at least {v} items",
+        "maxItems": lambda v: f"must have at most {v} items",
+        "uniqueItems": lambda v: "must not list an item twice",
+    }
+    render = messages.get(keyword)
+    return [(here, render(expected) if render else f"does not satisfy the schema's {keyword!r}")]
+
+
+# --- references -------------------------------------------------------------------------------
+# These walk documents that may have failed their schema, so every lookup tolerates any shape.
+
+
+def _get(value: Any, *keys: str) -> Any:
+    """value[k1][k2]..., or None where a step is missing or not a mapping."""
+    for key in keys:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    return value
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _names_by_kind(documents: Iterable[Document]) -> dict[str, set[str]]:
+    # From every document, valid or not, so one typo does not cascade into "no such Secret" errors.
+    names: dict[str, set[str]] = {"Secret": set(), "Group": set(), "User": set(), "Service": set()}
+    for doc in documents:
+        if doc.kind and doc.name:
+            names.setdefault(doc.kind, set()).add(doc.name)
+    return names
+
+
+def _suggest(name: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _dangling(doc: Document, path: str, kind: str, name: str, known: Iterable[str]) -> DanglingReference:
+    return DanglingReference(f"no {kind} named {name!r}{_suggest(name, known)}", source=doc.source(path))
+
+
+def _service_configs(spec: Any) -> list[tuple[str, dict[str, Any], str]]:
+    """(name, config, path) for the default config and each named dynamic config, in manifest order."""
+    found = [("default", spec["config"], "spec.config")] if isinstance(_get(spec, "config"), dict) else []
+    for i, config in enumerate(_list(_get(spec, "dynamicConfig", "configs"))):
+        name = _str(_get(config, "name"))
+        if name is not None:
+            found.append((name, config, f"spec.dynamicConfig.configs[{i}]"))
+    return found
+
+
+def _service_references(doc: Document, names: Mapping[str, set[str]], *, is_valid: bool) -> list[ConfigError]:
+    spec = _get(doc.body, "spec")
+    configs: dict[str, dict[str, Any]] = {}
+    problems: list[ConfigError] = []
+    for name, config, path in _service_configs(spec):
+        if name in configs:
+            problems.append(DuplicateName(f"config {name!r} is defined twice in this Service", source=doc.source(path)))
+            continue
+        configs[name] = config
+    if is_valid and not configs:
+        problems.append(
+            SchemaViolation("needs `config` or at least one dynamicConfig.configs entry", source=doc.source("spec"))
+        )
+    for name, config, path in _service_configs(spec):
+        for ref_path, secret in _secret_refs(config):
+            if secret not in names["Secret"]:
+                problems.append(_dangling(doc, f"{path}.{ref_path}", "Secret", secret, names["Secret"]))
+        parent = _str(config.get("parent"))
+        if parent is not None and parent not in configs:
+            problems.append(_dangling(doc, f"{path}.parent", "config", parent, configs))
+        if is_valid:  # otherwise the schema errors already say what is wrong with the upstream
+            problems.extend(_upstream_problems(doc, name, path, configs))
+    problems.extend(_parent_cycles(doc, configs))
+    for i, rule in enumerate(_list(_get(spec, "dynamicConfig", "rules"))):
+        config_name = _str(_get(rule, "configName"))
+        if config_name is not None and config_name not in configs:
+            path = f"spec.dynamicConfig.rules[{i}].configName"
+            problems.append(_dangling(doc, path, "config", config_name, configs))
+    return problems
+
+
+def _secret_refs(config: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(path within the config, Secret name) for each `fromSecret` in one config."""
+    refs = [
+        ("postgres.auth.password.fromSecret", _get(config, "postgres", "auth", "password", "fromSecret")),
+        ("postgres.tls.ca.fromSecret", _get(config, "postgres", "tls", "ca", "fromSecret")),
+    ]
+    return [(path, name) for path, name in refs if isinstance(name, str)]
+
+
+def _upstream_problems(doc: Document, name: str, path: str, configs: Mapping[str, Any]) -> list[ConfigError]:
+    """The config, or the nearest ancestor that sets one, has an upstream URL that parses."""
+    seen: set[str] = set()
+    current: str | None = name
+    while current is not None and current in configs and current not in seen:
+        seen.add(current)
+        url = _str(_get(configs[current], "upstream", "url"))
+        if url is not None:
+            if current != name:
+                return []  # checked at the config that sets it
+            try:
+                Upstream.from_url(url)
+            except ValueError:
+                where = doc.source(f"{path}.upstream.url")
+                return [SchemaViolation("not a valid postgres://host:port URL", source=where)]
+            return []
+        current = _str(configs[current].get("parent"))
+    if current is not None:
+        return []  # a dangling parent or a loop: reported on its own
+    return [SchemaViolation("upstream.url is required (here or in a parent config)", source=doc.source(path))]
+
+
+def _parent_cycles(doc: Document, configs: Mapping[str, Any]) -> list[ConfigError]:
+    problems: list[ConfigError] = []
+    reported: set[frozenset[str]] = set()
+    paths = {name: path for name, _, path in reversed(_service_configs(_get(doc.body, "spec")))}
+    for start in configs:
+        chain = [start]
+        parent = _str(configs[start].get("parent"))
+        while parent is not None and parent in configs and parent not in chain:
+            chain.append(parent)
+            parent = _str(configs[parent].get("parent"))
+        if parent is not None and parent in chain:
+            loop = chain[chain.index(parent) :]
+            if frozenset(loop) not in reported:
+                reported.add(frozenset(loop))
+                message = f"parent chain loops: {' -> '.join([*loop, loop[0]])}"
+                problems.append(DanglingReference(message, source=doc.source(f"{paths[loop[0]]}.parent")))
+    return problems
+
+
+# --- CEL --------------------------------------------------------------------------------------
+
+
+def _condition_problems(doc: Document, condition: Any, path: list[str | int]) -> list[ConfigError]:
+    if not isinstance(condition, dict):
+        return []  # the schema reports it
+    if path.count("of") >= MAX_CONDITION_DEPTH:
+        where = doc.source(format_path(path))
+        return [SchemaViolation(f"conditions nest more than {MAX_CONDITION_DEPTH} levels", source=where)]
+    problems: list[ConfigError] = []
+    for key in ("match", "not"):
+        expression = _str(condition.get(key))
+        if expression is None:
+            continue
+        try:
+            compile_expression(expression)
+        except CelCompileError as exc:
+            problems.append(InvalidExpression(f"invalid CEL: {exc}", source=doc.source(format_path([*path, key]))))
+    for key in ("all", "any", "none"):
+        for i, child in enumerate(_list(_get(condition, key, "of"))):
+            problems.extend(_condition_problems(doc, child, [*path, key, "of", i]))
+    return problems
+
+
+def _collect(check: Callable[[Sequence[Document]], None], documents: Sequence[Document]) -> list[ConfigError]:
+    try:
+        check(documents)
+    except ManifestErrors as exc:
+        return list(exc.errors)
+    return []
