@@ -1,0 +1,388 @@
+"""A throwaway PostgreSQL cluster for tests (initdb + pg_ctl, free port, TLS, seeded roles) and a test CA.
+
+Modelled on asyncpg's `_testbase` TempCluster with `port='dynamic'`; see `TempCluster` for what it seeds.
+"""
+
+from __future__ import annotations
+
+import atexit
+import datetime
+import ipaddress
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Self
+from urllib.parse import quote, urlencode
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+SEEDED_ROLES = ("full_access", "read_only", "md5_user", "plain_user", "pgwarden_admin")
+_START_ATTEMPTS = 5
+_DIR_PREFIX = "pgwarden-pg-"
+_OWNER_FILE = "owner.pid"  # the test process that owns a cluster; see reap_orphans()
+_ORPHAN_MIN_AGE_S = 60
+_BIND_FAILURE = re.compile(r"could not (bind|create any TCP/IP sockets|create listen socket)")
+
+
+class ClusterError(RuntimeError):
+    """A PostgreSQL tool (initdb, pg_ctl, psql) failed while running the test cluster."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Return a TCP port that is free on `host` now (another process may still take it: retry on bind errors)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _is_port_free(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        return _is_port_free("::1", 0)
+    except OSError:
+        return False
+
+
+# --- test CA -------------------------------------------------------------------------------------------------
+
+
+def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    # PostgreSQL refuses a key file that group or others can read.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(pem)
+
+
+def _validity() -> tuple[datetime.datetime, datetime.datetime]:
+    now = datetime.datetime.now(datetime.UTC)
+    return now - datetime.timedelta(days=1), now + datetime.timedelta(days=30)
+
+
+def make_test_ca(directory: Path) -> tuple[Path, Path]:
+    """Create a self-signed test CA in `directory`; return (ca_cert_path, ca_key_path)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pgwarden test CA")])
+    not_before, not_after = _validity()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+                encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "ca.pem", directory / "ca.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_key(key, key_path)
+    return cert_path, key_path
+
+
+def issue_cert(
+    ca: tuple[Path, Path],
+    directory: Path,
+    *,
+    dns_names: Iterable[str],
+    ip_addresses: Iterable[str] = (),
+    name: str | None = None,
+) -> tuple[Path, Path]:
+    """Issue a leaf certificate (server and client auth) signed by `ca`; return (cert_path, key_path).
+
+    `ca` is what `make_test_ca` returns. Files are named `<name>.pem` / `<name>.key`; `name` defaults to the
+    first SAN, so issue certificates with different SANs into one directory without clashes.
+    """
+    ca_cert = x509.load_pem_x509_certificate(ca[0].read_bytes())
+    ca_key = serialization.load_pem_private_key(ca[1].read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    dns_names, ip_addresses = list(dns_names), list(ip_addresses)
+    sans: list[x509.GeneralName] = [x509.DNSName(n) for n in dns_names]
+    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses]
+    if not sans:
+        raise ValueError("issue_cert needs at least one DNS name or IP address")
+    stem = name or re.sub(r"[^A-Za-z0-9.-]", "_", (dns_names + ip_addresses)[0])
+    key = ec.generate_private_key(ec.SECP256R1())
+    not_before, not_after = _validity()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, stem)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+            critical=False,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = directory / f"{stem}.pem", directory / f"{stem}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_key(key, key_path)
+    return cert_path, key_path
+
+
+# --- the cluster -------------------------------------------------------------------------------------------
+
+_HBA_LOCAL = "# Written by tests/support/pgcluster.py. First match wins.\nlocal all postgres trust\n"
+_HBA_HOST = """\
+host all md5_user   {net} md5
+host all plain_user {net} password
+host all all        {net} scram-sha-256
+"""
+
+_SEED_SQL = """\
+CREATE DATABASE my_db OWNER postgres;
+CREATE DATABASE other_db OWNER postgres;
+\\connect my_db
+CREATE TABLE items (id serial PRIMARY KEY, name text);
+INSERT INTO items (name) VALUES ('alpha'), ('beta'), ('gamma');
+CREATE ROLE full_access LOGIN PASSWORD '{full_access}';
+GRANT ALL PRIVILEGES ON DATABASE my_db TO full_access;
+GRANT ALL PRIVILEGES ON SCHEMA public TO full_access;
+GRANT ALL PRIVILEGES ON ALL TABLES IN SCHEMA public TO full_access;
+GRANT ALL PRIVILEGES ON ALL SEQUENCES IN SCHEMA public TO full_access;
+CREATE ROLE read_only LOGIN PASSWORD '{read_only}';
+CREATE ROLE plain_user LOGIN PASSWORD '{plain_user}';
+SET password_encryption = 'md5';
+CREATE ROLE md5_user LOGIN PASSWORD '{md5_user}';
+RESET password_encryption;
+GRANT CONNECT ON DATABASE my_db TO read_only, md5_user, plain_user;
+GRANT USAGE ON SCHEMA public TO read_only, md5_user, plain_user;
+GRANT SELECT ON ALL TABLES IN SCHEMA public TO read_only, md5_user, plain_user;
+CREATE ROLE pgwarden_admin LOGIN SUPERUSER PASSWORD '{pgwarden_admin}';
+"""
+
+
+def _is_process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_orphans(temp_root: Path | None = None) -> None:
+    """Stop and delete clusters whose test process died without cleaning up (SIGKILL, a CI time-out)."""
+    for base in Path(temp_root or tempfile.gettempdir()).glob(f"{_DIR_PREFIX}*"):
+        owner_file = base / _OWNER_FILE
+        try:
+            owner = int(owner_file.read_text())
+            age_s = time.time() - owner_file.stat().st_mtime
+        except (OSError, ValueError):
+            continue  # not ours, or another run is between mkdtemp and writing the file
+        if age_s < _ORPHAN_MIN_AGE_S or _is_process_alive(owner):
+            continue
+        try:
+            postmaster = int((base / "data" / "postmaster.pid").read_text().split()[0])
+            os.kill(postmaster, signal.SIGQUIT)  # immediate shutdown, as `pg_ctl stop -m immediate`
+            deadline = time.monotonic() + 5
+            while _is_process_alive(postmaster) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        except (OSError, ValueError, IndexError):
+            pass
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _default_bindir() -> Path:
+    if env := os.environ.get("PGBIN"):
+        return Path(env)
+    out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, check=True)
+    return Path(out.stdout.strip())
+
+
+class TempCluster:
+    """A PostgreSQL cluster in its own temp dir on a free 127.0.0.1 port; `stop()` deletes everything.
+
+    Seeds databases `my_db` (table `items`) and `other_db`, and roles `full_access` (ALL on my_db),
+    `read_only` (SELECT), `md5_user` (MD5-stored password, md5 auth), `plain_user` (password auth) and the
+    superuser `pgwarden_admin`, each with a fresh random password in `passwords`. `postgres` has no password
+    and logs in only over the unix socket. Mutable: it tracks a running server.
+    """
+
+    host = "127.0.0.1"
+
+    def __init__(self, *, bindir: Path | None = None) -> None:
+        self.bindir = bindir or _default_bindir()
+        self.port = 0
+        self.passwords = {role: secrets.token_urlsafe(24) for role in SEEDED_ROLES}
+        self._base = Path(tempfile.mkdtemp(prefix=_DIR_PREFIX))
+        (self._base / _OWNER_FILE).write_text(str(os.getpid()))
+        self.datadir = self._base / "data"
+        self.socket_dir = self._base / "sock"
+        self.log_path = self._base / "postgres.log"
+        tls = self._base / "tls"
+        self.ca_cert_path, self.ca_key_path = tls / "ca.pem", tls / "ca.key"
+        self.server_cert_path, self.server_key_path = tls / "server.pem", tls / "server.key"
+        # initdb, pg_ctl and postgres refuse to run as root; as root we run them as the `postgres` OS user.
+        self._as_owner: dict[str, Any] = {}
+        if os.geteuid() == 0:
+            self._as_owner = {"user": "postgres", "group": "postgres", "extra_groups": []}
+        self._is_ipv6 = False
+        atexit.register(self.stop)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Create, configure, start and seed the cluster; on any failure clean up and re-raise."""
+        reap_orphans()
+        try:
+            self._create()
+            self._launch()
+            self.psql(_SEED_SQL.format(**self.passwords), database="postgres")
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Stop the server (immediate: the data is thrown away) and remove the temp dir. Idempotent."""
+        if (self.datadir / "postmaster.pid").exists():
+            self._run_tool(["pg_ctl", "stop", "-D", str(self.datadir), "-m", "immediate", "-w"], check=False)
+        shutil.rmtree(self._base, ignore_errors=True)
+        atexit.unregister(self.stop)
+
+    def dsn(self, role: str, database: str = "my_db", **params: str | int) -> str:
+        """A libpq URI for `role` over TCP, password included (`postgres` gets the unix socket instead)."""
+        query = urlencode({k: str(v) for k, v in params.items()})
+        if role == "postgres":
+            sock = urlencode({"host": str(self.socket_dir), "port": str(self.port)})
+            return f"postgresql://postgres@/{quote(database)}?{sock}" + (f"&{query}" if query else "")
+        userinfo = f"{quote(role, safe='')}:{quote(self.passwords[role], safe='')}"
+        base = f"postgresql://{userinfo}@{self.host}:{self.port}/{quote(database)}"
+        return base + (f"?{query}" if query else "")
+
+    def psql(self, sql: str, *, role: str = "postgres", database: str = "my_db") -> str:
+        """Run `sql` with psql (stdin, ON_ERROR_STOP) and return its unaligned stdout; raise ClusterError."""
+        env = self._clean_env()
+        if role == "postgres":
+            where = ["-h", str(self.socket_dir)]
+        else:
+            where, env["PGPASSWORD"] = ["-h", self.host], self.passwords[role]
+        cmd = ["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", *where, "-p", str(self.port),
+               "-U", role, "-d", database]
+        # The SQL goes through stdin so that passwords in it never show in `ps`.
+        done = subprocess.run(cmd, input=sql, capture_output=True, text=True, env=env)
+        if done.returncode != 0:
+            raise ClusterError(f"psql as {role} on {database} exited {done.returncode}: {done.stderr.strip()}")
+        return done.stdout
+
+    # --- internals ---
+
+    def _clean_env(self) -> dict[str, str]:
+        # An outer PGHOST/PGPORT/PGDATA must not steer our tools to another server.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        env["LC_ALL"] = "C"
+        return env
+
+    def _run_tool(self, argv: list[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
+        cmd = [str(self.bindir / argv[0]), *argv[1:]]
+        done = subprocess.run(cmd, capture_output=True, text=True, env=self._clean_env(), cwd=self._base,
+                              **self._as_owner)
+        if check and done.returncode != 0:
+            raise ClusterError(f"{argv[0]} exited {done.returncode}: {done.stderr.strip() or done.stdout}")
+        return done
+
+    def _create(self) -> None:
+        tls = self.ca_cert_path.parent
+        make_test_ca(tls)
+        # SAN is DNS localhost only, so verify-full to 127.0.0.1 fails on the host name (a test relies on it).
+        issue_cert((self.ca_cert_path, self.ca_key_path), tls, dns_names=["localhost"], name="server")
+        self.socket_dir.mkdir()
+        if self._as_owner:
+            for path in (self._base, self.socket_dir, tls, self.server_cert_path, self.server_key_path):
+                shutil.chown(path, "postgres", "postgres")
+        self._run_tool(["initdb", "-D", str(self.datadir), "-U", "postgres", "-E", "UTF8", "--locale=C",
+                        "-A", "reject", "--no-sync", "--no-instructions"])
+        self._is_ipv6 = is_ipv6 = _has_ipv6_loopback()
+        nets = ["127.0.0.1/32", "::1/128"] if is_ipv6 else ["127.0.0.1/32"]
+        hba = _HBA_LOCAL + "".join(_HBA_HOST.format(net=net) for net in nets)
+        (self.datadir / "pg_hba.conf").write_text(hba)
+        settings = {
+            "listen_addresses": "'127.0.0.1, ::1'" if is_ipv6 else "'127.0.0.1'",
+            "unix_socket_directories": f"'{self.socket_dir}'",
+            "max_connections": "300",
+            "password_encryption": "'scram-sha-256'",
+            "ssl": "on",
+            "ssl_cert_file": f"'{self.server_cert_path}'",
+            "ssl_key_file": f"'{self.server_key_path}'",
+            "ssl_ca_file": f"'{self.ca_cert_path}'",
+            # Speed: the data is thrown away, so durability buys nothing.
+            "fsync": "off",
+            "synchronous_commit": "off",
+            "full_page_writes": "off",
+            "autovacuum": "off",
+            # JIT makes timing-sensitive tests flaky (asyncpg's _testbase turns it off for the same reason).
+            "jit": "off",
+            "lc_messages": "'C'",
+            "log_min_messages": "warning",
+        }
+        with (self.datadir / "postgresql.conf").open("a") as conf:
+            conf.write("\n# tests/support/pgcluster.py\n")
+            conf.writelines(f"{key} = {value}\n" for key, value in settings.items())
+
+    def _launch(self) -> None:
+        # A free port can be taken by a parallel test run before postgres binds it: retry with another.
+        for _ in range(_START_ATTEMPTS):
+            self.port = free_port(self.host)
+            if self._is_ipv6 and not _is_port_free("::1", self.port):
+                continue
+            done = self._run_tool(["pg_ctl", "start", "-D", str(self.datadir), "-l", str(self.log_path),
+                                   "-w", "-t", "60", "-o", f"-p {self.port}"], check=False)
+            if done.returncode == 0:
+                return
+            log = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+            if not _BIND_FAILURE.search(log):
+                raise ClusterError(f"pg_ctl start exited {done.returncode}: {done.stderr.strip()}\n{log}")
+            self.log_path.unlink(missing_ok=True)
+        raise ClusterError(f"no free port after {_START_ATTEMPTS} attempts")
+
