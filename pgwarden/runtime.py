@@ -32,6 +32,7 @@ class ProxyOptions:
     access_log: str | None = "-"
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    default_service: str | None = None
 
 
 @dataclass(slots=True, kw_only=True)
@@ -67,6 +68,7 @@ async def start_proxy(options: ProxyOptions, snapshot: Snapshot) -> RunningProxy
         access_log=AccessLog(writer),
         fingerprint_key=fingerprint_key(data_dir),
         snapshot=snapshot,
+        default_service=options.default_service,
     )
     host, port = await server.start(options.listen_host, options.listen_port)
     socket_path = options.admin_socket or data_dir / ADMIN_SOCKET

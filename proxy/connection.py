@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from proxy.pgwire.framing import DEFAULT_MAX_MESSAGE_BYTES, MessageReader
 
@@ -33,7 +33,7 @@ class PgConnection(asyncio.Protocol):
 
     # --- asyncio.Protocol ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)
         self.transport = transport
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -96,7 +96,7 @@ class PgConnection(asyncio.Protocol):
             self.transport.close()
 
     def abort(self) -> None:
-        if self.transport is not None:
+        if self.transport is not None and not self.is_closed:
             self.transport.abort()
 
     # --- relay phase ---------------------------------------------------------------------

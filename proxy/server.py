@@ -7,7 +7,6 @@ session whose access the new snapshot removes is ended with a FATAL that says wh
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import secrets
 import time
@@ -39,15 +38,18 @@ class ProxyServer:
         access_log: AccessLog,
         fingerprint_key: bytes,
         snapshot: Snapshot | None = None,
+        default_service: str | None = None,
     ) -> None:
         self.tls_context = tls_context
         self.tokens = tokens
         self.access_log = access_log
         self.fingerprint_key = fingerprint_key
+        self.default_service = default_service  # serves database names that name no service
         self.live = LiveSnapshot(snapshot or Snapshot(), generation=1)
         self.applied_at = time.time()
         self.sessions: dict[str, ClientSession] = {}
-        self._by_process_id: dict[int, ClientSession] = {}
+        self._by_cancel_key: dict[tuple[int, int], ClientSession] = {}
+        self.connections: set[ClientSession] = set()  # every open client socket, logged in or not
         self._server: asyncio.AbstractServer | None = None
         self._revocation: asyncio.Task[None] | None = None
 
@@ -65,6 +67,12 @@ class ProxyServer:
             session.terminate(AuthenticationFailed("the proxy is shutting down", hint="reconnect in a moment"))
         if self._server is not None:
             await self._server.wait_closed()
+        await asyncio.sleep(0.05)  # let the FATALs go out before the sockets are dropped
+        for connection in list(self.connections):
+            if connection.upstream is not None:
+                connection.upstream.abort()
+            connection.abort()
+        await asyncio.sleep(0)  # connection_lost callbacks run before the loop may close
         self.access_log.writer.flush()
 
     # --- snapshots -----------------------------------------------------------------------
@@ -110,13 +118,18 @@ class ProxyServer:
 
     # --- session registry ----------------------------------------------------------------
     def register(self, session: ClientSession, user: str, generation: int) -> tuple[int, int]:
-        """Record a session that reached the relay; returns the BackendKeyData we give its client."""
+        """Record a session that reached the relay; returns the BackendKeyData we give its client.
+
+        The process id is the upstream backend's own, so pg_backend_pid(), NotificationResponse and
+        pg_terminate_backend() agree with what the client was told; the secret key is ours, so a
+        client never learns the key that cancels on the upstream directly.
+        """
+        assert session.route is not None and session.login is not None
+        process_id = session.login.process_id
         while True:
-            process_id = secrets.randbelow(2**31 - 2) + 1
-            if process_id not in self._by_process_id:
+            secret_key = secrets.randbits(32) - 2**31
+            if (process_id, secret_key) not in self._by_cancel_key:
                 break
-        secret_key = secrets.randbits(32) - 2**31
-        assert session.route is not None
         route = session.route
         session.info = SessionInfo(
             id=session.id, user=user, service=route.service.name, config=route.config.name,
@@ -124,21 +137,19 @@ class ProxyServer:
             client_address=_peer(session), started_at=time.time(), generation=generation,
         )
         self.sessions[session.id] = session
-        self._by_process_id[process_id] = session
+        self._by_cancel_key[(process_id, secret_key)] = session
         return process_id, secret_key
 
     def forget(self, session: ClientSession) -> None:
         self.sessions.pop(session.id, None)
-        if self._by_process_id.get(session.process_id) is session:
-            del self._by_process_id[session.process_id]
+        key = (session.process_id, session.secret_key)
+        if self._by_cancel_key.get(key) is session:
+            del self._by_cancel_key[key]
 
     async def cancel(self, process_id: int, secret_key: int) -> None:
         """Forward a client's CancelRequest to the upstream backend of the session it names."""
-        session = self._by_process_id.get(process_id)
+        session = self._by_cancel_key.get((process_id, secret_key))
         if session is None or session.login is None or session.route is None:
-            return
-        if not hmac.compare_digest(secret_key.to_bytes(4, "big", signed=True),
-                                   session.secret_key.to_bytes(4, "big", signed=True)):
             return
         up = session.route.config.upstream
         await send_cancel(up.host, up.port, session.route.config.postgres.ssl_mode,

@@ -12,7 +12,7 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from proxy.audit.accesslog import SessionLog
 from proxy.connection import PgConnection
@@ -31,6 +31,8 @@ log = logging.getLogger("pgwarden.session")
 
 STARTUP_TIMEOUT_S = 60.0  # PostgreSQL's authentication_timeout default
 TERMINATE_GRACE_S = 2.0
+CLOSE_GRACE_S = 5.0
+TLS_SHUTDOWN_TIMEOUT_S = 2.0  # asyncio's default of 30 s keeps dead sessions' sockets around
 _CLIENT_INSPECT = frozenset({m.QUERY, m.PARSE})
 _SERVER_INSPECT = frozenset({m.READY_FOR_QUERY, m.PARAMETER_STATUS})
 
@@ -105,14 +107,23 @@ class ClientSession(PgConnection):
     # --- lifecycle -----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        self.server.connections.add(self)
         self._task = asyncio.get_running_loop().create_task(self._serve())
 
     def on_closed(self) -> None:
+        self.server.connections.discard(self)
         if self.upstream is not None:
             self.upstream.close()
         if self._task is not None and not self._task.done() and not self.is_relaying:
             self._task.cancel()
         self._end()
+
+    def close(self) -> None:
+        super().close()
+        # A TLS close waits for the client's close_notify, which an idle client never sends:
+        # drop the socket if the client stays silent.
+        if self.transport is not None and not self.is_closed:
+            asyncio.get_running_loop().call_later(CLOSE_GRACE_S, self.abort)
 
     def on_upstream_closed(self) -> None:
         if self.pending_termination is not None:
@@ -164,8 +175,9 @@ class ClientSession(PgConnection):
                     raise ProtocolViolation("SSLRequest received twice")
                 self.write(b"S")
                 assert self.transport is not None
-                tls = await loop.start_tls(self.transport, self, self.server.tls_context, server_side=True)
-                assert isinstance(tls, asyncio.Transport)
+                tls = await loop.start_tls(self.transport, self, self.server.tls_context, server_side=True,
+                                           ssl_shutdown_timeout=TLS_SHUTDOWN_TIMEOUT_S)
+                tls = cast(asyncio.Transport, tls)
                 self.transport = tls
                 self.is_tls = True
             elif isinstance(packet, m.GSSENCRequest):
@@ -195,6 +207,10 @@ class ClientSession(PgConnection):
             db = rest if service == sni else ("" if database == sni else database)
             return sni, ConnectRequest(user=user, database=db, application_name=app)
         service, _, db = database.partition("/")
+        default = self.server.default_service
+        if default and service not in live.snapshot.services:
+            # A single-service deployment: any database name goes to the default service.
+            return default, ConnectRequest(user=user, database=database, application_name=app)
         if not service:
             raise UnknownService(
                 "no service named: connect with dbname=SERVICE or dbname=SERVICE/DATABASE",
@@ -315,6 +331,7 @@ class ClientSession(PgConnection):
             self.upstream.write(m.encode_terminate())
             self.upstream.close()
         self.close()
+        self._end()  # the session is over now, even while the TLS close is still under way
 
     def end_now(self, exc: PgwardenError) -> None:
         self.pending_termination = exc

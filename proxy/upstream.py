@@ -10,6 +10,7 @@ import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from proxy.connection import PgConnection
 from proxy.errors import UpstreamUnavailable
@@ -22,6 +23,7 @@ from proxy.snapshot import Secret, SSLMode
 from proxy.tls import tls_server_end_point, upstream_context
 
 CONNECT_TIMEOUT_S = 10.0
+TLS_SHUTDOWN_TIMEOUT_S = 2.0
 # Startup parameters a client may not pass through: we choose user/database, replication would
 # open a walsender, and _pq_ options need protocol negotiation we do not do.
 _BLOCKED_PARAMETERS = frozenset({"user", "database", "replication"})
@@ -110,8 +112,9 @@ async def _login(
             answer = await conn.read(conn.reader.next_byte)
             if answer == ord("S"):
                 ctx = upstream_context(pg.ssl_mode, ca_pem=ca_pem_for(route, secrets))
-                new_transport = await loop.start_tls(transport, conn, ctx, server_hostname=up.host)
-                assert isinstance(new_transport, asyncio.Transport)
+                new_transport = await loop.start_tls(transport, conn, ctx, server_hostname=up.host,
+                                                     ssl_shutdown_timeout=TLS_SHUTDOWN_TIMEOUT_S)
+                new_transport = cast(asyncio.Transport, new_transport)
                 conn.transport = new_transport
                 login.is_tls = True
                 der = new_transport.get_extra_info("ssl_object").getpeercert(binary_form=True)
@@ -210,8 +213,9 @@ async def send_cancel(route_host: str, route_port: int, ssl_mode: SSLMode, proce
                     answer = await conn.read(conn.reader.next_byte)
                     if answer == ord("S"):
                         ctx = upstream_context(SSLMode.REQUIRE, ca_pem=None)
-                        tls = await loop.start_tls(transport, conn, ctx, server_hostname=route_host)
-                        assert isinstance(tls, asyncio.Transport)
+                        tls = await loop.start_tls(transport, conn, ctx, server_hostname=route_host,
+                                                   ssl_shutdown_timeout=TLS_SHUTDOWN_TIMEOUT_S)
+                        tls = cast(asyncio.Transport, tls)
                         conn.transport = tls
                 conn.write(m.encode_cancel_request(process_id, secret_key))
                 # The server closes without answering; wait for that so the request is not lost.

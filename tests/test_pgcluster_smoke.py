@@ -43,7 +43,7 @@ def test_md5_user_password_is_stored_as_md5(pg: TempCluster) -> None:
 
 def test_read_only_cannot_insert(pg: TempCluster) -> None:
     with psycopg.connect(pg.dsn("read_only")) as conn:
-        assert conn.execute("SELECT count(*) FROM items").fetchone() == (3,)
+        assert conn.execute("SELECT count(*) FROM items").fetchone()[0] >= 3  # type: ignore[index]
         with pytest.raises(errors.InsufficientPrivilege):
             conn.execute("INSERT INTO items (name) VALUES ('nope')")
 

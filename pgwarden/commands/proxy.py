@@ -24,7 +24,8 @@ example:
   psql "host=127.0.0.1 port=6543 dbname=my-db sslmode=require user=alice"
 
 Choosing a service: the TLS SNI host name's first label (e.g. host=my-db.localhost), else the
-database name: dbname=my-db, or dbname=my-db/other_db to also ask for a database.
+database name: dbname=my-db, or dbname=my-db/other_db to also ask for a database; with
+--default-service, any other database name goes to that service unchanged.
 Send SIGHUP to re-read the manifests; a bad edit is reported and the running state is kept.
 """
 
@@ -48,6 +49,9 @@ def add_proxy_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-cert", type=Path, help="server certificate (PEM); default: a local CA and certificate "
                                                  "generated in the data directory")
     p.add_argument("--tls-key", type=Path, help="private key for --tls-cert")
+    p.add_argument("--default-service", metavar="NAME",
+                   help="serve connections whose database name names no service from this service, passing "
+                        "the whole name on as the database (for single-service deployments and unmodified apps)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -67,7 +71,7 @@ def options_from(args: argparse.Namespace) -> ProxyOptions:
     access_log = None if args.access_log in ("", "none") else args.access_log
     return ProxyOptions(listen_host=host, listen_port=port, data_dir=args.data_dir or default_data_dir(),
                         admin_socket=args.admin_socket, access_log=access_log,
-                        tls_cert=args.tls_cert, tls_key=args.tls_key)
+                        tls_cert=args.tls_cert, tls_key=args.tls_key, default_service=args.default_service)
 
 
 def run_proxy(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ import pytest
 
 from tests.support.asyncpg_suite import SuiteResult, compare, rerun_not_passing, run_suite, save_result
 from tests.support.pgcluster import TempCluster
+from tests.support.proxy_harness import start_harness
 
 SUITE_TIMEOUT_S = 600
 # The proxy's clients connect with sslmode=require (tests/support/proxy_harness.py); so does the baseline.
@@ -74,3 +75,50 @@ def test_compare_reports_tests_that_stop_passing() -> None:
     assert compare(direct, proxied, allowed=set()) == ["tests.m.A.t2", "tests.m.B.t3", "tests.m.B.t4"]
     # An allowed class excuses all of its tests; an allowed test id only itself.
     assert compare(direct, proxied, allowed={"tests.m.B", "tests.m.A.t"}) == ["tests.m.A.t2"]
+
+
+# Through the proxy, a client proves who it is with a token (PGPASSWORD) and the proxy logs in with the
+# password of the Secret; tests that log in as roles they create, with passwords of their own, cannot apply.
+SUITE_MANIFESTS = """\
+kind: Service
+metadata: {{name: asyncpg-suite}}
+spec:
+  mode: POSTGRES
+  config:
+    upstream: {{url: "postgres://{host}:{port}"}}
+    postgres: {{auth: {{password: {{fromSecret: admin-password}}}}, sslMode: REQUIRE}}
+---
+kind: User
+metadata: {{name: suite-runner}}
+spec: {{type: WORKLOAD}}
+---
+kind: Secret
+metadata: {{name: admin-password}}
+data: {{value: "{pw_admin}"}}
+"""
+
+# Tests that cannot pass through a secretless proxy, each with the reason.
+NOT_APPLICABLE: dict[str, str] = {
+    "tests.test_connect.TestAuthentication": "logs in as roles the test creates, with their own passwords",
+    "tests.test_connect.TestConnectParams": "checks client-side parsing only, against the env it was given",
+}
+
+
+@pytest.mark.slow
+def test_asyncpg_suite_through_proxy_adds_no_failure(
+    asyncpg_direct_baseline: SuiteResult, pg: TempCluster, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    base = tmp_path_factory.mktemp("asyncpg-proxied")
+    harness, stop = start_harness(pg, base, manifests_text=SUITE_MANIFESTS, default_service="asyncpg-suite")
+    try:
+        token = harness.token("suite-runner", ttl_s=3600)
+        env = suite_env("127.0.0.1", harness.port, "pgwarden_admin", token)
+        proxied = run_suite(env, base / "proxied.xml", SUITE_TIMEOUT_S)
+        save_result(proxied, base / "proxied.json")
+        allowed = set(KNOWN_DIRECT_FAILURES) | set(NOT_APPLICABLE)
+        newly_failing = compare(asyncpg_direct_baseline, proxied, allowed)
+        # A test that failed under load may pass alone; only what still fails alone counts.
+        still_failing = rerun_not_passing(env, set(newly_failing), base / "rerun.xml", SUITE_TIMEOUT_S)
+    finally:
+        stop()
+    assert not still_failing, f"asyncpg tests that pass directly fail through pgwarden: {sorted(still_failing)}"

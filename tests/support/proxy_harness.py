@@ -138,6 +138,7 @@ def write_manifests(directory: Path, pg: Any, text: str = MANIFESTS) -> Path:
         host=pg.host, port=pg.port, ca=pg.ca_cert_path,
         pw_full=pg.passwords["full_access"], pw_ro=pg.passwords["read_only"],
         pw_md5=pg.passwords["md5_user"], pw_plain=pg.passwords["plain_user"],
+        pw_admin=pg.passwords["pgwarden_admin"],
     ))
     return directory
 
@@ -190,12 +191,14 @@ class ProxyHarness:
 
 
 
-def start_harness(pg: Any, base: Path) -> tuple[ProxyHarness, Any]:
-    """Start a proxy thread on the fixture manifests; returns the harness and a stop function."""
-    manifests = write_manifests(base / "manifests", pg)
+def start_harness(
+    pg: Any, base: Path, *, manifests_text: str = MANIFESTS, default_service: str | None = None
+) -> tuple[ProxyHarness, Any]:
+    """Start a proxy thread on the given manifests; returns the harness and a stop function."""
+    manifests = write_manifests(base / "manifests", pg, manifests_text)
     log_path = base / "access.log"
     options = ProxyOptions(listen_host="127.0.0.1", listen_port=0, data_dir=base / "data",
-                           access_log=str(log_path))
+                           access_log=str(log_path), default_service=default_service)
     snapshot = load_snapshot(manifests)
     loop = uvloop.new_event_loop()  # what `pgwarden` runs on
     ready = threading.Event()
@@ -218,7 +221,9 @@ def start_harness(pg: Any, base: Path) -> tuple[ProxyHarness, Any]:
 
     def stop() -> None:
         asyncio.run_coroutine_threadsafe(holder["running"].close(), loop).result(10)
-        asyncio.run_coroutine_threadsafe(asyncio.sleep(0.2), loop).result(10)  # closing transports finish
+        # TLS shutdowns in flight end within the proxy's 2 s ssl_shutdown_timeout; closing the loop before
+        # they do makes uvloop refuse (EBUSY).
+        asyncio.run_coroutine_threadsafe(asyncio.sleep(2.5), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
