@@ -13,7 +13,7 @@ from pathlib import Path
 from aiohttp import web
 
 from pgwarden.datadir import ADMIN_SOCKET, fingerprint_key, prepare
-from proxy.admin import start_admin
+from proxy.admin import build_app, start_admin
 from proxy.audit.accesslog import AccessLog, AccessLogWriter
 from proxy.identity.tokens import TokenAuthority
 from proxy.server import ProxyServer
@@ -55,7 +55,9 @@ class RunningProxy:
         self.server.access_log.writer.close()
 
 
-async def start_proxy(options: ProxyOptions, snapshot: Snapshot) -> RunningProxy:
+async def start_proxy(
+    options: ProxyOptions, snapshot: Snapshot, *, admin_routes: Callable[[web.Application], None] | None = None
+) -> RunningProxy:
     data_dir = prepare(options.data_dir)
     if options.tls_cert and options.tls_key:
         cert = ServerCertificate(cert_path=options.tls_cert, key_path=options.tls_key, ca_path=None)
@@ -72,7 +74,10 @@ async def start_proxy(options: ProxyOptions, snapshot: Snapshot) -> RunningProxy
     )
     host, port = await server.start(options.listen_host, options.listen_port)
     socket_path = options.admin_socket or data_dir / ADMIN_SOCKET
-    admin = await start_admin(server, socket_path)
+    app = build_app(server)
+    if admin_routes is not None:
+        admin_routes(app)
+    admin = await start_admin(server, socket_path, app)
     return RunningProxy(server=server, admin=admin, host=host, port=port, admin_socket=socket_path,
                         ca_path=cert.ca_path)
 
@@ -103,3 +108,24 @@ def run(main: Callable[[], object]) -> None:
         return
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(main())  # type: ignore[arg-type]
+
+
+class EmbeddedTarget:
+    """The reconciler's LiveTarget for a proxy in this process: reads and swaps `server.live`.
+
+    Bound after construction, because the proxy's admin API is built with the reconciler's routes.
+    """
+
+    def __init__(self) -> None:
+        self.server: ProxyServer | None = None
+
+    def _bound(self) -> ProxyServer:
+        if self.server is None:
+            raise RuntimeError("the proxy is not running yet")
+        return self.server
+
+    def current(self) -> Snapshot:
+        return self._bound().live.snapshot
+
+    def swap(self, snapshot: Snapshot) -> int:
+        return self._bound().apply(snapshot)

@@ -8,12 +8,11 @@ import logging
 import sys
 from pathlib import Path
 
-from reconciler.manifests import load_snapshot
-
 from pgwarden.datadir import default_data_dir
 from pgwarden.output import error
 from pgwarden.runtime import ProxyOptions, run, serve_until_signal, start_proxy
 from reconciler.errors import ConfigError, ManifestErrors
+from reconciler.manifests import load_snapshot
 
 log = logging.getLogger("pgwarden")
 

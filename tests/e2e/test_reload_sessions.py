@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import psycopg
 import pytest
-from reconciler.manifests import load_snapshot
 
+from reconciler.manifests import load_snapshot
 from tests.support.proxy_harness import MANIFESTS, ProxyHarness, write_manifests
 
 

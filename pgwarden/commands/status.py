@@ -1,0 +1,84 @@
+"""`pgwarden status`: what is live, from the running instance's admin API."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+from typing import Any
+
+from pgwarden.adminclient import AdminUnavailable, add_target_options, call, socket_path
+from pgwarden.output import error
+
+EPILOG = """\
+example:
+  pgwarden status              # conditions, revisions, last 5 attempts, objects, upstream health
+  pgwarden status -o json | jq '.conditions'
+
+exit codes: 0 Ready, 1 not Ready (Stalled, failing, suspended), 2 no instance running.
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("status", help="show what is live and why",
+                              description="Show the reconciler's status: source, revisions, conditions "
+                                          "(Ready/Reconciling/Stalled), last attempts, objects and health.",
+                              epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    add_target_options(p)
+    p.set_defaults(func=run_status)
+
+
+def _when(ts: float | None) -> str:
+    if not ts:
+        return "never"
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def render(status: dict[str, Any], proxy: dict[str, Any] | None) -> str:
+    lines = [f"source:     {status['source']} (ref {status['ref']}, path {status['path']})",
+             f"suspended:  {'yes' if status['suspended'] else 'no'}",
+             f"applied:    {status['last_applied_revision'] or '(nothing yet)'} at {_when(status['last_applied_at'])}"
+             f" (generation {status['generation']})",
+             f"attempted:  {status['last_attempted_revision'] or '(nothing yet)'}"]
+    if status.get("next_retry_at"):
+        lines.append(f"next retry: {_when(status['next_retry_at'])}")
+    if proxy:
+        lines.append(f"proxy:      generation {proxy['generation']}, {proxy['sessions']} open session(s)")
+    lines.append("conditions:")
+    for c in status["conditions"]:
+        lines.append(f"  {c['type']:<12} {c['status']:<7} {c['reason']}: {c['message']}")
+    lines.append("last attempts:")
+    for a in status["history"]:
+        lines.append(f"  {_when(a['started_at'])}  {a['result']:<9} {a['revision']}  {a['reason']} "
+                     f"({a['duration_s'] * 1000:.0f} ms)")
+        for e in a.get("errors", [])[:20] if a["result"] == "Failed" else []:
+            lines.append(f"      {e}")
+    lines.append("objects:")
+    for kind, names in status["objects"].items():
+        lines.append(f"  {kind:<8} {len(names):>4}  {', '.join(names[:8])}{' …' if len(names) > 8 else ''}")
+    if status["health"]:
+        lines.append("upstream health:")
+        for service, configs in sorted(status["health"].items()):
+            for config, result in sorted(configs.items()):
+                lines.append(f"  {service}/{config}: {result}")
+    return "\n".join(lines)
+
+
+def run_status(args: argparse.Namespace) -> int:
+    path = socket_path(args.data_dir, args.admin_socket)
+    try:
+        code, status = call(path, "GET", "/v1/status")
+        _, proxy = call(path, "GET", "/healthz")
+    except AdminUnavailable as exc:
+        error(str(exc), hint="start one with `pgwarden up`, or pass --data-dir")
+        return 2
+    if code == 404:
+        error("this instance runs no reconciler (started with `pgwarden proxy`?)")
+        return 2
+    if args.output == "json":
+        print(json.dumps({**status, "proxy": proxy}, indent=2))
+    else:
+        print(render(status, proxy))
+    ready = any(c["type"] == "Ready" and c["status"] == "True" for c in status["conditions"])
+    return 0 if ready and not status["suspended"] else 1

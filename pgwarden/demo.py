@@ -1,0 +1,142 @@
+"""`pgwarden up --demo`: a throwaway PostgreSQL and a local Git copy of examples-repo/.
+
+The demo database gets the seed's roles (`full_access`, `read_only`) with the passwords held in
+the example repo's sops-encrypted Secrets, decrypted in memory with the repo's demo-only age key.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import git
+
+from reconciler import decrypt, load
+from reconciler.sops import KeyRing
+
+EXAMPLES_REPO = Path(__file__).resolve().parents[1] / "examples-repo"
+DEMO_KEY = "demo-age-key.txt"
+DEMO_PG_PORT = 54329  # examples-repo's Services point here
+
+
+class DemoError(Exception):
+    """The demo cannot start; the message says what to install or change."""
+
+
+@dataclass(slots=True, kw_only=True)
+class DemoDatabase:
+    bindir: Path
+    directory: Path
+    port: int
+
+    def stop(self) -> None:
+        _run_as_postgres([str(self.bindir / "pg_ctl"), "-D", str(self.directory / "data"), "stop", "-m", "fast",
+                          "-w"], check=False)
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _bindir() -> Path:
+    try:
+        out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise DemoError("PostgreSQL is not installed: the demo needs Debian's server binaries "
+                        "(apt-get install postgresql)") from exc
+    bindir = Path(out.stdout.strip())
+    if not (bindir / "initdb").exists():
+        raise DemoError(f"no initdb in {bindir}: install the server package (apt-get install postgresql)")
+    return bindir
+
+
+def _run_as_postgres(cmd: list[str], *, check: bool = True, stdin: str | None = None) -> str:
+    # initdb and postgres refuse to run as root; the Debian package creates the `postgres` user.
+    user = "postgres" if os.geteuid() == 0 else None
+    out = subprocess.run(cmd, capture_output=True, text=True, input=stdin, user=user, check=False)
+    if check and out.returncode != 0:
+        raise DemoError(f"{Path(cmd[0]).name} failed: {out.stderr.strip() or out.stdout.strip()}")
+    return out.stdout
+
+
+def demo_passwords(repo: Path) -> dict[str, str]:
+    """Secret name → value, decrypted in memory with the repo's demo key."""
+    keys = KeyRing.from_files(age_key_files=[repo / DEMO_KEY])
+    try:
+        files, problems = load.read_directory(repo)
+        documents = decrypt.secrets(load.parse_files(files, problems), keys)
+    finally:
+        keys.close()
+    return {d.name: str(d.body["data"]["value"]) for d in documents if d.kind == "Secret"}
+
+
+def start_database(passwords: dict[str, str], *, port: int = DEMO_PG_PORT) -> DemoDatabase:
+    """initdb + pg_ctl start on 127.0.0.1:port, then the seed's roles, database and grants."""
+    bindir = _bindir()
+    directory = Path(tempfile.mkdtemp(prefix="pgwarden-demo-pg-"))
+    data = directory / "data"
+    if os.geteuid() == 0:
+        shutil.chown(directory, "postgres", "postgres")
+    database = DemoDatabase(bindir=bindir, directory=directory, port=port)
+    try:
+        _run_as_postgres([str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust",
+                          "--no-sync", "-E", "UTF8"])
+        (data / "pg_hba.conf").write_text(
+            "local all postgres trust\nhost all all 127.0.0.1/32 scram-sha-256\nhost all all ::1/128 scram-sha-256\n")
+        options = (f"-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={directory} "
+                   "-c fsync=off -c password_encryption=scram-sha-256")
+        started = subprocess.run(
+            [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(directory / "postgres.log"), "-o", options,
+             "-w", "start"], capture_output=True, text=True, user="postgres" if os.geteuid() == 0 else None)
+        if started.returncode != 0:
+            log = (directory / "postgres.log").read_text() if (directory / "postgres.log").exists() else ""
+            hint = f"is another demo (or something else) using port {port}?" if "in use" in log else log[-500:]
+            raise DemoError(f"the demo PostgreSQL did not start: {hint}")
+        _seed(database, passwords)
+    except BaseException:
+        database.stop()
+        raise
+    return database
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _seed(database: DemoDatabase, passwords: dict[str, str]) -> None:
+    psql = [str(database.bindir / "psql"), "-h", str(database.directory), "-p", str(database.port), "-U",
+            "postgres", "-v", "ON_ERROR_STOP=1", "-qX"]
+    # Passwords travel on stdin, never on a command line another user could read.
+    _run_as_postgres([*psql, "-d", "postgres"], stdin=f"""
+ALTER ROLE postgres PASSWORD {_literal(passwords["my-pg-password"])};
+CREATE ROLE full_access LOGIN PASSWORD {_literal(passwords["full-access-password"])};
+CREATE ROLE read_only LOGIN PASSWORD {_literal(passwords["read-only-password"])};
+CREATE DATABASE my_db;
+""")
+    _run_as_postgres([*psql, "-d", "my_db"], stdin="""
+CREATE TABLE items (id serial PRIMARY KEY, name text NOT NULL, created_at timestamptz DEFAULT now());
+INSERT INTO items (name) VALUES ('keyboard'), ('monitor'), ('coffee');
+GRANT ALL PRIVILEGES ON DATABASE my_db TO full_access;
+GRANT ALL PRIVILEGES ON SCHEMA public TO full_access;
+GRANT ALL PRIVILEGES ON ALL TABLES IN SCHEMA public TO full_access;
+GRANT ALL PRIVILEGES ON ALL SEQUENCES IN SCHEMA public TO full_access;
+GRANT CONNECT ON DATABASE my_db TO read_only;
+GRANT USAGE ON SCHEMA public TO read_only;
+GRANT SELECT ON ALL TABLES IN SCHEMA public TO read_only;
+""")
+
+
+def prepare_repo(data_dir: Path) -> tuple[Path, bool]:
+    """A Git repository copied from examples-repo/ (once; later runs keep the user's commits)."""
+    repo_dir = data_dir / "demo-repo"
+    if (repo_dir / ".git").exists():
+        return repo_dir, False
+    shutil.copytree(EXAMPLES_REPO, repo_dir, dirs_exist_ok=True)
+    repo = git.Repo.init(repo_dir, initial_branch="main")
+    with repo.config_writer() as config:
+        config.set_value("user", "name", "pgwarden demo")
+        config.set_value("user", "email", "demo@pgwarden.invalid")
+    repo.git.add(A=True)
+    repo.index.commit("Import pgwarden's example repository")
+    return repo_dir, True

@@ -1,0 +1,89 @@
+"""Apply a desired snapshot to the live proxy: keep what others applied, prune what we applied before.
+
+`LiveTarget` is the seam (owned here, its user): the embedded proxy satisfies it in `pgwarden up`,
+an in-memory one in tests. The swap itself is one reference assignment inside the proxy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+from proxy.snapshot import Snapshot
+from reconciler.status import Reason, ReconcileError
+
+KINDS = ("Service", "User", "Group", "Secret")
+
+
+class LiveTarget(Protocol):
+    def current(self) -> Snapshot: ...
+
+    def swap(self, snapshot: Snapshot) -> int:
+        """Make `snapshot` live atomically; returns its generation. Raises on refusal, changing nothing."""
+        ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Plan:
+    snapshot: Snapshot  # what will be live
+    inventory: list[str]  # "Kind/name" this source owns after the apply
+    pruned: list[str]  # owned before, gone from the desired state
+    kept: list[str]  # live objects another writer applied; never touched
+
+
+def _names(snapshot: Snapshot) -> dict[str, dict[str, object]]:
+    return {"Service": dict(snapshot.services), "User": dict(snapshot.users),
+            "Group": dict(snapshot.groups), "Secret": dict(snapshot.secrets)}
+
+
+def plan(desired: Snapshot, live: Snapshot, previous_inventory: list[str], *, allow_empty: bool = False) -> Plan:
+    """Desired objects win; live objects not in our inventory are kept; ours that vanished are pruned."""
+    desired_objects = _names(desired)
+    if not allow_empty and not any(desired_objects.values()):
+        raise ReconcileError(
+            "the revision has no objects: refusing to remove everything (set allowEmpty to allow it)",
+            reason=Reason.PRUNE_FAILED, terminal=True,
+        )
+    owned = set(previous_inventory)
+    merged = {kind: dict(objects) for kind, objects in desired_objects.items()}
+    pruned: list[str] = []
+    kept: list[str] = []
+    for kind, objects in _names(live).items():
+        for name, obj in objects.items():
+            if name in merged[kind]:
+                continue
+            key = f"{kind}/{name}"
+            if key in owned:
+                pruned.append(key)
+            else:
+                merged[kind][name] = obj
+                kept.append(key)
+    snapshot = replace(desired, services=merged["Service"], users=merged["User"], groups=merged["Group"],
+                       secrets=merged["Secret"])  # type: ignore[arg-type]
+    inventory = sorted(f"{kind}/{name}" for kind, objects in desired_objects.items() for name in objects)
+    return Plan(snapshot=snapshot, inventory=inventory, pruned=sorted(pruned), kept=sorted(kept))
+
+
+def changes(target: LiveTarget, the_plan: Plan) -> int:
+    """Swap the planned snapshot in and return the live generation."""
+    try:
+        return target.swap(the_plan.snapshot)
+    except Exception as exc:
+        raise ReconcileError(f"the proxy refused the snapshot: {exc}", reason=Reason.APPLY_FAILED,
+                             terminal=False) from exc
+
+
+class InMemoryTarget:
+    """A LiveTarget without a proxy, for tests and `--dry-run` style checks."""
+
+    def __init__(self, snapshot: Snapshot | None = None) -> None:
+        self.snapshot = snapshot or Snapshot()
+        self.generation = 1
+
+    def current(self) -> Snapshot:
+        return self.snapshot
+
+    def swap(self, snapshot: Snapshot) -> int:
+        self.snapshot = snapshot
+        self.generation += 1
+        return self.generation

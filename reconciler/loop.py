@@ -1,0 +1,165 @@
+"""The reconcile loop: fetch → load → decrypt → validate → build → apply → prune → health.
+
+Level-based: each run compares the revision's desired state with what is live. A bad revision is
+terminal (Stalled until a new one); an outage is retried with capped exponential backoff. Either
+way the last good snapshot stays live, and prune never runs after an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from proxy.snapshot import Snapshot
+from reconciler import apply, build, decrypt, health, load, validate
+from reconciler.sops import KeyRing
+from reconciler.source import GitSource, Revision
+from reconciler.status import Reason, ReconcileError, Status, classify
+
+log = logging.getLogger("pgwarden.reconciler")
+
+BACKOFF_FIRST_S = 1.0
+BACKOFF_MAX_S = 300.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReconcileOptions:
+    allow_empty: bool = False
+    allow_plaintext_secrets: bool = False
+    health_probe: bool = True
+    status_path: Path | None = None  # status.json in the data directory (no secrets in it)
+
+
+class Reconciler:
+    """Keeps the live proxy at the desired state of one Git source."""
+
+    def __init__(self, source: GitSource, target: apply.LiveTarget, keys: KeyRing | None,
+                 options: ReconcileOptions) -> None:
+        self.source = source
+        self.target = target
+        self.keys = keys
+        self.options = options
+        self.status = Status(source=source.describe(), ref=source.spec.ref or "(default branch)",
+                             path=source.spec.path)
+        if options.status_path is not None:
+            self.status.inventory = Status.load_inventory(options.status_path)
+        self._lock = asyncio.Lock()
+        self._failures = 0
+        self._stalled_on: str | None = None  # the revision a terminal error was about
+        self._last_revision: Revision | None = None
+        self._retry: asyncio.TimerHandle | None = None
+        self.applied = asyncio.Event()  # set after each successful apply (tests and `up` wait on it)
+
+    # --- control -------------------------------------------------------------------------
+    def suspend(self) -> None:
+        self.status.suspended = True
+        self.status.set_condition("Suspended", "True", Reason.SUSPENDED, "reconciliation is suspended")
+        self._save()
+
+    def resume(self) -> None:
+        self.status.suspended = False
+        self.status.conditions.pop("Suspended", None)
+        self._save()
+        self.source.trigger()
+
+    def request(self, *, with_source: bool) -> None:
+        """`pgwarden reconcile`: run now; re-fetch only when asked (with_source)."""
+        self._stalled_on = None  # an explicit request retries even a stalled revision
+        if with_source or self._last_revision is None:
+            self.source.trigger()
+        else:
+            asyncio.get_running_loop().create_task(self.reconcile(fetch=False))
+
+    async def run(self, *, initial: bool = True) -> None:
+        """Reconcile at start, then on every change signal from the source (poll, watch, webhook)."""
+        if initial:
+            await self.reconcile()
+        async for _ in self.source.changes():
+            await self.reconcile()
+
+    # --- one cycle -----------------------------------------------------------------------
+    async def reconcile(self, *, fetch: bool = True) -> bool:
+        """One full cycle. Returns True when the revision is live."""
+        if self.status.suspended:
+            return False
+        async with self._lock:
+            started = time.time()
+            revision_id = self._last_revision.id if self._last_revision else ""
+            stage = Reason.ARTIFACT_FAILED
+            try:
+                revision = await self.source.fetch() if fetch or self._last_revision is None else self._last_revision
+                revision_id = revision.id
+                if revision_id == self._stalled_on and revision_id != self.status.last_applied_revision:
+                    return False  # same bad revision: wait for a new commit (or an explicit request)
+                self._last_revision = revision
+                self.status.started(revision_id)
+                stage = Reason.VALIDATION_FAILED
+                desired = await asyncio.to_thread(self._desired, revision)
+                stage = Reason.APPLY_FAILED
+                the_plan = apply.plan(desired, self.target.current(), self.status.inventory,
+                                      allow_empty=self.options.allow_empty)
+                generation = apply.changes(self.target, the_plan)
+            except Exception as exc:  # noqa: BLE001 - every failure is classified and kept in status
+                self._fail(revision_id, started, classify(exc, stage=stage))
+                return False
+            self._failures = 0
+            self._stalled_on = None
+            self.status.succeeded(revision_id, started, the_plan.snapshot, generation, the_plan.inventory)
+            log.info("applied %s as generation %d (%d pruned, %d kept from other writers) in %.0f ms",
+                     revision_id, generation, len(the_plan.pruned), len(the_plan.kept),
+                     (time.time() - started) * 1000)
+            self._save()
+            self.applied.set()
+        if self.options.health_probe:
+            await self._probe(the_plan.snapshot)
+        return True
+
+    def _desired(self, revision: Revision) -> Snapshot:
+        """Pure stages, in a worker thread: load, decrypt (memory only), validate, build."""
+        files, problems = load.read_directory(revision.root)
+        documents = load.parse_files(files, problems)
+        documents = decrypt.secrets(documents, self.keys, allow_plaintext=self.options.allow_plaintext_secrets)
+        validate.validate_all(documents)
+        return build.build_snapshot(documents, revision=revision.id, source=self.source.describe())
+
+    async def _probe(self, snapshot: Snapshot) -> None:
+        results = await health.probe(snapshot)
+        self.status.health = results
+        degraded = {
+            service for service, configs in results.items()
+            if any(v != "ok" and not v.startswith("skipped") for v in configs.values())
+        }
+        if degraded:
+            names = ", ".join(sorted(degraded))
+            self.status.set_condition("Healthy", "False", Reason.HEALTH_CHECK_FAILED,
+                                      f"upstream login failed for: {names}")
+        else:
+            self.status.set_condition("Healthy", "True", Reason.RECONCILIATION_SUCCEEDED,
+                                      "every upstream config accepted its login")
+        self._save()
+
+    def _fail(self, revision_id: str, started: float, error: ReconcileError) -> None:
+        retry_at = None
+        if error.is_terminal:
+            self._stalled_on = revision_id
+            log.error("revision %s rejected (%s); generation %d stays live:\n  %s", revision_id,
+                      error.reason.value, self.status.generation, "\n  ".join(error.errors))
+        else:
+            self._failures += 1
+            delay = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** (self._failures - 1)) * random.uniform(0.8, 1.2)
+            retry_at = time.time() + delay
+            if self._retry is not None:
+                self._retry.cancel()
+            self._retry = asyncio.get_running_loop().call_later(delay, self.source.trigger)
+            log.warning("reconcile of %s failed (%s): %s; retrying in %.1f s", revision_id or "(no revision)",
+                        error.reason.value, error.message, delay)
+        self.status.failed(revision_id, started, error, retry_at=retry_at)
+        self._save()
+
+    def _save(self) -> None:
+        if self.options.status_path is not None:
+            self.status.save(self.options.status_path)
