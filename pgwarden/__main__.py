@@ -26,7 +26,7 @@ Run `pgwarden COMMAND --help` for each command's options and an example.
 """
 
 # Each module adds its own subcommand with register(subparsers).
-COMMAND_MODULES = ("proxy", "token", "sops", "secret")
+COMMAND_MODULES = ("up", "proxy", "token", "status", "reconcile", "suspend", "validate", "diff", "sops", "secret")
 
 
 def build_parser() -> argparse.ArgumentParser:

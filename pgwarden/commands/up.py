@@ -1,0 +1,193 @@
+"""`pgwarden up`: the proxy and the GitOps reconciler in one process (`--demo` brings its own database)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+from pathlib import Path
+
+from aiohttp import web
+from reconciler.source import GitSource, SourceSpec
+from reconciler.webhook import add_webhook_routes
+
+from pgwarden import demo
+from pgwarden.commands.proxy import add_proxy_options, options_from, parse_listen
+from pgwarden.datadir import default_data_dir, prepare
+from pgwarden.output import error
+from pgwarden.runtime import EmbeddedTarget, RunningProxy, run, serve_until_signal, start_proxy
+from proxy.snapshot import Snapshot
+from reconciler.api import add_reconciler_routes
+from reconciler.loop import ReconcileOptions, Reconciler
+from reconciler.metrics import ReconcilerMetrics
+from reconciler.sops import KeyRing, SopsError
+
+log = logging.getLogger("pgwarden")
+
+EPILOG = """\
+examples:
+  pgwarden up --demo                       # throwaway PostgreSQL + examples-repo/ as a local Git repo
+  pgwarden up --repo https://git.example.com/acme/db-access.git --ref main --path prod \\
+              --age-key-file /etc/pgwarden/age.key --http-listen 0.0.0.0:8080
+
+A change is live within --poll-interval, within about a second when --repo is a local path
+(watched) or when the webhook fires: POST http://HTTP-LISTEN/hooks/git, signed with
+X-Hub-Signature-256 (GitHub, secret from $PGWARDEN_WEBHOOK_SECRET) or carrying
+"Authorization: Bearer $PGWARDEN_WEBHOOK_TOKEN". The webhook only triggers a fetch.
+Then: pgwarden status | pgwarden reconcile --with-source | pgwarden suspend | pgwarden resume
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "up", help="run the proxy and the GitOps reconciler (try: pgwarden up --demo)",
+        description="Run the proxy and keep it at the desired state of a Git repository of manifests.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--demo", action="store_true",
+                   help="start a throwaway PostgreSQL on 127.0.0.1:54329 and serve examples-repo/ as a local "
+                        "Git repository in DATA_DIR/demo-repo")
+    p.add_argument("--repo", metavar="URL|PATH", help="Git URL (file://, https://, ssh://) or local path")
+    p.add_argument("--ref", help="branch, tag or commit to follow (default: the remote's default branch)")
+    p.add_argument("--path", default=".", help="directory of manifests inside the repository (default: .)")
+    p.add_argument("--poll-interval", type=float, default=60.0, metavar="SECONDS",
+                   help="how often to fetch (default 60; ±10%% jitter)")
+    p.add_argument("--fetch-timeout", type=float, default=60.0, metavar="SECONDS", help="default 60")
+    p.add_argument("--http-listen", type=parse_listen, default=("127.0.0.1", 8080), metavar="HOST:PORT",
+                   help="HTTP listener for the webhook (and, later, login pages); default 127.0.0.1:8080")
+    p.add_argument("--age-key-file", type=Path, action="append", default=[],
+                   help="age identity file to decrypt sops Secrets (repeatable; also $SOPS_AGE_KEY_FILE, "
+                        "$SOPS_AGE_KEY). The file holds a private key: keep it 0600 and out of Git")
+    p.add_argument("--pgp-key-file", type=Path, action="append", default=[],
+                   help="armored PGP secret key to decrypt sops Secrets (imported into a private keyring)")
+    p.add_argument("--verify-signatures", action="store_true",
+                   help="only apply commits signed by a --trusted-key")
+    p.add_argument("--trusted-key", type=Path, action="append", default=[], help="armored PGP public key")
+    p.add_argument("--allow-plaintext-secrets", action="store_true",
+                   help="accept unencrypted Secret manifests (local development only)")
+    p.add_argument("--allow-empty", action="store_true",
+                   help="allow a revision with no objects to remove everything this source applied")
+    p.add_argument("--no-health-probe", action="store_true",
+                   help="do not log in to each upstream after an apply")
+    add_proxy_options(p)
+    p.set_defaults(func=run_up)
+
+
+def run_up(args: argparse.Namespace) -> int:
+    if not args.demo and not args.repo:
+        error("say where the manifests are: --repo URL|PATH (or try --demo)")
+        return 2
+    data_dir = prepare(args.data_dir or default_data_dir())
+    args.data_dir = data_dir
+    database: demo.DemoDatabase | None = None
+    repo, ref = args.repo, args.ref
+    age_keys = list(args.age_key_file)
+    try:
+        if args.demo:
+            repo_dir, created = demo.prepare_repo(data_dir)
+            repo, ref = str(repo_dir), None
+            age_keys.append(repo_dir / demo.DEMO_KEY)
+            print(f"pgwarden demo: {'created' if created else 'reusing'} the manifests repository {repo_dir}",
+                  file=sys.stderr)
+            database = demo.start_database(demo.demo_passwords(repo_dir))
+            print(f"pgwarden demo: throwaway PostgreSQL 15 on 127.0.0.1:{database.port}", file=sys.stderr)
+        keys = KeyRing.from_files(age_key_files=age_keys, pgp_key_files=args.pgp_key_file, include_env=True)
+    except (demo.DemoError, SopsError, OSError) as exc:
+        error(str(exc))
+        if database is not None:
+            database.stop()
+        return 2
+    spec = SourceSpec(url=repo, ref=ref, path=args.path, poll_interval_s=args.poll_interval,
+                      fetch_timeout_s=args.fetch_timeout, verify_signatures=args.verify_signatures,
+                      trusted_keys=tuple(args.trusted_key))
+    try:
+        run(lambda: _serve(args, spec, keys, is_demo=args.demo))
+    except OSError as exc:
+        error(f"cannot listen: {exc.strerror or exc}", hint="pick other addresses with --listen/--http-listen")
+        return 2
+    finally:
+        keys.close()
+        if database is not None:
+            database.stop()
+    return 0
+
+
+async def _serve(args: argparse.Namespace, spec: SourceSpec, keys: KeyRing, *, is_demo: bool) -> None:
+    source = GitSource(spec, cache_dir=args.data_dir / "source-cache")
+    target = EmbeddedTarget()
+    reconciler = Reconciler(source, target, keys, ReconcileOptions(
+        allow_empty=args.allow_empty, allow_plaintext_secrets=args.allow_plaintext_secrets,
+        health_probe=not args.no_health_probe, status_path=args.data_dir / "status.json"))
+    metrics = ReconcilerMetrics(
+        reconciler.status,
+        generation=lambda: target.server.live.generation if target.server else 0,
+        sessions=lambda: len(target.server.sessions) if target.server else 0,
+    )
+    running = await start_proxy(options_from(args), Snapshot(),
+                                admin_routes=lambda app: add_reconciler_routes(app, reconciler, metrics))
+    target.server = running.server
+    http = await _start_http(args, reconciler)
+    loop_task: asyncio.Task[None] | None = None
+    try:
+        first = await reconciler.reconcile()
+        loop_task = asyncio.get_running_loop().create_task(reconciler.run(initial=False))
+        print(running.ready_line(), file=sys.stderr, flush=True)
+        http_host, http_port = args.http_listen
+        print(f"pgwarden reconciler: {source.describe()} -> generation {running.server.live.generation}; "
+              f"webhook http://{http_host}:{http_port}/hooks/git", file=sys.stderr, flush=True)
+        if not first:
+            print("pgwarden: the first revision was not applied; see `pgwarden status`", file=sys.stderr)
+        if is_demo:
+            print(_demo_help(running, args), flush=True)
+        await serve_until_signal(running)
+    finally:
+        if loop_task is not None:
+            loop_task.cancel()
+            with contextlib.suppress(BaseException):
+                await loop_task
+        await http.cleanup()
+
+
+async def _start_http(args: argparse.Namespace, reconciler: Reconciler) -> web.AppRunner:
+    app = web.Application(client_max_size=1 << 20)
+    add_webhook_routes(app, on_trigger=lambda: reconciler.request(with_source=True),
+                       github_secret=os.environ.get("PGWARDEN_WEBHOOK_SECRET"),
+                       token=os.environ.get("PGWARDEN_WEBHOOK_TOKEN"))
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"ready": reconciler.status.is_ready})
+
+    app.router.add_get("/healthz", healthz)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    host, port = args.http_listen
+    await web.TCPSite(runner, host, port).start()
+    return runner
+
+
+def _demo_help(running: RunningProxy, args: argparse.Namespace) -> str:
+    d = args.data_dir
+    dd = "" if args.data_dir == default_data_dir() else f" --data-dir {d}"
+    port = running.port
+    return f"""
+pgwarden demo is running (Ctrl-C stops it and removes the throwaway database).
+
+As alice (group admins), you land as PostgreSQL role full_access and can write:
+  export PGPASSWORD=$(pgwarden token issue --user alice{dd})
+  psql "host=127.0.0.1 port={port} dbname=my-db sslmode=require user=alice" -c "INSERT INTO items(name) VALUES ('hi')"
+
+As bob (no groups), you land as read_only; writes are refused by PostgreSQL itself:
+  export PGPASSWORD=$(pgwarden token issue --user bob{dd})
+  psql "host=127.0.0.1 port={port} dbname=my-db sslmode=require user=bob" -c "SELECT current_user, * FROM items"
+
+Change access with a commit (live within about a second):
+  cd {d}/demo-repo
+  sed -i 's/groups: \\[\\]/groups: [engineering]/' users/bob.yaml && git commit -qam "bob joins engineering"
+  pgwarden status{dd}
+
+Neither alice nor bob ever sees a database password: the proxy holds them, decrypted from
+{d}/demo-repo/secrets/ with the demo-only age key.
+"""
