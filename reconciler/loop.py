@@ -17,7 +17,7 @@ from pathlib import Path
 from proxy.snapshot import Snapshot
 from reconciler import apply, build, decrypt, health, load, validate
 from reconciler.sops import KeyRing
-from reconciler.source import GitSource, Revision
+from reconciler.source import GitSource, Revision, UntrustedRevision
 from reconciler.status import Reason, ReconcileError, Status, classify
 
 log = logging.getLogger("pgwarden.reconciler")
@@ -104,6 +104,8 @@ class Reconciler:
                                       allow_empty=self.options.allow_empty)
                 generation = apply.changes(self.target, the_plan)
             except Exception as exc:  # noqa: BLE001 - every failure is classified and kept in status
+                if isinstance(exc, UntrustedRevision):
+                    revision_id = exc.revision  # refused before a Revision existed
                 self._fail(revision_id, started, classify(exc, stage=stage))
                 return False
             self._failures = 0

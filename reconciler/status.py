@@ -17,6 +17,7 @@ from typing import Any
 from proxy.pgwire.errors import PgwardenError
 from proxy.snapshot import Snapshot
 from reconciler.errors import ConfigError, DecryptionFailed, ManifestErrors
+from reconciler.source import UntrustedRevision
 
 HISTORY = 5
 
@@ -51,6 +52,8 @@ def classify(exc: BaseException, *, stage: Reason) -> ReconcileError:
     """Map any stage failure to a ReconcileError: the one place that decides reason and retry."""
     if isinstance(exc, ReconcileError):
         return exc
+    if isinstance(exc, UntrustedRevision):
+        return ReconcileError(exc.message, reason=Reason.VERIFICATION_FAILED, terminal=True)
     if isinstance(exc, ManifestErrors):
         decryption = [e for e in exc.errors if isinstance(e, DecryptionFailed)]
         reason = Reason.DECRYPTION_FAILED if decryption else Reason.VALIDATION_FAILED

@@ -100,9 +100,16 @@ def run_up(args: argparse.Namespace) -> int:
         if database is not None:
             database.stop()
         return 2
-    spec = SourceSpec(url=repo, ref=ref, path=args.path, poll_interval_s=args.poll_interval,
-                      fetch_timeout_s=args.fetch_timeout, verify_signatures=args.verify_signatures,
-                      trusted_keys=tuple(args.trusted_key))
+    try:
+        spec = SourceSpec(url=repo, ref=ref, path=args.path, poll_interval_s=args.poll_interval,
+                          fetch_timeout_s=args.fetch_timeout, verify_signatures=args.verify_signatures,
+                          trusted_keys=tuple(args.trusted_key))
+    except ValueError as exc:
+        error(f"invalid source settings: {exc}")
+        keys.close()
+        if database is not None:
+            database.stop()
+        return 2
     try:
         run(lambda: _serve(args, spec, keys, is_demo=args.demo))
     except OSError as exc:
