@@ -11,8 +11,6 @@ import sys
 from pathlib import Path
 
 from aiohttp import web
-from reconciler.source import GitSource, SourceSpec
-from reconciler.webhook import add_webhook_routes
 
 from pgwarden import demo
 from pgwarden.commands.proxy import add_proxy_options, options_from, parse_listen
@@ -24,6 +22,8 @@ from reconciler.api import add_reconciler_routes
 from reconciler.loop import ReconcileOptions, Reconciler
 from reconciler.metrics import ReconcilerMetrics
 from reconciler.sops import KeyRing, SopsError
+from reconciler.source import GitSource, SourceSpec
+from reconciler.webhook import add_webhook_routes
 
 log = logging.getLogger("pgwarden")
 
