@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from proxy.snapshot import Snapshot
-from reconciler import apply, build, decrypt, health, load, validate
+from proxy.snapshot import Snapshot, to_wire
+from reconciler import apply, build, decrypt, diff, health, load, validate
 from reconciler.sops import KeyRing
 from reconciler.source import GitSource, Revision, UntrustedRevision
 from reconciler.status import Reason, ReconcileError, Status, classify
@@ -53,6 +54,7 @@ class Reconciler:
         self._last_revision: Revision | None = None
         self._retry: asyncio.TimerHandle | None = None
         self.applied = asyncio.Event()  # set after each successful apply (tests and `up` wait on it)
+        self._fingerprint_key = secrets.token_bytes(32)  # in-process only: compares live and desired
 
     # --- control -------------------------------------------------------------------------
     def suspend(self) -> None:
@@ -100,8 +102,11 @@ class Reconciler:
                 stage = Reason.VALIDATION_FAILED
                 desired = await asyncio.to_thread(self._desired, revision)
                 stage = Reason.APPLY_FAILED
-                the_plan = apply.plan(desired, self.target.current(), self.status.inventory,
-                                      allow_empty=self.options.allow_empty)
+                live = self.target.current()
+                the_plan = apply.plan(desired, live, self.status.inventory, allow_empty=self.options.allow_empty)
+                # What this apply changes, secrets compared by fingerprint only (never shown).
+                changeset = diff.diff_snapshots(to_wire(live, fingerprint_key=self._fingerprint_key),
+                                                the_plan.snapshot, fingerprint_key=self._fingerprint_key)
                 generation = apply.changes(self.target, the_plan)
             except Exception as exc:  # noqa: BLE001 - every failure is classified and kept in status
                 if isinstance(exc, UntrustedRevision):
@@ -110,7 +115,8 @@ class Reconciler:
                 return False
             self._failures = 0
             self._stalled_on = None
-            self.status.succeeded(revision_id, started, the_plan.snapshot, generation, the_plan.inventory)
+            self.status.succeeded(revision_id, started, the_plan.snapshot, generation, the_plan.inventory,
+                                  changes=[f"{c.action.value} {c.kind}/{c.name}" for c in changeset])
             log.info("applied %s as generation %d (%d pruned, %d kept from other writers) in %.0f ms",
                      revision_id, generation, len(the_plan.pruned), len(the_plan.kept),
                      (time.time() - started) * 1000)

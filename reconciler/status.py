@@ -83,6 +83,7 @@ class Attempt:
     reason: str
     message: str
     errors: list[str] = field(default_factory=list)
+    changes: list[str] = field(default_factory=list)  # "changed Service/my-db"; never a value
 
 
 @dataclass(slots=True, kw_only=True)
@@ -118,7 +119,7 @@ class Status:
         self.set_condition("Reconciling", "True", Reason.PROGRESSING, f"reconciling revision {revision}")
 
     def succeeded(self, revision: str, started: float, snapshot: Snapshot, generation: int,
-                  inventory: list[str]) -> None:
+                  inventory: list[str], changes: list[str] | None = None) -> None:
         self.last_applied_revision = revision
         self.last_applied_at = time.time()
         self.generation = generation
@@ -135,7 +136,7 @@ class Status:
         self.counters["succeeded"] += 1
         self.history.appendleft(Attempt(revision=revision, started_at=started, duration_s=time.time() - started,
                                         result="Succeeded", reason=Reason.RECONCILIATION_SUCCEEDED.value,
-                                        message=message))
+                                        message=message, changes=list(changes or [])))
 
     def failed(self, revision: str, started: float, error: ReconcileError, *, retry_at: float | None) -> None:
         message = f"revision {revision or '(unknown)'}: {error.message}"

@@ -54,6 +54,10 @@ def render(status: dict[str, Any], proxy: dict[str, Any] | None) -> str:
                      f"({a['duration_s'] * 1000:.0f} ms)")
         for e in a.get("errors", [])[:20] if a["result"] == "Failed" else []:
             lines.append(f"      {e}")
+        for change in a.get("changes", [])[:10]:
+            lines.append(f"      {change}")
+        if len(a.get("changes", [])) > 10:
+            lines.append(f"      … and {len(a['changes']) - 10} more")
     lines.append("objects:")
     for kind, names in status["objects"].items():
         lines.append(f"  {kind:<8} {len(names):>4}  {', '.join(names[:8])}{' …' if len(names) > 8 else ''}")
