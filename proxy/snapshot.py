@@ -103,9 +103,16 @@ class Upstream:
     def from_url(cls, url: str) -> Upstream:
         """Parse `postgres://host[:port]`; the port defaults to 5432."""
         parts = urlsplit(url)
+        shown = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()  # never echo user:password@
         if parts.scheme not in ("postgres", "postgresql") or not parts.hostname:
-            raise ValueError(f"upstream url must look like postgres://host:port, got {url!r}")
-        return cls(url=url, host=parts.hostname, port=parts.port or 5432)
+            raise ValueError(f"upstream url must look like postgres://host:port, got {shown!r}")
+        if parts.username or parts.password:
+            raise ValueError(f"upstream url {shown!r} must not carry credentials: use postgres.auth.password")
+        try:
+            port = parts.port or 5432
+        except ValueError as exc:
+            raise ValueError(f"upstream url {shown!r} has an invalid port") from exc
+        return cls(url=url, host=parts.hostname, port=port)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
