@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 
 from proxy.audit.accesslog import AccessLog, AccessLogWriter
+from proxy.identity.sessions import SessionAuthority
+from proxy.identity.store_sqlite import SqliteStore
 from proxy.identity.tokens import TokenAuthority
 from proxy.server import ProxyServer
 from reconciler import build, load, validate
@@ -114,9 +116,14 @@ def main() -> None:
         timings["build snapshot"] = time.perf_counter() - t
 
         async def apply() -> tuple[float, float, float]:
-            server = ProxyServer(tls_context=None, tokens=TokenAuthority.load_or_create(root / "data"),
+            store = await SqliteStore(root / "state.db", encryption_key=b"k" * 32).open()
+            identity = SessionAuthority(TokenAuthority.load_or_create(root / "data"), store)
+            server = ProxyServer(tls_context=None, identity=identity,
                                  access_log=AccessLog(AccessLogWriter(None)), fingerprint_key=b"k")
-            return await swap_with_ticker(server, snapshot)
+            try:
+                return await swap_with_ticker(server, snapshot)
+            finally:
+                await store.close()
 
         swap_s, worst_ms, p99_ms = asyncio.run(apply())
         # A second cycle after a commit that touches one Service: unchanged files come from the parse cache.

@@ -26,7 +26,9 @@ Run `pgwarden COMMAND --help` for each command's options and an example.
 """
 
 # Each module adds its own subcommand with register(subparsers).
-COMMAND_MODULES = ("up", "proxy", "token", "status", "reconcile", "suspend", "validate", "diff", "sops", "secret")
+COMMAND_MODULES = (
+    "up", "proxy", "token", "sessions", "status", "reconcile", "suspend", "validate", "diff", "sops", "secret",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,14 +20,14 @@ def socket_path(data_dir: Path | None, admin_socket: Path | None = None) -> Path
     return admin_socket or (data_dir or default_data_dir()) / ADMIN_SOCKET
 
 
-def call(path: Path, method: str, url: str, *, timeout_s: float = 10.0) -> tuple[int, Any]:
+def call(path: Path, method: str, url: str, *, timeout_s: float = 10.0, json_body: Any = None) -> tuple[int, Any]:
     """One request; returns (HTTP status, decoded JSON or text)."""
 
     async def go() -> tuple[int, Any]:
         connector = aiohttp.UnixConnector(path=str(path))
         timeout = aiohttp.ClientTimeout(total=timeout_s)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
-            async with http.request(method, f"http://pgwarden{url}") as resp:
+            async with http.request(method, f"http://pgwarden{url}", json=json_body) as resp:
                 text = await resp.text()
                 try:
                     return resp.status, json.loads(text)

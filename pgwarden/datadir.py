@@ -12,6 +12,7 @@ from proxy.filesafe import write_private
 
 ADMIN_SOCKET = "admin.sock"
 FINGERPRINT_KEY = "fingerprint.key"
+STATE_KEY = "state.key"
 
 
 def default_data_dir() -> Path:
@@ -28,6 +29,14 @@ def prepare(data_dir: Path) -> Path:
 def fingerprint_key(data_dir: Path) -> bytes:
     """The key that makes secret fingerprints comparable without revealing the secrets."""
     path = data_dir / FINGERPRINT_KEY
+    if not path.exists():
+        write_private(path, secrets.token_hex(32))
+    return bytes.fromhex(path.read_text().strip())
+
+
+def state_key(data_dir: Path) -> bytes:
+    """The key that seals secrets in the identity state store (TOTP seeds); replicas share it."""
+    path = data_dir / STATE_KEY
     if not path.exists():
         write_private(path, secrets.token_hex(32))
     return bytes.fromhex(path.read_text().strip())

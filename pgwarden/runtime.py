@@ -12,9 +12,11 @@ from pathlib import Path
 
 from aiohttp import web
 
-from pgwarden.datadir import ADMIN_SOCKET, fingerprint_key, prepare
+from pgwarden.datadir import ADMIN_SOCKET, fingerprint_key, prepare, state_key
 from proxy.admin import build_app, start_admin
 from proxy.audit.accesslog import AccessLog, AccessLogWriter
+from proxy.identity.sessions import SessionAuthority
+from proxy.identity.store_open import open_store
 from proxy.identity.tokens import TokenAuthority
 from proxy.server import ProxyServer
 from proxy.snapshot import Snapshot
@@ -33,6 +35,7 @@ class ProxyOptions:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     default_service: str | None = None
+    state: str | None = None  # identity state store: None/"sqlite" (DATA_DIR/state.db) or postgres://…
 
 
 @dataclass(slots=True, kw_only=True)
@@ -53,6 +56,7 @@ class RunningProxy:
         await self.server.close()
         await self.admin.cleanup()
         self.server.access_log.writer.close()
+        await self.server.identity.store.close()
 
 
 async def start_proxy(
@@ -64,9 +68,10 @@ async def start_proxy(
     else:
         cert = ensure_local_certificate(data_dir)
     writer = AccessLogWriter(options.access_log)
+    store = await open_store(options.state, data_dir, encryption_key=state_key(data_dir))
     server = ProxyServer(
         tls_context=server_context(cert),
-        tokens=TokenAuthority.load_or_create(data_dir),
+        identity=SessionAuthority(TokenAuthority.load_or_create(data_dir), store),
         access_log=AccessLog(writer),
         fingerprint_key=fingerprint_key(data_dir),
         snapshot=snapshot,

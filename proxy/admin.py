@@ -12,11 +12,13 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.errors import SnapshotRejected
+from proxy.errors import PgwardenError, SnapshotRejected
+from proxy.identity.store import utc_now
 from proxy.server import ProxyServer
 from proxy.snapshot import from_wire, to_wire
 
 MAX_BODY_BYTES = 256 * 1024 * 1024
+MAX_TOKEN_TTL_S = 30 * 86400
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -52,6 +54,55 @@ def build_app(server: ProxyServer) -> web.Application:
     async def get_sessions(_: web.Request) -> web.Response:
         return _json({"generation": server.live.generation, "sessions": server.session_list()})
 
+    async def issue_token(request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+            user, ttl_s = str(body["user"]), int(body.get("ttlSeconds", 3600))
+        except (ValueError, KeyError, TypeError):
+            return _json({"error": 'expected {"user": NAME, "ttlSeconds": N}'}, status=400)
+        if ttl_s <= 0 or ttl_s > MAX_TOKEN_TTL_S:
+            return _json({"error": f"ttlSeconds must be between 1 and {MAX_TOKEN_TTL_S}"}, status=400)
+        try:
+            server.live.user(user)  # exists and is enabled now; checked again at every connect
+        except PgwardenError as exc:
+            return _json({"error": exc.message}, status=404)
+        session, token = await server.identity.issue_token(user, ttl_s=ttl_s)
+        return _json({"token": token, "session": session.id, "expiresAt": session.expires_at.isoformat()})
+
+    async def list_identity_sessions(request: web.Request) -> web.Response:
+        user = request.query.get("user") or None
+        include_inactive = request.query.get("all", "") in ("1", "true")
+        sessions = await server.identity.store.list_sessions(user, include_inactive=include_inactive)
+        now = utc_now()
+        live: dict[str, int] = {}
+        for entry in server.session_list():
+            if entry["identitySession"]:
+                live[entry["identitySession"]] = live.get(entry["identitySession"], 0) + 1
+        return _json({"sessions": [
+            {"id": s.id, "user": s.user, "idp": s.idp, "method": str(s.method), "aal": str(s.aal),
+             "state": s.state(now), "createdAt": s.created_at.isoformat(), "expiresAt": s.expires_at.isoformat(),
+             "databaseConnections": live.get(s.id, 0)}
+            for s in sessions
+        ]})
+
+    async def revoke_identity_session(request: web.Request) -> web.Response:
+        sid = request.match_info["sid"]
+        revoked = await server.identity.store.revoke_session(sid, utc_now())
+        if not revoked:
+            return _json({"error": f"no active session {sid}"}, status=404)
+        ended = await server.revoke_identity_sessions([sid], reason=f"session {sid} was revoked")
+        return _json({"revoked": [sid], "databaseConnectionsEnded": ended})
+
+    async def revoke_user_sessions(request: web.Request) -> web.Response:
+        user = request.match_info["user"]
+        sids = await server.identity.store.revoke_user_sessions(user, utc_now())
+        ended = await server.revoke_identity_sessions(sids, reason=f"all sessions of {user} were revoked")
+        return _json({"revoked": sids, "databaseConnectionsEnded": ended})
+
+    app.router.add_post("/v1/identity/tokens", issue_token)
+    app.router.add_get("/v1/identity/sessions", list_identity_sessions)
+    app.router.add_post("/v1/identity/sessions/{sid}/revoke", revoke_identity_session)
+    app.router.add_post("/v1/identity/users/{user}/revoke", revoke_user_sessions)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/v1/state", get_state)
     app.router.add_put("/v1/state", put_state)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.errors import AccessDenied, AuthenticationFailed, UnknownService
+from proxy.identity.store import IdentitySession
 from proxy.policy.cel import CompiledCondition, ConditionError, compile_condition, to_cel
 from proxy.snapshot import Service, ServiceConfig, Snapshot, User
 
@@ -82,7 +83,9 @@ class LiveSnapshot:
             raise UnknownService(f'service "{name}" is disabled')
         return service
 
-    def activation(self, user: User, service: Service, request: ConnectRequest) -> dict[str, Any]:
+    def activation(
+        self, user: User, service: Service, request: ConnectRequest, identity_session: IdentitySession | None = None
+    ) -> dict[str, Any]:
         """The CEL `ctx` for a connect decision, shaped like Octelium's (camelCase, no empties)."""
         groups = [
             {"metadata": {"name": g}, **dict(self.snapshot.groups[g].manifest)}
@@ -98,9 +101,14 @@ class LiveSnapshot:
             "service": _with_name(service.manifest, service.name),
             "request": {"postgres": {"connect": connect}},
         }
+        if identity_session is not None:
+            ctx["session"] = identity_session.to_cel()
         return {"ctx": to_cel(ctx)}
 
-    def route(self, user_name: str, service_name: str, request: ConnectRequest) -> Route:
+    def route(
+        self, user_name: str, service_name: str, request: ConnectRequest,
+        *, identity_session: IdentitySession | None = None,
+    ) -> Route:
         """Decide the config for a new session. Raises AuthenticationFailed/UnknownService/AccessDenied."""
         user = self.user(user_name)
         service = self.service(service_name)
@@ -108,7 +116,7 @@ class LiveSnapshot:
         chosen: str | None = None
         reason = "default config"
         if rules:
-            activation = self.activation(user, service, request)
+            activation = self.activation(user, service, request, identity_session)
             for rule in rules:
                 try:
                     matched = rule.condition.evaluate(activation)

@@ -15,7 +15,7 @@ from typing import Any
 
 from proxy.audit.accesslog import AccessLog, SessionLog
 from proxy.errors import AccessDenied, AuthenticationFailed, SnapshotRejected
-from proxy.identity.tokens import TokenAuthority
+from proxy.identity.sessions import SessionAuthority
 from proxy.pgwire.errors import PgwardenError
 from proxy.routing import ConnectRequest, LiveSnapshot, Route
 from proxy.session import ClientSession, SessionInfo
@@ -34,14 +34,14 @@ class ProxyServer:
         self,
         *,
         tls_context: Any,
-        tokens: TokenAuthority,
+        identity: SessionAuthority,
         access_log: AccessLog,
         fingerprint_key: bytes,
         snapshot: Snapshot | None = None,
         default_service: str | None = None,
     ) -> None:
         self.tls_context = tls_context
-        self.tokens = tokens
+        self.identity = identity
         self.access_log = access_log
         self.fingerprint_key = fingerprint_key
         self.default_service = default_service  # serves database names that name no service
@@ -49,6 +49,7 @@ class ProxyServer:
         self.applied_at = time.time()
         self.sessions: dict[str, ClientSession] = {}
         self._by_cancel_key: dict[tuple[int, int], ClientSession] = {}
+        self._by_identity: dict[str, set[ClientSession]] = {}  # identity Session id -> its live DB sessions
         self.connections: set[ClientSession] = set()  # every open client socket, logged in or not
         self._server: asyncio.AbstractServer | None = None
         self._revocation: asyncio.Task[None] | None = None
@@ -105,7 +106,8 @@ class ProxyServer:
         if session.route is None or session.request is None or session.info is None:
             return None
         try:
-            route = live.route(session.info.user, session.route.service.name, session.request)
+            route = live.route(session.info.user, session.route.service.name, session.request,
+                               identity_session=session.identity.session if session.identity else None)
         except PgwardenError as exc:
             return AccessDenied(f"access revoked by configuration change: {exc.message}", detail=exc.detail)
         if route.target != session.route.target:
@@ -138,10 +140,18 @@ class ProxyServer:
         )
         self.sessions[session.id] = session
         self._by_cancel_key[(process_id, secret_key)] = session
+        if session.identity is not None:
+            self._by_identity.setdefault(session.identity.session.id, set()).add(session)
         return process_id, secret_key
 
     def forget(self, session: ClientSession) -> None:
         self.sessions.pop(session.id, None)
+        if session.identity is not None:
+            live = self._by_identity.get(session.identity.session.id)
+            if live is not None:
+                live.discard(session)
+                if not live:
+                    del self._by_identity[session.identity.session.id]
         key = (session.process_id, session.secret_key)
         if self._by_cancel_key.get(key) is session:
             del self._by_cancel_key[key]
@@ -155,6 +165,16 @@ class ProxyServer:
         await send_cancel(up.host, up.port, session.route.config.postgres.ssl_mode,
                           session.login.process_id, session.login.secret_key)
 
+    async def revoke_identity_sessions(self, session_ids: list[str], *, reason: str) -> int:
+        """End every database connection opened with these identity Sessions; returns how many."""
+        ended = 0
+        for sid in session_ids:
+            for session in list(self._by_identity.get(sid, ())):
+                session.terminate(AuthenticationFailed(f"session revoked: {reason}",
+                                                       hint="log in again (pgwarden login) or issue a new token"))
+                ended += 1
+        return ended
+
     def session_list(self) -> list[dict[str, Any]]:
         out = []
         for s in self.sessions.values():
@@ -164,6 +184,7 @@ class ProxyServer:
             entry["transactionStatus"] = s.transaction_status.decode()
             entry["bytesFromClient"] = s.bytes_received
             entry["bytesFromUpstream"] = s.upstream.bytes_received if s.upstream else 0
+            entry["identitySession"] = s.identity.session.id if s.identity else ""
             out.append(entry)
         return out
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, cast
 from proxy.audit.accesslog import SessionLog
 from proxy.connection import PgConnection
 from proxy.errors import AuthenticationFailed, UnknownService
+from proxy.identity.sessions import Identity
 from proxy.pgwire import messages as m
 from proxy.pgwire.encodings import decode_text, python_codec
 from proxy.pgwire.errors import PgwardenError, ProtocolViolation
@@ -96,6 +97,7 @@ class ClientSession(PgConnection):
         self.secret_key = 0
         self.transaction_status = b"I"
         self.pending_termination: PgwardenError | None = None
+        self.identity: Identity | None = None  # the token's claims and its identity Session
         self.is_tls = False
         self._codec = "utf-8"
         self._scanner = FrameScanner(_CLIENT_INSPECT, whose="client")
@@ -233,25 +235,26 @@ class ClientSession(PgConnection):
         if type_byte != m.PASSWORD:
             raise ProtocolViolation(f"expected a password message, got {chr(type_byte)!r}")
         token = body.rstrip(b"\x00").decode("utf-8", "replace")
-        claims = self.server.tokens.verify(token)
+        identity = await self.server.identity.verify(token)
+        self.identity = identity
         live = self.server.live
         service_name, request = self._select(live, params)
         self.request = request
-        self._claimed = (claims.user, service_name)
-        route = live.route(claims.user, service_name, request)
+        self._claimed = (identity.user, service_name)
+        route = live.route(identity.user, service_name, request, identity_session=identity.session)
         self.route = route
         self.upstream = UpstreamSide()
         upstream = self.upstream
         login = await open_upstream(route, live.snapshot.secrets, params, factory=lambda: upstream)
         self.login = login
         upstream.session = self
-        self.process_id, self.secret_key = self.server.register(self, claims.user, live.generation)
+        self.process_id, self.secret_key = self.server.register(self, identity.user, live.generation)
         self._codec = python_codec(login.parameters.get("client_encoding", params.get("client_encoding", "UTF8")))
         out = [m.encode_authentication(m.AUTH_OK), *login.parameter_status,
                m.encode_backend_key_data(self.process_id, self.secret_key), m.encode_ready_for_query(b"I")]
         assert self.transport is not None
         self.transport.writelines(out)
-        self.log = self.server.session_log(self, claims.user, route, request)
+        self.log = self.server.session_log(self, identity.user, route, request)
         self.log.event({"type": "SESSION_START", "start": {
             "user": route.upstream_user, "database": route.upstream_database,
             "requestedUser": request.user, "requestedDatabase": request.database,

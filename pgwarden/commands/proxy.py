@@ -48,6 +48,9 @@ def add_proxy_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-cert", type=Path, help="server certificate (PEM); default: a local CA and certificate "
                                                  "generated in the data directory")
     p.add_argument("--tls-key", type=Path, help="private key for --tls-cert")
+    p.add_argument("--state", metavar="sqlite|postgres://…", default=None,
+                   help="identity state store (sessions, passkeys, TOTP): sqlite in the data directory (default), "
+                        "or a PostgreSQL URL shared by several replicas. A URL's password is never printed")
     p.add_argument("--default-service", metavar="NAME",
                    help="serve connections whose database name names no service from this service, passing "
                         "the whole name on as the database (for single-service deployments and unmodified apps)")
@@ -70,7 +73,8 @@ def options_from(args: argparse.Namespace) -> ProxyOptions:
     access_log = None if args.access_log in ("", "none") else args.access_log
     return ProxyOptions(listen_host=host, listen_port=port, data_dir=args.data_dir or default_data_dir(),
                         admin_socket=args.admin_socket, access_log=access_log,
-                        tls_cert=args.tls_cert, tls_key=args.tls_key, default_service=args.default_service)
+                        tls_cert=args.tls_cert, tls_key=args.tls_key, default_service=args.default_service,
+                        state=args.state)
 
 
 def run_proxy(args: argparse.Namespace) -> int:

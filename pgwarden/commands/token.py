@@ -1,22 +1,24 @@
-"""`pgwarden token issue`: print a signed access token for a User."""
+"""`pgwarden token issue`: a new Session for a User and an access token bound to it."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 from pathlib import Path
 
-from pgwarden.datadir import default_data_dir
+from pgwarden.adminclient import AdminUnavailable, add_target_options, call, socket_path
 from pgwarden.output import error
-from proxy.identity.tokens import TokenAuthority
 
 EPILOG = """\
 example:
   export PGPASSWORD=$(pgwarden token issue --user alice --ttl 1h)
   psql "host=127.0.0.1 port=6543 dbname=my-db sslmode=require user=alice"
 
-The token is a credential: anyone holding it connects as that user until it expires.
-It is printed alone on stdout so it can be captured; it is never written to disk.
+The token is a credential: anyone holding it connects as that user until it expires or its
+session is revoked (pgwarden sessions revoke ID). It is printed alone on stdout so it can be
+captured; it is never written to disk. The running proxy issues it (through its admin socket,
+which only this OS user can reach), after checking that the user exists and is enabled.
 """
 
 _TTL = re.compile(r"^(\d+)([smhd]?)$")
@@ -34,24 +36,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = token.add_subparsers(dest="token_command", required=True, metavar="COMMAND")
     issue = sub.add_parser(
         "issue", help="print an access token for a user",
-        description="Print a signed, expiring access token for USER, to present as the PostgreSQL password "
-                    "over TLS. The user must exist and be enabled when the token is used.",
+        description="Start a Session for USER and print an access token bound to it, to present as the "
+                    "PostgreSQL password over TLS. The token dies with the Session (expiry or revocation).",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     issue.add_argument("--user", required=True, help="the User's metadata.name")
     issue.add_argument("--ttl", type=parse_ttl, default=3600, help="lifetime, e.g. 15m, 1h, 7d (default 1h)")
-    issue.add_argument("--data-dir", type=Path, default=None,
-                       help="the proxy's data directory holding the signing key (default: %(default)s → "
-                            "$PGWARDEN_DATA_DIR or the per-user data directory)")
+    issue.add_argument("-o", "--output", choices=("token", "json"), default="token",
+                       help="the token alone (default), or JSON with the session id and expiry")
+    add_target_options(issue)
     issue.set_defaults(func=run_issue)
 
 
 def run_issue(args: argparse.Namespace) -> int:
-    data_dir = args.data_dir or default_data_dir()
+    path: Path = socket_path(args.data_dir, args.admin_socket)
     try:
-        authority = TokenAuthority.load(data_dir)
-    except FileNotFoundError as exc:
-        error(str(exc), hint="or pass --data-dir pointing at the proxy's data directory")
+        code, body = call(path, "POST", "/v1/identity/tokens", json_body={"user": args.user, "ttlSeconds": args.ttl})
+    except AdminUnavailable as exc:
+        error(str(exc), hint="tokens are issued by a running proxy: start `pgwarden up` or `pgwarden proxy`, "
+                             "or pass its --data-dir")
         return 2
-    print(authority.issue(args.user, ttl_s=args.ttl))
+    if code != 200:
+        error(body.get("error", str(body)) if isinstance(body, dict) else str(body))
+        return 1 if code == 404 else 2
+    print(json.dumps(body) if args.output == "json" else body["token"])
     return 0

@@ -30,6 +30,7 @@ class TokenClaims:
     user: str
     token_id: str
     expires_at: int
+    session_id: str = ""  # the Session this token dies with
 
 
 class TokenAuthority:
@@ -57,7 +58,7 @@ class TokenAuthority:
             )
         return cls(ECKey.import_key(json.loads(path.read_text())))
 
-    def issue(self, user: str, *, ttl_s: int, now: float | None = None) -> str:
+    def issue(self, user: str, *, ttl_s: int, now: float | None = None, session_id: str = "") -> str:
         issued = int(now if now is not None else time.time())
         claims = {
             "iss": ISSUER,
@@ -68,6 +69,8 @@ class TokenAuthority:
             "jti": secrets.token_hex(12),
             "typ": "access",
         }
+        if session_id:
+            claims["sid"] = session_id
         return jwt.encode({"alg": ALGORITHM, "kid": self._kid}, claims, self._key, algorithms=[ALGORITHM])
 
     def verify(self, token: str, *, now: float | None = None) -> TokenClaims:
@@ -97,4 +100,5 @@ class TokenAuthority:
         sub = claims.get("sub")
         if not isinstance(sub, str) or not sub:
             raise AuthenticationFailed("access token names no user")
-        return TokenClaims(user=sub, token_id=str(claims.get("jti", "")), expires_at=exp)
+        return TokenClaims(user=sub, token_id=str(claims.get("jti", "")), expires_at=exp,
+                           session_id=str(claims.get("sid", "")))

@@ -14,7 +14,8 @@ from tests.support.proxy_harness import write_manifests
 PGWARDEN = [sys.executable, "-m", "pgwarden"]
 
 
-@pytest.mark.parametrize("command", [[], ["proxy"], ["token", "issue"], ["sops", "decrypt"], ["secret", "create"]])
+@pytest.mark.parametrize("command", [[], ["proxy"], ["up"], ["token", "issue"], ["sessions"], ["status"],
+                                     ["validate"], ["diff"], ["sops", "decrypt"], ["secret", "create"]])
 def test_every_help_teaches_with_an_example(command: list[str]) -> None:
     out = subprocess.run([*PGWARDEN, *command, "--help"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
@@ -60,7 +61,7 @@ def test_proxy_refuses_invalid_manifests_with_place(tmp_path) -> None:  # type: 
     assert "bad.yaml" in out.stderr and "spec.port" in out.stderr
 
 
-def test_token_issue_without_key_explains(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_token_issue_without_a_running_proxy_explains(tmp_path) -> None:  # type: ignore[no-untyped-def]
     out = subprocess.run([*PGWARDEN, "token", "issue", "--user", "alice", "--data-dir", str(tmp_path / "none")],
                          capture_output=True, text=True, timeout=30)
-    assert out.returncode == 2 and "no signing key" in out.stderr
+    assert out.returncode == 2 and "no pgwarden is running" in out.stderr and "HINT" in out.stderr

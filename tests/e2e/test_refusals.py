@@ -16,7 +16,7 @@ def refusal(dsn: str) -> psycopg.OperationalError:
 
 
 def test_expired_token_refused(proxy: ProxyHarness) -> None:
-    token = proxy.running.server.tokens.issue("alice", ttl_s=1, now=0)
+    token = proxy.running.server.identity.tokens.issue("alice", ttl_s=1, now=0)
     err = refusal(proxy.dsn("alice", token=token))
     assert "access token has expired" in str(err)
     assert token not in str(err)
@@ -56,7 +56,7 @@ def test_unknown_user_refused(proxy: ProxyHarness) -> None:
 
 
 def test_refusals_are_logged_denied_without_the_token(proxy: ProxyHarness) -> None:
-    token = proxy.running.server.tokens.issue("alice", ttl_s=1, now=0)
+    token = proxy.running.server.identity.tokens.issue("alice", ttl_s=1, now=0)
     refusal(proxy.dsn("alice", token=token))
     refusal(proxy.dsn("carol"))
     entries = proxy.log_entries()

@@ -53,6 +53,7 @@ def test_schemas_are_valid_draft_2020_12_and_catch_typos() -> None:
     paths = sorted(validate.SCHEMA_DIR.glob("*.schema.json"))
     assert [p.name for p in paths] == [
         "group.schema.json",
+        "identityprovider.schema.json",
         "secret.schema.json",
         "service.schema.json",
         "user.schema.json",
@@ -108,7 +109,10 @@ def test_many_errors_across_files_are_reported_together(write_tree: WriteTree) -
         ),  # fmt: skip
         ("b.yaml, document 1, spec.type", "must be one of: HUMAN, WORKLOAD"),
         ("b.yaml, document 1, spec.groups[0]", "no Group named 'nobody'"),
-        ("c.yaml, document 1, kind", "unknown kind 'Widget'; expected one of Group, Secret, Service, User"),
+        (
+            "c.yaml, document 1, kind",
+            "unknown kind 'Widget'; expected one of Group, IdentityProvider, Secret, Service, User",
+        ),
         (
             "c.yaml, document 2, metadata.colour",
             "unknown field; expected one of: annotations, description, displayName, labels, name, tags",

@@ -166,7 +166,17 @@ class ProxyHarness:
         return self.apply(load_snapshot(directory))
 
     def token(self, user: str, ttl_s: int = 600) -> str:
-        return self.running.server.tokens.issue(user, ttl_s=ttl_s)
+        """A token bound to a new identity Session, as `pgwarden token issue` makes one."""
+        return self.issue(user, ttl_s)[1]
+
+    def issue(self, user: str, ttl_s: int = 600) -> tuple[Any, str]:
+        """(identity Session, token)."""
+        coro = self.running.server.identity.issue_token(user, ttl_s=ttl_s)
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
+
+    def run(self, coro: Any) -> Any:
+        """Await a coroutine on the proxy's loop."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
 
     def dsn(self, user: str, service: str = "my-db", *, token: str | None = None, sslmode: str = "require",
             **extra: str) -> str:
