@@ -171,6 +171,17 @@ class Group:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class IdentityProvider:
+    """Where humans and workloads prove who they are. `type` is oidc | github | saml | oidcIdentityToken."""
+
+    name: str
+    type: str
+    display_name: str = ""
+    is_disabled: bool = False
+    manifest: Mapping[str, Any] = field(default_factory=dict)  # metadata + spec; secrets only by reference
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Snapshot:
     """Everything the proxy needs to route and authorize. Swapped whole, never edited."""
 
@@ -180,6 +191,7 @@ class Snapshot:
     users: Mapping[str, User] = field(default_factory=dict)
     groups: Mapping[str, Group] = field(default_factory=dict)
     secrets: Mapping[str, Secret] = field(default_factory=dict)
+    identity_providers: Mapping[str, IdentityProvider] = field(default_factory=dict)
 
 
 # --- wire form (admin API) -------------------------------------------------------------------
@@ -283,6 +295,11 @@ def to_wire(snapshot: Snapshot, *, fingerprint_key: bytes, include_secrets: bool
             for name, u in snapshot.users.items()
         },
         "groups": {name: {"manifest": dict(g.manifest)} for name, g in snapshot.groups.items()},
+        "identityProviders": {
+            name: {"type": p.type, "displayName": p.display_name, "isDisabled": p.is_disabled,
+                   "manifest": dict(p.manifest)}
+            for name, p in snapshot.identity_providers.items()
+        },
         "secrets": secrets,
     }
 
@@ -327,5 +344,10 @@ def from_wire(d: Mapping[str, Any]) -> Snapshot:
             for name, u in d.get("users", {}).items()
         },
         groups={name: Group(name=name, manifest=g.get("manifest", {})) for name, g in d.get("groups", {}).items()},
+        identity_providers={
+            name: IdentityProvider(name=name, type=str(p["type"]), display_name=str(p.get("displayName", "")),
+                                   is_disabled=bool(p.get("isDisabled", False)), manifest=p.get("manifest", {}))
+            for name, p in d.get("identityProviders", {}).items()
+        },
         secrets=secrets,
     )

@@ -12,6 +12,7 @@ from typing import Any
 from proxy.snapshot import (
     AuthorizationMode,
     Group,
+    IdentityProvider,
     PostgresSettings,
     RoutingRule,
     Secret,
@@ -41,6 +42,7 @@ def build_snapshot(documents: Iterable[Document], *, revision: str, source: str)
     users: dict[str, User] = {}
     groups: dict[str, Group] = {}
     secrets: dict[str, Secret] = {}
+    providers: dict[str, IdentityProvider] = {}
     problems: list[ConfigError] = []
     for doc in documents:
         try:
@@ -52,6 +54,8 @@ def build_snapshot(documents: Iterable[Document], *, revision: str, source: str)
                 groups[doc.name] = Group(name=doc.name, manifest=_manifest(doc))
             elif doc.kind == "Secret":
                 secrets[doc.name] = _secret(doc)
+            elif doc.kind == "IdentityProvider":
+                providers[doc.name] = _identity_provider(doc)
         except ConfigError as exc:
             problems.append(exc)
         except (KeyError, TypeError, ValueError) as exc:
@@ -61,7 +65,15 @@ def build_snapshot(documents: Iterable[Document], *, revision: str, source: str)
             problems.append(ConfigError(f"cannot build {doc.kind}: {type(exc).__name__}{detail}", source=doc.source()))
     if problems:
         raise ManifestErrors(problems)
-    return Snapshot(revision=revision, source=source, services=services, users=users, groups=groups, secrets=secrets)
+    return Snapshot(revision=revision, source=source, services=services, users=users, groups=groups, secrets=secrets,
+                    identity_providers=providers)
+
+
+def _identity_provider(doc: Document) -> IdentityProvider:
+    spec = doc.body.get("spec") or {}
+    kind = next(t for t in ("oidc", "github", "saml", "oidcIdentityToken") if t in spec)
+    return IdentityProvider(name=doc.name, type=kind, display_name=str(spec.get("displayName", "")),
+                            is_disabled=bool(spec.get("isDisabled", False)), manifest=_manifest(doc))
 
 
 def merged_configs(spec: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

@@ -128,6 +128,7 @@ class Status:
         self.objects = {
             "Service": sorted(snapshot.services), "User": sorted(snapshot.users),
             "Group": sorted(snapshot.groups), "Secret": sorted(snapshot.secrets),
+            "IdentityProvider": sorted(snapshot.identity_providers),
         }
         message = f"applied revision {revision} (generation {generation})"
         self.set_condition("Ready", "True", Reason.RECONCILIATION_SUCCEEDED, message)

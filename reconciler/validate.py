@@ -57,6 +57,7 @@ def references(documents: Sequence[Document]) -> None:
     """
     names = _names_by_kind(documents)
     valid = {id(doc) for doc in _schema_valid(documents)}
+    claimed: dict[tuple[str, str], str] = {}  # (identityProvider, identifier) -> User
     problems: list[ConfigError] = []
     for doc in documents:
         if doc.kind == "Service":
@@ -65,8 +66,41 @@ def references(documents: Sequence[Document]) -> None:
             for i, group in enumerate(_list(_get(doc.body, "spec", "groups"))):
                 if isinstance(group, str) and group not in names["Group"]:
                     problems.append(_dangling(doc, f"spec.groups[{i}]", "Group", group, names["Group"]))
+            problems.extend(_identity_references(doc, names, claimed))
+        elif doc.kind == "IdentityProvider":
+            for method in IDENTITY_PROVIDER_TYPES:
+                secret = _str(_get(doc.body, "spec", method, "clientSecret", "fromSecret"))
+                if secret is not None and secret not in names["Secret"]:
+                    path = f"spec.{method}.clientSecret.fromSecret"
+                    problems.append(_dangling(doc, path, "Secret", secret, names["Secret"]))
     if problems:
         raise ManifestErrors(problems)
+
+
+IDENTITY_PROVIDER_TYPES = ("oidc", "github", "saml", "oidcIdentityToken")
+
+
+def _identity_references(
+    doc: Document, names: Mapping[str, set[str]], claimed: dict[tuple[str, str], str]
+) -> list[ConfigError]:
+    """Each identity names an existing IdentityProvider and belongs to one User only."""
+    problems: list[ConfigError] = []
+    known = names.get("IdentityProvider", set())
+    for i, identity in enumerate(_list(_get(doc.body, "spec", "authentication", "identities"))):
+        provider = _str(_get(identity, "identityProvider"))
+        identifier = _str(_get(identity, "identifier"))
+        path = f"spec.authentication.identities[{i}]"
+        if provider is not None and provider not in known:
+            problems.append(_dangling(doc, f"{path}.identityProvider", "IdentityProvider", provider, known))
+        if provider is None or identifier is None:
+            continue
+        owner = claimed.setdefault((provider, identifier), doc.name)
+        if owner != doc.name:
+            problems.append(DuplicateName(
+                f"this {provider} identity already belongs to User {owner!r}: one identity maps to one User",
+                source=doc.source(f"{path}.identifier"),
+            ))
+    return problems
 
 
 def unique_names(documents: Sequence[Document]) -> None:
@@ -242,7 +276,8 @@ def _str(value: Any) -> str | None:
 
 def _names_by_kind(documents: Iterable[Document]) -> dict[str, set[str]]:
     # From every document, valid or not, so one typo does not cascade into "no such Secret" errors.
-    names: dict[str, set[str]] = {"Secret": set(), "Group": set(), "User": set(), "Service": set()}
+    names: dict[str, set[str]] = {"Secret": set(), "Group": set(), "User": set(), "Service": set(),
+                                  "IdentityProvider": set()}
     for doc in documents:
         if doc.kind and doc.name:
             names.setdefault(doc.kind, set()).add(doc.name)
