@@ -16,6 +16,7 @@ from typing import Any
 from proxy.audit.accesslog import AccessLog, SessionLog
 from proxy.errors import AccessDenied, AuthenticationFailed, SnapshotRejected
 from proxy.identity.sessions import SessionAuthority
+from proxy.identity.store import utc_now
 from proxy.pgwire.errors import PgwardenError
 from proxy.routing import ConnectRequest, LiveSnapshot, Route
 from proxy.session import ClientSession, SessionInfo
@@ -24,7 +25,8 @@ from proxy.upstream import send_cancel
 
 log = logging.getLogger("pgwarden.server")
 
-REVOCATION_BATCH = 200  # sessions re-checked between yields to the loop, so the relay keeps moving
+REVOCATION_BATCH = 200
+IDENTITY_RECHECK_S = 30.0  # sessions re-checked between yields to the loop, so the relay keeps moving
 
 
 class ProxyServer:
@@ -53,15 +55,19 @@ class ProxyServer:
         self.connections: set[ClientSession] = set()  # every open client socket, logged in or not
         self._server: asyncio.AbstractServer | None = None
         self._revocation: asyncio.Task[None] | None = None
+        self._identity_watch: asyncio.Task[None] | None = None
 
     # --- listening -----------------------------------------------------------------------
     async def start(self, host: str, port: int) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: ClientSession(self), host, port, reuse_address=True)
         sockname = self._server.sockets[0].getsockname()
+        self._identity_watch = loop.create_task(self.watch_identity_sessions())
         return sockname[0], sockname[1]
 
     async def close(self) -> None:
+        if self._identity_watch is not None:
+            self._identity_watch.cancel()
         if self._server is not None:
             self._server.close()
         for session in list(self.sessions.values()):
@@ -164,6 +170,25 @@ class ProxyServer:
         up = session.route.config.upstream
         await send_cancel(up.host, up.port, session.route.config.postgres.ssl_mode,
                           session.login.process_id, session.login.secret_key)
+
+    async def watch_identity_sessions(self, *, interval_s: float = IDENTITY_RECHECK_S) -> None:
+        """End connections whose Session was revoked elsewhere or expired.
+
+        Revocations normally arrive at once through the store's notices (every replica of a shared
+        PostgreSQL store hears them); this loop is the backstop for lost notices and for expiry.
+        """
+        loop = asyncio.get_running_loop()
+        store = self.identity.store
+        await store.watch_revocations(
+            lambda sid: loop.create_task(self.revoke_identity_sessions([sid], reason=f"session {sid} was revoked")))
+        while True:
+            await asyncio.sleep(interval_s)
+            now = utc_now()
+            for sid in list(self._by_identity):
+                session = await store.get_session(sid)
+                if session is None or not session.is_active(now):
+                    state = "gone" if session is None else session.state(now).lower()
+                    await self.revoke_identity_sessions([sid], reason=f"session {sid} is {state}")
 
     async def revoke_identity_sessions(self, session_ids: list[str], *, reason: str) -> int:
         """End every database connection opened with these identity Sessions; returns how many."""

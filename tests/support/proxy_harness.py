@@ -202,13 +202,19 @@ class ProxyHarness:
 
 
 def start_harness(
-    pg: Any, base: Path, *, manifests_text: str = MANIFESTS, default_service: str | None = None
+    pg: Any, base: Path, *, manifests_text: str = MANIFESTS, default_service: str | None = None,
+    state: str | None = None, data_dir: Path | None = None, name: str = "proxy",
 ) -> tuple[ProxyHarness, Any]:
-    """Start a proxy thread on the given manifests; returns the harness and a stop function."""
-    manifests = write_manifests(base / "manifests", pg, manifests_text)
-    log_path = base / "access.log"
-    options = ProxyOptions(listen_host="127.0.0.1", listen_port=0, data_dir=base / "data",
-                           access_log=str(log_path), default_service=default_service)
+    """Start a proxy thread on the given manifests; returns the harness and a stop function.
+
+    Replicas share `data_dir` (signing and state keys) and a PostgreSQL `state`; each gets its own
+    admin socket and access log under `base/name-*`.
+    """
+    manifests = write_manifests(base / f"{name}-manifests", pg, manifests_text)
+    log_path = base / f"{name}-access.log"
+    options = ProxyOptions(listen_host="127.0.0.1", listen_port=0, data_dir=data_dir or base / "data",
+                           access_log=str(log_path), default_service=default_service, state=state,
+                           admin_socket=base / f"{name}-admin.sock")
     snapshot = load_snapshot(manifests)
     loop = uvloop.new_event_loop()  # what `pgwarden` runs on
     ready = threading.Event()
