@@ -17,6 +17,7 @@ from pgwarden.commands.proxy import add_proxy_options, options_from, parse_liste
 from pgwarden.datadir import default_data_dir, prepare
 from pgwarden.output import error
 from pgwarden.runtime import EmbeddedTarget, RunningProxy, run, serve_until_signal, start_proxy
+from proxy.identity.exchange import add_exchange_routes
 from proxy.snapshot import Snapshot
 from reconciler.api import add_reconciler_routes
 from reconciler.loop import ReconcileOptions, Reconciler
@@ -136,7 +137,7 @@ async def _serve(args: argparse.Namespace, spec: SourceSpec, keys: KeyRing, *, i
     running = await start_proxy(options_from(args), Snapshot(),
                                 admin_routes=lambda app: add_reconciler_routes(app, reconciler, metrics))
     target.server = running.server
-    http = await _start_http(args, reconciler)
+    http = await _start_http(args, reconciler, running)
     loop_task: asyncio.Task[None] | None = None
     try:
         first = await reconciler.reconcile()
@@ -158,8 +159,9 @@ async def _serve(args: argparse.Namespace, spec: SourceSpec, keys: KeyRing, *, i
         await http.cleanup()
 
 
-async def _start_http(args: argparse.Namespace, reconciler: Reconciler) -> web.AppRunner:
+async def _start_http(args: argparse.Namespace, reconciler: Reconciler, running: RunningProxy) -> web.AppRunner:
     app = web.Application(client_max_size=1 << 20)
+    add_exchange_routes(app, running.server)
     add_webhook_routes(app, on_trigger=lambda: reconciler.request(with_source=True),
                        github_secret=os.environ.get("PGWARDEN_WEBHOOK_SECRET"),
                        token=os.environ.get("PGWARDEN_WEBHOOK_TOKEN"))
