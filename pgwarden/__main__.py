@@ -27,7 +27,8 @@ Run `pgwarden COMMAND --help` for each command's options and an example.
 
 # Each module adds its own subcommand with register(subparsers).
 COMMAND_MODULES = (
-    "up", "proxy", "login", "token", "sessions", "status", "reconcile", "suspend", "validate", "diff", "sops", "secret",
+    "up", "proxy", "login", "whoami", "token", "sessions", "status", "reconcile", "suspend",
+    "validate", "diff", "sops", "secret",
 )
 
 

@@ -14,7 +14,8 @@ from aiohttp import web
 
 from proxy.identity.mapping import map_identity
 from proxy.identity.oidc import IdentityError, verify_workload_assertion
-from proxy.identity.store import AuthMethod
+from proxy.identity.sessions import Identity
+from proxy.identity.store import AuthMethod, utc_now
 from proxy.pgwire.errors import PgwardenError
 from proxy.server import ProxyServer
 from proxy.snapshot import UserType
@@ -79,4 +80,36 @@ def add_exchange_routes(app: web.Application, server: ProxyServer) -> None:
         return web.json_response({"token": token, "user": user.name, "session": session.id,
                                   "expiresAt": session.expires_at.isoformat()})
 
+    async def bearer_identity(request: web.Request) -> Identity | web.Response:
+        header = request.headers.get("Authorization", "")
+        if not header.lower().startswith("bearer "):
+            return _refuse(401, "send the access token as Authorization: Bearer TOKEN")
+        try:
+            return await server.identity.verify(header[7:].strip())
+        except PgwardenError as exc:
+            return _refuse(401, exc.message)
+
+    async def whoami(request: web.Request) -> web.Response:
+        identity = await bearer_identity(request)
+        if isinstance(identity, web.Response):
+            return identity
+        s = identity.session
+        user = server.live.snapshot.users.get(s.user)
+        return web.json_response({
+            "user": s.user, "type": user.type.value if user else "", "groups": list(user.groups) if user else [],
+            "session": s.id, "method": str(s.method), "aal": str(s.aal), "identityProvider": s.idp,
+            "expiresAt": s.expires_at.isoformat(),
+        })
+
+    async def logout(request: web.Request) -> web.Response:
+        identity = await bearer_identity(request)
+        if isinstance(identity, web.Response):
+            return identity
+        sid = identity.session.id
+        await server.identity.store.revoke_session(sid, utc_now())
+        ended = await server.revoke_identity_sessions([sid], reason=f"{identity.user} logged out")
+        return web.json_response({"revoked": sid, "databaseConnectionsEnded": ended})
+
     app.router.add_post("/v1/auth/assertion", exchange)
+    app.router.add_get("/v1/auth/whoami", whoami)
+    app.router.add_post("/v1/auth/logout", logout)

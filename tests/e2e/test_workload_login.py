@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -79,6 +80,20 @@ def test_workload_assertion_gets_a_session_and_psql_access(up: UpProcess, issuer
         assert conn.execute("SELECT current_user").fetchone() == ("read_only",)
     listing = up.cli("sessions", "list", "--user", "ci-bot")
     assert "assertion" in listing.stdout
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    who = subprocess.run([*PGWARDEN, "whoami", "-o", "json"], capture_output=True, text=True, timeout=60, env=env)
+    assert who.returncode == 0, who.stderr
+    assert '"user": "ci-bot"' in who.stdout and '"method": "assertion"' in who.stdout
+    with psycopg.connect(f"host=127.0.0.1 port={up.port} dbname=my-db user=ci-bot sslmode=require "
+                         f"password={token}") as conn:
+        out = subprocess.run([*PGWARDEN, "logout"], capture_output=True, text=True, timeout=60, env=env)
+        assert out.returncode == 0 and "1 connection(s) ended" in out.stdout, out.stdout + out.stderr
+        with pytest.raises(psycopg.Error, match="logged out"):
+            time.sleep(0.3)
+            conn.execute("SELECT 1")
+    assert not credentials.exists()
+    again = subprocess.run([*PGWARDEN, "whoami"], capture_output=True, text=True, timeout=60, env=env)
+    assert again.returncode == 1 and "not logged in" in again.stderr
 
 
 @pytest.mark.parametrize("fields, status, message", [
