@@ -17,7 +17,7 @@ and logs in to the real database with a password the user never sees.
 
 EPILOG = """\
 quick start:
-  pgwarden proxy --manifests examples-repo/ &
+  pgwarden proxy --manifests examples-repo/ --age-key-file examples-repo/demo-age-key.txt &
   export PGPASSWORD=$(pgwarden token issue --user alice)
   psql "host=127.0.0.1 port=6543 dbname=my-db sslmode=require user=alice"
 

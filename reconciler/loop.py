@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from proxy.snapshot import Snapshot, to_wire
-from reconciler import apply, build, decrypt, diff, health, load, validate
+from reconciler import apply, diff, health, manifests
 from reconciler.sops import KeyRing
 from reconciler.source import GitSource, Revision, UntrustedRevision
 from reconciler.status import Reason, ReconcileError, Status, classify
@@ -128,11 +128,8 @@ class Reconciler:
 
     def _desired(self, revision: Revision) -> Snapshot:
         """Pure stages, in a worker thread: load, decrypt (memory only), validate, build."""
-        files, problems = load.read_directory(revision.root)
-        documents = load.parse_files(files, problems)
-        documents = decrypt.secrets(documents, self.keys, allow_plaintext=self.options.allow_plaintext_secrets)
-        validate.validate_all(documents)
-        return build.build_snapshot(documents, revision=revision.id, source=self.source.describe())
+        return manifests.load_snapshot(revision.root, revision=revision.id, source=self.source.describe(),
+                                       keys=self.keys, allow_plaintext_secrets=self.options.allow_plaintext_secrets)
 
     async def _probe(self, snapshot: Snapshot) -> None:
         results = await health.probe(snapshot)

@@ -11,23 +11,33 @@ from pathlib import Path
 
 from proxy.snapshot import Snapshot
 from reconciler import build, load, validate
+from reconciler import decrypt as decrypt_stage
 from reconciler.errors import ConfigError, DecryptionFailed, ManifestErrors
 from reconciler.load import Document, ManifestFile
+from reconciler.sops import KeyRing
 
 Decrypt = Callable[[Document], Document]
 
 
-def load_snapshot(root: Path, *, revision: str | None = None, decrypt: Decrypt | None = None) -> Snapshot:
-    """The Snapshot for the manifests under `root`. Raises ManifestErrors listing every problem.
+def load_snapshot(
+    root: Path, *, revision: str | None = None, source: str | None = None, decrypt: Decrypt | None = None,
+    keys: KeyRing | None = None, allow_plaintext_secrets: bool = True,
+) -> Snapshot:
+    """The Snapshot for the manifests under `root`: load, decrypt, validate, build (the reconcile loop's
+    pure stages, also used by `pgwarden proxy`). Raises ManifestErrors listing every problem.
 
-    `decrypt` receives each document that carries a top-level `sops` mapping and returns it
-    decrypted. Whatever it raises must not contain plaintext; a ConfigError keeps its place.
+    With `keys`, or when plaintext Secrets are refused, sops files are decrypted whole (one MAC per
+    file) by `reconciler.decrypt`. Otherwise `decrypt`, if given, receives each encrypted document.
+    Whatever either raises names places, never plaintext.
     """
     files, problems = load.read_directory(root)
     documents = load.parse_files(files, problems)
-    documents = decrypt_documents(documents, decrypt)
+    if keys is not None or not allow_plaintext_secrets:
+        documents = decrypt_stage.secrets(documents, keys, allow_plaintext=allow_plaintext_secrets)
+    else:
+        documents = decrypt_documents(documents, decrypt)
     validate.validate_all(documents)
-    return build.build_snapshot(documents, revision=revision or directory_revision(files), source=str(root))
+    return build.build_snapshot(documents, revision=revision or directory_revision(files), source=source or str(root))
 
 
 def directory_revision(files: Iterable[ManifestFile]) -> str:

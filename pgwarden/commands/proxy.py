@@ -5,26 +5,30 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from pathlib import Path
 
 from pgwarden.datadir import default_data_dir
+from pgwarden.keys import add_key_options, load_keyring
 from pgwarden.output import error
 from pgwarden.runtime import ProxyOptions, run, serve_until_signal, start_proxy
 from reconciler.errors import ConfigError, ManifestErrors
 from reconciler.manifests import load_snapshot
+from reconciler.sops import KeyRing, SopsError
 
 log = logging.getLogger("pgwarden")
 
 EPILOG = """\
 example:
-  pgwarden proxy --manifests examples-repo/ --listen 127.0.0.1:6543
+  pgwarden proxy --manifests examples-repo/ --age-key-file examples-repo/demo-age-key.txt
   export PGPASSWORD=$(pgwarden token issue --user alice)
   psql "host=127.0.0.1 port=6543 dbname=my-db sslmode=require user=alice"
 
 Choosing a service: the TLS SNI host name's first label (e.g. host=my-db.localhost), else the
 database name: dbname=my-db, or dbname=my-db/other_db to also ask for a database; with
 --default-service, any other database name goes to that service unchanged.
+Secrets may be plain text here (local development) or sops-encrypted (give the keys).
 Send SIGHUP to re-read the manifests; a bad edit is reported and the running state is kept.
 """
 
@@ -48,6 +52,7 @@ def add_proxy_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-cert", type=Path, help="server certificate (PEM); default: a local CA and certificate "
                                                  "generated in the data directory")
     p.add_argument("--tls-key", type=Path, help="private key for --tls-cert")
+    add_key_options(p)
     p.add_argument("--state", metavar="sqlite|postgres://…", default=None,
                    help="identity state store (sessions, passkeys, TOTP): sqlite in the data directory (default), "
                         "or a PostgreSQL URL shared by several replicas. A URL's password is never printed")
@@ -68,6 +73,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_proxy)
 
 
+def _has_keys(args: argparse.Namespace) -> bool:
+    """Decrypt sops Secrets when the user gave keys, on the command line or as sops reads them."""
+    return bool(args.age_key_file or args.pgp_key_file or args.gnupghome
+                or os.environ.get("SOPS_AGE_KEY_FILE") or os.environ.get("SOPS_AGE_KEY"))
+
+
 def options_from(args: argparse.Namespace) -> ProxyOptions:
     host, port = args.listen
     access_log = None if args.access_log in ("", "none") else args.access_log
@@ -82,7 +93,20 @@ def run_proxy(args: argparse.Namespace) -> int:
         error("--tls-cert and --tls-key go together")
         return 2
     try:
-        snapshot = load_snapshot(args.manifests)
+        keys = load_keyring(args) if _has_keys(args) else None
+    except (SopsError, OSError) as exc:
+        error(f"cannot read the decryption keys: {exc}")
+        return 2
+    try:
+        return _serve_manifests(args, keys)
+    finally:
+        if keys is not None:
+            keys.close()  # removes any throwaway GnuPG keyring
+
+
+def _serve_manifests(args: argparse.Namespace, keys: KeyRing | None) -> int:
+    try:
+        snapshot = load_snapshot(args.manifests, keys=keys)
     except (ManifestErrors, ConfigError) as exc:
         error(f"the manifests in {args.manifests} are not valid:\n{exc}")
         return 1
@@ -96,7 +120,7 @@ def run_proxy(args: argparse.Namespace) -> int:
 
         def reload() -> None:
             try:
-                generation = running.server.apply(load_snapshot(args.manifests))
+                generation = running.server.apply(load_snapshot(args.manifests, keys=keys))
                 log.warning("reloaded %s: generation %d", args.manifests, generation)
             except Exception as exc:  # noqa: BLE001 - report, keep serving the last good state
                 log.error("reload of %s failed, keeping generation %d:\n%s",

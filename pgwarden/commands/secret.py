@@ -9,7 +9,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from pgwarden.commands.sops import EXIT_COULD_NOT_RUN, EXIT_OK, print_error
+from pgwarden.commands.sops import EXIT_COULD_NOT_RUN, EXIT_OK
+from pgwarden.output import error
 from reconciler.sops import SopsError, encrypt_secret_manifest, find_creation_recipients
 
 CREATE_EPILOG = """\
@@ -80,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
             args.name, value, age_recipients=age, pgp_fingerprints=pgp, gnupghome=args.gnupghome
         )
     except SopsError as exc:
-        print_error(str(exc), exc.hint)
+        error(str(exc), hint=exc.hint)
         return EXIT_COULD_NOT_RUN
     if args.output is None:
         sys.stdout.write(manifest)
@@ -88,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         _write_atomically(args.output, manifest)
     except OSError as exc:
-        print_error(f"{args.output}: cannot write ({exc.strerror})")
+        error(f"{args.output}: cannot write ({exc.strerror})")
         return EXIT_COULD_NOT_RUN
     print(f"pgwarden: wrote {args.output} (data.value encrypted for {len(age) + len(pgp)} recipients)", file=sys.stderr)
     return EXIT_OK

@@ -6,7 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from reconciler.sops import INPUT_TYPES, OUTPUT_TYPES, KeyRing, SopsError, decrypt_file, detect_format, render
+from pgwarden.keys import add_key_options, load_keyring
+from pgwarden.output import error
+from reconciler.sops import INPUT_TYPES, OUTPUT_TYPES, SopsError, decrypt_file, detect_format, render
 from reconciler.sops.decrypt import read_limited
 from reconciler.sops.gobackend import decrypt_with_go_sops, sops_binary
 
@@ -71,35 +73,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     decrypt.set_defaults(func=run)
 
 
-def add_key_options(parser: argparse.ArgumentParser) -> None:
-    """The private-key options shared by commands that decrypt."""
-    parser.add_argument(
-        "--age-key-file", metavar="PATH", action="append", type=Path, help="age identity file (repeatable)"
-    )
-    parser.add_argument(
-        "--pgp-key-file",
-        metavar="PATH",
-        action="append",
-        type=Path,
-        help="armored PGP secret key to import into a throwaway keyring (repeatable)",
-    )
-    parser.add_argument("--gnupghome", metavar="DIR", type=Path, help="GnuPG home holding the PGP secret key")
-
-
-def load_keyring(args: argparse.Namespace) -> KeyRing:
-    """Keys from the command line plus the environment, as sops would find them."""
-    return KeyRing.from_files(
-        args.age_key_file or (), args.pgp_key_file or (), gnupghome=args.gnupghome, include_env=True
-    )
-
-
-def print_error(message: str, hint: str | None = None) -> None:
-    """libpq style: `pgwarden: error: …` then `HINT:  …`."""
-    print(f"pgwarden: error: {message}", file=sys.stderr)
-    if hint:
-        print(f"HINT:  {hint}", file=sys.stderr)
-
-
 def run(args: argparse.Namespace) -> int:
     """Decrypt and print; return the exit status."""
     input_type = args.input_type or detect_format(args.file.name)
@@ -108,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         with load_keyring(args) as keys:
             if args.backend == "go":
                 if sops_binary() is None:
-                    print_error("the Go sops binary is not on PATH", "install sops, or drop --backend go")
+                    error("the Go sops binary is not on PATH", hint="install sops, or drop --backend go")
                     return EXIT_COULD_NOT_RUN
                 text = decrypt_with_go_sops(
                     read_limited(args.file),
@@ -121,10 +94,10 @@ def run(args: argparse.Namespace) -> int:
                 tree = decrypt_file(args.file, keys, input_type=input_type, keep_comments=True)
                 text = render(tree, output_type)
     except SopsError as exc:
-        print_error(str(exc), exc.hint)
+        error(str(exc), hint=exc.hint)
         return EXIT_COULD_NOT_RUN
     except Exception as exc:  # a library's message could quote a value: name the type only
-        print_error(f"{args.file}: unexpected {type(exc).__name__} while decrypting")
+        error(f"{args.file}: unexpected {type(exc).__name__} while decrypting")
         return EXIT_COULD_NOT_RUN
     sys.stdout.write(text)
     sys.stdout.flush()

@@ -15,6 +15,7 @@ from aiohttp import web
 from pgwarden import demo
 from pgwarden.commands.proxy import add_proxy_options, options_from, parse_listen
 from pgwarden.datadir import default_data_dir, prepare
+from pgwarden.keys import load_keyring
 from pgwarden.output import error
 from pgwarden.runtime import EmbeddedTarget, RunningProxy, run, serve_until_signal, start_proxy
 from proxy.identity.exchange import add_exchange_routes
@@ -59,11 +60,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--fetch-timeout", type=float, default=60.0, metavar="SECONDS", help="default 60")
     p.add_argument("--http-listen", type=parse_listen, default=("127.0.0.1", 8080), metavar="HOST:PORT",
                    help="HTTP listener for the webhook (and, later, login pages); default 127.0.0.1:8080")
-    p.add_argument("--age-key-file", type=Path, action="append", default=[],
-                   help="age identity file to decrypt sops Secrets (repeatable; also $SOPS_AGE_KEY_FILE, "
-                        "$SOPS_AGE_KEY). The file holds a private key: keep it 0600 and out of Git")
-    p.add_argument("--pgp-key-file", type=Path, action="append", default=[],
-                   help="armored PGP secret key to decrypt sops Secrets (imported into a private keyring)")
     p.add_argument("--verify-signatures", action="store_true",
                    help="only apply commits signed by a --trusted-key")
     p.add_argument("--trusted-key", type=Path, action="append", default=[], help="armored PGP public key")
@@ -85,17 +81,17 @@ def run_up(args: argparse.Namespace) -> int:
     args.data_dir = data_dir
     database: demo.DemoDatabase | None = None
     repo, ref = args.repo, args.ref
-    age_keys = list(args.age_key_file)
+    demo_keys: list[Path] = []
     try:
         if args.demo:
             repo_dir, created = demo.prepare_repo(data_dir)
             repo, ref = str(repo_dir), None
-            age_keys.append(repo_dir / demo.DEMO_KEY)
+            demo_keys.append(repo_dir / demo.DEMO_KEY)
             print(f"pgwarden demo: {'created' if created else 'reusing'} the manifests repository {repo_dir}",
                   file=sys.stderr)
             database = demo.start_database(demo.demo_passwords(repo_dir))
             print(f"pgwarden demo: throwaway PostgreSQL 15 on 127.0.0.1:{database.port}", file=sys.stderr)
-        keys = KeyRing.from_files(age_key_files=age_keys, pgp_key_files=args.pgp_key_file, include_env=True)
+        keys = load_keyring(args, extra_age_key_files=demo_keys)
     except (demo.DemoError, SopsError, OSError) as exc:
         error(str(exc))
         if database is not None:

@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -65,3 +66,22 @@ def test_token_issue_without_a_running_proxy_explains(tmp_path) -> None:  # type
     out = subprocess.run([*PGWARDEN, "token", "issue", "--user", "alice", "--data-dir", str(tmp_path / "none")],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 2 and "no pgwarden is running" in out.stderr and "HINT" in out.stderr
+
+
+def test_proxy_decrypts_sops_secrets_with_the_given_key(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    repo = Path(__file__).resolve().parents[2] / "examples-repo"
+    proc = subprocess.Popen(
+        [*PGWARDEN, "proxy", "--manifests", str(repo), "--age-key-file", str(repo / "demo-age-key.txt"),
+         "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "d"), "--access-log", str(tmp_path / "a.log")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert "pgwarden proxy ready" in proc.stdout.readline()
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=15)
+    refused = subprocess.run([*PGWARDEN, "proxy", "--manifests", str(repo), "--listen", "127.0.0.1:0",
+                              "--data-dir", str(tmp_path / "d2")], capture_output=True, text=True, timeout=30,
+                             env={k: v for k, v in os.environ.items() if not k.startswith("SOPS_AGE")})
+    assert refused.returncode == 1 and "no decryption keys configured" in refused.stderr
