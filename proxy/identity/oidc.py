@@ -570,7 +570,16 @@ async def _post_form(
 
 
 async def _read_json(response: aiohttp.ClientResponse, provider: str, what: str) -> dict[str, Any]:
-    raw = await response.content.read(MAX_RESPONSE_BYTES + 1)
+    # read(n) returns what has arrived so far, not n bytes: loop to the end (or just past the bound).
+    chunks: list[bytes] = []
+    size = 0
+    while size <= MAX_RESPONSE_BYTES:
+        chunk = await response.content.read(MAX_RESPONSE_BYTES + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    raw = b"".join(chunks)
     if len(raw) > MAX_RESPONSE_BYTES:
         raise _fail(ProviderUnavailable, provider, f"{what} answer is larger than {MAX_RESPONSE_BYTES} bytes")
     if response.content_type == "application/jwt":

@@ -37,7 +37,7 @@ from proxy.identity.mapping import map_identity
 from proxy.identity.oidc import IdentityError
 from proxy.identity.sessions import Identity
 from proxy.identity.store import AssuranceLevel, AuthMethod
-from proxy.identity.web.pages import e, error_page, page
+from proxy.identity.web.pages import e, error_page, page, redirect
 from proxy.pgwire.errors import PgwardenError
 from proxy.server import ProxyServer
 from proxy.snapshot import IdentityProvider, User, UserType
@@ -240,7 +240,7 @@ class AuthServer:
         """Create the Session for `result` and deliver its credential to whoever started `flow`."""
         if result.aal < flow.want_aal:
             flow.pending = result
-            return web.HTTPFound(f"/login/second-factor?{urlencode({'flow': flow.id})}")
+            return redirect(f"/login/second-factor?{urlencode({'flow': flow.id})}")
         self.drop_flow(flow)
         session, token = await self.server.identity.issue_token(
             result.user, ttl_s=flow.ttl_s, method=result.method, aal=result.aal, idp=result.idp,
@@ -255,7 +255,7 @@ class AuthServer:
             self._codes[code] = _IssuedCode(token=token, body=body, code_challenge=flow.code_challenge,
                                             expires=time.monotonic() + CODE_TTL_S)
             target = f"{flow.redirect_uri}?{urlencode({'code': code, 'state': flow.state})}"
-            return _clear_flow_cookie(web.HTTPFound(target))
+            return _clear_flow_cookie(redirect(target))
         if flow.user_code:
             approved = await self.server.identity.store.approve_device_code(flow.user_code, session.id)
             if not approved:
@@ -266,7 +266,7 @@ class AuthServer:
                                            "Return to your terminal; you can close this window.</p>"))
         response: web.StreamResponse
         if flow.next:
-            response = web.HTTPFound(flow.next)
+            response = redirect(flow.next)
         else:
             response = page("Signed in", f"<p>Signed in as <b>{e(session.user)}</b> "
                                          f"({e(session.method)}, {e(session.aal)}). You can close this window.</p>")
@@ -292,7 +292,7 @@ class AuthServer:
         providers = [p for p in self.server.live.snapshot.identity_providers.values()
                      if p.type in HUMAN_PROVIDER_TYPES and not p.is_disabled]
         if q.get("idp"):
-            response: web.StreamResponse = web.HTTPFound(f"/login/idp/{q['idp']}?{urlencode({'flow': flow.id})}")
+            response: web.StreamResponse = redirect(f"/login/idp/{q['idp']}?{urlencode({'flow': flow.id})}")
         else:
             links = "".join(
                 f"<a class=button href='/login/idp/{e(p.name)}?flow={e(flow.id)}'>"

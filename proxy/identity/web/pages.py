@@ -37,6 +37,13 @@ def e(value: object) -> str:
     return escape(str(value), quote=True)
 
 
+def redirect(location: str, *, status: int = 302) -> web.Response:
+    """A redirect to return from a handler (aiohttp 3.14 deprecates *returning* web.HTTPFound)."""
+    response = web.Response(status=status, headers={"Location": location})
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
 def error_page(title: str, message: str, *, status: int = 403, hint: str = "") -> web.Response:
     hint_html = f"<p>{e(hint)}</p>" if hint else ""
     return page(title, f"<div class=error role=alert><p>{e(message)}</p>{hint_html}</div>", status=status)
