@@ -1,26 +1,53 @@
-"""`pgwarden up --demo`: a throwaway PostgreSQL and a local Git copy of examples-repo/.
+"""`pgwarden up --demo`: a throwaway PostgreSQL, a local Git copy of examples-repo/ and a local OpenID Provider.
 
 The demo database gets the seed's roles (`full_access`, `read_only`) with the passwords held in
 the example repo's sops-encrypted Secrets, decrypted in memory with the repo's demo-only age key.
+In a source checkout with `npm ci` done, the test OpenID Provider (tests/peers/oidc_provider.mjs, npm
+oidc-provider, any password) runs too, so `pgwarden login` can be tried as alice or bob.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import git
 
 from reconciler import decrypt, load
-from reconciler.sops import KeyRing
+from reconciler.sops import KeyRing, encrypt_secret_manifest
 
 EXAMPLES_REPO = Path(__file__).resolve().parents[1] / "examples-repo"
 DEMO_KEY = "demo-age-key.txt"
 DEMO_PG_PORT = 54329  # examples-repo's Services point here
+DEMO_OIDC_PORT = 54330  # the demo IdentityProvider's issuer
+SOURCE_ROOT = EXAMPLES_REPO.parent
+OIDC_PEER = SOURCE_ROOT / "tests" / "peers" / "oidc_provider.mjs"
+# The peer's built-in confidential client (tests/peers/oidc_provider.mjs): demo-only, like the demo age key.
+DEMO_OIDC_CLIENT_ID = "pgwarden"
+DEMO_OIDC_CLIENT_SECRET = "pgwarden-peer-secret"
+DEMO_IDP_MANIFEST = f"""\
+# The demo's single sign-on: a local OpenID Provider (npm oidc-provider) that `pgwarden up --demo` starts.
+# Its login page takes any password; alice and bob are found by their verified email addresses.
+kind: IdentityProvider
+metadata:
+  name: demo-sso
+spec:
+  displayName: Sign in with the demo SSO (any password)
+  oidc:
+    issuerURL: http://localhost:{DEMO_OIDC_PORT}
+    clientID: {DEMO_OIDC_CLIENT_ID}
+    clientSecret: {{fromSecret: demo-sso-client-secret}}
+    scopes: [openid, email, profile]
+"""
 
 
 class DemoError(Exception):
@@ -37,6 +64,46 @@ class DemoDatabase:
         _run_as_postgres([str(self.bindir / "pg_ctl"), "-D", str(self.directory / "data"), "stop", "-m", "fast",
                           "-w"], check=False)
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@dataclass(slots=True, kw_only=True)
+class DemoIdentityProvider:
+    process: subprocess.Popen[bytes]
+    url: str
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                os.kill(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+def start_identity_provider(data_dir: Path, redirect_uri: str, *, port: int = DEMO_OIDC_PORT,
+                            timeout_s: float = 15) -> DemoIdentityProvider:
+    """node tests/peers/oidc_provider.mjs on localhost:port, accepting logins back to `redirect_uri`."""
+    node = shutil.which("node")
+    if node is None or not (SOURCE_ROOT / "node_modules" / "oidc-provider").is_dir() or not OIDC_PEER.is_file():
+        raise DemoError(f"it needs Node.js and `npm ci` in a source checkout ({SOURCE_ROOT}); see README, "
+                        "\"Try login locally\"")
+    with open(data_dir / "demo-oidc-provider.log", "wb") as log:
+        process = subprocess.Popen([node, str(OIDC_PEER), str(port), redirect_uri], cwd=SOURCE_ROOT,
+                                   stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    sso = DemoIdentityProvider(process=process, url=f"http://localhost:{port}")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise DemoError(f"the demo OpenID Provider exited (is port {port} in use?); see "
+                            f"{data_dir / 'demo-oidc-provider.log'}")
+        try:
+            with urllib.request.urlopen(sso.url + "/.well-known/openid-configuration", timeout=1):
+                return sso
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(0.1)
+    sso.stop()
+    raise DemoError(f"the demo OpenID Provider did not answer on {sso.url} within {timeout_s:.0f} s")
 
 
 def _bindir() -> Path:
@@ -133,6 +200,7 @@ def prepare_repo(data_dir: Path) -> tuple[Path, bool]:
     if (repo_dir / ".git").exists():
         return repo_dir, False
     shutil.copytree(EXAMPLES_REPO, repo_dir, dirs_exist_ok=True)
+    _add_demo_identity_provider(repo_dir)
     repo = git.Repo.init(repo_dir, initial_branch="main")
     with repo.config_writer() as config:
         config.set_value("user", "name", "pgwarden demo")
@@ -140,3 +208,15 @@ def prepare_repo(data_dir: Path) -> tuple[Path, bool]:
     repo.git.add(A=True)
     repo.index.commit("Import pgwarden's example repository")
     return repo_dir, True
+
+
+def _add_demo_identity_provider(repo_dir: Path) -> None:
+    """The demo-sso IdentityProvider and its client secret, sops-encrypted to the demo key like the rest."""
+    recipient = re.search(r"public key: (age1\w+)", (repo_dir / DEMO_KEY).read_text())
+    if recipient is None:
+        raise DemoError(f"{repo_dir / DEMO_KEY}: no `# public key:` line")
+    (repo_dir / "identity-providers").mkdir(exist_ok=True)
+    (repo_dir / "identity-providers" / "demo-sso.yaml").write_text(DEMO_IDP_MANIFEST)
+    (repo_dir / "secrets" / "demo-sso-client-secret.yaml").write_text(
+        encrypt_secret_manifest("demo-sso-client-secret", DEMO_OIDC_CLIENT_SECRET,
+                                age_recipients=[recipient.group(1)]))

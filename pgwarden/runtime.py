@@ -13,8 +13,11 @@ from pathlib import Path
 from aiohttp import web
 
 from pgwarden.datadir import ADMIN_SOCKET, fingerprint_key, prepare, state_key
-from proxy.admin import build_app, start_admin
+from proxy.admin import add_metrics_route, build_app, start_admin
 from proxy.audit.accesslog import AccessLog, AccessLogWriter
+from proxy.audit.normalize import QueryText
+from proxy.audit.otel import OtelAccessLogSink, OtlpSettings
+from proxy.identity.certs import ClientCertificateAuthority
 from proxy.identity.sessions import SessionAuthority
 from proxy.identity.store_open import open_store
 from proxy.identity.tokens import TokenAuthority
@@ -36,6 +39,8 @@ class ProxyOptions:
     tls_key: Path | None = None
     default_service: str | None = None
     state: str | None = None  # identity state store: None/"sqlite" (DATA_DIR/state.db) or postgres://…
+    otlp: OtlpSettings | None = None  # also export the access log as OpenTelemetry logs
+    log_queries: QueryText = QueryText.FULL
 
 
 @dataclass(slots=True, kw_only=True)
@@ -56,11 +61,13 @@ class RunningProxy:
         await self.server.close()
         await self.admin.cleanup()
         self.server.access_log.writer.close()
+        await asyncio.to_thread(self.server.access_log.close_sinks)  # an exporter may wait on its collector
         await self.server.identity.store.close()
 
 
 async def start_proxy(
-    options: ProxyOptions, snapshot: Snapshot, *, admin_routes: Callable[[web.Application], None] | None = None
+    options: ProxyOptions, snapshot: Snapshot, *, admin_routes: Callable[[web.Application], None] | None = None,
+    server_factory: Callable[..., ProxyServer] = ProxyServer,  # pgwarden/workers.py passes a WorkerServer
 ) -> RunningProxy:
     data_dir = prepare(options.data_dir)
     if options.tls_cert and options.tls_key:
@@ -69,10 +76,13 @@ async def start_proxy(
         cert = ensure_local_certificate(data_dir)
     writer = AccessLogWriter(options.access_log)
     store = await open_store(options.state, data_dir, encryption_key=state_key(data_dir))
-    server = ProxyServer(
-        tls_context=server_context(cert),
+    client_ca = ClientCertificateAuthority.load_or_create(data_dir)  # signs `pgwarden cert` certificates
+    server = server_factory(
+        tls_context=server_context(cert, client_ca=client_ca.cert_path),
+        client_ca=client_ca,
         identity=SessionAuthority(TokenAuthority.load_or_create(data_dir), store),
-        access_log=AccessLog(writer),
+        access_log=AccessLog(writer, sinks=[OtelAccessLogSink(options.otlp)] if options.otlp else [],
+                             query_text=options.log_queries),
         fingerprint_key=fingerprint_key(data_dir),
         snapshot=snapshot,
         default_service=options.default_service,
@@ -82,6 +92,7 @@ async def start_proxy(
     app = build_app(server)
     if admin_routes is not None:
         admin_routes(app)
+    add_metrics_route(app, server)
     admin = await start_admin(server, socket_path, app)
     return RunningProxy(server=server, admin=admin, host=host, port=port, admin_socket=socket_path,
                         ca_path=cert.ca_path)

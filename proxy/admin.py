@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from proxy import metrics
 from proxy.errors import PgwardenError, SnapshotRejected
 from proxy.identity.store import utc_now
 from proxy.server import ProxyServer
@@ -108,6 +109,21 @@ def build_app(server: ProxyServer) -> web.Application:
     app.router.add_put("/v1/state", put_state)
     app.router.add_get("/v1/sessions", get_sessions)
     return app
+
+
+def add_metrics_route(app: web.Application, server: ProxyServer) -> None:
+    """GET /metrics: the proxy's Prometheus series, unless the app serves /metrics already.
+
+    `pgwarden up` registers the reconciler's /metrics first, with the proxy's collector merged into its registry.
+    """
+    if any(r.method == "GET" and r.resource is not None and r.resource.canonical == "/metrics"
+           for r in app.router.routes()):
+        return
+
+    async def prometheus(_: web.Request) -> web.Response:
+        return web.Response(body=metrics.render(server), headers={"Content-Type": metrics.CONTENT_TYPE})
+
+    app.router.add_get("/metrics", prometheus)
 
 
 async def start_admin(server: ProxyServer, socket_path: Path, app: web.Application | None = None) -> web.AppRunner:

@@ -13,6 +13,7 @@ from typing import Any
 from proxy.errors import AccessDenied, AuthenticationFailed, UnknownService
 from proxy.identity.store import IdentitySession
 from proxy.policy.cel import CompiledCondition, ConditionError, compile_condition, to_cel
+from proxy.policy.engine import NO_POLICY, Decision, PolicySet, SessionPolicy
 from proxy.snapshot import Service, ServiceConfig, Snapshot, User
 
 
@@ -34,6 +35,7 @@ class Route:
     reason: str  # e.g. "rule 1 (configName full-access)" or "default config"
     upstream_user: str
     upstream_database: str
+    decision: Decision = NO_POLICY  # the connect-time Policy decision (policy and rule for the access log)
 
     @property
     def target(self) -> tuple[str, str, str, str]:
@@ -61,6 +63,7 @@ class LiveSnapshot:
             )
             for name, service in snapshot.services.items()
         }
+        self.policies = PolicySet(snapshot)  # compiles every Policy: a bad one rejects the snapshot
 
     def user(self, name: str) -> User:
         """The enabled User with this name, or AuthenticationFailed."""
@@ -87,23 +90,56 @@ class LiveSnapshot:
         self, user: User, service: Service, request: ConnectRequest, identity_session: IdentitySession | None = None
     ) -> dict[str, Any]:
         """The CEL `ctx` for a connect decision, shaped like Octelium's (camelCase, no empties)."""
+        return {"ctx": to_cel(self.context(user, service, request, identity_session))}
+
+    def context(
+        self, user: User, service: Service, request: ConnectRequest | None,
+        identity_session: IdentitySession | None = None,
+    ) -> dict[str, Any]:
+        """The plain-Python `ctx` of a session: user, groups, service, session and the connect request."""
         groups = [
             {"metadata": {"name": g}, **dict(self.snapshot.groups[g].manifest)}
             for g in user.groups
             if g in self.snapshot.groups
         ]
-        connect = {"user": request.user, "database": request.database}
-        if request.application_name:
-            connect["applicationName"] = request.application_name
-        ctx = {
+        ctx: dict[str, Any] = {
             "user": _with_name(user.manifest, user.name),
             "groups": groups,
             "service": _with_name(service.manifest, service.name),
-            "request": {"postgres": {"connect": connect}},
         }
+        if request is not None:
+            connect = {"user": request.user, "database": request.database}
+            if request.application_name:
+                connect["applicationName"] = request.application_name
+            ctx["request"] = {"postgres": {"connect": connect}}
         if identity_session is not None:
             ctx["session"] = identity_session.to_cel()
-        return {"ctx": to_cel(ctx)}
+        return ctx
+
+    def decide_connect(
+        self, user: User, service: Service, request: ConnectRequest, identity_session: IdentitySession | None = None
+    ) -> Decision:
+        """The attached Policies' decision on opening this session (allowed when none is attached).
+
+        A reload recheck calls this (through `route`) with the new snapshot to re-decide a live session.
+        """
+        if not self.policies.has_policies(user, service):
+            return NO_POLICY
+        book = self.policies.book(user, service)
+        return self.policies.decide(book, self.context(user, service, request, identity_session))
+
+    def session_policy(
+        self, user: User, service: Service, identity_session: IdentitySession | None = None,
+        *, config: ServiceConfig | None = None, request: ConnectRequest | None = None,
+    ) -> SessionPolicy | None:
+        """Per-request decisions for a session, or None when authorization mode is not ALL.
+
+        Pass the session's `config` (route.config): its mode decides. Without it, any config of the
+        Service in mode ALL turns checks on (the safe side). `request` is accepted for symmetry with `route`
+        but not put in ctx: each request's ctx holds that request only (connect was decided at connect).
+        """
+        ctx = self.context(user, service, None, identity_session)
+        return self.policies.session_policy(user, service, ctx, self.generation, config=config)
 
     def route(
         self, user_name: str, service_name: str, request: ConnectRequest,
@@ -112,6 +148,9 @@ class LiveSnapshot:
         """Decide the config for a new session. Raises AuthenticationFailed/UnknownService/AccessDenied."""
         user = self.user(user_name)
         service = self.service(service_name)
+        decision = self.decide_connect(user, service, request, identity_session)
+        if not decision.allowed:
+            raise _denied(service, decision)
         rules = self._rules.get(service.name, ())
         chosen: str | None = None
         reason = "default config"
@@ -137,13 +176,29 @@ class LiveSnapshot:
                 hint="the service has no default config; ask an administrator to add a rule for you",
             )
         config = service.configs[chosen]
+        if decision.policy:
+            reason = f"{reason}; {decision.reason}"
         return Route(
             service=service,
             config=config,
             reason=reason,
             upstream_user=config.postgres.user or request.user,
             upstream_database=config.postgres.database or request.database,
+            decision=decision,
         )
+
+
+def _denied(service: Service, decision: Decision) -> AccessDenied:
+    """The refusal for a connect-time Policy DENY: it names the policy and rule that decided."""
+    if decision.policy:
+        return AccessDenied(
+            f'access to service "{service.name}" {decision.reason}',
+            hint="ask an administrator to change the policy if you need this access",
+        )
+    return AccessDenied(
+        f'access to service "{service.name}" denied: no policy rule allows this connection (denied by default)',
+        hint="the policies attached to you and this service need an ALLOW rule that matches the connection",
+    )
 
 
 def _with_name(manifest: Mapping[str, Any], name: str) -> dict[str, Any]:

@@ -15,12 +15,14 @@ from typing import Any
 
 from proxy.audit.accesslog import AccessLog, SessionLog
 from proxy.errors import AccessDenied, AuthenticationFailed, SnapshotRejected
+from proxy.identity.certs import ClientCertificateAuthority
 from proxy.identity.sessions import SessionAuthority
-from proxy.identity.store import utc_now
+from proxy.identity.store import AuthMethod, IdentitySession, utc_now
+from proxy.metrics import ProxyMetrics
 from proxy.pgwire.errors import PgwardenError
 from proxy.routing import ConnectRequest, LiveSnapshot, Route
 from proxy.session import ClientSession, SessionInfo
-from proxy.snapshot import Snapshot
+from proxy.snapshot import AuthorizationMode, Snapshot
 from proxy.upstream import send_cancel
 
 log = logging.getLogger("pgwarden.server")
@@ -41,16 +43,20 @@ class ProxyServer:
         fingerprint_key: bytes,
         snapshot: Snapshot | None = None,
         default_service: str | None = None,
+        client_ca: ClientCertificateAuthority | None = None,
     ) -> None:
         self.tls_context = tls_context
         self.identity = identity
+        self.client_ca = client_ca  # signs client certificates (POST /v1/auth/cert); None: mTLS identity is off
         self.access_log = access_log
+        self.metrics = ProxyMetrics()  # plain counters; proxy/metrics.py renders them for GET /metrics
         self.fingerprint_key = fingerprint_key
         self.default_service = default_service  # serves database names that name no service
         self.live = LiveSnapshot(snapshot or Snapshot(), generation=1)
         self.applied_at = time.time()
         self.sessions: dict[str, ClientSession] = {}
         self._by_cancel_key: dict[tuple[int, int], ClientSession] = {}
+        self._cancels: set[asyncio.Task[None]] = set()  # in flight; held so a closing client cannot drop them
         self._by_identity: dict[str, set[ClientSession]] = {}  # identity Session id -> its live DB sessions
         self.connections: set[ClientSession] = set()  # every open client socket, logged in or not
         self._server: asyncio.AbstractServer | None = None
@@ -58,9 +64,11 @@ class ProxyServer:
         self._identity_watch: asyncio.Task[None] | None = None
 
     # --- listening -----------------------------------------------------------------------
-    async def start(self, host: str, port: int) -> tuple[str, int]:
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> tuple[str, int]:
+        """Listen on host:port; `reuse_port` lets several worker processes share it (SO_REUSEPORT)."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: ClientSession(self), host, port, reuse_address=True)
+        self._server = await loop.create_server(lambda: ClientSession(self), host, port, reuse_address=True,
+                                                reuse_port=reuse_port or None)
         sockname = self._server.sockets[0].getsockname()
         self._identity_watch = loop.create_task(self.watch_identity_sessions())
         return sockname[0], sockname[1]
@@ -106,11 +114,30 @@ class ProxyServer:
             if reason is not None:
                 log.info("ending session %s: %s", session.id, reason.message)
                 session.terminate(reason)
+        await self._revoke_retired_credentials(live)
+
+    async def _revoke_retired_credentials(self, live: LiveSnapshot) -> None:
+        """Revoke the identity Sessions of Credentials this snapshot removed or disabled: their tokens stop working."""
+        store = self.identity.store
+        now = utc_now()
+        try:
+            retired = [s.id for s in await store.list_sessions(now=now) if _retired_credential(s, live) is not None]
+            for sid in retired:
+                if self.live is not live:
+                    return  # the newer snapshot's pass decides
+                await store.revoke_session(sid, now)
+        except Exception as exc:  # noqa: BLE001 - a store outage must not break the reload; the next one retries
+            log.warning("could not revoke sessions of retired client credentials: %s", type(exc).__name__)
+            return
+        await self.revoke_identity_sessions(retired, reason="its client credential was removed or disabled")
 
     def recheck(self, session: ClientSession, live: LiveSnapshot) -> PgwardenError | None:
         """Why the new snapshot no longer allows this session, or None if it keeps its access."""
         if session.route is None or session.request is None or session.info is None:
             return None
+        retired = _retired_credential(session.identity.session, live) if session.identity else None
+        if retired is not None:
+            return AuthenticationFailed(f"session revoked: {retired}", hint="get a new token from a current client")
         try:
             route = live.route(session.info.user, session.route.service.name, session.request,
                                identity_session=session.identity.session if session.identity else None)
@@ -121,6 +148,13 @@ class ProxyServer:
                 "access revoked by configuration change: this session's routing changed "
                 f'(now config "{route.config.name}")',
                 hint="reconnect to get the new routing",
+            )
+        if route.config.postgres.authorization_mode == AuthorizationMode.ALL and not session.has_query_checks:
+            # The relay chose its path at connect; an unchecked session must not outlive the switch.
+            return AccessDenied(
+                "access revoked by configuration change: per-query checks were turned on for this service "
+                f'(config "{route.config.name}"), and this session was opened without them',
+                hint="reconnect: every query of the new session is checked",
             )
         return None
 
@@ -145,13 +179,17 @@ class ProxyServer:
             client_address=_peer(session), started_at=time.time(), generation=generation,
         )
         self.sessions[session.id] = session
+        self.metrics.session_started()
         self._by_cancel_key[(process_id, secret_key)] = session
         if session.identity is not None:
             self._by_identity.setdefault(session.identity.session.id, set()).add(session)
         return process_id, secret_key
 
     def forget(self, session: ClientSession) -> None:
-        self.sessions.pop(session.id, None)
+        if self.sessions.pop(session.id, None) is not None:
+            self.metrics.session_ended(session.bytes_received,
+                                       session.upstream.bytes_received if session.upstream else 0,
+                                       session.pending_termination)
         if session.identity is not None:
             live = self._by_identity.get(session.identity.session.id)
             if live is not None:
@@ -161,6 +199,12 @@ class ProxyServer:
         key = (session.process_id, session.secret_key)
         if self._by_cancel_key.get(key) is session:
             del self._by_cancel_key[key]
+
+    def start_cancel(self, process_id: int, secret_key: int) -> None:
+        """Forward a CancelRequest in its own task: libpq may close its socket before the forward is done."""
+        task = asyncio.get_running_loop().create_task(self.cancel(process_id, secret_key))
+        self._cancels.add(task)
+        task.add_done_callback(self._cancels.discard)
 
     async def cancel(self, process_id: int, secret_key: int) -> None:
         """Forward a client's CancelRequest to the upstream backend of the session it names."""
@@ -218,12 +262,14 @@ class ProxyServer:
         return self.access_log.session(session.id, {
             "connectionID": session.id, "user": user, "service": route.service.name,
             "config": route.config.name, "status": "ALLOWED", "reason": route.reason,
+            "upstreamUser": route.upstream_user, "upstreamDatabase": route.upstream_database,
             "generation": self.live.generation, "clientAddress": _peer(session),
         })
 
     def log_denied(
         self, session: ClientSession, user: str, service: str, request: ConnectRequest, exc: PgwardenError
     ) -> None:
+        self.metrics.session_refused(exc)
         self.access_log.event(
             {"connectionID": session.id, "user": user, "service": service, "status": "DENIED",
              "reason": exc.message, "sqlstate": exc.sqlstate, "clientAddress": _peer(session)},
@@ -232,6 +278,16 @@ class ProxyServer:
                                                 "applicationName": request.application_name}},
             entry_id=f"{session.id}-0",
         )
+
+
+def _retired_credential(session: IdentitySession, live: LiveSnapshot) -> str | None:
+    """Why a client-credentials Session lost its Credential under `live` (its idp is the client_id), or None."""
+    if session.method != AuthMethod.CLIENT_CREDENTIALS:
+        return None
+    credential = live.snapshot.credentials.get(session.idp)
+    if credential is None:
+        return f"client {session.idp} was removed"
+    return f"client {session.idp} is disabled" if credential.is_disabled else None
 
 
 def _peer(session: ClientSession) -> str:

@@ -1,7 +1,8 @@
 """One client session: startup, TLS, token check, routing, upstream login, then the relay.
 
 The relay forwards each chunk untouched. The client side is scanned for Query/Parse (access log);
-the server side for ReadyForQuery (transaction state, and a safe point to inject a FATAL).
+the server side for ReadyForQuery (transaction state, and a safe point to inject a FATAL). With
+per-query checks (mode ALL) the client side goes through `proxy.policy.enforce.RequestGate` instead.
 Errors we raise become one ErrorResponse in `_refuse`, then the connection closes.
 """
 
@@ -10,18 +11,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import ssl
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from proxy.audit.accesslog import SessionLog
 from proxy.connection import PgConnection
 from proxy.errors import AuthenticationFailed, UnknownService
+from proxy.identity.certs import verify_client_certificate
 from proxy.identity.sessions import Identity
 from proxy.pgwire import messages as m
+from proxy.pgwire.denials import ResponseFilter
 from proxy.pgwire.encodings import decode_text, python_codec
 from proxy.pgwire.errors import PgwardenError, ProtocolViolation
 from proxy.pgwire.framing import DEFAULT_MAX_MESSAGE_BYTES, FrameScanner
+from proxy.policy.enforce import DecisionLike, DenyAll, RequestGate, ResponseSummaries, SessionPolicy
 from proxy.routing import ConnectRequest, LiveSnapshot, Route
 from proxy.upstream import UPSTREAM_MAX_MESSAGE_BYTES, UpstreamLogin, open_upstream
 
@@ -36,6 +41,7 @@ CLOSE_GRACE_S = 5.0
 TLS_SHUTDOWN_TIMEOUT_S = 2.0  # asyncio's default of 30 s keeps dead sessions' sockets around
 _CLIENT_INSPECT = frozenset({m.QUERY, m.PARSE})
 _SERVER_INSPECT = frozenset({m.READY_FOR_QUERY, m.PARAMETER_STATUS})
+_SERVER_INSPECT_GATED = _SERVER_INSPECT | {m.COMMAND_COMPLETE, m.ERROR_RESPONSE}  # for response summaries
 
 
 @dataclass(slots=True, kw_only=True)
@@ -60,6 +66,35 @@ class UpstreamSide(PgConnection):
         super().__init__(whose="upstream", max_message_bytes=UPSTREAM_MAX_MESSAGE_BYTES)
         self.session: ClientSession | None = None
         self.scanner = FrameScanner(_SERVER_INSPECT, max_message_bytes=UPSTREAM_MAX_MESSAGE_BYTES, whose="upstream")
+        self.denials: ResponseFilter | None = None  # replaces `scanner` when per-query checks are on
+
+    @property
+    def is_at_boundary(self) -> bool:
+        """The server stream so far ends between messages: a message of our own may go to the client."""
+        return (self.denials or self.scanner).is_at_boundary
+
+    def filter_denials(self) -> ResponseFilter:
+        """Per-query checks are on: hide the extra replies to denial stand-ins (proxy/pgwire/denials.py)."""
+        self.denials = ResponseFilter(_SERVER_INSPECT_GATED, max_message_bytes=UPSTREAM_MAX_MESSAGE_BYTES)
+        self.on_relay_data = self._on_filtered_data  # type: ignore[method-assign]
+        return self.denials
+
+    def _on_filtered_data(self, data: bytes) -> None:
+        session = self.session
+        assert session is not None and self.denials is not None
+        try:
+            out, found = self.denials.scan(data)
+        except ProtocolViolation as exc:
+            session.end_now(exc)
+            return
+        if out is None:
+            session.write(data)
+        elif out and session.transport is not None and not session.is_closed:
+            session.transport.writelines(out)
+        if found:
+            session.on_replies(found)
+        if session.pending_termination is not None and self.denials.is_at_boundary:
+            session.finish_termination()
 
     def on_relay_data(self, data: bytes) -> None:
         session = self.session
@@ -101,6 +136,10 @@ class ClientSession(PgConnection):
         self.is_tls = False
         self._codec = "utf-8"
         self._scanner = FrameScanner(_CLIENT_INSPECT, whose="client")
+        self._gate: RequestGate | None = None  # per-query checks (authorization mode ALL), else None
+        self._policy: SessionPolicy | None = None
+        self._policy_live: LiveSnapshot | None = None  # the snapshot `_policy` was built from
+        self._summaries: ResponseSummaries | None = None  # decisions awaiting the upstream's answer
         self._started = time.monotonic()
         self._task: asyncio.Task[None] | None = None
         self._ended = False
@@ -138,6 +177,8 @@ class ClientSession(PgConnection):
             return
         self._ended = True
         self.server.forget(self)
+        if self._summaries is not None:
+            self._summaries.flush()  # decisions whose answer never came are logged without one
         if self.log is not None and self.upstream is not None:
             self.log.event({
                 "type": "SESSION_END",
@@ -177,19 +218,39 @@ class ClientSession(PgConnection):
                     raise ProtocolViolation("SSLRequest received twice")
                 self.write(b"S")
                 assert self.transport is not None
-                tls = await loop.start_tls(self.transport, self, self.server.tls_context, server_side=True,
-                                           ssl_shutdown_timeout=TLS_SHUTDOWN_TIMEOUT_S)
+                try:
+                    tls = await loop.start_tls(self.transport, self, self.server.tls_context, server_side=True,
+                                               ssl_shutdown_timeout=TLS_SHUTDOWN_TIMEOUT_S)
+                except ssl.SSLError as exc:
+                    # e.g. a client certificate that is expired or not from the client CA: the client
+                    # already got the TLS alert naming why; there is no channel left for an ErrorResponse.
+                    reason = (f"client certificate refused: {exc.verify_message} (only `pgwarden cert` "
+                              "certificates are accepted)" if isinstance(exc, ssl.SSLCertVerificationError)
+                              else exc.reason or str(exc))
+                    log.info("session %s: TLS handshake refused: %s", self.id, reason)
+                    self.abort()
+                    return None
                 tls = cast(asyncio.Transport, tls)
                 self.transport = tls
                 self.is_tls = True
             elif isinstance(packet, m.GSSENCRequest):
                 self.write(b"N")  # no GSSAPI encryption; the client goes on with SSL or plain
             elif isinstance(packet, m.CancelRequest):
-                await self.server.cancel(packet.process_id, packet.secret_key)
+                self.server.start_cancel(packet.process_id, packet.secret_key)
                 self.close()
                 return None
             else:
                 return packet
+
+    async def _certificate_identity(self) -> Identity | None:
+        """The Session named by a client certificate the handshake verified (`pgwarden cert`), if one was sent."""
+        if self.transport is None:
+            return None
+        sslobj = self.transport.get_extra_info("ssl_object")
+        der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
+        if not der:
+            return None
+        return await verify_client_certificate(der, self.server.identity.store)
 
     def sni_service(self) -> str | None:
         if not self.is_tls or self.transport is None:
@@ -230,12 +291,14 @@ class ClientSession(PgConnection):
                 hint="connect with sslmode=require (or verify-full with the proxy's CA)",
             )
         self._claimed = ("", params.get("database", ""))
-        self.write(m.encode_authentication(m.AUTH_CLEARTEXT))
-        type_byte, body = await self.read(self.reader.next_message)
-        if type_byte != m.PASSWORD:
-            raise ProtocolViolation(f"expected a password message, got {chr(type_byte)!r}")
-        token = body.rstrip(b"\x00").decode("utf-8", "replace")
-        identity = await self.server.identity.verify(token)
+        identity = await self._certificate_identity()
+        if identity is None:  # no client certificate: the access token is the password
+            self.write(m.encode_authentication(m.AUTH_CLEARTEXT))
+            type_byte, body = await self.read(self.reader.next_message)
+            if type_byte != m.PASSWORD:
+                raise ProtocolViolation(f"expected a password message, got {chr(type_byte)!r}")
+            token = body.rstrip(b"\x00").decode("utf-8", "replace")
+            identity = await self.server.identity.verify(token)
         self.identity = identity
         live = self.server.live
         service_name, request = self._select(live, params)
@@ -243,6 +306,8 @@ class ClientSession(PgConnection):
         self._claimed = (identity.user, service_name)
         route = live.route(identity.user, service_name, request, identity_session=identity.session)
         self.route = route
+        self._policy_live = live
+        self._policy = self._session_policy(live)  # before login: a policy that cannot be built refuses
         self.upstream = UpstreamSide()
         upstream = self.upstream
         login = await open_upstream(route, live.snapshot.secrets, params, factory=lambda: upstream)
@@ -261,6 +326,12 @@ class ClientSession(PgConnection):
             "applicationName": request.application_name, "authMechanism": login.auth_mechanism,
             "upstreamTLS": login.is_tls,
         }})
+        if self._policy is not None:
+            self._summaries = ResponseSummaries(self._write_decision)
+            self._gate = RequestGate(policy=self._current_policy, codec=lambda: self._codec,
+                                     responses=upstream.filter_denials(), on_decision=self._log_decision,
+                                     on_ready_requested=self._summaries.ready_requested)
+            self.on_relay_data = self._on_gated_data  # type: ignore[method-assign]
         upstream.start_relay(self)
         self.start_relay(upstream)
 
@@ -277,6 +348,67 @@ class ClientSession(PgConnection):
         if found and self.log is not None:
             for type_byte, body in found:
                 self._log_statement(type_byte, body)
+
+    @property
+    def has_query_checks(self) -> bool:
+        """Per-query checks are on; chosen at connect (a reload that turns mode ALL on needs a reconnect)."""
+        return self._gate is not None
+
+    def _on_gated_data(self, data: bytes) -> None:
+        """The relay with per-query checks: every request is decided before it goes upstream."""
+        assert self._gate is not None
+        try:
+            out = self._gate.feed(data)
+        except ProtocolViolation as exc:
+            self.end_now(exc)
+            return
+        upstream = self.upstream
+        assert upstream is not None and upstream.transport is not None
+        if out:
+            upstream.transport.writelines(out)
+
+    def _session_policy(self, live: LiveSnapshot) -> SessionPolicy | None:
+        """The per-query policy under `live`, or None when this session's config is not in mode ALL."""
+        assert self.route is not None and self.identity is not None
+        route = self.route
+        service = live.service(route.service.name)
+        config = service.configs.get(route.config.name, route.config)
+        return live.session_policy(live.user(self.identity.user), service, self.identity.session,
+                                   config=config, request=self.request)
+
+    def _current_policy(self) -> SessionPolicy | None:
+        live = self.server.live
+        if live is not self._policy_live:  # a reload: decide from the next request on under the new policies
+            self._policy_live = live
+            try:
+                self._policy = self._session_policy(live)
+            except Exception as exc:  # noqa: BLE001 - fail closed; the reload's recheck ends the session
+                reason = exc.message if isinstance(exc, PgwardenError) else type(exc).__name__
+                log.warning("session %s: no policy under generation %d: %s", self.id, live.generation, reason)
+                self._policy = DenyAll(f"access revoked by configuration change: {reason}", live.generation)
+        return self._policy
+
+    def _log_decision(self, kind: str, request: dict[str, Any], decision: DecisionLike | None,
+                      seconds: float) -> None:
+        if decision is None:  # checks turned off by a reload: log as a plain statement
+            if self.log is not None and kind in ("QUERY", "PARSE"):
+                self.log.statement(kind, str(request["query"]), None if kind == "QUERY" else str(request["name"]))
+            return
+        self.server.metrics.query_decided(decision.allowed, seconds)
+        if self._summaries is not None:
+            self._summaries.decided(kind, request, decision)
+
+    def _write_decision(self, kind: str, request: dict[str, Any], decision: DecisionLike,
+                        response: dict[str, Any] | None) -> None:
+        if self.log is not None:
+            self.log.decision(kind, request, is_allowed=decision.allowed, policy=decision.policy,
+                              rule=decision.rule, reason=decision.reason, response=response)
+
+    def on_replies(self, found: list[tuple[int, bytes]]) -> None:
+        """Inspected server messages with per-query checks on: session state, then response summaries."""
+        self.on_server_messages(found)
+        if self._summaries is not None:
+            self._summaries.on_replies(found)
 
     def _log_statement(self, type_byte: int, body: bytes) -> None:
         assert self.log is not None
@@ -316,7 +448,7 @@ class ClientSession(PgConnection):
             return
         self.pending_termination = reason
         upstream = self.upstream
-        if upstream is None or upstream.scanner.is_at_boundary:
+        if upstream is None or upstream.is_at_boundary:
             self.finish_termination()
         else:
             asyncio.get_running_loop().call_later(TERMINATE_GRACE_S, self.finish_termination)
@@ -327,7 +459,7 @@ class ClientSession(PgConnection):
             return
         upstream = self.upstream
         # Only at a message boundary: half a DataRow followed by our FATAL would be garbage.
-        if upstream is None or upstream.scanner.is_at_boundary:
+        if upstream is None or upstream.is_at_boundary:
             self.write(m.encode_error_response(reason.message, code=reason.sqlstate, detail=reason.detail,
                                                hint=reason.hint))
         if self.upstream is not None:

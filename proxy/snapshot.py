@@ -6,6 +6,7 @@ is applied. `to_wire`/`from_wire` carry it over the admin API; secrets travel on
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import hmac
 from collections.abc import Mapping
@@ -93,6 +94,39 @@ class Condition:
         return found
 
 
+class PolicyEffect(StrEnum):
+    ALLOW = "ALLOW"
+    DENY = "DENY"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PolicyRule:
+    """One rule of a Policy: when `condition` matches, `effect` decides (lower `priority` is tried first)."""
+
+    name: str
+    effect: PolicyEffect
+    condition: Condition
+    priority: int = 0  # -4..4
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Policy:
+    """A named set of rules; `attrs` is visible to its rules' CEL as `attrs`."""
+
+    name: str
+    rules: tuple[PolicyRule, ...] = ()
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+    is_disabled: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Authorization:
+    """`spec.authorization` of a Service, Group or User: Policies by name, and inline ones."""
+
+    policies: tuple[str, ...] = ()
+    inline_policies: tuple[Policy, ...] = ()
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Upstream:
     url: str
@@ -152,6 +186,7 @@ class Service:
     rules: tuple[RoutingRule, ...] = ()
     default_config: str | None = None
     manifest: Mapping[str, Any] = field(default_factory=dict)  # metadata + spec, as CEL sees ctx.service
+    authorization: Authorization = field(default_factory=Authorization)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -162,12 +197,14 @@ class User:
     email: str = ""
     is_disabled: bool = False
     manifest: Mapping[str, Any] = field(default_factory=dict)  # metadata + spec, as CEL sees ctx.user
+    authorization: Authorization = field(default_factory=Authorization)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Group:
     name: str
     manifest: Mapping[str, Any] = field(default_factory=dict)
+    authorization: Authorization = field(default_factory=Authorization)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -182,6 +219,34 @@ class IdentityProvider:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Credential:
+    """An OAuth2 client of a WORKLOAD User (client credentials grant). `name` is the client_id.
+
+    Holds only `hash_client_secret` of the secret, never the secret itself.
+    """
+
+    name: str
+    user: str
+    secret_hash: str
+    type: str = "OAUTH2"
+    session_ttl_s: int = 3600
+    is_disabled: bool = False
+    expires_at: datetime.datetime | None = None  # aware (UTC); None: never
+    manifest: Mapping[str, Any] = field(default_factory=dict)  # metadata + spec; the secret only by reference
+
+
+def hash_client_secret(secret: str) -> str:
+    """What a Credential keeps of its client secret: `sha256:` and the hex SHA-256 of its UTF-8 bytes.
+
+    Unkeyed and fast on purpose. Validation refuses secrets under 24 bytes and the README says to generate
+    them (`openssl rand -hex 32`), so guessing a preimage is infeasible; a slow password KDF (bcrypt,
+    argon2) would add nothing but ~100 ms of CPU per token request on an unauthenticated endpoint. A keyed
+    hash would need a key shared by the pure build stage and every proxy replica, which neither has.
+    """
+    return "sha256:" + hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Snapshot:
     """Everything the proxy needs to route and authorize. Swapped whole, never edited."""
 
@@ -192,6 +257,8 @@ class Snapshot:
     groups: Mapping[str, Group] = field(default_factory=dict)
     secrets: Mapping[str, Secret] = field(default_factory=dict)
     identity_providers: Mapping[str, IdentityProvider] = field(default_factory=dict)
+    credentials: Mapping[str, Credential] = field(default_factory=dict)
+    policies: Mapping[str, Policy] = field(default_factory=dict)
 
 
 # --- wire form (admin API) -------------------------------------------------------------------
@@ -223,6 +290,45 @@ def condition_from_wire(d: Mapping[str, Any]) -> Condition:
         all_of=children("all"),
         any_of=children("any"),
         none_of=children("none"),
+    )
+
+
+def policy_spec_to_wire(p: Policy) -> dict[str, Any]:
+    """A Policy's spec as the manifest spells it (the wire form is the manifest form)."""
+    return {
+        "rules": [{"name": r.name, "effect": r.effect.value, "priority": r.priority,
+                   "condition": condition_to_wire(r.condition)} for r in p.rules],
+        "attrs": dict(p.attrs),
+        "isDisabled": p.is_disabled,
+    }
+
+
+def policy_from_spec(name: str, spec: Mapping[str, Any]) -> Policy:
+    """A Policy from its manifest `spec` (validated) or its wire form."""
+    return Policy(
+        name=name,
+        rules=tuple(
+            PolicyRule(name=str(r["name"]), effect=PolicyEffect(r["effect"]), priority=int(r.get("priority", 0)),
+                       condition=condition_from_wire(r["condition"]))
+            for r in spec.get("rules", [])
+        ),
+        attrs=dict(spec.get("attrs") or {}),
+        is_disabled=bool(spec.get("isDisabled", False)),
+    )
+
+
+def authorization_to_wire(a: Authorization) -> dict[str, Any]:
+    return {"policies": list(a.policies),
+            "inlinePolicies": [{"name": p.name, "spec": policy_spec_to_wire(p)} for p in a.inline_policies]}
+
+
+def authorization_from_wire(d: Mapping[str, Any] | None) -> Authorization:
+    """From `spec.authorization` of a manifest, or its wire form; None gives no policies."""
+    d = d or {}
+    return Authorization(
+        policies=tuple(str(n) for n in d.get("policies", [])),
+        inline_policies=tuple(policy_from_spec(str(p["name"]), p.get("spec") or {})
+                              for p in d.get("inlinePolicies", [])),
     )
 
 
@@ -281,6 +387,7 @@ def to_wire(snapshot: Snapshot, *, fingerprint_key: bytes, include_secrets: bool
                     {"condition": condition_to_wire(r.condition), "configName": r.config_name} for r in s.rules
                 ],
                 "manifest": dict(s.manifest),
+                "authorization": authorization_to_wire(s.authorization),
             }
             for name, s in snapshot.services.items()
         },
@@ -291,17 +398,42 @@ def to_wire(snapshot: Snapshot, *, fingerprint_key: bytes, include_secrets: bool
                 "email": u.email,
                 "isDisabled": u.is_disabled,
                 "manifest": dict(u.manifest),
+                "authorization": authorization_to_wire(u.authorization),
             }
             for name, u in snapshot.users.items()
         },
-        "groups": {name: {"manifest": dict(g.manifest)} for name, g in snapshot.groups.items()},
+        "groups": {name: {"manifest": dict(g.manifest), "authorization": authorization_to_wire(g.authorization)}
+                   for name, g in snapshot.groups.items()},
+        "policies": {name: policy_spec_to_wire(p) for name, p in snapshot.policies.items()},
         "identityProviders": {
             name: {"type": p.type, "displayName": p.display_name, "isDisabled": p.is_disabled,
                    "manifest": dict(p.manifest)}
             for name, p in snapshot.identity_providers.items()
         },
+        "credentials": {name: _credential_to_wire(c, fingerprint_key, include_secrets)
+                        for name, c in snapshot.credentials.items()},
         "secrets": secrets,
     }
+
+
+def _credential_to_wire(c: Credential, fingerprint_key: bytes, include_secrets: bool) -> dict[str, Any]:
+    # The hash of a 24-byte+ secret is not secret-equivalent, but GET /v1/state and diffs need only know that it
+    # changed: show a keyed fingerprint of it, the hash itself only in PUT bodies.
+    secret = {"secretHash": c.secret_hash} if include_secrets else {
+        "secretFingerprint": SecretValue(c.secret_hash).fingerprint(fingerprint_key)}
+    return {"user": c.user, "type": c.type, "sessionTTLSeconds": c.session_ttl_s, "isDisabled": c.is_disabled,
+            "expiresAt": c.expires_at.isoformat() if c.expires_at else None, **secret, "manifest": dict(c.manifest)}
+
+
+def _credential_from_wire(name: str, d: Mapping[str, Any]) -> Credential:
+    if "secretHash" not in d:
+        raise ValueError(f"credentials.{name}: a snapshot to apply must carry secretHash")
+    expires = d.get("expiresAt")
+    return Credential(name=name, user=str(d["user"]), secret_hash=str(d["secretHash"]),
+                      type=str(d.get("type", "OAUTH2")), session_ttl_s=int(d.get("sessionTTLSeconds", 3600)),
+                      is_disabled=bool(d.get("isDisabled", False)),
+                      expires_at=datetime.datetime.fromisoformat(expires) if expires else None,
+                      manifest=d.get("manifest", {}))
 
 
 def from_wire(d: Mapping[str, Any]) -> Snapshot:
@@ -329,6 +461,7 @@ def from_wire(d: Mapping[str, Any]) -> Snapshot:
                     for r in s.get("rules", [])
                 ),
                 manifest=s.get("manifest", {}),
+                authorization=authorization_from_wire(s.get("authorization")),
             )
             for name, s in d.get("services", {}).items()
         },
@@ -340,14 +473,19 @@ def from_wire(d: Mapping[str, Any]) -> Snapshot:
                 email=u.get("email", ""),
                 is_disabled=bool(u.get("isDisabled", False)),
                 manifest=u.get("manifest", {}),
+                authorization=authorization_from_wire(u.get("authorization")),
             )
             for name, u in d.get("users", {}).items()
         },
-        groups={name: Group(name=name, manifest=g.get("manifest", {})) for name, g in d.get("groups", {}).items()},
+        groups={name: Group(name=name, manifest=g.get("manifest", {}),
+                            authorization=authorization_from_wire(g.get("authorization")))
+                for name, g in d.get("groups", {}).items()},
+        policies={name: policy_from_spec(name, p) for name, p in d.get("policies", {}).items()},
         identity_providers={
             name: IdentityProvider(name=name, type=str(p["type"]), display_name=str(p.get("displayName", "")),
                                    is_disabled=bool(p.get("isDisabled", False)), manifest=p.get("manifest", {}))
             for name, p in d.get("identityProviders", {}).items()
         },
+        credentials={name: _credential_from_wire(name, c) for name, c in d.get("credentials", {}).items()},
         secrets=secrets,
     )

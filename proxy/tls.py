@@ -26,6 +26,7 @@ CA_CERT = "ca.pem"
 CA_KEY = "ca-key.pem"
 SERVER_CERT = "server.pem"
 SERVER_KEY = "server-key.pem"
+X509_V_FLAG_NO_CHECK_TIME = 0x200000  # OpenSSL x509_vfy.h; the ssl module has no name for it
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -88,10 +89,19 @@ def ensure_local_certificate(data_dir: Path) -> ServerCertificate:
     return ServerCertificate(cert_path=cert_path, key_path=key_path, ca_path=ca_path)
 
 
-def server_context(cert: ServerCertificate) -> ssl.SSLContext:
+def server_context(cert: ServerCertificate, *, client_ca: Path | None = None) -> ssl.SSLContext:
+    """The listener's context; with `client_ca`, clients may present a certificate signed by it (mTLS identity)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(cert.cert_path, cert.key_path)
+    if client_ca is not None:
+        # Optional: token clients send none. A presented one must chain to the client CA only and carry the
+        # clientAuth EKU (OpenSSL's ssl_client purpose), or the handshake fails. Validity dates are checked
+        # after the handshake (proxy/identity/certs.py), because asyncio drops the TLS alert of a failed
+        # handshake and the client would see only "server closed the connection"; a FATAL says "expired".
+        ctx.load_verify_locations(cafile=client_ca)
+        ctx.verify_mode = ssl.CERT_OPTIONAL
+        ctx.verify_flags |= X509_V_FLAG_NO_CHECK_TIME
 
     def remember_sni(sslobj: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> None:
         # The session reads this after the handshake to pick a service by host name.

@@ -12,7 +12,7 @@ from typing import Protocol
 from proxy.snapshot import Snapshot
 from reconciler.status import Reason, ReconcileError
 
-KINDS = ("Service", "User", "Group", "Secret", "IdentityProvider")
+KINDS = ("Service", "User", "Group", "Secret", "IdentityProvider", "Credential", "Policy")
 
 
 class LiveTarget(Protocol):
@@ -34,7 +34,8 @@ class Plan:
 def _names(snapshot: Snapshot) -> dict[str, dict[str, object]]:
     return {"Service": dict(snapshot.services), "User": dict(snapshot.users),
             "Group": dict(snapshot.groups), "Secret": dict(snapshot.secrets),
-            "IdentityProvider": dict(snapshot.identity_providers)}
+            "IdentityProvider": dict(snapshot.identity_providers), "Credential": dict(snapshot.credentials),
+            "Policy": dict(snapshot.policies)}
 
 
 def plan(desired: Snapshot, live: Snapshot, previous_inventory: list[str], *, allow_empty: bool = False) -> Plan:
@@ -60,7 +61,8 @@ def plan(desired: Snapshot, live: Snapshot, previous_inventory: list[str], *, al
                 merged[kind][name] = obj
                 kept.append(key)
     snapshot = replace(desired, services=merged["Service"], users=merged["User"], groups=merged["Group"],
-                       secrets=merged["Secret"], identity_providers=merged["IdentityProvider"])  # type: ignore[arg-type]
+                       secrets=merged["Secret"], identity_providers=merged["IdentityProvider"],
+                       credentials=merged["Credential"], policies=merged["Policy"])  # type: ignore[arg-type]
     inventory = sorted(f"{kind}/{name}" for kind, objects in desired_objects.items() for name in objects)
     return Plan(snapshot=snapshot, inventory=inventory, pruned=sorted(pruned), kept=sorted(kept))
 

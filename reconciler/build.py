@@ -11,8 +11,10 @@ from typing import Any
 
 from proxy.snapshot import (
     AuthorizationMode,
+    Credential,
     Group,
     IdentityProvider,
+    Policy,
     PostgresSettings,
     RoutingRule,
     Secret,
@@ -24,10 +26,13 @@ from proxy.snapshot import (
     Upstream,
     User,
     UserType,
+    authorization_from_wire,
     condition_from_wire,
+    policy_from_spec,
 )
 from reconciler.errors import ConfigError, DecryptionFailed, ManifestErrors
 from reconciler.load import Document
+from reconciler.workloads import build_credential
 
 DEFAULT_CONFIG = "default"  # the name `spec.config` goes by, as in Octelium
 
@@ -43,6 +48,8 @@ def build_snapshot(documents: Iterable[Document], *, revision: str, source: str)
     groups: dict[str, Group] = {}
     secrets: dict[str, Secret] = {}
     providers: dict[str, IdentityProvider] = {}
+    policies: dict[str, Policy] = {}
+    credential_docs: list[Document] = []  # built after the loop: a Credential hashes a Secret defined anywhere
     problems: list[ConfigError] = []
     for doc in documents:
         try:
@@ -51,11 +58,16 @@ def build_snapshot(documents: Iterable[Document], *, revision: str, source: str)
             elif doc.kind == "User":
                 users[doc.name] = _user(doc)
             elif doc.kind == "Group":
-                groups[doc.name] = Group(name=doc.name, manifest=_manifest(doc))
+                groups[doc.name] = Group(name=doc.name, manifest=_manifest(doc),
+                                         authorization=authorization_from_wire(_jsonable(_spec(doc).get("authorization"))))
+            elif doc.kind == "Policy":
+                policies[doc.name] = policy_from_spec(doc.name, _jsonable(_spec(doc)))
             elif doc.kind == "Secret":
                 secrets[doc.name] = _secret(doc)
             elif doc.kind == "IdentityProvider":
                 providers[doc.name] = _identity_provider(doc)
+            elif doc.kind == "Credential":
+                credential_docs.append(doc)
         except ConfigError as exc:
             problems.append(exc)
         except (KeyError, TypeError, ValueError) as exc:
@@ -63,10 +75,18 @@ def build_snapshot(documents: Iterable[Document], *, revision: str, source: str)
             # (its text could quote a value).
             detail = f" {exc.args[0]!r}" if isinstance(exc, KeyError) and exc.args else ""
             problems.append(ConfigError(f"cannot build {doc.kind}: {type(exc).__name__}{detail}", source=doc.source()))
+    credentials: dict[str, Credential] = {}
+    for doc in credential_docs:
+        try:
+            credentials[doc.name] = build_credential(doc, secrets, manifest=_manifest(doc))
+        except ConfigError as exc:
+            problems.append(exc)
+        except (KeyError, TypeError, ValueError) as exc:
+            problems.append(ConfigError(f"cannot build Credential: {type(exc).__name__}", source=doc.source()))
     if problems:
         raise ManifestErrors(problems)
     return Snapshot(revision=revision, source=source, services=services, users=users, groups=groups, secrets=secrets,
-                    identity_providers=providers)
+                    identity_providers=providers, credentials=credentials, policies=policies)
 
 
 def _identity_provider(doc: Document) -> IdentityProvider:
@@ -124,7 +144,13 @@ def _service(doc: Document) -> Service:
         rules=rules,
         default_config=DEFAULT_CONFIG if "config" in spec else None,
         manifest=_manifest(doc),
+        authorization=authorization_from_wire(_jsonable(spec.get("authorization"))),
     )
+
+
+def _spec(doc: Document) -> dict[str, Any]:
+    spec = doc.body.get("spec")
+    return spec if isinstance(spec, dict) else {}
 
 
 def _service_config(name: str, config: Mapping[str, Any]) -> ServiceConfig:
@@ -159,6 +185,7 @@ def _user(doc: Document) -> User:
         email=spec.get("email", ""),
         is_disabled=bool(spec.get("isDisabled", False)),
         manifest=manifest,
+        authorization=authorization_from_wire(_jsonable(spec.get("authorization"))),
     )
 
 

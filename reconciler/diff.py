@@ -320,7 +320,8 @@ def _recipients(sops: Mapping[str, Any]) -> list[str]:
     return sorted({f"{slot.kind}:{slot.recipient}" for group in metadata.key_groups for slot in group})
 
 
-_WIRE_SECTIONS = (("secrets", "Secret"), ("users", "User"), ("groups", "Group"), ("services", "Service"))
+_WIRE_SECTIONS = (("secrets", "Secret"), ("users", "User"), ("groups", "Group"), ("services", "Service"),
+                  ("credentials", "Credential"))  # a Credential's wire form holds a fingerprint, never the secret
 
 
 def _wire_views(wire: Mapping[str, Any]) -> dict[_Key, _View]:
@@ -336,6 +337,8 @@ def _wire_views(wire: Mapping[str, Any]) -> dict[_Key, _View]:
                 continue
             manifest = entry.get("manifest")
             derived = {k: v for k, v in entry.items() if k != "manifest"}
+            if "secretFingerprint" in derived:  # a Credential's: say that the secret changed, never show it
+                derived["secretFingerprint"] = _Opaque(f"fp:{derived['secretFingerprint']}")
             views[(kind, name)] = (dict(manifest) if isinstance(manifest, Mapping) else {}, derived)
     return views
 

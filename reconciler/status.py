@@ -129,6 +129,7 @@ class Status:
             "Service": sorted(snapshot.services), "User": sorted(snapshot.users),
             "Group": sorted(snapshot.groups), "Secret": sorted(snapshot.secrets),
             "IdentityProvider": sorted(snapshot.identity_providers),
+            "Credential": sorted(snapshot.credentials), "Policy": sorted(snapshot.policies),
         }
         message = f"applied revision {revision} (generation {generation})"
         self.set_condition("Ready", "True", Reason.RECONCILIATION_SUCCEEDED, message)

@@ -19,6 +19,7 @@ from referencing import Registry, Resource
 
 from proxy.policy.cel import CelCompileError, compile_expression
 from proxy.snapshot import Upstream
+from reconciler import workloads
 from reconciler.errors import (
     ConfigError,
     DanglingReference,
@@ -37,7 +38,7 @@ MAX_CONDITION_DEPTH = 16  # Octelium's limit (admin/policy.go)
 def validate_all(documents: Sequence[Document]) -> None:
     """Run every check; raise one ManifestErrors with everything found."""
     problems = _collect(against_schemas, documents)
-    for check in (references, unique_names, expressions):
+    for check in (references, unique_names, expressions, policies):
         problems.extend(_collect(check, documents))
     if problems:
         raise ManifestErrors(problems)
@@ -73,6 +74,9 @@ def references(documents: Sequence[Document]) -> None:
                 if secret is not None and secret not in names["Secret"]:
                     path = f"spec.{method}.clientSecret.fromSecret"
                     problems.append(_dangling(doc, path, "Secret", secret, names["Secret"]))
+            problems.extend(workloads.identity_token_user_problems(doc, documents))
+        elif doc.kind == "Credential":
+            problems.extend(workloads.credential_problems(doc, documents, names))
     if problems:
         raise ManifestErrors(problems)
 
@@ -133,6 +137,39 @@ def expressions(documents: Sequence[Document]) -> None:
             problems.extend(_condition_problems(doc, _get(rule, "condition"), path))
     if problems:
         raise ManifestErrors(problems)
+
+
+def policies(documents: Sequence[Document]) -> None:
+    """Policy rules (in Policy documents and inlinePolicies): CEL compiles, nesting is bounded, rule names
+    are unique per Policy; every `spec.authorization.policies` entry names a Policy."""
+    known = {doc.name for doc in documents if doc.kind == "Policy" and doc.name}
+    problems: list[ConfigError] = []
+    for doc in documents:
+        if doc.kind == "Policy":
+            problems.extend(_policy_spec_problems(doc, _get(doc.body, "spec"), ["spec"]))
+        elif doc.kind in ("Service", "Group", "User"):
+            authorization = _get(doc.body, "spec", "authorization")
+            for i, name in enumerate(_list(_get(authorization, "policies"))):
+                if isinstance(name, str) and name not in known:
+                    problems.append(_dangling(doc, f"spec.authorization.policies[{i}]", "Policy", name, known))
+            for i, inline in enumerate(_list(_get(authorization, "inlinePolicies"))):
+                path: list[str | int] = ["spec", "authorization", "inlinePolicies", i, "spec"]
+                problems.extend(_policy_spec_problems(doc, _get(inline, "spec"), path))
+    if problems:
+        raise ManifestErrors(problems)
+
+
+def _policy_spec_problems(doc: Document, spec: Any, path: list[str | int]) -> list[ConfigError]:
+    problems: list[ConfigError] = []
+    seen: set[str] = set()
+    for i, rule in enumerate(_list(_get(spec, "rules"))):
+        name = _str(_get(rule, "name"))
+        if name is not None and name in seen:
+            where = doc.source(format_path([*path, "rules", i, "name"]))
+            problems.append(DuplicateName(f"rule {name!r} is defined twice in this Policy", source=where))
+        seen.add(name or "")
+        problems.extend(_condition_problems(doc, _get(rule, "condition"), [*path, "rules", i, "condition"]))
+    return problems
 
 
 # --- JSON Schema ------------------------------------------------------------------------------

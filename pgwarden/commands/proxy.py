@@ -6,13 +6,16 @@ import argparse
 import asyncio
 import logging
 import os
-import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pgwarden.datadir import default_data_dir
 from pgwarden.keys import add_key_options, load_keyring
 from pgwarden.output import error
 from pgwarden.runtime import ProxyOptions, run, serve_until_signal, start_proxy
+from pgwarden.workers import add_worker_options, announce_ready, is_parent, run_workers, worker_setup
+from proxy.audit.normalize import QueryText
+from proxy.audit.otel import settings_from
 from reconciler.errors import ConfigError, ManifestErrors
 from reconciler.manifests import load_snapshot
 from reconciler.sops import KeyRing, SopsError
@@ -59,6 +62,37 @@ def add_proxy_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--default-service", metavar="NAME",
                    help="serve connections whose database name names no service from this service, passing "
                         "the whole name on as the database (for single-service deployments and unmodified apps)")
+    p.add_argument("--log-queries", choices=[q.value for q in QueryText], default=QueryText.FULL.value,
+                   help="query text in the access log: full (as sent), normalized (literals replaced by $1, $2…, "
+                        "for data-sensitive sites), or none (default full), e.g. --log-queries normalized")
+    p.add_argument("--otlp-endpoint", type=parse_otlp_endpoint, metavar="URL",
+                   help="also export the access log as OpenTelemetry logs to this collector, e.g. "
+                        "http://127.0.0.1:4318 (OTLP/HTTP; /v1/logs is added) or, with --otlp-protocol grpc, "
+                        "http://127.0.0.1:4317. Default: $OTEL_EXPORTER_OTLP_LOGS_ENDPOINT or "
+                        "$OTEL_EXPORTER_OTLP_ENDPOINT when set, else no export. Records are dropped (and "
+                        "counted) rather than slowing queries when the collector is down")
+    p.add_argument("--otlp-protocol", choices=["http", "grpc"], default=None,
+                   help="OTLP/HTTP (protobuf) or OTLP/gRPC (default: $OTEL_EXPORTER_OTLP_PROTOCOL, else http), "
+                        "e.g. --otlp-protocol grpc")
+    p.add_argument("--otlp-header", type=parse_otlp_header, action="append", default=[], metavar="NAME=VALUE",
+                   help="header sent with every export, repeatable, e.g. --otlp-header 'authorization=Bearer …'. "
+                        "A value here is visible in the process list: prefer $OTEL_EXPORTER_OTLP_HEADERS for "
+                        "credentials. Values are never printed")
+
+
+def parse_otlp_endpoint(text: str) -> str:
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        # Not echoed: a URL may carry user:password.
+        raise argparse.ArgumentTypeError("not an http(s)://HOST:PORT URL, e.g. http://127.0.0.1:4318")
+    return text
+
+
+def parse_otlp_header(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError("expected NAME=VALUE")  # the text is not echoed: it may be a credential
+    return name.strip(), value.strip()
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -70,6 +104,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--manifests", type=Path, required=True, metavar="DIR",
                    help="directory of YAML/JSON manifests (plain-text Secrets allowed for local use)")
     add_proxy_options(p)
+    add_worker_options(p)
     p.set_defaults(func=run_proxy)
 
 
@@ -85,7 +120,8 @@ def options_from(args: argparse.Namespace) -> ProxyOptions:
     return ProxyOptions(listen_host=host, listen_port=port, data_dir=args.data_dir or default_data_dir(),
                         admin_socket=args.admin_socket, access_log=access_log,
                         tls_cert=args.tls_cert, tls_key=args.tls_key, default_service=args.default_service,
-                        state=args.state)
+                        state=args.state, log_queries=QueryText(args.log_queries),
+                        otlp=settings_from(args.otlp_endpoint, args.otlp_protocol, dict(args.otlp_header), os.environ))
 
 
 def run_proxy(args: argparse.Namespace) -> int:
@@ -113,10 +149,13 @@ def _serve_manifests(args: argparse.Namespace, keys: KeyRing | None) -> int:
     except FileNotFoundError as exc:
         error(f"no such directory: {exc.filename or args.manifests}")
         return 2
+    if is_parent(args):  # --workers N: this process only starts, signals and watches the workers
+        return run_workers(args, ready_to_stderr=args.access_log == "-")
 
     async def main() -> None:
-        running = await start_proxy(options_from(args), snapshot)
-        print(running.ready_line(), file=sys.stderr if args.access_log == "-" else sys.stdout, flush=True)
+        options, factory = worker_setup(options_from(args), args.worker_slot)
+        running = await start_proxy(options, snapshot, server_factory=factory)
+        announce_ready(running.ready_line(), is_to_stderr=args.access_log == "-")
 
         def reload() -> None:
             try:

@@ -9,8 +9,11 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from pgwarden import demo
 from pgwarden.commands.proxy import add_proxy_options, options_from, parse_listen
@@ -19,6 +22,8 @@ from pgwarden.keys import load_keyring
 from pgwarden.output import error
 from pgwarden.runtime import EmbeddedTarget, RunningProxy, run, serve_until_signal, start_proxy
 from proxy.identity.exchange import add_exchange_routes
+from proxy.identity.web.app import build_auth_server, canonical_login_host
+from proxy.metrics import ProxyCollector
 from proxy.snapshot import Snapshot
 from reconciler.api import add_reconciler_routes
 from reconciler.loop import ReconcileOptions, Reconciler
@@ -33,8 +38,12 @@ EPILOG = """\
 examples:
   pgwarden up --demo                       # throwaway PostgreSQL + examples-repo/ as a local Git repo
   pgwarden up --repo https://git.example.com/acme/db-access.git --ref main --path prod \\
-              --age-key-file /etc/pgwarden/age.key --http-listen 0.0.0.0:8080
+              --age-key-file /etc/pgwarden/age.key --http-listen 0.0.0.0:8080 \\
+              --public-url https://pgwarden.example.com
 
+People sign in at PUBLIC-URL/login (IdentityProvider manifests), or with
+`pgwarden login --cluster PUBLIC-URL`; identity providers redirect back to PUBLIC-URL/login/... (OIDC:
+PUBLIC-URL/login/oidc/callback).
 A change is live within --poll-interval, within about a second when --repo is a local path
 (watched) or when the webhook fires: POST http://HTTP-LISTEN/hooks/git, signed with
 X-Hub-Signature-256 (GitHub, secret from $PGWARDEN_WEBHOOK_SECRET) or carrying
@@ -59,7 +68,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="how often to fetch (default 60; ±10%% jitter)")
     p.add_argument("--fetch-timeout", type=float, default=60.0, metavar="SECONDS", help="default 60")
     p.add_argument("--http-listen", type=parse_listen, default=("127.0.0.1", 8080), metavar="HOST:PORT",
-                   help="HTTP listener for the webhook (and, later, login pages); default 127.0.0.1:8080")
+                   help="HTTP listener for the login pages, `pgwarden login` and the webhook; "
+                        "default 127.0.0.1:8080")
+    p.add_argument("--public-url", metavar="URL",
+                   help="the URL browsers and `pgwarden login --cluster` reach --http-listen at, e.g. "
+                        "https://pgwarden.example.com (default http://HOST:PORT of --http-listen, with localhost "
+                        "for 127.0.0.1 so passkeys work); identity providers redirect to URL/login/...")
     p.add_argument("--verify-signatures", action="store_true",
                    help="only apply commits signed by a --trusted-key")
     p.add_argument("--trusted-key", type=Path, action="append", default=[], help="armored PGP public key")
@@ -107,13 +121,23 @@ def run_up(args: argparse.Namespace) -> int:
         if database is not None:
             database.stop()
         return 2
+    sso: demo.DemoIdentityProvider | None = None
     try:
+        if args.demo:
+            try:
+                sso = demo.start_identity_provider(data_dir, public_url_of(args) + "/login/oidc/callback")
+                print(f"pgwarden demo: local OpenID Provider (npm oidc-provider, any password) on {sso.url}",
+                      file=sys.stderr)
+            except (demo.DemoError, OSError) as exc:
+                print(f"pgwarden demo: browser login is off: {exc}", file=sys.stderr)
         run(lambda: _serve(args, spec, keys, is_demo=args.demo))
     except OSError as exc:
         error(f"cannot listen: {exc.strerror or exc}", hint="pick other addresses with --listen/--http-listen")
         return 2
     finally:
         keys.close()
+        if sso is not None:
+            sso.stop()
         if database is not None:
             database.stop()
     return 0
@@ -130,10 +154,13 @@ async def _serve(args: argparse.Namespace, spec: SourceSpec, keys: KeyRing, *, i
         generation=lambda: target.server.live.generation if target.server else 0,
         sessions=lambda: len(target.server.sessions) if target.server else 0,
     )
+    # One /metrics for both rooms: the reconciler's registry already has these two series, with the same values.
+    metrics.registry.register(ProxyCollector(  # type: ignore[arg-type]
+        lambda: target.server, skip={"pgwarden_sessions_open", "pgwarden_live_generation"}))
     running = await start_proxy(options_from(args), Snapshot(),
                                 admin_routes=lambda app: add_reconciler_routes(app, reconciler, metrics))
     target.server = running.server
-    http = await _start_http(args, reconciler, running)
+    http = await _start_http(args, reconciler, running, metrics=metrics)
     loop_task: asyncio.Task[None] | None = None
     try:
         first = await reconciler.reconcile()
@@ -155,9 +182,15 @@ async def _serve(args: argparse.Namespace, spec: SourceSpec, keys: KeyRing, *, i
         await http.cleanup()
 
 
-async def _start_http(args: argparse.Namespace, reconciler: Reconciler, running: RunningProxy) -> web.AppRunner:
+async def _start_http(args: argparse.Namespace, reconciler: Reconciler, running: RunningProxy, *,
+                      metrics: ReconcilerMetrics | None = None) -> web.AppRunner:
     app = web.Application(client_max_size=1 << 20)
     add_exchange_routes(app, running.server)
+    public_url = public_url_of(args)
+    auth = build_auth_server(running.server, public_url=public_url,
+                             cluster_info=lambda: cluster_info(running, public_url))
+    auth.add_routes(app)
+    app.middlewares.append(canonical_login_host(public_url))
     add_webhook_routes(app, on_trigger=lambda: reconciler.request(with_source=True),
                        github_secret=os.environ.get("PGWARDEN_WEBHOOK_SECRET"),
                        token=os.environ.get("PGWARDEN_WEBHOOK_TOKEN"))
@@ -166,6 +199,12 @@ async def _start_http(args: argparse.Namespace, reconciler: Reconciler, running:
         return web.json_response({"ready": reconciler.status.is_ready})
 
     app.router.add_get("/healthz", healthz)
+    if metrics is not None:
+        async def prometheus(_: web.Request) -> web.Response:
+            # The reconciler's and the proxy's series, for scrapers that cannot reach the admin socket.
+            return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+        app.router.add_get("/metrics", prometheus)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     host, port = args.http_listen
@@ -173,10 +212,34 @@ async def _start_http(args: argparse.Namespace, reconciler: Reconciler, running:
     return runner
 
 
+def public_url_of(args: argparse.Namespace) -> str:
+    """--public-url, else http://HOST:PORT of --http-listen (localhost for loopback: WebAuthn needs a name)."""
+    if getattr(args, "public_url", None):
+        return str(args.public_url).rstrip("/")
+    host, port = args.http_listen
+    if host in ("127.0.0.1", "::1", "localhost"):
+        host = "localhost"
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+def cluster_info(running: RunningProxy, public_url: str) -> dict[str, Any]:
+    """What `pgwarden login` saves: where the proxy listens and the CA that signed its certificate."""
+    host = running.host
+    if host in ("0.0.0.0", "::", ""):  # listening everywhere: clients use the name they reach us by
+        host = urlsplit(public_url).hostname or "localhost"
+    ca_pem = running.ca_path.read_text() if running.ca_path else None
+    return {"proxyHost": host, "proxyPort": running.port, "caCertificate": ca_pem, "publicURL": public_url}
+
+
 def _demo_help(running: RunningProxy, args: argparse.Namespace) -> str:
     d = args.data_dir
     dd = "" if args.data_dir == default_data_dir() else f" --data-dir {d}"
     port = running.port
+    http_host, http_port = args.http_listen
+    cluster = "" if (http_host, http_port) == ("127.0.0.1", 8080) else f" --cluster http://{http_host}:{http_port}"
+    public_url = public_url_of(args)
     return f"""
 pgwarden demo is running (Ctrl-C stops it and removes the throwaway database).
 
@@ -187,6 +250,11 @@ As alice (group admins), you land as PostgreSQL role full_access and can write:
 As bob (no groups), you land as read_only; writes are refused by PostgreSQL itself:
   export PGPASSWORD=$(pgwarden token issue --user bob{dd})
   psql "host=127.0.0.1 port={port} dbname=my-db sslmode=require user=bob" -c "SELECT current_user, * FROM items"
+
+Or sign in as a person would, through the demo SSO (log in as alice or bob, any password):
+  pgwarden login{cluster}          # opens {public_url}/login in your browser; --device prints a code
+  psql "host=localhost port={port} dbname=my-db user=alice sslmode=verify-full \\
+        sslrootcert=$HOME/.config/pgwarden/ca.pem password=$(jq -r .token ~/.config/pgwarden/credentials.json)"
 
 Change access with a commit (live within about a second):
   cd {d}/demo-repo

@@ -12,9 +12,11 @@ import json
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
+
+from proxy.audit.normalize import QueryText, query_renderer
 
 API_VERSION = "pgwarden.dev/v1"
 FLUSH_INTERVAL_S = 0.2
@@ -81,13 +83,33 @@ class AccessLogWriter:
         self._stream = None
 
 
+class AccessLogSink(Protocol):
+    """Another destination for every record (proxy/audit/otel.py). `emit` runs on the event loop: never block."""
+
+    def emit(self, entry_id: str, common: Mapping[str, Any], postgres: Mapping[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class AccessLog:
     """Builds AccessLog entries. `session(...)` returns the per-connection logger."""
 
-    def __init__(self, writer: AccessLogWriter) -> None:
+    def __init__(self, writer: AccessLogWriter, *, sinks: Sequence[AccessLogSink] = (),
+                 query_text: QueryText = QueryText.FULL) -> None:
         self.writer = writer
+        self.sinks = list(sinks)  # each gets every record as fields; the JSON line is built only for the writer
+        self.render_query = query_renderer(query_text)  # None: query text is logged as the client sent it
+
+    def close_sinks(self) -> None:
+        """Flush and stop the sinks (blocking: an exporter may still be sending)."""
+        for sink in self.sinks:
+            sink.close()
 
     def event(self, common: Mapping[str, Any], postgres: Mapping[str, Any], *, entry_id: str) -> None:
+        if self.render_query is not None:
+            postgres = _render_statements(postgres, self.render_query)
+        for sink in self.sinks:
+            sink.emit(entry_id, common, postgres)
         if not self.writer.is_enabled:
             return
         entry = {
@@ -126,17 +148,64 @@ class SessionLog:
 
     def statement(self, kind: str, text: str, name: str | None = None) -> None:
         """QUERY or PARSE, on the hot path: one f-string around the query's JSON."""
-        if self._writer._stream is None:
+        sinks = self._log.sinks
+        if self._writer._stream is None and not sinks:
             return
+        logged: str | None = text if self._log.render_query is None else self._log.render_query(text)
         self._seq += 1
         key = "query" if kind == "QUERY" else "parse"
-        detail = json.dumps(text)
+        if sinks:
+            postgres = {"type": kind, key: {"query": logged} if name is None else {"query": logged, "name": name}}
+            entry_id = f"{self.connection_id}-{self._seq}"
+            for sink in sinks:
+                sink.emit(entry_id, self._common, postgres)
+            if self._writer._stream is None:
+                return
+        detail = json.dumps(logged)
         if name is not None:
             detail = f'{detail},"name":{json.dumps(name)}'
         self._writer.write_line(
             f'{self._head}{self._seq}","createdAt":"{_now_iso()}"}},"entry":{{"common":{self._common_json},'
             f'"info":{{"postgres":{{"type":"{kind}","{key}":{{"query":{detail}}}}}}}}}}}'
         )
+
+    def decision(self, kind: str, request: Mapping[str, Any], *, is_allowed: bool, policy: str, rule: str,
+                 reason: str, response: Mapping[str, Any] | None = None) -> None:
+        """A per-query decision (QUERY, PARSE, BIND, FUNCTION_CALL) with the policy and rule that decided,
+        and the upstream's answer (commandTag, rows, sqlstate, durationMs) when it came before the session ended."""
+        sinks = self._log.sinks
+        if self._writer._stream is None and not sinks:
+            return
+        if self._log.render_query is not None and "query" in request:
+            request = {**request, "query": self._log.render_query(request["query"])}
+        self._seq += 1
+        postgres: dict[str, Any] = {"type": kind, _DECISION_KEYS[kind]: request, "decision": {
+            "status": "ALLOWED" if is_allowed else "DENIED", "policy": policy, "rule": rule, "reason": reason}}
+        if response is not None:
+            postgres["response"] = response
+        if sinks:
+            entry_id = f"{self.connection_id}-{self._seq}"
+            for sink in sinks:
+                sink.emit(entry_id, self._common, postgres)
+            if self._writer._stream is None:
+                return
+        self._writer.write_line(
+            f'{self._head}{self._seq}","createdAt":"{_now_iso()}"}},"entry":{{"common":{self._common_json},'
+            f'"info":{{"postgres":{json.dumps(postgres, separators=(",", ":"))}}}}}}}'
+        )
+
+
+_DECISION_KEYS = {"QUERY": "query", "PARSE": "parse", "BIND": "bind", "FUNCTION_CALL": "functionCall"}
+
+
+def _render_statements(postgres: Mapping[str, Any], render: Callable[[str], str | None]) -> Mapping[str, Any]:
+    """A copy of `postgres` whose query texts ({"query"|"parse": {"query": text}}) went through `render`."""
+    out = dict(postgres)
+    for key in ("query", "parse", "bind"):
+        inner = out.get(key)
+        if isinstance(inner, Mapping) and isinstance(inner.get("query"), str):
+            out[key] = {**inner, "query": render(inner["query"])}
+    return out
 
 
 def monotonic_ms() -> float:

@@ -12,10 +12,12 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from proxy.identity.mapping import map_identity
+from proxy.identity.client_credentials import add_client_credentials_routes
 from proxy.identity.oidc import IdentityError, verify_workload_assertion
+from proxy.identity.renewal import add_renewal_routes
 from proxy.identity.sessions import Identity
 from proxy.identity.store import AuthMethod, utc_now
+from proxy.identity.workload_mapping import map_workload_user
 from proxy.pgwire.errors import PgwardenError
 from proxy.server import ProxyServer
 from proxy.snapshot import UserType
@@ -65,16 +67,20 @@ def add_exchange_routes(app: web.Application, server: ProxyServer) -> None:
             reason = exc.message if isinstance(exc, PgwardenError) else type(exc).__name__
             log.warning("workload assertion for %s refused: %s", provider_name, reason)
             return _refuse(401, f"assertion refused: {reason}")
-        try:
-            user_name = map_identity(claims, provider_name, str(spec.get("identifierClaim", "sub")), live.users)
+        try:  # identities[] first, then the provider's CEL `users` rules (proxy/identity/workload_mapping.py)
+            user_name = map_workload_user(provider, claims, live.users)
         except IdentityError as exc:
+            log.warning("workload assertion for %s refused: %s", provider_name, exc.message)
             return _refuse(403, exc.message)
         user = live.users.get(user_name) if user_name else None
         if user is None or user.is_disabled or user.type != UserType.WORKLOAD:
             identifier = claims.get(spec.get("identifierClaim", "sub"))
-            log.warning("workload identity %r of %s maps to no enabled WORKLOAD user", identifier, provider_name)
-            return _refuse(403, f"identity {identifier!r} of {provider_name} maps to no enabled WORKLOAD User: add "
-                                "it to a User's spec.authentication.identities")
+            log.warning("workload identity %r of %s maps to no enabled WORKLOAD user (%s)", identifier, provider_name,
+                        user_name or "no match")
+            found = f" (it maps to User {user_name}, which is disabled or not a WORKLOAD)" if user_name else ""
+            return _refuse(403, f"identity {identifier!r} of {provider_name} maps to no enabled WORKLOAD User{found}: "
+                                "add it to a User's spec.authentication.identities, or write a condition that "
+                                "matches it in the provider's spec.oidcIdentityToken.users")
         session, token = await server.identity.issue_token(user.name, ttl_s=ttl_s, method=AuthMethod.ASSERTION,
                                                            idp=provider_name)
         return web.json_response({"token": token, "user": user.name, "session": session.id,
@@ -113,3 +119,5 @@ def add_exchange_routes(app: web.Application, server: ProxyServer) -> None:
     app.router.add_post("/v1/auth/assertion", exchange)
     app.router.add_get("/v1/auth/whoami", whoami)
     app.router.add_post("/v1/auth/logout", logout)
+    add_client_credentials_routes(app, server)  # POST /v1/auth/token (OAuth2 client credentials)
+    add_renewal_routes(app, server)  # POST /v1/auth/refresh and /v1/auth/cert

@@ -17,6 +17,7 @@ from celpy.adapter import json_to_cel
 from celpy.celparser import CELParseError
 from celpy.evaluation import CELEvalError, base_functions
 
+from proxy.policy import timefns  # noqa: F401  (registers now() and the change-window helpers)
 from proxy.policy.functions import REGISTRY, CelFunction
 from proxy.snapshot import Condition
 

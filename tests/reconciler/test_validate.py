@@ -52,8 +52,10 @@ def test_seed_example_is_valid(seed_root: Path) -> None:
 def test_schemas_are_valid_draft_2020_12_and_catch_typos() -> None:
     paths = sorted(validate.SCHEMA_DIR.glob("*.schema.json"))
     assert [p.name for p in paths] == [
+        "credential.schema.json",
         "group.schema.json",
         "identityprovider.schema.json",
+        "policy.schema.json",
         "secret.schema.json",
         "service.schema.json",
         "user.schema.json",
@@ -111,7 +113,7 @@ def test_many_errors_across_files_are_reported_together(write_tree: WriteTree) -
         ("b.yaml, document 1, spec.groups[0]", "no Group named 'nobody'"),
         (
             "c.yaml, document 1, kind",
-            "unknown kind 'Widget'; expected one of Group, IdentityProvider, Secret, Service, User",
+            "unknown kind 'Widget'; expected one of Credential, Group, IdentityProvider, Policy, Secret, Service, User",
         ),
         (
             "c.yaml, document 2, metadata.colour",
