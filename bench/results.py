@@ -22,6 +22,7 @@ class RunResult:
     latency_ms: float
     transactions: int
     proxy_cpu_s: float | None  # CPU time of the proxy process during the run; None for direct targets
+    latency_median_ms: float | None = None  # 1-client cells: from pgbench's per-transaction log
     access_log_bytes: int | None = None  # what pgwarden logged during the run: shows logging was on
     error: str | None = None
 
@@ -81,6 +82,20 @@ class CellSummary:
         return stat_of(by_repeat[numerator, i] / by_repeat[denominator, i] for i in repeats
                        if (numerator, i) in by_repeat and (denominator, i) in by_repeat)
 
+    def added_latency_us(self, target: TargetName, baseline: TargetName) -> Stat | None:
+        """Latency `target` adds per statement over `baseline` (µs), paired by repeat.
+
+        Uses the median per-transaction latency where pgbench logged one (1-client cells), else the average.
+        """
+        def latency(r: RunResult) -> float:
+            return r.latency_median_ms if r.latency_median_ms is not None else r.latency_ms
+
+        by_repeat = {(r.target, r.repeat): latency(r) for r in self.runs if r.error is None and r.transactions > 0}
+        per_txn = self.cell.script.statements_per_txn
+        return stat_of((by_repeat[target, i] - by_repeat[baseline, i]) * 1000 / per_txn
+                       for i in {r.repeat for r in self.runs}
+                       if (target, i) in by_repeat and (baseline, i) in by_repeat)
+
 
 def summarize_cell(cell: Cell, runs: Sequence[RunResult], targets: Sequence[TargetName]) -> CellSummary:
     """Median and spread per target for one cell."""
@@ -99,6 +114,22 @@ def summarize_cell(cell: Cell, runs: Sequence[RunResult], targets: Sequence[Targ
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ReloadResult:
+    """pgbench on pgwarden with and without snapshot reloads (SIGHUP, alternating two revisions) running."""
+
+    clients: int
+    duration_s: int
+    reloads_sent: int
+    reloads_applied: int  # "reloaded … generation N" lines pgwarden logged during the loaded runs
+    tps_quiet: Stat | None
+    tps_reloading: Stat | None
+    ratio: Stat | None  # reloading / quiet, paired by repeat
+    failed_transactions: int  # pgbench's failed transactions plus one per aborted client, reloading runs
+    quiet_failed_transactions: int
+    errors: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class BenchReport:
     """Everything one bench run produced; the writers in report.py only read it."""
 
@@ -108,6 +139,9 @@ class BenchReport:
     started_at: str  # ISO 8601, UTC
     elapsed_s: float
     runs: tuple[RunResult, ...]
+    commit: str = "unknown"  # `git describe --always --dirty` of the tree that was measured
+    notes: tuple[str, ...] = ()  # e.g. why a target was skipped
+    reloads: ReloadResult | None = None
 
     @property
     def cells(self) -> list[CellSummary]:

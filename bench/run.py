@@ -18,10 +18,14 @@ from pathlib import Path
 from bench.cluster import BenchCluster
 from bench.matrix import Cell, Matrix, Mode, Script
 from bench.pgbench import PgbenchFailed, run_pgbench
+from bench.reloads import run_reload_scenario
 from bench.results import BenchReport, RunResult
-from bench.system import Binaries, cpu_seconds, describe_machine
+from bench.system import BenchSetupError, Binaries, cpu_seconds, describe_machine, git_commit
 from bench.targets import (
+    PolicyUnavailable,
+    ServerProcess,
     Target,
+    TargetName,
     check_target,
     direct_targets,
     pgbouncer_target,
@@ -50,8 +54,24 @@ class Clock:
         return f"[{self.elapsed_s:6.1f}s]"
 
 
+def _start_policy_target(binaries: Binaries, matrix: Matrix, cluster: BenchCluster, work: Path,
+                         stack: contextlib.ExitStack, say: Callable[[str], None], notes: list[str]) -> Target | None:
+    """pgwarden with per-query policy, or None (with a note saying why) when this build cannot run it."""
+    base = work / "pgwarden-policy"
+    try:
+        warden = start_pgwarden(cluster, base, is_policy=True, workers=matrix.pgwarden_workers)
+        stack.callback(warden.stop)
+        target = pgwarden_target(warden, base, name=TargetName.PGWARDEN_POLICY)
+        check_target(binaries, target)
+    except (PolicyUnavailable, BenchSetupError) as exc:
+        notes.append(f"{TargetName.PGWARDEN_POLICY} skipped: {exc}")
+        say(f"{TargetName.PGWARDEN_POLICY} skipped: {exc}")
+        return None
+    return target
+
+
 def _start_targets(binaries: Binaries, matrix: Matrix, work: Path, stack: contextlib.ExitStack,
-                   say: Callable[[str], None]) -> tuple[BenchCluster, list[Target]]:
+                   say: Callable[[str], None], notes: list[str]) -> tuple[BenchCluster, list[Target], ServerProcess]:
     cluster = BenchCluster(binaries, work / "postgres")
     stack.callback(cluster.stop)
     say(f"starting PostgreSQL and loading pgbench -i -s {matrix.scale}")
@@ -61,18 +81,21 @@ def _start_targets(binaries: Binaries, matrix: Matrix, work: Path, stack: contex
         bouncer = start_pgbouncer(binaries, cluster, work / f"pgbouncer{'-tls' if is_tls else ''}", is_tls=is_tls)
         stack.callback(bouncer.stop)
         targets.append(pgbouncer_target(bouncer, cluster, is_tls=is_tls))
-    warden = start_pgwarden(cluster, work / "pgwarden")
+    warden = start_pgwarden(cluster, work / "pgwarden", workers=matrix.pgwarden_workers)
     stack.callback(warden.stop)
     targets.append(pgwarden_target(warden, work / "pgwarden"))
     for target in targets:
         check_target(binaries, target)
+    if (policy := _start_policy_target(binaries, matrix, cluster, work, stack, say, notes)) is not None:
+        targets.append(policy)
     say("targets up: " + ", ".join(f"{t.name} :{t.port}" for t in targets))
-    return cluster, targets
+    return cluster, targets, warden
 
 
 def measure(binaries: Binaries, cell: Cell, target: Target, *, matrix: Matrix, repeat: int) -> RunResult:
     """Run one cell once against one target, charging the proxy's CPU time to it."""
-    before = cpu_seconds(target.proxy_pid) if target.proxy_pid else None
+    pids = target.cpu_pids or ((target.proxy_pid,) if target.proxy_pid else ())
+    before = sum(cpu_seconds(pid) for pid in pids) if pids else None
     try:
         summary = run_pgbench(binaries, cell, target, duration_s=matrix.duration_s, threads=matrix.threads)
     except PgbenchFailed as exc:
@@ -81,15 +104,17 @@ def measure(binaries: Binaries, cell: Cell, target: Target, *, matrix: Matrix, r
     finally:
         time.sleep(SETTLE_S)
     cpu_s = None
-    if target.proxy_pid and before is not None:
-        cpu_s = cpu_seconds(target.proxy_pid) - before
+    if pids and before is not None:
+        cpu_s = sum(cpu_seconds(pid) for pid in pids) - before
     log_bytes = None
     if target.access_log is not None:
         log_bytes = target.access_log.stat().st_size if target.access_log.exists() else 0
         if log_bytes:
             os.truncate(target.access_log, 0)  # pgwarden opened it O_APPEND: its next line lands at offset 0
+    error = f"{summary.failed} failed transactions" if summary.failed else None
     return RunResult(cell=cell, target=target.name, repeat=repeat, tps=summary.tps, latency_ms=summary.latency_ms,
-                     transactions=summary.transactions, proxy_cpu_s=cpu_s, access_log_bytes=log_bytes)
+                     latency_median_ms=summary.latency_median_ms, transactions=summary.transactions,
+                     proxy_cpu_s=cpu_s, access_log_bytes=log_bytes, error=error)
 
 
 def _describe(result: RunResult) -> str:
@@ -141,9 +166,18 @@ def run_bench(matrix: Matrix, binaries: Binaries, progress: Progress) -> BenchRe
         work = Path(tempfile.mkdtemp(prefix="pgwarden-bench-"))
         stack.callback(shutil.rmtree, work, ignore_errors=True)
         work.chmod(0o711)  # the servers run as `postgres` and must reach their own subdirectories
-        cluster, targets = _start_targets(binaries, matrix, work, stack, say)
+        notes: list[str] = []
+        cluster, targets, warden = _start_targets(binaries, matrix, work, stack, say, notes)
         _warm_up(binaries, matrix, targets, say)
         runs = _run_cells(binaries, matrix, cluster, targets, say)
+        reloads = None
+        if matrix.reloads:
+            say(f"reloads under load: {matrix.reload_repeats} x (quiet, {matrix.reloads} reloads) "
+                f"x {matrix.reload_duration_s} s, {matrix.reload_clients} clients on {TargetName.PGWARDEN}")
+            (subject,) = (t for t in targets if t.name == TargetName.PGWARDEN)
+            reloads = run_reload_scenario(binaries, matrix, subject, work / "pgwarden" / "manifests" / "bench.yaml",
+                                          warden.log_path, say)
         say("stopping servers and removing " + str(work))
     return BenchReport(machine=machine, matrix=matrix, targets=tuple(t.name for t in targets),
-                       started_at=started_at, elapsed_s=clock.elapsed_s, runs=tuple(runs))
+                       started_at=started_at, elapsed_s=clock.elapsed_s, runs=tuple(runs), commit=git_commit(),
+                       notes=tuple(notes), reloads=reloads)

@@ -118,24 +118,36 @@ class Machine:
     cpus: int
     arch: str
     cpu_model: str
+    memory_gib: float
     kernel: str
     python: str
     postgres: str
     pgbouncer: str
 
     def describe(self) -> str:
-        return (f"{self.cpus} CPUs ({self.cpu_model}), {self.arch}, Linux {self.kernel}, Python {self.python}, "
-                f"{self.postgres}, {self.pgbouncer}")
+        return (f"{self.cpus} CPUs ({self.cpu_model}), {self.memory_gib:.1f} GiB RAM, {self.arch}, "
+                f"Linux {self.kernel}, Python {self.python}, {self.postgres}, {self.pgbouncer}")
 
 
 def describe_machine(binaries: Binaries) -> Machine:
-    """nproc, uname -m, CPU model, kernel, Python, PostgreSQL and pgbouncer versions."""
+    """nproc, uname -m, CPU model, memory, kernel, Python, PostgreSQL and pgbouncer versions."""
     return Machine(
         cpus=len(os.sched_getaffinity(0)),
         arch=platform.machine(),
         cpu_model=_cpu_model(),
+        memory_gib=os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30,
         kernel=platform.release(),
         python=sys.version.split()[0],
         postgres=_version_line([binaries.pg("postgres"), "--version"]),
         pgbouncer=_version_line([str(binaries.pgbouncer), "--version"]),
     )
+
+
+def git_commit() -> str:
+    """`git describe --always --dirty` of the repository the bench runs from, or "unknown" outside a checkout."""
+    try:
+        done = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
+                              cwd=Path(__file__).resolve().parent.parent, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return done.stdout.strip() if done.returncode == 0 and done.stdout.strip() else "unknown"

@@ -24,6 +24,7 @@ from bench.system import BenchSetupError, Binaries, as_postgres_user, clean_libp
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _START_TIMEOUT_S = 30.0
 _READY = re.compile(r"pgwarden proxy ready: listening on (\S+):(\d+),")
+_WORKER_PIDS = re.compile(r"\d+ workers \(pids ([\d, ]+)\)")
 
 
 class TargetName(StrEnum):
@@ -34,6 +35,7 @@ class TargetName(StrEnum):
     PGBOUNCER = "pgbouncer"
     PGBOUNCER_TLS = "pgbouncer+tls"
     PGWARDEN = "pgwarden"
+    PGWARDEN_POLICY = "pgwarden+policy"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -47,7 +49,8 @@ class Target:
     password: str = field(repr=False)
     dbname: str
     sslmode: str  # libpq PGSSLMODE: disable or require
-    proxy_pid: int | None = None
+    proxy_pid: int | None = None  # signalled (SIGHUP) by the reload scenario
+    cpu_pids: tuple[int, ...] = ()  # charged with CPU time; default (proxy_pid,); pgwarden --workers: the workers
     access_log: Path | None = None  # truncated between runs so the work dir stays small
 
     def connect_args(self) -> list[str]:
@@ -65,6 +68,7 @@ class ServerProcess:
         self.popen = popen
         self.log_path = log_path
         self.port = port  # pgwarden picks its own free port and tells us when it is ready
+        self.worker_pids: tuple[int, ...] = ()  # pgwarden --workers: the processes doing the work
 
     @property
     def pid(self) -> int:
@@ -198,45 +202,123 @@ data: {{value: "{password}"}}
 """
 
 
+# pgwarden+policy: the same Service with every query authorized (authorization.mode ALL) against a realistic
+# read-only Policy: no DDL or privilege changes for anyone, writes only for the `writers` group (so TPC-B-like
+# cells run too), no function calls outside a short allow-list. Shaped as in issue 5 and tests/e2e.
+_POLICY_MANIFESTS = """\
+kind: Service
+metadata: {{name: {service}}}
+spec:
+  mode: POSTGRES
+  authorization: {{policies: [read-only-for-readers]}}
+  config:
+    upstream: {{url: "postgres://{host}:{port}"}}
+    postgres: {{user: {user}, database: {database}, auth: {{password: {{fromSecret: bench-password}}}},
+               sslMode: DISABLE, authorization: {{mode: ALL}}}}
+---
+kind: Policy
+metadata: {{name: read-only-for-readers}}
+spec:
+  rules:
+    - name: no-ddl
+      effect: DENY
+      priority: -2
+      condition:
+        match: >-
+          ctx.request.postgres.statement.kinds.exists(k, k.startsWith("CREATE") || k.startsWith("DROP")
+          || k.startsWith("ALTER") || k.startsWith("GRANT") || k.startsWith("REVOKE") || k == "TRUNCATE")
+    - name: writes-for-writers-only
+      effect: DENY
+      priority: -1
+      condition:
+        match: 'ctx.request.postgres.statement.readOnly == false && !("writers" in ctx.user.spec.groups)'
+    - name: no-function-calls
+      effect: DENY
+      condition: {{match: 'ctx.request.postgres.functionCall.oid >= 0'}}
+    - name: team-members
+      effect: ALLOW
+      priority: 4
+      condition: {{match: 'ctx.user.spec.groups.exists(g, g in ["readers", "writers"])'}}
+---
+kind: User
+metadata: {{name: {client}}}
+spec: {{type: HUMAN, groups: [readers, writers]}}
+---
+kind: Group
+metadata: {{name: readers}}
+---
+kind: Group
+metadata: {{name: writers}}
+---
+kind: Secret
+metadata: {{name: bench-password}}
+data: {{value: "{password}"}}
+"""
+
+
+class PolicyUnavailable(RuntimeError):
+    """pgwarden refused the Policy manifests (the policy engine is not in this build); the target is skipped."""
+
+
 def _pgwarden(*args: str) -> list[str]:
     return [sys.executable, "-m", "pgwarden", *args]
 
 
-def start_pgwarden(cluster: BenchCluster, base: Path) -> ServerProcess:
-    """`python -m pgwarden proxy` on a free port with an access log file, as a user would run it."""
+def start_pgwarden(cluster: BenchCluster, base: Path, *, is_policy: bool = False, workers: int = 1) -> ServerProcess:
+    """`python -m pgwarden proxy` on a free port with an access log file, as a user would run it.
+
+    With `is_policy`, the Service authorizes every query against the Policy in _POLICY_MANIFESTS; raises
+    PolicyUnavailable when pgwarden refuses those manifests.
+    """
     manifests, data_dir = base / "manifests", base / "data"
     manifests.mkdir(parents=True, mode=0o700)
-    (manifests / "bench.yaml").write_text(_MANIFESTS.format(
+    (manifests / "bench.yaml").write_text((_POLICY_MANIFESTS if is_policy else _MANIFESTS).format(
         service=SERVICE, host=cluster.host, port=cluster.port, user=cluster.user, database=cluster.database,
         client=USER, password=cluster.password,
     ))
     ready_path, log = base / "pgwarden.out", base / "pgwarden.log"
     argv = _pgwarden("proxy", "--manifests", str(manifests), "--listen", "127.0.0.1:0", "--data-dir", str(data_dir),
-                     "--access-log", str(base / "access.log"))
+                     "--access-log", str(base / "access.log"), *(["--workers", str(workers)] if workers > 1 else []))
     with ready_path.open("wb") as out, log.open("wb") as err:
         popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=REPO_ROOT,
                                  env=clean_libpq_env(), start_new_session=True)
-    process = ServerProcess(TargetName.PGWARDEN, popen, log)
+    process = ServerProcess(TargetName.PGWARDEN_POLICY if is_policy else TargetName.PGWARDEN, popen, log)
 
     def is_ready() -> bool:
-        match = _READY.search(ready_path.read_text(errors="replace"))
+        text = ready_path.read_text(errors="replace")
+        match = _READY.search(text)
         if match:
             process.port = int(match.group(2))
+            if pids := _WORKER_PIDS.search(text):
+                process.worker_pids = tuple(int(p) for p in pids.group(1).split(", "))
         return match is not None
 
-    _wait_until(process, is_ready)
+    try:
+        _wait_until(process, is_ready)
+    except BenchSetupError as exc:
+        if is_policy and process.popen.returncode is not None:  # it refused the manifests and exited
+            raise PolicyUnavailable(f"policy engine not available: {_first_error(process)}") from exc
+        raise
     return process
 
 
-def pgwarden_target(process: ServerProcess, base: Path, *, token_ttl: str = "24h") -> Target:
+def _first_error(process: ServerProcess) -> str:
+    """pgwarden's first complaint about its manifests, from its log, on one line."""
+    lines = [line.strip() for line in process.log_tail(40).splitlines() if line.strip()]
+    return " / ".join(lines[:3]) or f"pgwarden exited {process.popen.returncode}"
+
+
+def pgwarden_target(process: ServerProcess, base: Path, *, token_ttl: str = "24h",
+                    name: TargetName = TargetName.PGWARDEN) -> Target:
     """Issue an access token for the bench user; pgbench presents it as the password over TLS."""
     done = subprocess.run(_pgwarden("token", "issue", "--user", USER, "--ttl", token_ttl, "--data-dir",
                                     str(base / "data")),
                           capture_output=True, text=True, cwd=REPO_ROOT, env=clean_libpq_env())
     if done.returncode != 0:
         raise process.fail(f"token issue exited {done.returncode}: {done.stderr.strip()}")
-    return Target(name=TargetName.PGWARDEN, host="127.0.0.1", port=process.port, user=USER,
+    return Target(name=name, host="127.0.0.1", port=process.port, user=USER,
                   password=done.stdout.strip(), dbname=SERVICE, sslmode="require", proxy_pid=process.pid,
+                  cpu_pids=process.worker_pids,
                   access_log=base / "access.log")
 
 

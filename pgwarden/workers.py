@@ -164,7 +164,7 @@ class _CancelInbox(asyncio.Protocol):
             process_id, secret_key = _CANCEL.unpack_from(self.buffer)
             self.buffer = b""
             if self.server.slot.owner_of(secret_key) == self.server.slot.index:  # never bounce it on
-                asyncio.get_running_loop().create_task(self.server.cancel(process_id, secret_key))
+                self.server.start_cancel(process_id, secret_key)  # keeps a reference to its task
 
 
 def worker_setup(options: ProxyOptions, slot: WorkerSlot | None) -> tuple[ProxyOptions, Callable[..., ProxyServer]]:
