@@ -20,7 +20,14 @@ from typing import Any
 
 import aiohttp
 
-from pgwarden.credentials import CredentialsError, ProxyEndpoint, proxy_endpoint, seconds_left
+from pgwarden.credentials import (
+    CredentialsError,
+    ProxyEndpoint,
+    check_not_expired,
+    proxy_endpoint,
+    refusal_reason,
+    session_ended,
+)
 from pgwarden.sessioncredential import SESSION_ENDED, SessionCredential, SessionEnded
 from proxy.pgwire import messages as m
 from proxy.pgwire.errors import ProtocolViolation
@@ -72,9 +79,9 @@ class Agent:
         """Load the credential, learn the proxy, listen. Returns each mapping with its bound port."""
         credential = self.credential
         credential.load(force=True)
-        if seconds_left(credential.saved["token"]) <= 0:
-            raise CredentialsError("your pgwarden session has ended (the saved access token has expired)")
+        check_not_expired(credential.saved)
         self._http = credential.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=CONNECT_TIMEOUT_S))
+        await self._check_session_alive()
         host, port, ca_file = self._overrides
         self._endpoint = await proxy_endpoint(credential.saved, self.credentials_file, self._http, host=host,
                                               port=port, ca_file=ca_file)
@@ -84,6 +91,23 @@ class Agent:
             bound.append((mapping, await self._listen(mapping)))
         self._refresher = asyncio.get_running_loop().create_task(credential.keep_fresh())
         return bound
+
+    async def _check_session_alive(self) -> None:
+        """Refuse to start on a revoked session: better one clear line now than a refusal at each psql.
+
+        An unreachable cluster is no reason to stop: the agent keeps listening and retries, as it does later.
+        """
+        assert self._http is not None
+        saved = self.credential.saved
+        try:
+            async with self._http.get(str(saved["cluster"]).rstrip("/") + "/v1/auth/whoami",
+                                      headers={"Authorization": f"Bearer {saved['token']}"}) as response:
+                if response.status != 401:
+                    return
+                body = await response.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return
+        raise session_ended(saved, refusal_reason(str(body.get("error", "")) if isinstance(body, dict) else ""))
 
     async def _listen(self, mapping: Mapping) -> int:
         def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

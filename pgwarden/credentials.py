@@ -29,17 +29,41 @@ LOGIN_HINT = "run pgwarden login --cluster URL"
 class CredentialsError(Exception):
     """The saved login is missing, unreadable or ended; the message says which and never holds the token."""
 
-    def __init__(self, message: str, hint: str = LOGIN_HINT) -> None:
+    def __init__(self, message: str, hint: str | None = LOGIN_HINT) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+
+
+def session_ended(saved: dict[str, Any], why: str) -> CredentialsError:
+    """The one line for a saved login that no longer works: why, and the exact command that makes a new one."""
+    cluster = saved.get("cluster") or "URL"
+    return CredentialsError(f"your pgwarden session has ended ({why}): run pgwarden login --cluster {cluster}",
+                            hint=None)
+
+
+def refusal_reason(refusal: str) -> str:
+    """The cluster's words for a refused token ("the session of this access token is revoked"), said shortly."""
+    for word, said in (("revoked", "it was revoked"), ("expired", "it expired")):
+        if word in refusal:
+            return said
+    return refusal
+
+
+def check_not_expired(saved: dict[str, Any]) -> None:
+    """Raise `session_ended` when the saved token has run out (no agent kept it fresh): no need to ask anyone."""
+    expires = token_expires_at(str(saved["token"]))
+    if expires and expires <= time.time():
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(expires))
+        raise session_ended(saved, f"the saved access token expired at {when}")
 
 
 def default_credentials_path() -> Path:
     return Path(platformdirs.user_config_dir("pgwarden")) / "credentials.json"
 
 
-def load_credentials(path: Path) -> dict[str, Any]:
+def load_credentials(path: Path, *, allow_expired: bool = False) -> dict[str, Any]:
+    """The saved login; unless `allow_expired` (the agent, which refreshes), one whose token ran out is refused."""
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError as exc:
@@ -48,6 +72,8 @@ def load_credentials(path: Path) -> dict[str, Any]:
         raise CredentialsError(f"cannot read the saved credentials at {path}: {type(exc).__name__}") from exc
     if not isinstance(data, dict) or not isinstance(data.get("token"), str) or not data.get("cluster"):
         raise CredentialsError(f"{path}: no token or cluster URL saved (an older or partial login)")
+    if not allow_expired:
+        check_not_expired(data)
     return data
 
 

@@ -66,7 +66,7 @@ class SessionCredential:
             mtime = 0.0
         if not force and mtime == self._mtime:
             return
-        saved = load_credentials(self.credentials_file)
+        saved = load_credentials(self.credentials_file, allow_expired=True)
         if self.saved and saved.get("session") != self.saved.get("session"):
             self.say(f"using the new login of {saved.get('user')} (session {saved.get('session')})")
         if not self.saved or saved.get("session") != self.saved.get("session") or \
@@ -106,7 +106,8 @@ class SessionCredential:
         if status != 200 or not isinstance(body, dict) or not isinstance(body.get("token"), str):
             self.say(f"refreshing the access token failed with HTTP {status}; will retry")
             return
-        current = load_credentials(self.credentials_file) if self.credentials_file.exists() else {}
+        exists = self.credentials_file.exists()
+        current = load_credentials(self.credentials_file, allow_expired=True) if exists else {}
         if current and current.get("session") != self.saved.get("session"):
             self.load(force=True)  # a new login replaced ours meanwhile: keep it, drop the refresh
             return

@@ -39,6 +39,7 @@ from typing import Any
 from pgwarden.datadir import ADMIN_SOCKET
 from pgwarden.output import error
 from pgwarden.runtime import ProxyOptions
+from proxy.identity.store import utc_now
 from proxy.server import ProxyServer
 
 log = logging.getLogger("pgwarden")
@@ -134,6 +135,17 @@ class WorkerServer(ProxyServer):
         by_key[(process_id, tagged)] = by_key.pop((process_id, secret_key))
         return process_id, tagged
 
+    async def recheck_identity_sessions(self) -> int:
+        """One pass of the 30 s identity re-check, now: `pgwarden up --workers N` asks for it (SIGUSR1) after a
+        revocation, because the SQLite store's notices do not cross processes. Returns connections ended."""
+        ended, now = 0, utc_now()
+        for sid in list(self._by_identity):
+            session = await self.identity.store.get_session(sid)
+            if session is None or not session.is_active(now):
+                state = "gone" if session is None else session.state(now).lower()
+                ended += await self.revoke_identity_sessions([sid], reason=f"session {sid} is {state}")
+        return ended
+
     async def cancel(self, process_id: int, secret_key: int) -> None:
         owner = self.slot.owner_of(secret_key)
         if owner == self.slot.index:
@@ -198,10 +210,13 @@ def _reserve_port(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _spawn(index: int, count: int, host: str, port: int) -> tuple[subprocess.Popen[bytes], int]:
+def _spawn(index: int, count: int, host: str, port: int,
+           extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen[bytes], int]:
+    """Start `pgwarden` with this process's arguments, then `extra` and the shared port and slot (later wins)."""
     read_fd, write_fd = os.pipe()
     listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    argv = [sys.executable, "-m", "pgwarden", *sys.argv[1:], "--listen", listen, "--worker-slot", f"{index}/{count}"]
+    argv = [sys.executable, "-m", "pgwarden", *sys.argv[1:], *extra, "--listen", listen,
+            "--worker-slot", f"{index}/{count}"]
     popen = subprocess.Popen(argv, pass_fds=(write_fd,), env={**os.environ, READY_FD_ENV: str(write_fd)})
     os.close(write_fd)
     return popen, read_fd

@@ -15,7 +15,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from pgwarden.commands.token import parse_ttl
-from pgwarden.credentials import CredentialsError, default_credentials_path, load_credentials, proxy_endpoint
+from pgwarden.credentials import (
+    CredentialsError,
+    default_credentials_path,
+    load_credentials,
+    proxy_endpoint,
+    refusal_reason,
+    session_ended,
+)
 from pgwarden.output import error
 from proxy.filesafe import write_private
 
@@ -83,6 +90,10 @@ def run_cert(args: argparse.Namespace) -> int:
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
         error(f"cannot reach {saved['cluster']}: {type(exc).__name__}", hint="is `pgwarden up` running?")
         return 2
+    if status == 401:  # the session was revoked or expired: one line with the command to run
+        refusal = str(body.get("error", "")) if isinstance(body, dict) else ""
+        error(session_ended(saved, refusal_reason(refusal)).message)
+        return 1
     if status != 200:
         message = body.get("error", f"HTTP {status}") if isinstance(body, dict) else f"HTTP {status}"
         error(f"the cluster refused a certificate: {message}",

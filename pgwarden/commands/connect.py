@@ -26,7 +26,8 @@ which the agent refreshes before it expires and never prints. When the session e
 expiry), clients get "your pgwarden session has ended: run pgwarden login"; after a new login the
 running agent picks up the new credential by itself.
 
-exit codes: 0 stopped by a signal, 1 not logged in or session ended, 2 could not listen.
+exit codes: 0 stopped by a signal, 1 not logged in or session ended (it names the `pgwarden login
+--cluster URL` to run), 2 could not listen.
 """
 
 

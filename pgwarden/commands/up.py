@@ -21,6 +21,7 @@ from pgwarden.datadir import default_data_dir, prepare
 from pgwarden.keys import load_keyring
 from pgwarden.output import error
 from pgwarden.runtime import EmbeddedTarget, RunningProxy, run, serve_until_signal, start_proxy
+from pgwarden.up_workers import add_up_worker_options, run_up_worker, serve_with_workers
 from proxy.identity.exchange import add_exchange_routes
 from proxy.identity.web.app import build_auth_server, canonical_login_host
 from proxy.metrics import ProxyCollector
@@ -84,10 +85,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-health-probe", action="store_true",
                    help="do not log in to each upstream after an apply")
     add_proxy_options(p)
+    add_up_worker_options(p)
     p.set_defaults(func=run_up)
 
 
 def run_up(args: argparse.Namespace) -> int:
+    if args.worker_slot is not None:  # a proxy worker started by `pgwarden up --workers N`
+        return run_up_worker(args)
     if not args.demo and not args.repo:
         error("say where the manifests are: --repo URL|PATH (or try --demo)")
         return 2
@@ -130,7 +134,8 @@ def run_up(args: argparse.Namespace) -> int:
                       file=sys.stderr)
             except (demo.DemoError, OSError) as exc:
                 print(f"pgwarden demo: browser login is off: {exc}", file=sys.stderr)
-        run(lambda: _serve(args, spec, keys, is_demo=args.demo))
+        serve = serve_with_workers if args.workers > 1 else _serve
+        run(lambda: serve(args, spec, keys, is_demo=args.demo))
     except OSError as exc:
         error(f"cannot listen: {exc.strerror or exc}", hint="pick other addresses with --listen/--http-listen")
         return 2

@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 
 from pgwarden.commands.login import credentials_path
+from pgwarden.credentials import CredentialsError, check_not_expired, refusal_reason, session_ended
 from pgwarden.output import error
 
 EPILOG = """\
@@ -55,12 +56,18 @@ def run_whoami(args: argparse.Namespace) -> int:
         error("not logged in", hint="pgwarden login --cluster URL --idp NAME …")
         return 1
     try:
+        check_not_expired(saved)
         status, body = _call(saved, "GET", "/v1/auth/whoami")
+        if status == 401:  # the cluster no longer accepts this session (revoked, expired)
+            raise session_ended(saved, refusal_reason(str(body.get("error", "")) if isinstance(body, dict) else ""))
+    except CredentialsError as exc:
+        error(exc.message, hint=exc.hint)
+        return 1
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-        error(f"cannot reach {saved.get('cluster')}: {type(exc).__name__}")
+        error(f"cannot reach {saved.get('cluster')}: {type(exc).__name__}", hint="is `pgwarden up` running?")
         return 2
     if status != 200:
-        error(f"{body.get('error', status)}", hint="log in again: pgwarden login …")
+        error(f"{body.get('error', status)}", hint=f"log in again: pgwarden login --cluster {saved.get('cluster')}")
         return 1
     if args.output == "json":
         print(json.dumps(body, indent=2))

@@ -11,8 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -24,98 +23,11 @@ import pytest
 from proxy.identity.store import AssuranceLevel
 from proxy.identity.web.oidc_login import assurance_level
 from proxy.snapshot import IdentityProvider
-from tests.support.gitops import ManifestRepo, UpProcess
-from tests.support.peers import OIDC_CLIENT_ID, OIDC_CLIENT_SECRET, REPO, Peer, follow_login, start_oidc_provider
+from tests.support.peers import OIDC_CLIENT_SECRET, REPO, follow_login
 from tests.support.pgcluster import free_port
+from tests.support.sso import BROWSER_SCRIPT, SsoCluster, assert_no_secrets, start_sso_cluster
 
 PGWARDEN = [sys.executable, "-m", "pgwarden"]
-
-PEOPLE = """\
-kind: Group
-metadata: {name: admins}
----
-kind: User
-metadata: {name: alice}
-spec:
-  type: HUMAN
-  groups: [admins]
-  authentication:
-    identities: [{identityProvider: corp, identifier: alice}]
----
-kind: User
-metadata: {name: bob}
-spec: {type: HUMAN, groups: [], email: bob@example.com}
----
-kind: User
-metadata: {name: carol}
-spec: {type: HUMAN, groups: [], email: carol@example.com}
-"""
-
-# A browser for `pgwarden login`: webbrowser runs $BROWSER with the URL; this one plays the person over HTTP.
-BROWSER_SCRIPT = """\
-#!{python}
-import asyncio, os, re, sys
-from urllib.parse import parse_qs, urljoin, urlsplit
-sys.path.insert(0, {repo!r})
-import aiohttp
-from tests.support.peers import follow_login
-
-async def main(url):
-    loopback = parse_qs(urlsplit(url).query)["redirect_uri"][0]
-    async with aiohttp.ClientSession() as browser:
-        outcome = await follow_login(browser, url, login=os.environ["TEST_LOGIN"], redirect_prefix=loopback)
-        if outcome.html:  # the provider list: click the provider, as a person would
-            link = re.search(r"href='(/login/idp/[^']+)'", outcome.html).group(1)
-            outcome = await follow_login(browser, urljoin(url, link), login=os.environ["TEST_LOGIN"],
-                                         redirect_prefix=loopback)
-        async with browser.get(outcome.url) as response:
-            page = await response.text()
-    with open(os.environ["TEST_BROWSER_LOG"], "a") as log:
-        log.write(f"{{response.status}} {{page}}\\n")
-
-asyncio.run(main(sys.argv[1]))
-"""
-
-
-@dataclass
-class SsoCluster:
-    up: UpProcess
-    peer: Peer
-    base: str  # pgwarden's public URL, as browsers reach it
-    cluster: str  # what `pgwarden login --cluster` is given
-    data_dir: Path
-
-
-def start_sso_cluster(pg: Any, base_dir: Path, *, extra_manifests: str = "") -> tuple[SsoCluster, ManifestRepo]:
-    """`pgwarden up` with an oidc IdentityProvider `corp` pointing at a fresh oidc-provider peer."""
-    peer_port = free_port()
-    repo = ManifestRepo(base_dir, pg)
-    repo.write_defaults()
-    repo.write("people.yaml", PEOPLE)
-    repo.write("idp.yaml", f"""\
-kind: IdentityProvider
-metadata: {{name: corp}}
-spec:
-  displayName: Sign in with Corp
-  oidc:
-    issuerURL: "http://localhost:{peer_port}"
-    clientID: {OIDC_CLIENT_ID}
-    clientSecret: {{fromSecret: corp-oidc-secret}}
-    scopes: [openid, email, profile, groups]
-{extra_manifests}""")
-    repo.write_secret("corp-oidc-secret", OIDC_CLIENT_SECRET)
-    repo.commit("people sign in through corp")
-    up = UpProcess(repo.url, base_dir / "data", "--age-key-file", str(repo.key_file), "--poll-interval", "3600")
-    base = f"http://localhost:{up.http_port}"
-    try:
-        # The provider learns pgwarden's callback at start; the IdP is only contacted at login time.
-        peer = start_oidc_provider(port=peer_port, redirect_uris=[f"{base}/login/oidc/callback"])
-    except BaseException:
-        up.stop()
-        raise
-    return SsoCluster(up=up, peer=peer, base=base, cluster=f"http://127.0.0.1:{up.http_port}",
-                      data_dir=base_dir / "data"), repo
-
 
 @pytest.fixture(scope="module")
 def sso(pg: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SsoCluster]:
@@ -131,12 +43,6 @@ spec:
     output = env.up.stop()
     env.peer.stop()
     assert_no_secrets([output], [OIDC_CLIENT_SECRET])
-
-
-def assert_no_secrets(texts: Iterable[str], secrets: Iterable[str]) -> None:
-    for secret in secrets:
-        for text in texts:
-            assert secret not in text, "a secret value leaked into an output or log"
 
 
 async def sign_in(sso: SsoCluster, login: str) -> tuple[aiohttp.ClientSession, str]:

@@ -17,8 +17,8 @@ import aiohttp
 import psycopg
 import pytest
 
-from tests.e2e.test_browser_login import SsoCluster, assert_no_secrets, start_sso_cluster
 from tests.support.peers import OIDC_CLIENT_SECRET, follow_login
+from tests.support.sso import SsoCluster, assert_no_secrets, start_sso_cluster
 
 PGWARDEN = [sys.executable, "-m", "pgwarden"]
 
