@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import pytest
 
 from proxy.policy import classify as classify_module
@@ -112,8 +114,11 @@ def test_literals_share_a_cached_shape_but_identifiers_do_not() -> None:
 
 def test_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(classify_module, "MAX_CACHED", 10)
+    for name in ("_by_text", "_by_normalized", "_by_shape"):
+        monkeypatch.setattr(classify_module, name, OrderedDict())
     for i in range(50):
-        classify(f"SELECT * FROM t{i}")
+        classify(f"SELECT * FROM t{i}")  # shape-keyed
+        classify(f"SELECT * FROM u{i} WHERE a = $1")  # text-keyed: "$" never takes the shape path
     assert len(classify_module._by_text) <= 10 + 1
     assert len(classify_module._by_normalized) <= 10 + 1
     assert len(classify_module._by_shape) <= 10 + 1
