@@ -36,6 +36,7 @@ from typing import Any
 
 from pgwarden.commands.proxy import options_from
 from pgwarden.datadir import ADMIN_SOCKET, fingerprint_key, prepare, state_key
+from pgwarden.output import error
 from pgwarden.runtime import EmbeddedTarget, ProxyOptions, RunningProxy, run, serve_until_signal, start_proxy
 from pgwarden.workers import (
     WorkerServer,
@@ -228,7 +229,12 @@ def run_up_worker(args: argparse.Namespace) -> int:
         announce_ready(running.ready_line(), is_to_stderr=True)
         await serve_until_signal(running)
 
-    run(main)
+    try:
+        run(main)
+    except OSError as exc:  # the parent reports that this worker did not start
+        error(f"worker {slot.index}: cannot listen on {options.listen_host}:{options.listen_port}: "
+              f"{exc.strerror or exc}")
+        return 2
     return 0
 
 
