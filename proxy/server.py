@@ -11,13 +11,14 @@ import logging
 import secrets
 import time
 from dataclasses import asdict
+from datetime import datetime, timedelta
 from typing import Any
 
 from proxy.audit.accesslog import AccessLog, SessionLog
 from proxy.errors import AccessDenied, AuthenticationFailed, SnapshotRejected
 from proxy.identity.certs import ClientCertificateAuthority
 from proxy.identity.sessions import SessionAuthority
-from proxy.identity.store import AuthMethod, IdentitySession, utc_now
+from proxy.identity.store import AuthMethod, IdentitySession, StateStoreError, utc_now
 from proxy.metrics import ProxyMetrics
 from proxy.pgwire.errors import PgwardenError
 from proxy.routing import ConnectRequest, LiveSnapshot, Route
@@ -28,6 +29,8 @@ from proxy.upstream import send_cancel
 log = logging.getLogger("pgwarden.server")
 
 REVOCATION_BATCH = 200
+PURGE_EVERY_S = 3600.0  # housekeeping of the state store: expired sessions and device codes
+PURGE_AFTER = timedelta(days=1)  # expired sessions stay listable (and auditable) this long
 IDENTITY_RECHECK_S = 30.0  # sessions re-checked between yields to the loop, so the relay keeps moving
 
 
@@ -225,14 +228,29 @@ class ProxyServer:
         store = self.identity.store
         await store.watch_revocations(
             lambda sid: loop.create_task(self.revoke_identity_sessions([sid], reason=f"session {sid} was revoked")))
+        next_purge = time.monotonic() + PURGE_EVERY_S
         while True:
             await asyncio.sleep(interval_s)
             now = utc_now()
+            if time.monotonic() >= next_purge:
+                next_purge = time.monotonic() + PURGE_EVERY_S
+                await self.housekeeping(now)
             for sid in list(self._by_identity):
                 session = await store.get_session(sid)
                 if session is None or not session.is_active(now):
                     state = "gone" if session is None else session.state(now).lower()
                     await self.revoke_identity_sessions([sid], reason=f"session {sid} is {state}")
+
+    async def housekeeping(self, now: datetime) -> int:
+        """Delete device codes past their expiry and sessions expired over PURGE_AFTER ago; never raises."""
+        try:
+            purged = await self.identity.store.purge_expired(now - PURGE_AFTER)
+        except StateStoreError as exc:
+            log.warning("state store housekeeping failed: %s", exc.message)
+            return 0
+        if purged:
+            log.info("state store: removed %d sessions expired over %s ago", purged, PURGE_AFTER)
+        return purged
 
     async def revoke_identity_sessions(self, session_ids: list[str], *, reason: str) -> int:
         """End every database connection opened with these identity Sessions; returns how many."""

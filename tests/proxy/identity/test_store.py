@@ -511,3 +511,21 @@ async def test_a_file_that_is_not_a_store_is_a_clear_error(tmp_path: Path) -> No
     (tmp_path / "state.db").write_bytes(b"this is not SQLite" * 100)
     with pytest.raises(StateStoreUnavailable, match="not a usable pgwarden state store"):
         await open_store(None, tmp_path, encryption_key=KEY)
+
+
+async def test_proxy_housekeeping_keeps_recently_expired_sessions(store: IdentityStore, tmp_path: Path) -> None:
+    from proxy.audit.accesslog import AccessLog, AccessLogWriter
+    from proxy.identity.sessions import SessionAuthority
+    from proxy.identity.tokens import TokenAuthority
+    from proxy.server import PURGE_AFTER, ProxyServer
+
+    long_gone = await new_session(store, now=NOW - PURGE_AFTER - timedelta(hours=2))
+    just_expired = await new_session(store, now=NOW - timedelta(hours=2))
+    await store.create_device_code(device_code_hash=hash_secret(new_device_code()), user_code="WXYZ-BCDF",
+                                   client="cli", expires_at=NOW - timedelta(hours=30), interval_s=5)
+    server = ProxyServer(tls_context=None, identity=SessionAuthority(TokenAuthority.load_or_create(tmp_path), store),
+                         access_log=AccessLog(AccessLogWriter(None)), fingerprint_key=b"k" * 32)
+    assert await server.housekeeping(NOW) == 1
+    assert await store.get_session(long_gone) is None
+    assert await store.get_session(just_expired) is not None  # still shown by `pgwarden sessions list`
+    assert await store.device_code_by_user_code("WXYZ-BCDF") is None
