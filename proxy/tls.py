@@ -46,18 +46,13 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
                              serialization.NoEncryption())
 
 
-def ensure_local_certificate(data_dir: Path) -> ServerCertificate:
-    """Create (once) a CA and a server certificate for localhost, this host name and loopback IPs."""
-    ca_path, ca_key_path = data_dir / CA_CERT, data_dir / CA_KEY
-    cert_path, key_path = data_dir / SERVER_CERT, data_dir / SERVER_KEY
-    if cert_path.exists() and key_path.exists() and ca_path.exists():
-        return ServerCertificate(cert_path=cert_path, key_path=key_path, ca_path=ca_path)
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = _name("pgwarden local CA")
-    ca_cert = (
-        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+def new_ca(common_name: str, now: datetime.datetime) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A self-signed P-256 CA valid for ten years, allowed to sign end-entity certificates only."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = _name(common_name)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=3650))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
@@ -65,8 +60,19 @@ def ensure_local_certificate(data_dir: Path) -> ServerCertificate:
                                      content_commitment=False, key_encipherment=False,
                                      data_encipherment=False, key_agreement=False,
                                      encipher_only=False, decipher_only=False), critical=True)
-        .sign(ca_key, hashes.SHA256())
+        .sign(key, hashes.SHA256())
     )
+    return cert, key
+
+
+def ensure_local_certificate(data_dir: Path) -> ServerCertificate:
+    """Create (once) a CA and a server certificate for localhost, this host name and loopback IPs."""
+    ca_path, ca_key_path = data_dir / CA_CERT, data_dir / CA_KEY
+    cert_path, key_path = data_dir / SERVER_CERT, data_dir / SERVER_KEY
+    if cert_path.exists() and key_path.exists() and ca_path.exists():
+        return ServerCertificate(cert_path=cert_path, key_path=key_path, ca_path=ca_path)
+    now = datetime.datetime.now(datetime.UTC)
+    ca_cert, ca_key = new_ca("pgwarden local CA", now)
     server_key = ec.generate_private_key(ec.SECP256R1())
     names: list[x509.GeneralName] = [x509.DNSName("localhost"), x509.DNSName("*.localhost")]
     hostname = socket.gethostname()
@@ -74,7 +80,7 @@ def ensure_local_certificate(data_dir: Path) -> ServerCertificate:
         names.append(x509.DNSName(hostname))
     names += [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.IPAddress(ipaddress.ip_address("::1"))]
     server_cert = (
-        x509.CertificateBuilder().subject_name(_name("localhost")).issuer_name(ca_name)
+        x509.CertificateBuilder().subject_name(_name("localhost")).issuer_name(ca_cert.subject)
         .public_key(server_key.public_key()).serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=825))

@@ -24,6 +24,7 @@ from proxy.filesafe import write_private
 from proxy.identity.sessions import Identity
 from proxy.identity.store import IdentitySession, IdentityStore, utc_now
 from proxy.identity.tokens import TokenClaims
+from proxy.tls import new_ca
 
 CLIENT_CA_CERT = "client-ca.pem"
 CLIENT_CA_KEY = "client-ca-key.pem"
@@ -64,21 +65,7 @@ class ClientCertificateAuthority:
                 raise ValueError(f"{key_path}: not an EC private key")
             return cls(x509.load_pem_x509_certificate(cert_path.read_bytes()), key, cert_path)
         now = datetime.datetime.now(datetime.UTC)
-        key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "pgwarden local"),
-                          x509.NameAttribute(NameOID.COMMON_NAME, "pgwarden client CA")])
-        cert = (
-            x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=3650))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                         content_commitment=False, key_encipherment=False,
-                                         data_encipherment=False, key_agreement=False,
-                                         encipher_only=False, decipher_only=False), critical=True)
-            .sign(key, hashes.SHA256())
-        )
+        cert, key = new_ca("pgwarden client CA", now)
         write_private(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                   serialization.NoEncryption()))
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
