@@ -7,11 +7,9 @@ costs dropped (and counted) records, never a stuck or failed query.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import subprocess
 import sys
-import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,57 +18,22 @@ from typing import Any
 import asyncpg
 import psycopg
 import pytest
-import uvloop
 from prometheus_client.parser import text_string_to_metric_families
 
 from pgwarden.adminclient import call
-from pgwarden.runtime import ProxyOptions, start_proxy
 from proxy.audit.normalize import QueryText
 from proxy.audit.otel import OtlpProtocol, OtlpSettings
-from reconciler.manifests import load_snapshot
 from tests.conftest import free_port
 from tests.support.gitops import ManifestRepo, UpProcess
 from tests.support.otlp_receiver import OtlpReceiver, ReceivedLog
-from tests.support.proxy_harness import ProxyHarness, write_manifests
+from tests.support.proxy_harness import ProxyHarness, start_harness
 
 FAST = {"schedule_delay_s": 0.1, "timeout_s": 2.0}
 
 
 def start_exporting_proxy(pg: Any, base: Path, **overrides: Any) -> tuple[ProxyHarness, Any]:
     """start_harness's proxy, with ProxyOptions overrides (the OTLP and --log-queries settings)."""
-    manifests = write_manifests(base / "manifests", pg)
-    log_path = base / "access.log"
-    options = dataclasses.replace(
-        ProxyOptions(listen_host="127.0.0.1", listen_port=0, data_dir=base / "data", access_log=str(log_path),
-                     admin_socket=base / "admin.sock"), **overrides)
-    snapshot = load_snapshot(manifests)
-    loop = uvloop.new_event_loop()
-    ready = threading.Event()
-    holder: dict[str, Any] = {}
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-
-        async def boot() -> None:
-            holder["running"] = await start_proxy(options, snapshot)
-            ready.set()
-
-        loop.run_until_complete(boot())
-        loop.run_forever()
-
-    thread = threading.Thread(target=run, name="pgwarden-proxy-otel", daemon=True)
-    thread.start()
-    assert ready.wait(30), "proxy did not start"
-    harness = ProxyHarness(holder["running"], loop, log_path, manifests)
-
-    def stop() -> None:
-        asyncio.run_coroutine_threadsafe(holder["running"].close(), loop).result(20)
-        asyncio.run_coroutine_threadsafe(asyncio.sleep(2.5), loop).result(10)  # TLS shutdowns (see start_harness)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
-
-    return harness, stop
+    return start_harness(pg, base, **overrides)
 
 
 def of_user(records: list[ReceivedLog], user: str) -> list[ReceivedLog]:

@@ -7,6 +7,7 @@ Manifests are written as YAML and loaded through the reconciler, as a user would
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import threading
 import time
@@ -203,18 +204,19 @@ class ProxyHarness:
 
 def start_harness(
     pg: Any, base: Path, *, manifests_text: str = MANIFESTS, default_service: str | None = None,
-    state: str | None = None, data_dir: Path | None = None, name: str = "proxy",
+    state: str | None = None, data_dir: Path | None = None, name: str = "proxy", **options_overrides: Any,
 ) -> tuple[ProxyHarness, Any]:
     """Start a proxy thread on the given manifests; returns the harness and a stop function.
 
     Replicas share `data_dir` (signing and state keys) and a PostgreSQL `state`; each gets its own
-    admin socket and access log under `base/name-*`.
+    admin socket and access log under `base/name-*`. Other keyword arguments override ProxyOptions fields.
     """
     manifests = write_manifests(base / f"{name}-manifests", pg, manifests_text)
     log_path = base / f"{name}-access.log"
     options = ProxyOptions(listen_host="127.0.0.1", listen_port=0, data_dir=data_dir or base / "data",
                            access_log=str(log_path), default_service=default_service, state=state,
                            admin_socket=base / f"{name}-admin.sock")
+    options = dataclasses.replace(options, **options_overrides)  # e.g. otlp=…, log_queries=…
     snapshot = load_snapshot(manifests)
     loop = uvloop.new_event_loop()  # what `pgwarden` runs on
     ready = threading.Event()
