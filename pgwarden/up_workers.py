@@ -37,7 +37,7 @@ from typing import Any
 from pgwarden.commands.proxy import options_from
 from pgwarden.datadir import ADMIN_SOCKET, fingerprint_key, prepare, state_key
 from pgwarden.output import error
-from pgwarden.runtime import EmbeddedTarget, ProxyOptions, RunningProxy, run, serve_until_signal, start_proxy
+from pgwarden.runtime import ProxyOptions, RunningProxy, run, serve_until_signal, start_proxy
 from pgwarden.workers import (
     WorkerServer,
     WorkerSlot,
@@ -60,10 +60,8 @@ from proxy.server import ProxyServer
 from proxy.snapshot import Snapshot, to_wire
 from proxy.tls import ServerCertificate, ensure_local_certificate, server_context
 from reconciler.api import add_reconciler_routes
-from reconciler.loop import ReconcileOptions, Reconciler
-from reconciler.metrics import ReconcilerMetrics
 from reconciler.sops import KeyRing
-from reconciler.source import GitSource, SourceSpec
+from reconciler.source import SourceSpec
 
 log = logging.getLogger("pgwarden")
 _APPLY_TIMEOUT_S = 60.0  # a 10,000-User snapshot takes a while to compile on a busy worker
@@ -285,16 +283,8 @@ async def serve_with_workers(args: argparse.Namespace, spec: SourceSpec, keys: K
     admin_socket = options.admin_socket or options.data_dir / ADMIN_SOCKET
     workers = _Workers(args)
     worker_sockets = [worker_admin_socket(admin_socket, i) for i in range(workers.count)]
-    source = GitSource(spec, cache_dir=args.data_dir / "source-cache")
-    target = EmbeddedTarget()
-    reconciler = Reconciler(source, target, keys, ReconcileOptions(
-        allow_empty=args.allow_empty, allow_plaintext_secrets=args.allow_plaintext_secrets,
-        health_probe=not args.no_health_probe, status_path=args.data_dir / "status.json"))
-    metrics = ReconcilerMetrics(
-        reconciler.status,
-        generation=lambda: target.server.live.generation if target.server else 0,
-        sessions=lambda: len(target.server.session_list()) if target.server else 0,
-    )
+    source, target, reconciler, metrics = up.build_reconciler(
+        args, spec, keys, count_sessions=lambda server: len(server.session_list()))  # every worker's sessions
     running = await start_control(options, workers.port, worker_sockets,
                                   admin_routes=lambda app: add_reconciler_routes(app, reconciler, metrics))
     target.server = running.server

@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,6 +26,7 @@ from pgwarden.up_workers import add_up_worker_options, run_up_worker, serve_with
 from proxy.identity.exchange import add_exchange_routes
 from proxy.identity.web.app import build_auth_server, canonical_login_host
 from proxy.metrics import ProxyCollector
+from proxy.server import ProxyServer
 from proxy.snapshot import Snapshot
 from reconciler.api import add_reconciler_routes
 from reconciler.loop import ReconcileOptions, Reconciler
@@ -148,7 +150,10 @@ def run_up(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _serve(args: argparse.Namespace, spec: SourceSpec, keys: KeyRing, *, is_demo: bool) -> None:
+def build_reconciler(
+    args: argparse.Namespace, spec: SourceSpec, keys: KeyRing, *, count_sessions: Callable[[ProxyServer], int],
+) -> tuple[GitSource, EmbeddedTarget, Reconciler, ReconcilerMetrics]:
+    """The control plane of `pgwarden up`: Git source, the target it applies to, the loop, and its metrics."""
     source = GitSource(spec, cache_dir=args.data_dir / "source-cache")
     target = EmbeddedTarget()
     reconciler = Reconciler(source, target, keys, ReconcileOptions(
@@ -157,8 +162,14 @@ async def _serve(args: argparse.Namespace, spec: SourceSpec, keys: KeyRing, *, i
     metrics = ReconcilerMetrics(
         reconciler.status,
         generation=lambda: target.server.live.generation if target.server else 0,
-        sessions=lambda: len(target.server.sessions) if target.server else 0,
+        sessions=lambda: count_sessions(target.server) if target.server else 0,
     )
+    return source, target, reconciler, metrics
+
+
+async def _serve(args: argparse.Namespace, spec: SourceSpec, keys: KeyRing, *, is_demo: bool) -> None:
+    source, target, reconciler, metrics = build_reconciler(args, spec, keys,
+                                                           count_sessions=lambda server: len(server.sessions))
     # One /metrics for both rooms: the reconciler's registry already has these two series, with the same values.
     metrics.registry.register(ProxyCollector(  # type: ignore[arg-type]
         lambda: target.server, skip={"pgwarden_sessions_open", "pgwarden_live_generation"}))
