@@ -75,13 +75,14 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=5, help="seconds per pgbench run (default 5)")
     parser.add_argument("--clients", type=int, default=8, help="pgbench clients (default 8)")
     parser.add_argument("--mode", default="simple", help="pgbench -M: simple, extended or prepared")
+    parser.add_argument("--script", default="select-only", help="select-only, tpcb or connect (pgbench -C)")
     parser.add_argument("--policy", action="store_true", help="authorization mode ALL (bench's read-only Policy)")
     parser.add_argument("--no-pgbouncer", action="store_true", help="skip the pgbouncer+tls yardstick")
-    parser.add_argument("--py-spy", type=Path, 
+    parser.add_argument("--py-spy", type=Path,
                         help="write py-spy collapsed stacks (flamegraph.pl input) per tree here (last round)")
     args = parser.parse_args()
     binaries = find_binaries()
-    cell = Cell(script=Script("select-only"), mode=Mode(args.mode), clients=args.clients)
+    cell = Cell(script=Script(args.script), mode=Mode(args.mode), clients=args.clients)
     work = Path(tempfile.mkdtemp(prefix="relay-profile-"))
     bench_targets.give_to_postgres(work)
     stack = contextlib.ExitStack()

@@ -1,26 +1,46 @@
 """A Protocol that reads whole messages while logging in, then relays raw bytes to a peer.
 
 Both sides of a session use it: during startup a coroutine awaits `read(...)`; once the relay
-starts, `data_received` forwards each chunk to the peer transport as it arrives (no queue, no
-copy), and flow control pauses the peer when a side stops reading.
+starts, `data_received` forwards each chunk to the peer transport as it arrives (no queue), and
+flow control pauses the peer when a side stops reading.
+
+It is a BufferedProtocol on purpose. With a plain Protocol, uvloop's (and asyncio's) TLS layer calls
+`SSLObject.read(256 KiB)` for every record: glibc serves that from a fresh mmap, shrinks it with
+mremap and unmaps it, three syscalls and a page fault per read. In a TLS echo test that more than
+doubled the CPU per round trip (glibc's adaptive mmap threshold hides it only some of the time;
+docs/performance.md, 2026-11-29). With `get_buffer` the TLS layer decrypts into one reused buffer
+instead, and we copy out just the bytes that arrived.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 from collections.abc import Callable
 from typing import TypeVar, cast
 
 from proxy.pgwire.framing import DEFAULT_MAX_MESSAGE_BYTES, MessageReader
 
 T = TypeVar("T")
+READ_BUFFER_BYTES = 256 * 1024  # as much as uvloop reads at once; one TLS read may hand over this much
+_per_thread = threading.local()
 
 
-class PgConnection(asyncio.Protocol):
+def _read_buffer() -> memoryview:
+    """The event loop thread's read buffer, shared by all its connections: a read is copied out of it
+    (`buffer_updated`) before the loop reads anything else, so one buffer per thread is enough."""
+    view: memoryview | None = getattr(_per_thread, "read_buffer", None)
+    if view is None:
+        view = _per_thread.read_buffer = memoryview(bytearray(READ_BUFFER_BYTES))
+    return view
+
+
+class PgConnection(asyncio.BufferedProtocol):
     """One socket. Subclasses override `on_relay_data` for the hot path."""
 
     def __init__(self, *, whose: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+        self._read_view = _read_buffer()  # protocols are built on the loop's thread, which does the reads
         self.transport: asyncio.Transport | None = None
         self.reader = MessageReader(max_message_bytes=max_message_bytes, whose=whose)
         self.peer: PgConnection | None = None  # set when relaying
@@ -38,6 +58,12 @@ class PgConnection(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._read_view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(bytes(self._read_view[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
         self.bytes_received += len(data)

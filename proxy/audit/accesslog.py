@@ -7,7 +7,6 @@ time and text. Lines are buffered and flushed on a short timer, so the relay nev
 from __future__ import annotations
 
 import asyncio
-import datetime
 import json
 import os
 import sys
@@ -23,8 +22,36 @@ FLUSH_INTERVAL_S = 0.2
 FLUSH_BYTES = 64 * 1024
 
 
+_json_string = json.encoder.encode_basestring_ascii  # what json.dumps(str) returns, without its Python layers
+
+
+def _not_serializable(value: object) -> object:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+# json.dumps(value, separators=(",", ":")) builds a JSONEncoder and a C encoder per call; build the C one once.
+_c_compact = json.encoder.c_make_encoder(None, _not_serializable, _json_string, None, ":", ",", False, False, True) \
+    if json.encoder.c_make_encoder is not None else None
+
+
+def _compact_json(value: object) -> str:
+    if _c_compact is None:
+        return json.dumps(value, separators=(",", ":"))
+    return "".join(_c_compact(value, 0))
+
+
+_second_cache: list[Any] = [-1, ""]  # [unix second, "YYYY-MM-DDTHH:MM:SS"]: formatted once per second
+
+
 def _now_iso() -> str:
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    """UTC now as 2026-11-29T01:15:05.123456Z; called per logged query, so the date part is cached per second
+    (datetime.now(UTC).isoformat() cost ~5 µs, a fifth of a relayed select's Python time)."""
+    micros = time.time_ns() // 1000
+    second, fraction = divmod(micros, 1_000_000)
+    if second != _second_cache[0]:
+        _second_cache[0] = second
+        _second_cache[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    return f"{_second_cache[1]}.{fraction:06d}Z"
 
 
 class AccessLogWriter:
@@ -161,9 +188,9 @@ class SessionLog:
                 sink.emit(entry_id, self._common, postgres)
             if self._writer._stream is None:
                 return
-        detail = json.dumps(logged)
+        detail = _json_string(logged) if logged is not None else "null"
         if name is not None:
-            detail = f'{detail},"name":{json.dumps(name)}'
+            detail = f'{detail},"name":{_json_string(name)}'
         self._writer.write_line(
             f'{self._head}{self._seq}","createdAt":"{_now_iso()}"}},"entry":{{"common":{self._common_json},'
             f'"info":{{"postgres":{{"type":"{kind}","{key}":{{"query":{detail}}}}}}}}}}}'
@@ -191,7 +218,7 @@ class SessionLog:
                 return
         self._writer.write_line(
             f'{self._head}{self._seq}","createdAt":"{_now_iso()}"}},"entry":{{"common":{self._common_json},'
-            f'"info":{{"postgres":{json.dumps(postgres, separators=(",", ":"))}}}}}}}'
+            f'"info":{{"postgres":{_compact_json(postgres)}}}}}}}'
         )
 
 
