@@ -206,23 +206,43 @@ class SessionLog:
         if self._log.render_query is not None and "query" in request:
             request = {**request, "query": self._log.render_query(request["query"])}
         self._seq += 1
-        postgres: dict[str, Any] = {"type": kind, _DECISION_KEYS[kind]: request, "decision": {
-            "status": "ALLOWED" if is_allowed else "DENIED", "policy": policy, "rule": rule, "reason": reason}}
-        if response is not None:
-            postgres["response"] = response
         if sinks:
+            postgres: dict[str, Any] = {"type": kind, _DECISION_KEYS[kind]: request, "decision": {
+                "status": "ALLOWED" if is_allowed else "DENIED", "policy": policy, "rule": rule, "reason": reason}}
+            if response is not None:
+                postgres["response"] = response
             entry_id = f"{self.connection_id}-{self._seq}"
             for sink in sinks:
                 sink.emit(entry_id, self._common, postgres)
             if self._writer._stream is None:
                 return
+        # The same JSON as _compact_json(postgres), but the "decision" object is encoded once per distinct
+        # decision and no nested dict is built per query.
+        decided = _decision_json(is_allowed, policy, rule, reason)
+        answered = "" if response is None else f',"response":{_compact_json(response)}'
         self._writer.write_line(
             f'{self._head}{self._seq}","createdAt":"{_now_iso()}"}},"entry":{{"common":{self._common_json},'
-            f'"info":{{"postgres":{_compact_json(postgres)}}}}}}}'
+            f'"info":{{"postgres":{{"type":"{kind}","{_DECISION_KEYS[kind]}":{_compact_json(request)},'
+            f'"decision":{decided}{answered}}}}}}}}}'
         )
 
 
 _DECISION_KEYS = {"QUERY": "query", "PARSE": "parse", "BIND": "bind", "FUNCTION_CALL": "functionCall"}
+_DECISION_JSON_MAX = 4096  # distinct (status, policy, rule, reason) kept; policies have few rules
+_decision_json_cache: dict[tuple[bool, str, str, str], str] = {}
+
+
+def _decision_json(is_allowed: bool, policy: str, rule: str, reason: str) -> str:
+    """The "decision" object's JSON, built once per distinct decision (the engine reuses a few per policy)."""
+    key = (is_allowed, policy, rule, reason)
+    found = _decision_json_cache.get(key)
+    if found is None:
+        if len(_decision_json_cache) >= _DECISION_JSON_MAX:
+            _decision_json_cache.clear()
+        found = _compact_json({"status": "ALLOWED" if is_allowed else "DENIED", "policy": policy, "rule": rule,
+                               "reason": reason})
+        _decision_json_cache[key] = found
+    return found
 
 
 def _render_statements(postgres: Mapping[str, Any], render: Callable[[str], str | None]) -> Mapping[str, Any]:

@@ -20,6 +20,7 @@ before a reload runs without a new decision (portals end with their transaction)
 
 from __future__ import annotations
 
+import struct
 import time
 from collections import deque
 from collections.abc import Callable
@@ -48,6 +49,7 @@ from proxy.pgwire.requests import (
 )
 
 _HELD = frozenset({m.QUERY, m.PARSE, m.FUNCTION_CALL, m.CLOSE})
+_I32 = struct.Struct("!i")
 _HELD_WITH_BIND = _HELD | {m.BIND}
 DENIAL_HINT = "pgwarden checks every query against the service's policies; ask an administrator for access"
 
@@ -132,6 +134,7 @@ class RequestGate:
         self._on_decision = on_decision
         self._on_ready_requested = on_ready_requested  # a Sync, Query or FunctionCall went upstream
         self._splitter = RequestSplitter(_HELD, max_message_bytes=max_message_bytes)
+        self._max_message_bytes = max_message_bytes
         self._statements: dict[bytes, tuple[str, int]] = {}  # name -> (SQL, policy generation it was decided in)
         self._generation = -1
         self._is_skipping = False  # after a denied Parse/Bind: the upstream skips until Sync, we drop
@@ -149,6 +152,12 @@ class RequestGate:
         if policy is not None and policy.generation != self._generation:
             self._generation = policy.generation
             self._update_bind_hold()
+        if data[:1] == b"Q" and not self._is_skipping and self._splitter.is_at_boundary:
+            # Fast path, the usual simple-protocol chunk: exactly one whole Query. One decision, and the
+            # chunk itself goes upstream (or its stand-in), without splitting or slicing.
+            length = len(data) - 1
+            if length >= 5 and _I32.unpack_from(data, 1)[0] == length and length - 4 <= self._max_message_bytes:
+                return [self._query(data, decode_text(parse_query(data[5:]), self._codec()), policy)]
         buf, pieces = self._splitter.split(data)
         out: list[bytes | memoryview] = []
         view = memoryview(buf)
