@@ -32,12 +32,19 @@ COMMAND_MODULES = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Commands registered by another command's module.
+OWNER = {"resume": "suspend", "logout": "whoami"}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser, or with `command` only that command's (the others' modules import a lot: a
+    `pgwarden whoami` should not pay for the proxy, CEL and SAML libraries)."""
     parser = argparse.ArgumentParser(prog="pgwarden", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details to stderr")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    owner = OWNER.get(command, command) if command else None
+    for name in COMMAND_MODULES if owner not in COMMAND_MODULES else (owner,):
         try:
             module = importlib.import_module(f"pgwarden.commands.{name}")
         except ModuleNotFoundError as exc:
@@ -48,8 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command_in(argv: list[str]) -> str | None:
+    """The subcommand named in argv (the first word that is not an option), if any."""
+    words = [a for a in argv if not a.startswith("-")]
+    return words[0] if words else None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(_command_in(argv))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="pgwarden: %(levelname)s: %(message)s", stream=sys.stderr)

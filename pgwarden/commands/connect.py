@@ -8,11 +8,10 @@ import contextlib
 import signal
 from pathlib import Path
 
+from pgwarden.addresses import parse_listen
 from pgwarden.agent import Agent, Mapping
-from pgwarden.commands.proxy import parse_listen
 from pgwarden.credentials import CredentialsError, default_credentials_path
 from pgwarden.output import error
-from pgwarden.runtime import run
 
 EPILOG = """\
 example:
@@ -88,6 +87,8 @@ def run_connect(args: argparse.Namespace) -> int:
                 with contextlib.suppress(Exception):
                     loop.remove_signal_handler(sig)
             await agent.close()
+
+    from pgwarden.runtime import run  # the proxy's runtime module is heavy to import: only when serving
 
     run(main)
     return code

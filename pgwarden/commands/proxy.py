@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from pgwarden.addresses import parse_listen
 from pgwarden.datadir import default_data_dir
 from pgwarden.keys import add_key_options, load_keyring
 from pgwarden.output import error
@@ -34,13 +35,6 @@ database name: dbname=my-db, or dbname=my-db/other_db to also ask for a database
 Secrets may be plain text here (local development) or sops-encrypted (give the keys).
 Send SIGHUP to re-read the manifests; a bad edit is reported and the running state is kept.
 """
-
-
-def parse_listen(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"invalid address {text!r}: use HOST:PORT, e.g. 127.0.0.1:6543")
-    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 def add_proxy_options(p: argparse.ArgumentParser) -> None:
