@@ -383,7 +383,8 @@ def _flow_fields_from_query(q: Mapping[str, str]) -> dict[str, Any]:
                       code_challenge=q["code_challenge"])
     if q.get("next"):
         nxt = q["next"]
-        if not nxt.startswith("/") or nxt.startswith("//"):
+        # A local path only: "//host", or a backslash (browsers read it as "/"), would leave the site.
+        if not nxt.startswith("/") or nxt.startswith("//") or "\\" in nxt or not nxt.isprintable():
             raise LoginRefused("next must be a path on this server")
         fields["next"] = nxt
     if q.get("aal"):
