@@ -569,17 +569,18 @@ async def _post_form(
                     hint="check that the provider is reachable from the proxy") from exc
 
 
-async def _read_json(response: aiohttp.ClientResponse, provider: str, what: str) -> dict[str, Any]:
-    # read(n) returns what has arrived so far, not n bytes: loop to the end (or just past the bound).
-    chunks: list[bytes] = []
-    size = 0
-    while size <= MAX_RESPONSE_BYTES:
-        chunk = await response.content.read(MAX_RESPONSE_BYTES + 1 - size)
-        if not chunk:
+async def read_bounded(response: aiohttp.ClientResponse, limit_bytes: int) -> bytes:
+    """The body, or just past `limit_bytes` of it (content.read(n) alone returns only what has arrived)."""
+    body = bytearray()
+    async for chunk in response.content.iter_chunked(1 << 16):
+        body += chunk
+        if len(body) > limit_bytes:
             break
-        chunks.append(chunk)
-        size += len(chunk)
-    raw = b"".join(chunks)
+    return bytes(body)
+
+
+async def _read_json(response: aiohttp.ClientResponse, provider: str, what: str) -> dict[str, Any]:
+    raw = await read_bounded(response, MAX_RESPONSE_BYTES)
     if len(raw) > MAX_RESPONSE_BYTES:
         raise _fail(ProviderUnavailable, provider, f"{what} answer is larger than {MAX_RESPONSE_BYTES} bytes")
     if response.content_type == "application/jwt":

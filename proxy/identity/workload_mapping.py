@@ -11,32 +11,21 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from celpy.celparser import CELParseError
-
 from proxy.identity.mapping import map_identity
 from proxy.identity.oidc import IdentityError
-
-# cel.py declares only `ctx` and `attrs`; its private parts let us add `claims` with cel.py's own parser, name
-# checks and function table rather than a second CEL environment. (A public `variables=` on compile_expression
-# would be the tidy seam.)
 from proxy.policy.cel import (
-    _ENV,
-    _FUNCTIONS,
-    MAX_EXPRESSION_CHARS,
     CelCompileError,
     CompiledCondition,
     CompiledExpression,
     ConditionError,
-    _check_names,
-    _parse_reason,
+    compile_condition,
+    compile_expression,
     to_cel,
 )
 from proxy.snapshot import Condition, IdentityProvider, User, condition_from_wire
 
 CLAIMS_VARIABLE = "claims"
-_CACHE_MAX = 1024
-# Compiled by expression text, like cel.py's cache: a snapshot swap recompiles only new texts, a request none.
-_COMPILED: dict[str, CompiledExpression] = {}
+_CLAIMS = frozenset({CLAIMS_VARIABLE})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -47,40 +36,13 @@ class ClaimsRule:
 
 
 def compile_claims_expression(expression: str) -> CompiledExpression:
-    """Compile CEL over `claims` (raises CelCompileError, naming line and column, never a value)."""
-    cached = _COMPILED.get(expression)
-    if cached is not None:
-        return cached
-    if len(expression) > MAX_EXPRESSION_CHARS:
-        raise CelCompileError(f"longer than {MAX_EXPRESSION_CHARS} characters", expression=expression)
-    if not expression.strip():
-        raise CelCompileError("empty expression", expression=expression)
-    try:
-        ast = _ENV.compile(expression)
-        _check_names(ast, expression, frozenset({CLAIMS_VARIABLE}))
-    except CELParseError as err:
-        raise CelCompileError(_parse_reason(err), expression=expression, line=err.line, column=err.column) from err
-    except RecursionError as err:
-        raise CelCompileError("nested too deeply", expression=expression) from err
-    compiled = CompiledExpression(expression, _ENV.program(ast, functions=_FUNCTIONS))
-    if len(_COMPILED) >= _CACHE_MAX:
-        del _COMPILED[next(iter(_COMPILED))]
-    _COMPILED[expression] = compiled
-    return compiled
+    """Compile CEL over `claims` (raises CelCompileError, naming line and column, never a value); cached by text."""
+    return compile_expression(expression, variables=_CLAIMS)
 
 
 def compile_claims_condition(c: Condition) -> CompiledCondition:
     """A condition tree (match | matchAny | not | all | any | none) whose expressions see `claims`."""
-    if c.match is not None:
-        return CompiledCondition("match", expression=compile_claims_expression(c.match))
-    if c.match_any:
-        return CompiledCondition("matchAny")
-    if c.not_ is not None:
-        return CompiledCondition("not", expression=compile_claims_expression(c.not_))
-    for kind, children in (("all", c.all_of), ("any", c.any_of), ("none", c.none_of)):
-        if children is not None:
-            return CompiledCondition(kind, children=tuple(compile_claims_condition(child) for child in children))
-    return CompiledCondition("never")
+    return compile_condition(c, variables=_CLAIMS)
 
 
 def claims_rules(provider: IdentityProvider) -> tuple[ClaimsRule, ...]:

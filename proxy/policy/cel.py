@@ -141,12 +141,16 @@ class CompiledExpression:
         return bool(result)
 
 
-_CACHE: dict[str, CompiledExpression] = {}
+_CACHE: dict[tuple[frozenset[str], str], CompiledExpression] = {}
 
 
-def compile_expression(expr: str) -> CompiledExpression:
-    """Compile `expr`, or return the object compiled earlier for the same text."""
-    cached = _CACHE.get(expr)
+def compile_expression(expr: str, *, variables: frozenset[str] = frozenset()) -> CompiledExpression:
+    """Compile `expr`, or return the object compiled earlier for the same text.
+
+    `variables` names top-level variables allowed besides `ctx` and `attrs` (workload mapping reads `claims`).
+    """
+    key = (variables, expr)
+    cached = _CACHE.get(key)
     if cached is not None:
         return cached
     if len(expr) > MAX_EXPRESSION_CHARS:
@@ -155,7 +159,7 @@ def compile_expression(expr: str) -> CompiledExpression:
         raise CelCompileError("empty expression", expression=expr)
     try:
         ast = _ENV.compile(expr)
-        _check_names(ast, expr, frozenset())
+        _check_names(ast, expr, variables)
     except CELParseError as err:
         raise CelCompileError(_parse_reason(err), expression=expr, line=err.line, column=err.column) from err
     except RecursionError as err:
@@ -163,7 +167,7 @@ def compile_expression(expr: str) -> CompiledExpression:
     compiled = CompiledExpression(expr, _ENV.program(ast, functions=_FUNCTIONS))
     if len(_CACHE) >= _MAX_CACHED:
         del _CACHE[next(iter(_CACHE))]  # dicts keep insertion order: drop the oldest
-    _CACHE[expr] = compiled
+    _CACHE[key] = compiled
     return compiled
 
 
@@ -204,17 +208,18 @@ class CompiledCondition:
         return False
 
 
-def compile_condition(c: Condition) -> CompiledCondition:
+def compile_condition(c: Condition, *, variables: frozenset[str] = frozenset()) -> CompiledCondition:
     """Compile every expression in `c` (raises CelCompileError) into an evaluable tree."""
     if c.match is not None:
-        return CompiledCondition("match", expression=compile_expression(c.match))
+        return CompiledCondition("match", expression=compile_expression(c.match, variables=variables))
     if c.match_any:
         return CompiledCondition("matchAny")
     if c.not_ is not None:
-        return CompiledCondition("not", expression=compile_expression(c.not_))
+        return CompiledCondition("not", expression=compile_expression(c.not_, variables=variables))
     for kind, children in (("all", c.all_of), ("any", c.any_of), ("none", c.none_of)):
         if children is not None:
-            return CompiledCondition(kind, children=tuple(compile_condition(child) for child in children))
+            return CompiledCondition(kind, children=tuple(compile_condition(child, variables=variables)
+                                                          for child in children))
     return CompiledCondition("never")
 
 

@@ -25,6 +25,7 @@ from proxy.identity.oidc import (
     ProviderUnavailable,
     TokenRejected,
     TokenRequestRefused,
+    read_bounded,
 )
 from proxy.identity.store import AssuranceLevel, AuthMethod
 from proxy.identity.web.flow import AuthServer, LoginFlow, LoginResult
@@ -125,7 +126,7 @@ async def exchange_code(http: aiohttp.ClientSession, provider: str, url: str, fo
     try:
         async with http.post(url, data=form, headers={"Accept": "application/json"},
                              allow_redirects=False) as response:
-            raw = await _read_bounded(response, MAX_RESPONSE_BYTES)
+            raw = await read_bounded(response, MAX_RESPONSE_BYTES)
             status, content_type = response.status, response.content_type
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise ProviderUnavailable(f"identity provider {provider!r}: the token endpoint could not be reached "
@@ -181,7 +182,7 @@ async def _get(http: aiohttp.ClientSession, provider: str, url: str, headers: Ma
                 raise TokenRejected(f"identity provider {provider!r}: {what} refused the access token (401)")
             if response.status != 200:
                 raise ProviderUnavailable(f"identity provider {provider!r}: {what} answered HTTP {response.status}")
-            raw = await _read_bounded(response, MAX_RESPONSE_BYTES)
+            raw = await read_bounded(response, MAX_RESPONSE_BYTES)
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise ProviderUnavailable(f"identity provider {provider!r}: {what} failed ({type(exc).__name__})",
                                   hint="check that the GitHub API is reachable from the proxy") from exc
@@ -191,16 +192,6 @@ async def _get(http: aiohttp.ClientSession, provider: str, url: str, headers: Ma
         return json.loads(raw)
     except ValueError as exc:
         raise ProviderUnavailable(f"identity provider {provider!r}: {what} did not answer JSON") from exc
-
-
-async def _read_bounded(response: aiohttp.ClientResponse, limit_bytes: int) -> bytes:
-    """The body, or just past `limit_bytes` of it (content.read(n) alone returns only what has arrived)."""
-    body = bytearray()
-    async for chunk in response.content.iter_chunked(1 << 16):
-        body += chunk
-        if len(body) > limit_bytes:
-            break
-    return bytes(body)
 
 
 def _parse_token_body(raw: bytes, content_type: str) -> dict[str, Any] | None:

@@ -32,6 +32,7 @@ from proxy.identity.oidc import (
     ProviderMisconfigured,
     ProviderUnavailable,
     TokenRejected,
+    read_bounded,
 )
 from proxy.identity.store import AssuranceLevel, AuthMethod
 from proxy.identity.web.flow import FLOW_TTL_S, MAX_FLOWS, AuthServer, LoginFlow, LoginRefused, LoginResult
@@ -257,7 +258,7 @@ async def fetch_idp_metadata(provider: str, url: object, *, max_age_s: float = M
             if response.status != 200:
                 raise ProviderUnavailable(f"identity provider {provider!r}: the SAML metadata URL answered "
                                           f"HTTP {response.status}")
-            raw = await _read_bounded(response, MAX_METADATA_BYTES)
+            raw = await read_bounded(response, MAX_METADATA_BYTES)
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise ProviderUnavailable(f"identity provider {provider!r}: the SAML metadata could not be fetched "
                                   f"({type(exc).__name__})", hint="check that the IdP is reachable") from exc
@@ -279,16 +280,6 @@ def acs_request_data(auth: AuthServer) -> dict[str, Any]:
     parts = urlsplit(auth.public_url)
     return {"https": "on" if parts.scheme == "https" else "off", "http_host": parts.netloc,
             "script_name": parts.path.rstrip("/") + ACS_PATH, "get_data": {}, "post_data": {}}
-
-
-async def _read_bounded(response: aiohttp.ClientResponse, limit_bytes: int) -> bytes:
-    """The body, or just past `limit_bytes` of it (content.read(n) alone returns only what has arrived)."""
-    body = bytearray()
-    async for chunk in response.content.iter_chunked(1 << 16):
-        body += chunk
-        if len(body) > limit_bytes:
-            break
-    return bytes(body)
 
 
 def _checked_url(url: object, provider: str) -> str:
