@@ -14,6 +14,7 @@ import pytest
 from yarl import URL
 
 from proxy.identity.store import AssuranceLevel, AuthMethod
+from proxy.identity.web.account import Account
 from proxy.identity.web.flow import WEB_COOKIE
 from tests.support.second_factors import (
     AuthSite,
@@ -131,7 +132,8 @@ async def test_changing_factors_needs_aal2_once_one_exists(site: AuthSite) -> No
         _, account, _ = await fetch(client, site, "/account")
         assert "confirm it's you" in account and "Remove authenticator app" not in account
         # The page offers no forms; even a request with a valid form token is refused.
-        form = {"csrf": site.auth.handlers["account"].csrf_token(site.verify(token))}  # type: ignore[attr-defined]
+        account_pages = next(p for p in site.auth.pages if isinstance(p, Account))
+        form = {"csrf": account_pages.csrf_token(site.verify(token))}
         status, page, _ = await fetch(client, site, "/account/totp/remove", form)
         assert status == 403 and "needs a second factor" in page
         status, page, _ = await fetch(client, site, "/account/totp", form)

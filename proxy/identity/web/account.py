@@ -20,9 +20,8 @@ from aiohttp import web
 
 from proxy.identity.sessions import Identity
 from proxy.identity.store import AssuranceLevel
-from proxy.identity.web.flow import AuthServer, LoginFlow, LoginRefused
+from proxy.identity.web.flow import AuthServer
 from proxy.identity.web.pages import e, error_page, page, redirect
-from proxy.snapshot import IdentityProvider
 
 ACCOUNT_PATH = "/account"
 # Flash messages a factor route may ask for after a change (?done=KEY); fixed texts, so nothing is reflected.
@@ -40,7 +39,6 @@ Section = Callable[[Identity, bool], Awaitable[tuple[str, str]]]
 class Account:
     """The /account page and the checks every factor route on it shares. Registered like a ProviderHandler."""
 
-    type_name = "account"  # no IdentityProvider has this type
 
     def __init__(self, auth: AuthServer) -> None:
         self.auth = auth
@@ -50,9 +48,6 @@ class Account:
     def add_routes(self, app: web.Application, auth: AuthServer) -> None:
         app.router.add_get(ACCOUNT_PATH, self._page)
 
-    async def start(self, request: web.Request, auth: AuthServer, provider: IdentityProvider,
-                    flow: LoginFlow) -> web.StreamResponse:
-        raise LoginRefused("the account page is not an identity provider")
 
     # --- shared checks ----------------------------------------------------------------------------------
 

@@ -57,14 +57,13 @@ def canonical_login_host(public_url: str) -> Callable[[web.Request, Handler], Aw
 
 
 def _register_methods(auth: AuthServer) -> None:
-    # One line per method. IdentityProvider types (oidc, github, saml) are started from the login page; pgwarden's
-    # own pages (device, passkeys, TOTP) register the same way with a type_name no IdentityProvider has, so only
-    # their add_routes matters.
+    # One line per method: IdentityProvider types (oidc, github, saml) are started from the login page;
+    # pgwarden's own pages (device, passkeys, TOTP, /account) only add their routes.
     auth.register(OidcLogin())
     auth.register(GitHubLogin())
     auth.register(SamlLogin())
-    auth.register(DeviceAuthorization())
+    auth.add_pages(DeviceAuthorization())
     account = Account(auth)  # /account: passkeys and TOTP add their sections to it
-    auth.register(PasskeyMethod(auth, account))
-    auth.register(TotpMethod(auth, account))
-    auth.register(account)
+    auth.add_pages(PasskeyMethod(auth, account))
+    auth.add_pages(TotpMethod(auth, account))
+    auth.add_pages(account)

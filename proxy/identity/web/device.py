@@ -38,7 +38,6 @@ from proxy.identity.web.flow import (
     LoginRefused,
 )
 from proxy.identity.web.pages import e, error_page, page, redirect
-from proxy.snapshot import IdentityProvider
 
 log = logging.getLogger("pgwarden.identity")
 
@@ -56,7 +55,6 @@ MAX_BODY_BYTES = 16 * 1024
 class DeviceAuthorization:
     """Registered like a ProviderHandler for its routes; no IdentityProvider has type `device`."""
 
-    type_name = "device"
 
     def __init__(self) -> None:
         self._last_poll: dict[str, float] = {}  # device code hash → monotonic time of the last poll (slow_down)
@@ -80,9 +78,6 @@ class DeviceAuthorization:
         app.router.add_get("/device", form)
         app.router.add_post("/device", submit)
 
-    async def start(self, request: web.Request, auth: AuthServer, provider: IdentityProvider,
-                    flow: LoginFlow) -> web.StreamResponse:
-        raise LoginRefused("device sign-in is not an identity provider")
 
     # --- the CLI's side -----------------------------------------------------------------------------
 

@@ -100,6 +100,12 @@ class ProviderHandler(Protocol):
         """Send the browser to the provider (usually a 302)."""
 
 
+class Pages(Protocol):
+    """A module of the auth server that is not an identity provider (device page, passkeys, TOTP, /account)."""
+
+    def add_routes(self, app: web.Application, auth: AuthServer) -> None: ...
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SecondFactor:
     """A way to finish a parked flow at AAL2 (passkey, TOTP): a label and the page that does it."""
@@ -127,6 +133,7 @@ class AuthServer:
         self.public_url = public_url.rstrip("/")
         self.cluster_info = cluster_info or (lambda: {})
         self.handlers: dict[str, ProviderHandler] = {}
+        self.pages: list[Pages] = []
         self.second_factors: list[SecondFactor] = []
         self.first_factor_links: list[tuple[str, str]] = []  # (label, path) e.g. passkey sign-in without SSO
         self._flows: dict[str, LoginFlow] = {}
@@ -135,7 +142,12 @@ class AuthServer:
     # --- registration -------------------------------------------------------------------------------
 
     def register(self, handler: ProviderHandler) -> None:
+        """An IdentityProvider type (oidc, github, saml): /login/idp/{name} starts it."""
         self.handlers[handler.type_name] = handler
+
+    def add_pages(self, pages: Pages) -> None:
+        """Routes of a method that is not an identity provider (device flow, passkeys, TOTP, /account)."""
+        self.pages.append(pages)
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/login", self._login_page)
@@ -143,8 +155,8 @@ class AuthServer:
         app.router.add_get("/login/idp/{idp}", self._start_provider)
         app.router.add_post("/v1/auth/cli/token", self._redeem_code)
         app.router.add_get("/v1/auth/cluster", self._cluster)
-        for handler in self.handlers.values():
-            handler.add_routes(app, self)
+        for module in [*self.handlers.values(), *self.pages]:
+            module.add_routes(app, self)
 
     # --- flows --------------------------------------------------------------------------------------
 

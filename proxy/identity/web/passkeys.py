@@ -36,7 +36,7 @@ from proxy.identity.store import AssuranceLevel, AuthMethod, PasskeyCredential, 
 from proxy.identity.web.account import Account
 from proxy.identity.web.flow import AuthServer, LoginFlow, LoginRefused, LoginResult, SecondFactor
 from proxy.identity.web.pages import e, page
-from proxy.snapshot import IdentityProvider, UserType
+from proxy.snapshot import UserType
 
 log = logging.getLogger("pgwarden.identity")
 
@@ -80,7 +80,6 @@ class PasskeyMethod:
     """Registered like a ProviderHandler (`auth.register`) for its routes; adds its second factor, first-factor
     link and account section when constructed."""
 
-    type_name = "passkey"  # no IdentityProvider has this type
 
     def __init__(self, auth: AuthServer, account: Account) -> None:
         self.auth = auth
@@ -101,9 +100,6 @@ class PasskeyMethod:
         app.router.add_post(ADD_PATH, self._add)
         app.router.add_post(REMOVE_PATH, self._remove)
 
-    async def start(self, request: web.Request, auth: AuthServer, provider: IdentityProvider,
-                    flow: LoginFlow) -> web.StreamResponse:
-        raise LoginRefused("passkeys are not an identity provider")
 
     async def _has_passkey(self, user: str) -> bool:
         return bool(await self.auth.server.identity.store.passkeys_for(user))

@@ -22,7 +22,7 @@ from proxy.identity.store import AssuranceLevel
 from proxy.identity.web.account import Account
 from proxy.identity.web.flow import AuthServer, LoginFlow, LoginRefused, LoginResult, SecondFactor
 from proxy.identity.web.pages import e, error_page, page
-from proxy.snapshot import IdentityProvider, SecretValue
+from proxy.snapshot import SecretValue
 
 log = logging.getLogger("pgwarden.identity")
 
@@ -46,7 +46,6 @@ _CODE_INPUT = ("<label for=code>6-digit code from your authenticator app</label>
 class TotpMethod:
     """Registered like a ProviderHandler for its routes; adds its second factor and account section when built."""
 
-    type_name = "totp"  # no IdentityProvider has this type
 
     def __init__(self, auth: AuthServer, account: Account) -> None:
         self.auth = auth
@@ -63,9 +62,6 @@ class TotpMethod:
         app.router.add_post(CONFIRM_PATH, self._confirm)
         app.router.add_post(REMOVE_PATH, self._remove)
 
-    async def start(self, request: web.Request, auth: AuthServer, provider: IdentityProvider,
-                    flow: LoginFlow) -> web.StreamResponse:
-        raise LoginRefused("an authenticator app is not an identity provider")
 
     async def _has_totp(self, user: str) -> bool:
         enrollment = await self.auth.server.identity.store.get_totp(user)
