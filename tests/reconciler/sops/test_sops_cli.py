@@ -89,14 +89,16 @@ def test_failures_exit_2_in_libpq_style(
         assert "\nHINT:  " in err
 
 
-@pytest.mark.skipif(shutil.which("sops") is not None, reason="checks the message shown when sops is missing")
-def test_go_backend_without_the_binary_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+def test_go_backend_without_the_binary_says_so(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # a PATH with no sops on it
     assert pgwarden(["sops", "decrypt", "--backend", "go", str(CORPUS / "synthetic/types.yaml")]) == 2
     assert "Go sops binary is not on PATH" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(shutil.which("sops") is None, reason="the Go sops binary is not installed")
 def test_go_backend_matches_native(capsys: pytest.CaptureFixture[str]) -> None:
+    assert shutil.which("sops"), "the Go sops binary is not on PATH: run `bash tests/run.sh`"
     argv = ["sops", "decrypt", "--age-key-file", str(KEYS / "flux-age.txt"), "--output-type", "json"]
     assert pgwarden([*argv, "--backend", "go", str(CORPUS / "synthetic/encrypted-regex.yaml")]) == 0
     go = json.loads(capsys.readouterr().out)
