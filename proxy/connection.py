@@ -24,6 +24,11 @@ from proxy.pgwire.framing import DEFAULT_MAX_MESSAGE_BYTES, MessageReader
 
 T = TypeVar("T")
 READ_BUFFER_BYTES = 256 * 1024  # as much as uvloop reads at once; one TLS read may hand over this much
+# PostgreSQL never sends a TLS record with more than 8 KiB of payload (its send buffer is 8192 bytes), and libpq
+# depends on it: a bigger record can leave plaintext inside OpenSSL while the socket is no longer readable, and
+# psycopg's Copy.read() then waits for ever. uvloop's TLS layer makes one record per buffer written (up to
+# 16 KiB), so writes to a TLS client are cut into pieces of this size.
+TLS_RECORD_PAYLOAD = 8192
 _per_thread = threading.local()
 
 
@@ -50,6 +55,7 @@ class PgConnection(asyncio.BufferedProtocol):
         self._waiter: asyncio.Future[None] | None = None
         self._lost_exc: BaseException | None = None
         self._write_paused = False
+        self.max_write_bytes = 0  # > 0: cut writes into pieces of at most this many bytes (TLS records)
 
     # --- asyncio.Protocol ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -115,7 +121,25 @@ class PgConnection(asyncio.BufferedProtocol):
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.is_closed:
-            self.transport.write(data)
+            limit = self.max_write_bytes
+            if limit and len(data) > limit:
+                view = memoryview(data)
+                self.transport.writelines([view[i:i + limit] for i in range(0, len(data), limit)])
+            else:
+                self.transport.write(data)
+
+    def write_pieces(self, pieces: list[bytes | memoryview]) -> None:
+        """Write several buffers at once, each cut to `max_write_bytes` when that is set."""
+        if self.transport is None or self.is_closed:
+            return
+        limit = self.max_write_bytes
+        if limit and any(len(p) > limit for p in pieces):
+            cut: list[bytes | memoryview] = []
+            for piece in pieces:
+                view = memoryview(piece)
+                cut.extend(view[i:i + limit] for i in range(0, len(view), limit))
+            pieces = cut
+        self.transport.writelines(pieces)
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():

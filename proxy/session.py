@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from proxy.audit.accesslog import SessionLog
-from proxy.connection import PgConnection
+from proxy.connection import TLS_RECORD_PAYLOAD, PgConnection
 from proxy.errors import AuthenticationFailed, UnknownService
 from proxy.identity.certs import verify_client_certificate
 from proxy.identity.sessions import Identity
@@ -89,8 +89,8 @@ class UpstreamSide(PgConnection):
             return
         if out is None:
             session.write(data)
-        elif out and session.transport is not None and not session.is_closed:
-            session.transport.writelines(out)
+        elif out:
+            session.write_pieces(out)
         if found:
             session.on_replies(found)
         if session.pending_termination is not None and self.denials.is_at_boundary:
@@ -233,6 +233,7 @@ class ClientSession(PgConnection):
                 tls = cast(asyncio.Transport, tls)
                 self.transport = tls
                 self.is_tls = True
+                self.max_write_bytes = TLS_RECORD_PAYLOAD  # records as PostgreSQL sends them
             elif isinstance(packet, m.GSSENCRequest):
                 self.write(b"N")  # no GSSAPI encryption; the client goes on with SSL or plain
             elif isinstance(packet, m.CancelRequest):
@@ -317,8 +318,7 @@ class ClientSession(PgConnection):
         self._codec = python_codec(login.parameters.get("client_encoding", params.get("client_encoding", "UTF8")))
         out = [m.encode_authentication(m.AUTH_OK), *login.parameter_status,
                m.encode_backend_key_data(self.process_id, self.secret_key), m.encode_ready_for_query(b"I")]
-        assert self.transport is not None
-        self.transport.writelines(out)
+        self.write_pieces(out)
         self.log = self.server.session_log(self, identity.user, route, request)
         self.log.event({"type": "SESSION_START", "start": {
             "user": route.upstream_user, "database": route.upstream_database,
