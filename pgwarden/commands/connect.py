@@ -19,11 +19,12 @@ example:
   pgwarden connect -p my-postgres:5432 -p analytics:5433
   psql -h localhost -p 5432            # lands as the role the manifests choose for you
 
-The agent runs in the foreground (Ctrl-C stops it) and listens on 127.0.0.1 (and ::1) only. Each
-connection logs in to the proxy over TLS (verified with the cluster's CA) with the saved access token,
-which the agent refreshes before it expires and never prints. When the session ends (logout, revocation,
-expiry), clients get "your pgwarden session has ended: run pgwarden login"; after a new login the
-running agent picks up the new credential by itself.
+The agent runs in the foreground (Ctrl-C stops it) and listens on 127.0.0.1 (and ::1) only, for you
+only: a connection from another local user's process is refused (on Linux, by the owner of the client's
+socket in /proc/net/tcp). Each connection logs in to the proxy over TLS (verified with the cluster's CA)
+with the saved access token, which the agent refreshes before it expires and never prints. When the
+session ends (logout, revocation, expiry), clients get "your pgwarden session has ended: run pgwarden
+login"; after a new login the running agent picks up the new credential by itself.
 
 exit codes: 0 stopped by a signal, 1 not logged in or session ended (it names the `pgwarden login
 --cluster URL` to run), 2 could not listen.
