@@ -65,9 +65,10 @@ class Agent:
     """Listens on 127.0.0.1 (and ::1) per mapping; one Session's credential serves every connection."""
 
     def __init__(self, credentials_file: Path, mappings: list[Mapping], *, proxy_host: str | None = None,
-                 proxy_port: int | None = None, ca_file: Path | None = None) -> None:
+                 proxy_port: int | None = None, ca_file: Path | None = None, socket_dir: Path | None = None) -> None:
         self.credentials_file = credentials_file
         self.mappings = mappings
+        self.socket_dir = socket_dir  # also serve DIR/.s.PGSQL.PORT, where psql -h DIR looks
         self.credential = SessionCredential(credentials_file, say=self.say)
         self._overrides = (proxy_host, proxy_port, ca_file)
         self._http: aiohttp.ClientSession | None = None
@@ -77,6 +78,7 @@ class Agent:
         self._refresher: asyncio.Task[None] | None = None
         self._clients: set[asyncio.Task[None]] = set()
         self.uid = os.getuid()  # only this user's local clients are served (see _stranger)
+        self._socket_files: list[Path] = []
 
     # --- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> list[tuple[Mapping, int]]:
@@ -125,13 +127,26 @@ class Agent:
         # `psql -h localhost` may try ::1 first; serve it too where the host has IPv6.
         with contextlib.suppress(OSError):
             self._servers.append(await asyncio.start_server(handler, "::1", port))
+        if self.socket_dir is not None:
+            self.socket_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            path = self.socket_path(port)
+            self._servers.append(await asyncio.start_unix_server(handler, str(path)))
+            path.chmod(0o600)  # the kernel's SO_PEERCRED check below stands even if the mode is widened
+            self._socket_files.append(path)
         return port
+
+    def socket_path(self, port: int) -> Path:
+        assert self.socket_dir is not None
+        return self.socket_dir / f".s.PGSQL.{port}"
 
     async def close(self) -> None:
         if self._refresher is not None:
             self._refresher.cancel()
         for server in self._servers:
             server.close()
+        for path in self._socket_files:
+            with contextlib.suppress(OSError):
+                path.unlink()
         for task in list(self._clients):
             task.cancel()
         await asyncio.gather(*self._clients, return_exceptions=True)
@@ -182,8 +197,8 @@ class Agent:
     def _stranger(self, writer: asyncio.StreamWriter) -> Refusal | None:
         """A Refusal when the local client is another OS user's: the port would otherwise lend them our session.
 
-        Only loopback TCP is served, so the owner of the client's socket is in /proc/net/tcp{,6}; where the OS
-        cannot tell (no /proc), every local client is served, as before.
+        Only loopback TCP and our unix socket are served, so the owner of the client's socket is known: from
+        /proc/net/tcp{,6}, or SO_PEERCRED. Where the OS cannot tell (no /proc), every local client is served.
         """
         sock = writer.get_extra_info("socket")
         try:

@@ -1,4 +1,4 @@
-"""Who is on the other end of a loopback TCP connection: the uid that owns the client's socket.
+"""Who is on the other end of a local connection: the uid that owns the client's socket.
 
 Linux lists every TCP socket of the network namespace, with its owner's uid, in /proc/net/tcp and
 /proc/net/tcp6. The client's socket of an accepted loopback connection is the row whose local address is our
@@ -31,11 +31,18 @@ def _endpoint(family: int, address: tuple[object, ...]) -> str:
 
 
 def peer_uid(sock: socket.socket, *, proc_net: Path = PROC_NET) -> int | None:
-    """The uid owning the client end of this accepted TCP connection; None where the OS cannot tell.
+    """The uid owning the client end of this accepted connection; None where the OS cannot tell.
 
-    Raises OwnerUnknown when the OS lists sockets but has no row for the client's socket.
+    A unix socket asks the kernel (SO_PEERCRED: the client's credentials when it connected). Loopback TCP
+    reads /proc/net/tcp{,6}, and raises OwnerUnknown when that lists sockets but has no row for the client's.
     """
     family = sock.family
+    if family == socket.AF_UNIX:
+        if not hasattr(socket, "SO_PEERCRED"):
+            return None
+        _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                              struct.calcsize("3i")))
+        return uid
     if family not in (socket.AF_INET, socket.AF_INET6):
         raise OwnerUnknown(f"not a TCP socket (family {family!r})")
     table = proc_net / ("tcp" if family == socket.AF_INET else "tcp6")

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.test_connect_agent import AgentProcess, cluster, psql, save_login  # noqa: F401 - cluster: fixture
-from tests.support.other_user import as_user, other_os_user
+from tests.support.other_user import as_user, directory_others_can_reach, other_os_user
 from tests.support.proxy_harness import ProxyHarness, start_harness
 
 
@@ -80,3 +80,37 @@ while chunk := s.recv(65536):
     data += chunk
 sys.stdout.buffer.write(data)
 """
+
+
+def test_unix_socket_serves_its_owner_and_refuses_a_stranger_by_peer_credentials(
+        proxy: ProxyHarness, cluster: str, tmp_path: Path, pg: Any, stranger: struct_passwd) -> None:  # noqa: F811
+    credentials = tmp_path / "alice.json"
+    save_login(proxy, cluster, credentials, "alice")
+    with directory_others_can_reach() as shared:
+        _unix_socket_case(credentials, shared / "run", pg, stranger)
+
+
+def _unix_socket_case(credentials: Path, sockets: Path, pg: Any, stranger: struct_passwd) -> None:
+    agent = AgentProcess(credentials, "my-db:0", extra=("--socket-dir", str(sockets)))
+    try:
+        port = agent.ports["my-db"]
+        socket_file = sockets / f".s.PGSQL.{port}"
+        assert sockets.stat().st_mode & 0o777 == 0o700 and socket_file.stat().st_mode & 0o777 == 0o600
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        insert = "INSERT INTO items(name) VALUES ('{}') RETURNING current_user"
+        mine = subprocess.run(["psql", "-h", str(sockets), "-p", str(port), "-X", "-At", "-c",
+                               insert.format("socket-owner-write")], capture_output=True, text=True, timeout=60,
+                              env=env)
+        assert mine.returncode == 0 and "full_access" in mine.stdout, mine.stderr
+        # Widen the modes, as a careless user might: the kernel's peer credentials still refuse the stranger.
+        sockets.chmod(0o755)
+        socket_file.chmod(0o666)
+        theirs = subprocess.run(as_user(stranger, ["psql", "-h", str(sockets), "-p", str(port), "-X", "-At", "-c",
+                                                   insert.format("stranger-socket-write")]),
+                                capture_output=True, text=True, timeout=60, env=env, cwd="/")
+        assert theirs.returncode != 0
+        assert f"this connection is from uid {stranger.pw_uid}" in theirs.stderr, theirs.stderr
+        assert _rows(pg, "socket-owner-write") >= 1 and _rows(pg, "stranger-socket-write") == 0
+    finally:
+        agent.stop()
+    assert not socket_file.exists()

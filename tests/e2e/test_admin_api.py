@@ -9,9 +9,9 @@ import stat
 import aiohttp
 import psycopg
 import pytest
-from reconciler.manifests import load_snapshot
 
 from proxy.snapshot import to_wire
+from reconciler.manifests import load_snapshot
 from tests.support.proxy_harness import ProxyHarness
 
 

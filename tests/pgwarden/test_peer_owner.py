@@ -13,7 +13,7 @@ from pwd import struct_passwd
 import pytest
 
 from pgwarden.peer_owner import OwnerUnknown, peer_uid
-from tests.support.other_user import as_user, other_os_user
+from tests.support.other_user import as_user, directory_others_can_reach, other_os_user
 
 
 @pytest.fixture(scope="module")
@@ -70,3 +70,28 @@ def test_a_listed_table_without_the_client_is_unknown_and_no_proc_is_none(tmp_pa
                 with pytest.raises(OwnerUnknown):
                     peer_uid(accepted, proc_net=tmp_path)
                 assert peer_uid(accepted, proc_net=tmp_path / "absent") is None
+
+
+def test_unix_socket_peer_credentials(stranger: struct_passwd) -> None:
+    with directory_others_can_reach() as shared, socket.socket(socket.AF_UNIX) as server:
+        path = shared / "s"
+        server.bind(str(path))
+        server.listen()
+        path.chmod(0o666)
+        with socket.socket(socket.AF_UNIX) as mine:
+            mine.connect(str(path))
+            accepted, _ = server.accept()
+            with accepted:
+                assert peer_uid(accepted) == os.getuid()
+        client = "import socket, sys; s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); sys.stdin.read()"
+        proc = subprocess.Popen(as_user(stranger, [sys.executable, "-c", client, str(path)]),
+                                stdin=subprocess.PIPE, cwd="/")
+        try:
+            server.settimeout(30)
+            accepted, _ = server.accept()
+            with accepted:
+                assert peer_uid(accepted) == stranger.pw_uid
+        finally:
+            assert proc.stdin is not None
+            proc.stdin.close()
+            proc.wait(30)

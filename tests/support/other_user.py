@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import pwd
 import secrets
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 
 @contextmanager
@@ -24,3 +27,14 @@ def other_os_user() -> Iterator[pwd.struct_passwd]:
 def as_user(user: pwd.struct_passwd, argv: list[str]) -> list[str]:
     """argv run as `user` (its uid, gid and no supplementary groups)."""
     return ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups", "--", *argv]
+
+
+@contextmanager
+def directory_others_can_reach() -> Iterator[Path]:
+    """A fresh directory under /tmp (pytest's tmp_path sits below a 0700 directory another user cannot enter)."""
+    path = Path(tempfile.mkdtemp(prefix="pgwarden-shared-", dir="/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
