@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 
+from proxy.connection import PgConnection
 from proxy.pgwire import messages as m
 from proxy.pgwire.errors import PgwardenError
 from proxy.routing import Route
@@ -21,6 +22,9 @@ from proxy.upstream import UpstreamLogin, open_upstream
 
 PROBE_TIMEOUT_S = 5.0
 PROBE_CONCURRENCY = 16
+# The probe reads a login and one SELECT 1: a server that sends more than this in one message is not PostgreSQL
+# answering us, and must not make the reconciler buffer the proxy's 1 GiB allowance.
+PROBE_MAX_MESSAGE_BYTES = 1 << 20
 _PROBE_PARAMETERS = {"application_name": "pgwarden-health-probe"}
 
 
@@ -33,7 +37,8 @@ async def probe_config(service: Service, config: ServiceConfig, snapshot: Snapsh
                   upstream_database=pg.database or pg.user)
     try:
         async with asyncio.timeout(PROBE_TIMEOUT_S):
-            login = await open_upstream(route, snapshot.secrets, _PROBE_PARAMETERS, timeout_s=PROBE_TIMEOUT_S)
+            login = await open_upstream(route, snapshot.secrets, _PROBE_PARAMETERS, timeout_s=PROBE_TIMEOUT_S,
+                                        factory=_probe_connection)
             try:
                 await _select_one(login)
             finally:
@@ -44,6 +49,10 @@ async def probe_config(service: Service, config: ServiceConfig, snapshot: Snapsh
     except (OSError, TimeoutError, ssl.SSLError) as exc:
         return f"login failed: {_redacted(str(exc) or type(exc).__name__, config, snapshot)}"
     return "ok"
+
+
+def _probe_connection() -> PgConnection:
+    return PgConnection(whose="upstream", max_message_bytes=PROBE_MAX_MESSAGE_BYTES)
 
 
 async def _select_one(login: UpstreamLogin) -> None:

@@ -34,6 +34,22 @@ spec:
     postgres: {{user: full_access, database: my_db, auth: {{password: {{fromSecret: full-access-password}}}}}}
 """
 
+# Cleartext and MD5 named, as they may be, with VERIFY_FULL: a server answering `N` to SSLRequest gets nothing.
+_LEGACY_VERIFIED = """\
+---
+kind: Service
+metadata: {{name: legacy-verified-downgraded}}
+spec:
+  config:
+    upstream: {{url: "postgres://127.0.0.1:@PORT@"}}
+    postgres:
+      user: full_access
+      database: my_db
+      auth: {{password: {{fromSecret: full-access-password}}, mechanisms: [SCRAM_SHA_256, MD5, PASSWORD]}}
+      sslMode: VERIFY_FULL
+      tls: {{ca: {{file: "{ca}"}}}}
+"""
+
 REFUSAL = {
     "cleartext": "it asked for a cleartext password; the config allows SCRAM_SHA_256 only (postgres.auth.mechanisms)",
     "md5": "it asked for an MD5 password hash; the config allows SCRAM_SHA_256 only (postgres.auth.mechanisms)",
@@ -55,6 +71,7 @@ def hostile_proxy(pg: Any, fakes: dict[str, HostileUpstream],
                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyHarness]:
     extra = "".join(_HOSTILE_SERVICE.replace("@BEHAVIOUR@", b).replace("@PORT@", str(f.port))
                     for b, f in fakes.items())
+    extra += _LEGACY_VERIFIED.replace("@PORT@", str(fakes["cleartext"].port))
     harness, stop = start_harness(pg, tmp_path_factory.mktemp("hostile"), manifests_text=MANIFESTS + extra)
     yield harness
     stop()
@@ -120,3 +137,14 @@ def test_runtime_refuses_legacy_mechanism_without_verified_tls_even_if_validatio
     finally:
         hostile_proxy.reload_from(hostile_proxy.manifests)
     _assert_nothing_given_away(fake, pg, before)
+
+
+def test_named_legacy_mechanism_with_verify_full_survives_a_tls_downgrade(
+    hostile_proxy: ProxyHarness, fakes: dict[str, HostileUpstream], pg: Any,
+) -> None:
+    fake = fakes["cleartext"]
+    before = fake.logins
+    with pytest.raises(psycopg.OperationalError, match="does not support TLS but sslMode is VERIFY_FULL"):
+        psycopg.connect(hostile_proxy.dsn("alice", "legacy-verified-downgraded"))
+    assert fake.logins == before, "the proxy sent a StartupMessage in the clear after the server refused TLS"
+    assert pg.passwords["full_access"].encode() not in bytes(fake.received)
