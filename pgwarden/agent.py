@@ -5,6 +5,7 @@ open TLS to the proxy (verifying the cluster's CA), send a StartupMessage for th
 session's user, answer the proxy's cleartext-password request with the current access token (the local
 client never sees that request), then relay bytes both ways untouched. A background task refreshes the
 token before it expires (POST /v1/auth/refresh) and saves it, so a connection an hour later still works.
+Only the user who runs the agent is served: a loopback client whose socket another uid owns is refused.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import ssl
 import sys
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ from pgwarden.credentials import (
     refusal_reason,
     session_ended,
 )
+from pgwarden.peer_owner import OwnerUnknown, peer_uid
 from pgwarden.sessioncredential import SESSION_ENDED, SessionCredential, SessionEnded
 from proxy.pgwire import messages as m
 from proxy.pgwire.errors import ProtocolViolation
@@ -62,9 +65,10 @@ class Agent:
     """Listens on 127.0.0.1 (and ::1) per mapping; one Session's credential serves every connection."""
 
     def __init__(self, credentials_file: Path, mappings: list[Mapping], *, proxy_host: str | None = None,
-                 proxy_port: int | None = None, ca_file: Path | None = None) -> None:
+                 proxy_port: int | None = None, ca_file: Path | None = None, socket_dir: Path | None = None) -> None:
         self.credentials_file = credentials_file
         self.mappings = mappings
+        self.socket_dir = socket_dir  # also serve DIR/.s.PGSQL.PORT, where psql -h DIR looks
         self.credential = SessionCredential(credentials_file, say=self.say)
         self._overrides = (proxy_host, proxy_port, ca_file)
         self._http: aiohttp.ClientSession | None = None
@@ -73,6 +77,8 @@ class Agent:
         self._servers: list[asyncio.AbstractServer] = []
         self._refresher: asyncio.Task[None] | None = None
         self._clients: set[asyncio.Task[None]] = set()
+        self.uid = os.getuid()  # only this user's local clients are served (see _stranger)
+        self._socket_files: list[Path] = []
 
     # --- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> list[tuple[Mapping, int]]:
@@ -121,13 +127,26 @@ class Agent:
         # `psql -h localhost` may try ::1 first; serve it too where the host has IPv6.
         with contextlib.suppress(OSError):
             self._servers.append(await asyncio.start_server(handler, "::1", port))
+        if self.socket_dir is not None:
+            self.socket_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            path = self.socket_path(port)
+            self._servers.append(await asyncio.start_unix_server(handler, str(path)))
+            path.chmod(0o600)  # the kernel's SO_PEERCRED check below stands even if the mode is widened
+            self._socket_files.append(path)
         return port
+
+    def socket_path(self, port: int) -> Path:
+        assert self.socket_dir is not None
+        return self.socket_dir / f".s.PGSQL.{port}"
 
     async def close(self) -> None:
         if self._refresher is not None:
             self._refresher.cancel()
         for server in self._servers:
             server.close()
+        for path in self._socket_files:
+            with contextlib.suppress(OSError):
+                path.unlink()
         for task in list(self._clients):
             task.cancel()
         await asyncio.gather(*self._clients, return_exceptions=True)
@@ -143,10 +162,13 @@ class Agent:
         upstream: asyncio.StreamWriter | None = None
         try:
             async with asyncio.timeout(STARTUP_TIMEOUT_S):
+                stranger = self._stranger(writer)  # at once: the client's socket is listed while it is open
                 local = MessageReader(whose="client")
                 startup = await _read_startup(local, reader, writer)
                 if startup is None:
                     return
+                if stranger is not None:
+                    raise stranger  # a cancel too: it would end the owner's query
                 if isinstance(startup, m.CancelRequest):
                     await self._forward_cancel(startup)
                     return
@@ -171,6 +193,24 @@ class Agent:
                 if w is not None:
                     with contextlib.suppress(Exception):
                         w.close()
+
+    def _stranger(self, writer: asyncio.StreamWriter) -> Refusal | None:
+        """A Refusal when the local client is another OS user's: the port would otherwise lend them our session.
+
+        Only loopback TCP and our unix socket are served, so the owner of the client's socket is known: from
+        /proc/net/tcp{,6}, or SO_PEERCRED. Where the OS cannot tell (no /proc), every local client is served.
+        """
+        sock = writer.get_extra_info("socket")
+        try:
+            uid = peer_uid(sock) if sock is not None else None
+        except (OwnerUnknown, OSError) as exc:
+            return Refusal("pgwarden connect serves only its own user, and cannot tell who this connection is from",
+                           code="28000", detail=str(exc))
+        if uid is None or uid == self.uid:
+            return None
+        return Refusal(f"pgwarden connect serves only the user who runs it (uid {self.uid}); this connection is "
+                       f"from uid {uid}", code="28000",
+                       hint="run your own pgwarden login and pgwarden connect")
 
     async def _open_proxy(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         endpoint = self._endpoint

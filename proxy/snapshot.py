@@ -15,6 +15,10 @@ from enum import IntEnum, StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
+# Re-exported (`X as X`): configs name them, and proxy.pgwire may not import this module.
+from proxy.pgwire.auth_mechanisms import DEFAULT_AUTH_MECHANISMS as DEFAULT_AUTH_MECHANISMS
+from proxy.pgwire.auth_mechanisms import AuthMechanism as AuthMechanism
+
 
 class SSLMode(IntEnum):
     """Upstream TLS, ordered by strength (libpq's sslmode, as asyncpg's connect_utils orders it)."""
@@ -160,6 +164,7 @@ class PostgresSettings:
     ca_secret: str | None = None
     ca_file: str | None = None
     authorization_mode: AuthorizationMode = AuthorizationMode.NONE
+    auth_mechanisms: tuple[AuthMechanism, ...] = DEFAULT_AUTH_MECHANISMS
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -345,6 +350,7 @@ def _config_to_wire(c: ServiceConfig) -> dict[str, Any]:
             "caSecret": p.ca_secret,
             "caFile": p.ca_file,
             "authorizationMode": p.authorization_mode.value,
+            "authMechanisms": [m.value for m in p.auth_mechanisms],
         },
     }
 
@@ -362,6 +368,7 @@ def _config_from_wire(d: Mapping[str, Any]) -> ServiceConfig:
             ca_secret=p.get("caSecret"),
             ca_file=p.get("caFile"),
             authorization_mode=AuthorizationMode(p.get("authorizationMode", "NONE")),
+            auth_mechanisms=tuple(AuthMechanism(m) for m in p.get("authMechanisms", DEFAULT_AUTH_MECHANISMS)),
         ),
     )
 

@@ -131,8 +131,11 @@ async def _login(
         params["database"] = route.upstream_database
         conn.write(m.encode_startup_message(params))
         password = _password(route, secrets)
+        # MD5, cleartext and trust are answered only when the config names them and TLS verified the
+        # server: otherwise whoever answers at this address would get the password or the session.
         auth = UpstreamAuthenticator(user=route.upstream_user, password=password,
-                                     tls_server_end_point=channel_binding)
+                                     tls_server_end_point=channel_binding, mechanisms=pg.auth_mechanisms,
+                                     server_verified=login.is_tls and pg.ssl_mode >= SSLMode.VERIFY_CA)
         await _authenticate(conn, auth, route)
         login.auth_mechanism = auth.mechanism
         await _read_until_ready(conn, login, route)

@@ -10,6 +10,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from proxy.snapshot import (
+    DEFAULT_AUTH_MECHANISMS,
+    AuthMechanism,
     AuthorizationMode,
     Credential,
     Group,
@@ -167,6 +169,8 @@ def _service_config(name: str, config: Mapping[str, Any]) -> ServiceConfig:
             ca_secret=ca.get("fromSecret"),
             ca_file=ca.get("file"),
             authorization_mode=AuthorizationMode(postgres.get("authorization", {}).get("mode", "NONE")),
+            auth_mechanisms=tuple(AuthMechanism(m) for m in postgres.get("auth", {}).get("mechanisms",
+                                                                                      DEFAULT_AUTH_MECHANISMS)),
         ),
     )
 

@@ -1,4 +1,9 @@
-"""After an apply, log in to each Service config's upstream with its own credentials (asyncpg).
+"""After an apply, log in to each Service config's upstream with its own credentials, as the proxy does.
+
+The probe logs in through `proxy.upstream.open_upstream`, the proxy's own upstream login, so it follows the
+same rules (SCRAM only unless `postgres.auth.mechanisms` names more, and then only over verified TLS; the
+server's SCRAM signature is required): a manifest pointing a Service at a hostile host cannot make the
+probe hand it a Secret, and "ok" means the proxy itself can log in.
 
 A failure marks the Service degraded in status; it never rolls the apply back.
 """
@@ -7,66 +12,80 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from pathlib import Path
-from typing import Any
 
-import asyncpg
-
-from proxy.snapshot import ServiceConfig, Snapshot, SSLMode
-from proxy.tls import upstream_context
+from proxy.connection import PgConnection
+from proxy.pgwire import messages as m
+from proxy.pgwire.errors import PgwardenError
+from proxy.routing import Route
+from proxy.snapshot import Service, ServiceConfig, Snapshot
+from proxy.upstream import UpstreamLogin, open_upstream
 
 PROBE_TIMEOUT_S = 5.0
 PROBE_CONCURRENCY = 16
+# The probe reads a login and one SELECT 1: a server that sends more than this in one message is not PostgreSQL
+# answering us, and must not make the reconciler buffer the proxy's 1 GiB allowance.
+PROBE_MAX_MESSAGE_BYTES = 1 << 20
+_PROBE_PARAMETERS = {"application_name": "pgwarden-health-probe"}
 
 
-def _ssl_argument(config: ServiceConfig, snapshot: Snapshot) -> Any:
-    pg = config.postgres
-    if pg.ssl_mode == SSLMode.DISABLE:
-        return False
-    if pg.ssl_mode == SSLMode.PREFER:
-        return "prefer"
-    ca = None
-    if pg.ca_secret and pg.ca_secret in snapshot.secrets:
-        ca = snapshot.secrets[pg.ca_secret].value.reveal()
-    elif pg.ca_file:
-        ca = Path(pg.ca_file).read_text()
-    return upstream_context(pg.ssl_mode, ca_pem=ca)
-
-
-async def probe_config(config: ServiceConfig, snapshot: Snapshot) -> str:
+async def probe_config(service: Service, config: ServiceConfig, snapshot: Snapshot) -> str:
     """"ok", "skipped: …" or the reason the login failed (never the password)."""
     pg = config.postgres
     if not pg.user:
         return "skipped: the config forwards the client's user, so there is no role to probe with"
-    password = None
-    if pg.password_secret and pg.password_secret in snapshot.secrets:
-        password = snapshot.secrets[pg.password_secret].value.reveal()
+    route = Route(service=service, config=config, reason="health probe", upstream_user=pg.user,
+                  upstream_database=pg.database or pg.user)
     try:
-        conn = await asyncpg.connect(
-            host=config.upstream.host, port=config.upstream.port, user=pg.user, password=password,
-            database=pg.database or pg.user, ssl=_ssl_argument(config, snapshot), timeout=PROBE_TIMEOUT_S,
-        )
-    except (OSError, TimeoutError, asyncpg.PostgresError, ssl.SSLError, asyncpg.InterfaceError) as exc:
-        text = str(exc) or type(exc).__name__
-        if password:
-            text = text.replace(password, "**********")
-        return f"login failed: {text}"
-    try:
-        await conn.execute("SELECT 1")
-    finally:
-        await conn.close(timeout=PROBE_TIMEOUT_S)
+        async with asyncio.timeout(PROBE_TIMEOUT_S):
+            login = await open_upstream(route, snapshot.secrets, _PROBE_PARAMETERS, timeout_s=PROBE_TIMEOUT_S,
+                                        factory=_probe_connection)
+            try:
+                await _select_one(login)
+            finally:
+                login.connection.write(m.encode_terminate())
+                login.connection.close()
+    except PgwardenError as exc:
+        return f"login failed: {_redacted(exc.message, config, snapshot)}"
+    except (OSError, TimeoutError, ssl.SSLError) as exc:
+        return f"login failed: {_redacted(str(exc) or type(exc).__name__, config, snapshot)}"
     return "ok"
+
+
+def _probe_connection() -> PgConnection:
+    return PgConnection(whose="upstream", max_message_bytes=PROBE_MAX_MESSAGE_BYTES)
+
+
+async def _select_one(login: UpstreamLogin) -> None:
+    conn = login.connection
+    conn.write(m.encode_query("SELECT 1"))
+    error = ""
+    while True:
+        type_byte, body = await conn.read(conn.reader.next_message)
+        if type_byte == m.ERROR_RESPONSE:
+            error = m.parse_error_fields(body).message
+        elif type_byte == m.READY_FOR_QUERY:
+            break
+    if error:
+        raise PgwardenError(f"SELECT 1 failed: {error}")
+
+
+def _redacted(text: str, config: ServiceConfig, snapshot: Snapshot) -> str:
+    # Our own messages never quote the password; an upstream's error text is the server's, so mask anyway.
+    secret = snapshot.secrets.get(config.postgres.password_secret or "")
+    if secret is not None and secret.value.reveal():
+        text = text.replace(secret.value.reveal(), "**********")
+    return text
 
 
 async def probe(snapshot: Snapshot) -> dict[str, dict[str, str]]:
     """service -> config -> result, probing at most PROBE_CONCURRENCY upstreams at once."""
     gate = asyncio.Semaphore(PROBE_CONCURRENCY)
 
-    async def one(config: ServiceConfig) -> str:
+    async def one(service: Service, config: ServiceConfig) -> str:
         async with gate:
-            return await probe_config(config, snapshot)
+            return await probe_config(service, config, snapshot)
 
-    jobs = {(s.name, c.name): asyncio.ensure_future(one(c))
+    jobs = {(s.name, c.name): asyncio.ensure_future(one(s, c))
             for s in snapshot.services.values() for c in s.configs.values()}
     results: dict[str, dict[str, str]] = {}
     for (service, config), job in jobs.items():

@@ -198,12 +198,7 @@ class GitSource:
         if self._local is not None and not _is_git_repo(self._local):
             return self._serve_directory(self._local)
         mirror = self._mirror()
-        branch = self._default_branch(mirror) if self.spec.ref is None else None
-        refspecs = ["+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*"]
-        if self.spec.ref is None:
-            refspecs.append("+HEAD:refs/pgwarden/HEAD")
-        self._git(mirror, "fetch", "--prune", "--no-tags", "origin", *refspecs, network=True)
-        ref, commit = self._resolve(mirror, branch)
+        ref, commit = self._fetch_ref(mirror)
         revision_id = f"{ref}@sha1:{commit}" if ref else f"sha1:{commit}"
         if self.spec.verify_signatures:
             self._verify(mirror, commit, revision_id)  # before checkout: unverified bytes never reach disk
@@ -232,40 +227,61 @@ class GitSource:
             self._has_remote = True
         return mirror
 
-    def _default_branch(self, mirror: Path) -> str:
-        out = self._git(mirror, "ls-remote", "--symref", "origin", "HEAD", network=True)
-        found = re.search(r"^ref: refs/heads/(\S+)\s+HEAD$", out, re.MULTILINE)
-        return found[1] if found else "HEAD"  # a detached HEAD has no branch name
+    # Only the configured ref is fetched (one refspec): objects reachable only from other branches and tags
+    # (a 50 MB blob on someone's branch) never reach the cache.
 
-    def _resolve(self, mirror: Path, default_branch: str | None) -> tuple[str | None, str]:
-        """(the branch or tag followed, or None for a commit; the commit's full hash)."""
+    def _fetch_ref(self, mirror: Path) -> tuple[str | None, str]:
+        """Fetch the configured ref alone; (the branch or tag followed, or None for a commit; its full hash)."""
         ref = self.spec.ref
         if ref is None:
+            branch = self._fetch_default_branch(mirror)
             if commit := self._rev(mirror, "refs/pgwarden/HEAD"):
-                return default_branch, commit
+                return branch, commit
             raise SourceError(f"cannot fetch {self.describe()}: the repository has no commits")
         name = ref.removeprefix("refs/tags/").removeprefix("refs/heads/")
         if ref.startswith("refs/tags/"):
             candidates = [ref]
         elif ref.startswith("refs/heads/"):
-            candidates = [f"refs/remotes/origin/{name}"]
+            candidates = [f"refs/heads/{name}"]
         else:  # tag first, then branch, as `git rev-parse` resolves an unqualified name
-            candidates = [f"refs/tags/{name}", f"refs/remotes/origin/{name}"]
-        for qualified in candidates:
-            if commit := self._rev(mirror, qualified):
-                return name, commit
+            candidates = [f"refs/tags/{name}", f"refs/heads/{name}"]
+        advertised = self._advertised(mirror, candidates)
+        for remote_ref in candidates:
+            if remote_ref in advertised:
+                local = remote_ref if remote_ref.startswith("refs/tags/") else f"refs/remotes/origin/{name}"
+                self._git(mirror, "fetch", "--no-tags", "origin", f"+{remote_ref}:{local}", network=True)
+                if commit := self._rev(mirror, local):
+                    return name, commit
         if _HEX.fullmatch(ref):
-            commit = self._rev(mirror, ref)
-            if commit is None and len(ref) == 40:  # not on any branch or tag: ask for it by hash
+            commit = self._rev(mirror, ref)  # fetched before
+            if commit is None:
                 with contextlib.suppress(SourceError):
-                    self._git(mirror, "fetch", "--no-tags", "origin", ref, network=True)
+                    if len(ref) == 40:  # a full hash can be asked for by itself
+                        self._git(mirror, "fetch", "--no-tags", "origin", ref, network=True)
+                    else:  # a short one only within the default branch's history
+                        self._fetch_default_branch(mirror)
                 commit = self._rev(mirror, ref)
             if commit is not None:
                 return None, commit
         raise SourceError(
             f"cannot fetch {self.describe()}: no branch, tag or commit {ref!r} in the repository",
-            hint="push the ref, or fix `ref` in the source configuration",
+            hint="push the ref, or fix `ref` in the source configuration (pin a commit elsewhere than the "
+                 "default branch by its full 40-character hash)",
         )
+
+    def _fetch_default_branch(self, mirror: Path) -> str | None:
+        """Fetch the remote's HEAD into refs/pgwarden/HEAD; its branch name (None for an empty repository)."""
+        out = self._git(mirror, "ls-remote", "--symref", "origin", "HEAD", network=True)
+        if not re.search(r"^[0-9a-f]{40,64}\s+HEAD$", out, re.MULTILINE):
+            return None  # no commits yet: nothing to fetch
+        self._git(mirror, "fetch", "--no-tags", "origin", "+HEAD:refs/pgwarden/HEAD", network=True)
+        found = re.search(r"^ref: refs/heads/(\S+)\s+HEAD$", out, re.MULTILINE)
+        return found[1] if found else "HEAD"  # a detached HEAD has no branch name
+
+    def _advertised(self, mirror: Path, refs: list[str]) -> set[str]:
+        """Which of these full ref names the remote has (ls-remote matches patterns by suffix: compare exactly)."""
+        out = self._git(mirror, "ls-remote", "origin", *refs, network=True)
+        return {line.split("\t", 1)[1] for line in out.splitlines() if "\t" in line} & set(refs)
 
     def _rev(self, mirror: Path, name: str) -> str | None:
         try:

@@ -18,8 +18,8 @@ from jsonschema.exceptions import ValidationError
 from referencing import Registry, Resource
 
 from proxy.policy.cel import CelCompileError, compile_expression
-from proxy.snapshot import Upstream
-from reconciler import workloads
+from proxy.snapshot import AuthMechanism, SSLMode, Upstream
+from reconciler import build, workloads
 from reconciler.errors import (
     ConfigError,
     DanglingReference,
@@ -38,7 +38,7 @@ MAX_CONDITION_DEPTH = 16  # Octelium's limit (admin/policy.go)
 def validate_all(documents: Sequence[Document]) -> None:
     """Run every check; raise one ManifestErrors with everything found."""
     problems = _collect(against_schemas, documents)
-    for check in (references, unique_names, expressions, policies):
+    for check in (references, unique_names, expressions, policies, upstream_login_safety):
         problems.extend(_collect(check, documents))
     if problems:
         raise ManifestErrors(problems)
@@ -192,6 +192,44 @@ def _validators() -> dict[str, Draft202012Validator]:
         if kind is not None:
             validators[kind] = Draft202012Validator(schema, registry=registry)
     return validators
+
+
+_VERIFYING_SSL_MODES = (SSLMode.VERIFY_CA.name, SSLMode.VERIFY_FULL.name)
+
+
+def upstream_login_safety(documents: Sequence[Document]) -> None:
+    """A config names MD5, PASSWORD or TRUST in postgres.auth.mechanisms only with sslMode VERIFY_CA or
+    VERIFY_FULL (after merging its parent chain): without a verified server, whoever answers at the
+    upstream address would get the password, a replayable hash, or the session."""
+    problems: list[ConfigError] = []
+    for doc in _schema_valid(documents):
+        if doc.kind != "Service":
+            continue
+        try:
+            merged = build.merged_configs(doc.body["spec"])
+        except (KeyError, ValueError):
+            continue  # a dangling parent or a loop: `references` reports it
+        for name, own, path in _service_configs(doc.body["spec"]):
+            postgres = merged.get(name, {}).get("postgres", {})
+            mechanisms = [AuthMechanism(m) for m in _list(_get(postgres, "auth", "mechanisms"))]
+            unsafe = [m.value for m in mechanisms if m.needs_verified_tls]
+            ssl_mode = _str(postgres.get("sslMode")) or SSLMode.PREFER.name
+            if not unsafe or ssl_mode in _VERIFYING_SSL_MODES:
+                continue
+            if _get(own, "postgres", "auth", "mechanisms") is not None:
+                where = f"{path}.postgres.auth.mechanisms"
+            elif _get(own, "postgres", "sslMode") is not None:
+                where = f"{path}.postgres.sslMode"
+            else:
+                where = path
+            problems.append(SchemaViolation(
+                f"postgres.auth.mechanisms names {', '.join(unsafe)}, which prove nothing about the server and "
+                f"would give whoever answers the password, a replayable hash or the session; they need sslMode "
+                f"VERIFY_CA or VERIFY_FULL (config {name!r} has {ssl_mode})",
+                source=doc.source(where),
+            ))
+    if problems:
+        raise ManifestErrors(problems)
 
 
 _VALID_BODIES: set[tuple[str, str]] = set()

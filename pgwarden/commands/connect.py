@@ -19,11 +19,12 @@ example:
   pgwarden connect -p my-postgres:5432 -p analytics:5433
   psql -h localhost -p 5432            # lands as the role the manifests choose for you
 
-The agent runs in the foreground (Ctrl-C stops it) and listens on 127.0.0.1 (and ::1) only. Each
-connection logs in to the proxy over TLS (verified with the cluster's CA) with the saved access token,
-which the agent refreshes before it expires and never prints. When the session ends (logout, revocation,
-expiry), clients get "your pgwarden session has ended: run pgwarden login"; after a new login the
-running agent picks up the new credential by itself.
+The agent runs in the foreground (Ctrl-C stops it) and listens on 127.0.0.1 (and ::1) only, for you
+only: a connection from another local user's process is refused (on Linux, by the owner of the client's
+socket in /proc/net/tcp). Each connection logs in to the proxy over TLS (verified with the cluster's CA)
+with the saved access token, which the agent refreshes before it expires and never prints. When the
+session ends (logout, revocation, expiry), clients get "your pgwarden session has ended: run pgwarden
+login"; after a new login the running agent picks up the new credential by itself.
 
 exit codes: 0 stopped by a signal, 1 not logged in or session ended (it names the `pgwarden login
 --cluster URL` to run), 2 could not listen.
@@ -50,13 +51,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="the proxy's address, if the cluster info does not say it")
     p.add_argument("--ca", type=Path, default=None, metavar="FILE",
                    help="the CA certificate that signed the proxy's certificate, if the cluster info lacks it")
+    p.add_argument("--socket-dir", type=Path, default=None, metavar="DIR",
+                   help="also serve each mapping on a unix socket DIR/.s.PGSQL.PORT (psql -h DIR -p PORT); the "
+                        "kernel names each client's user there (SO_PEERCRED), e.g. --socket-dir ~/.pgwarden/run")
     p.set_defaults(func=run_connect)
 
 
 def run_connect(args: argparse.Namespace) -> int:
     host, port = args.proxy if args.proxy else (None, None)
     agent = Agent(args.credentials or default_credentials_path(), args.mappings, proxy_host=host, proxy_port=port,
-                  ca_file=args.ca)
+                  ca_file=args.ca, socket_dir=args.socket_dir)
     code = 0
 
     async def main() -> None:
@@ -76,6 +80,9 @@ def run_connect(args: argparse.Namespace) -> int:
             return
         for mapping, local_port in bound:
             print(f"{mapping.service} → localhost:{local_port} (psql -h localhost -p {local_port})", flush=True)
+            if args.socket_dir is not None:
+                print(f"{mapping.service} → {agent.socket_path(local_port)} (psql -h {args.socket_dir} "
+                      f"-p {local_port})", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

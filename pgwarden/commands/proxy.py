@@ -14,6 +14,7 @@ from pgwarden.datadir import default_data_dir
 from pgwarden.keys import add_key_options, load_keyring
 from pgwarden.output import error
 from pgwarden.runtime import ProxyOptions, run, serve_until_signal, start_proxy
+from pgwarden.state_dsn import add_state_options, state_from
 from pgwarden.workers import add_worker_options, announce_ready, is_parent, run_workers, worker_setup
 from proxy.audit.normalize import QueryText
 from proxy.audit.otel import settings_from
@@ -50,9 +51,7 @@ def add_proxy_options(p: argparse.ArgumentParser) -> None:
                                                  "generated in the data directory")
     p.add_argument("--tls-key", type=Path, help="private key for --tls-cert")
     add_key_options(p)
-    p.add_argument("--state", metavar="sqlite|postgres://…", default=None,
-                   help="identity state store (sessions, passkeys, TOTP): sqlite in the data directory (default), "
-                        "or a PostgreSQL URL shared by several replicas. A URL's password is never printed")
+    add_state_options(p)
     p.add_argument("--default-service", metavar="NAME",
                    help="serve connections whose database name names no service from this service, passing "
                         "the whole name on as the database (for single-service deployments and unmodified apps)")
@@ -114,7 +113,7 @@ def options_from(args: argparse.Namespace) -> ProxyOptions:
     return ProxyOptions(listen_host=host, listen_port=port, data_dir=args.data_dir or default_data_dir(),
                         admin_socket=args.admin_socket, access_log=access_log,
                         tls_cert=args.tls_cert, tls_key=args.tls_key, default_service=args.default_service,
-                        state=args.state, log_queries=QueryText(args.log_queries),
+                        state=state_from(args, os.environ), log_queries=QueryText(args.log_queries),
                         otlp=settings_from(args.otlp_endpoint, args.otlp_protocol, dict(args.otlp_header), os.environ))
 
 

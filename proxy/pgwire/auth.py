@@ -1,4 +1,4 @@
-"""The client side of PostgreSQL authentication: cleartext, MD5, SCRAM-SHA-256 and -PLUS.
+"""The client side of PostgreSQL authentication: SCRAM-SHA-256 and -PLUS; cleartext and MD5 when allowed.
 
 `UpstreamAuthenticator.respond(code, payload)` takes one AuthenticationRequest and returns the
 bytes to send back (or None when nothing is to be sent), as httpx's `auth_flow` does. No I/O.
@@ -8,6 +8,7 @@ SCRAM follows RFC 5802/7677 and PostgreSQL's `fe-auth-scram.c`.
 from __future__ import annotations
 
 import base64
+import enum
 import functools
 import hashlib
 import hmac
@@ -15,7 +16,9 @@ import secrets
 import stringprep
 import struct
 import unicodedata
+from collections.abc import Iterable
 
+from proxy.pgwire.auth_mechanisms import DEFAULT_AUTH_MECHANISMS, AuthMechanism
 from proxy.pgwire.errors import PgwardenError, ProtocolViolation
 from proxy.pgwire.messages import (
     AUTH_CLEARTEXT,
@@ -66,13 +69,42 @@ def saslprep(password: str) -> bytes:
     return normalized.encode()
 
 
-class UpstreamAuthenticator:
-    """Answers the upstream's authentication requests for one login."""
+_ALLOWED_WHERE = "(postgres.auth.mechanisms)"
+_ASKED_FOR = {
+    AuthMechanism.PASSWORD: "a cleartext password",
+    AuthMechanism.MD5: "an MD5 password hash",
+    AuthMechanism.TRUST: "nothing: it let us in without asking for the password the config holds",
+}
 
-    def __init__(self, *, user: str, password: str | None, tls_server_end_point: bytes | None = None) -> None:
+
+class _State(enum.Enum):
+    START = "start"
+    SCRAM_FIRST_SENT = "scram-first-sent"
+    SCRAM_FINAL_SENT = "scram-final-sent"
+    SCRAM_VERIFIED = "scram-verified"
+    PASSWORD_SENT = "password-sent"  # MD5 or cleartext, allowed by the config over verified TLS
+    DONE = "done"
+
+
+class UpstreamAuthenticator:
+    """Answers the upstream's authentication requests for one login.
+
+    The password leaves only by a mechanism the config names (`mechanisms`, default SCRAM-SHA-256 only);
+    MD5, cleartext and trust additionally need `server_verified` (TLS that verified the server's
+    certificate). AuthenticationOk ends the login only once the server has proved itself: after a valid
+    SCRAM server signature, after an allowed MD5/cleartext reply over verified TLS, or straight away when
+    there is no password at stake (none configured, or TRUST allowed).
+    """
+
+    def __init__(self, *, user: str, password: str | None, tls_server_end_point: bytes | None = None,
+                 mechanisms: Iterable[AuthMechanism] = DEFAULT_AUTH_MECHANISMS,
+                 server_verified: bool = False) -> None:
         self._user = user
         self._password = password
         self._cbind = tls_server_end_point  # hash of the server certificate, when TLS is on
+        self._allowed = frozenset(mechanisms)
+        self._server_verified = server_verified
+        self._state = _State.START
         self._nonce = ""
         self._client_first_bare = ""
         self._gs2_header = ""
@@ -82,26 +114,69 @@ class UpstreamAuthenticator:
 
     def respond(self, code: int, payload: bytes) -> bytes | None:
         if code == AUTH_OK:
-            self.is_done = True
+            self._accept_ok()
             return None
+        if self._state is not _State.START and code in (AUTH_CLEARTEXT, AUTH_MD5, AUTH_SASL):
+            raise ProtocolViolation(f"authentication request {code} after the exchange began", whose="upstream")
         if code == AUTH_CLEARTEXT:
+            self._permit(AuthMechanism.PASSWORD)
             self.mechanism = "password"
-            return encode_password_message(self._require_password() + b"\x00")
+            reply = encode_password_message(self._require_password() + b"\x00")
+            self._state = _State.PASSWORD_SENT
+            return reply
         if code == AUTH_MD5:
+            self._permit(AuthMechanism.MD5)
             self.mechanism = "md5"
             if len(payload) != 4:
                 raise ProtocolViolation("MD5 salt must be 4 bytes", whose="upstream")
             inner = hashlib.md5(self._require_password() + self._user.encode()).hexdigest()
             outer = hashlib.md5(inner.encode() + payload).hexdigest()
+            self._state = _State.PASSWORD_SENT
             return encode_password_message(b"md5" + outer.encode() + b"\x00")
         if code == AUTH_SASL:
-            return self._scram_first(payload)
+            self._permit(AuthMechanism.SCRAM_SHA_256)
+            reply = self._scram_first(payload)
+            self._state = _State.SCRAM_FIRST_SENT
+            return reply
         if code == AUTH_SASL_CONTINUE:
-            return self._scram_final(payload)
+            if self._state is not _State.SCRAM_FIRST_SENT:
+                raise ProtocolViolation("SASLContinue out of order", whose="upstream")
+            reply = self._scram_final(payload)
+            self._state = _State.SCRAM_FINAL_SENT
+            return reply
         if code == AUTH_SASL_FINAL:
+            if self._state is not _State.SCRAM_FINAL_SENT:
+                raise ProtocolViolation("SASLFinal out of order", whose="upstream")
             self._scram_verify(payload)
+            self._state = _State.SCRAM_VERIFIED
             return None
         raise UpstreamAuthError(f"upstream requested an unsupported authentication method (code {code})")
+
+    def _permit(self, mechanism: AuthMechanism) -> None:
+        """Refuse, before anything is sent, a mechanism the config does not allow on this connection."""
+        allowed = ", ".join(m.value for m in AuthMechanism if m in self._allowed)
+        asked = _ASKED_FOR.get(mechanism, mechanism.value)
+        if mechanism not in self._allowed:
+            raise UpstreamAuthError(f"it asked for {asked}; the config allows {allowed} only {_ALLOWED_WHERE}")
+        if mechanism.needs_verified_tls and not self._server_verified:
+            raise UpstreamAuthError(
+                f"it asked for {asked}; the config allows {mechanism.value} only over TLS that verifies the "
+                f"server (sslMode VERIFY_CA or VERIFY_FULL), and this connection's server is not verified"
+            )
+
+    def _accept_ok(self) -> None:
+        state = self._state
+        if state is _State.START and self._password is not None:
+            self._permit(AuthMechanism.TRUST)  # a server that never asked has proved nothing
+        elif state in (_State.SCRAM_FIRST_SENT, _State.SCRAM_FINAL_SENT):
+            raise UpstreamAuthError(
+                "it sent AuthenticationOk before SCRAM's server-final message, so it never proved it knows the "
+                "password: not the real server?"
+            )
+        elif state is _State.DONE:
+            raise ProtocolViolation("AuthenticationOk twice", whose="upstream")
+        self._state = _State.DONE
+        self.is_done = True
 
     def _require_password(self) -> bytes:
         if self._password is None:

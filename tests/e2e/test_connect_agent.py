@@ -69,9 +69,9 @@ def save_login(proxy: ProxyHarness, cluster: str, path: Path, user: str, *, ttl_
 class AgentProcess:
     """`pgwarden connect` in the foreground, as a user runs it; output kept for leak checks."""
 
-    def __init__(self, credentials: Path, *mappings: str) -> None:
+    def __init__(self, credentials: Path, *mappings: str, extra: tuple[str, ...] = ()) -> None:
         args = [a for mapping in mappings for a in ("-p", mapping)]
-        self.proc = subprocess.Popen([*PGWARDEN, "connect", *args, "--credentials", str(credentials)],
+        self.proc = subprocess.Popen([*PGWARDEN, "connect", *args, "--credentials", str(credentials), *extra],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.output: list[str] = []
         self.ports: dict[str, int] = {}

@@ -19,7 +19,7 @@ def edited(tmp_path, pg, old: str, new: str):  # type: ignore[no-untyped-def]
 
 @pytest.mark.usefixtures("fresh_snapshot")
 def test_session_mid_transaction_survives_50_unrelated_reloads(proxy: ProxyHarness, pg, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    a = edited(tmp_path / "a", pg, "sslMode: DISABLE", "sslMode: PREFER")
+    a = edited(tmp_path / "a", pg, "mechanisms: [MD5]", "mechanisms: [SCRAM_SHA_256, MD5]")
     b = load_snapshot(proxy.manifests)
     with psycopg.connect(proxy.dsn("alice")) as conn:
         conn.execute("INSERT INTO items(name) VALUES ('during reloads')")

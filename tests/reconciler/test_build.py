@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from proxy.snapshot import (
+    AuthMechanism,
     AuthorizationMode,
     Condition,
     PostgresSettings,
@@ -274,3 +275,31 @@ def test_decrypt_failures_are_collected(write_tree: WriteTree) -> None:
         "a.yaml, document 1, sops.mac: MAC mismatch",
         "b.yaml, document 1, sops: cannot decrypt Secret: no age identity opened the data key",
     ]
+
+
+def test_auth_mechanisms_are_built_inherited_and_carried_over_the_wire(write_tree: WriteTree) -> None:
+    root = write_tree({"db.yaml": """\
+kind: Service
+metadata: {name: db}
+spec:
+  config:
+    upstream: {url: postgres://pg}
+    postgres:
+      auth: {password: {fromSecret: pw}, mechanisms: [SCRAM_SHA_256, MD5]}
+      sslMode: VERIFY_FULL
+  dynamicConfig:
+    configs:
+      - {name: child, parent: default}
+      - {name: plain, upstream: {url: postgres://pg}, postgres: {auth: {password: {fromSecret: pw}}}}
+---
+kind: Secret
+metadata: {name: pw}
+data: {value: "x"}
+"""})
+    snapshot = load_snapshot(root)
+    configs = snapshot.services["db"].configs
+    assert configs["default"].postgres.auth_mechanisms == (AuthMechanism.SCRAM_SHA_256, AuthMechanism.MD5)
+    assert configs["child"].postgres.auth_mechanisms == (AuthMechanism.SCRAM_SHA_256, AuthMechanism.MD5)
+    assert configs["plain"].postgres.auth_mechanisms == (AuthMechanism.SCRAM_SHA_256,)  # the default
+    again = from_wire(json.loads(json.dumps(to_wire(snapshot, fingerprint_key=b"k" * 32, include_secrets=True))))
+    assert again.services["db"].configs == configs

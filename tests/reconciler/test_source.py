@@ -147,6 +147,43 @@ async def test_commit_pin_stays_fixed(upstream: Upstream, cache: Path) -> None:
         assert not (revision.root / "manifests/later.yaml").exists()
 
 
+def _objects_bytes(mirror: Path) -> int:
+    return sum(f.stat().st_size for f in (mirror / "objects").rglob("*") if f.is_file())
+
+
+async def test_only_the_configured_ref_is_fetched(upstream: Upstream, cache: Path) -> None:
+    """A big blob on another branch (and a tag there) never lands in the cache, whichever way `ref` is named."""
+    main = git(upstream.work, "rev-parse", "HEAD")
+    upstream.tag("v1")
+    git(upstream.work, "checkout", "--quiet", "-b", "other")
+    (upstream.work / "big.bin").write_bytes(os.urandom(4 << 20))  # random: no compression can hide it
+    git(upstream.work, "add", "big.bin")
+    git(upstream.work, "commit", "--quiet", "-m", "big")
+    git(upstream.work, "tag", "other-tag")
+    git(upstream.work, "push", "--quiet", "origin", "other", "other-tag")
+    big_blob = git(upstream.work, "rev-parse", "HEAD:big.bin")
+    git(upstream.work, "checkout", "--quiet", "main")
+    for i, ref in enumerate([None, "main", "refs/heads/main", "v1", "refs/tags/v1", main, main[:10]]):
+        source = source_for(upstream.url, cache / str(i), ref=ref)
+        revision = await source.fetch()
+        assert revision.commit == main, ref
+        [mirror] = (cache / str(i)).rglob("mirror.git")
+        missing = subprocess.run(["git", f"--git-dir={mirror}", "cat-file", "-e", big_blob], capture_output=True)
+        assert missing.returncode != 0, f"ref {ref!r}: the other branch's blob is in the cache"
+        assert _objects_bytes(mirror) < 1 << 20, ref
+        refs = git(mirror, f"--git-dir={mirror}", "for-each-ref", "--format=%(refname)")
+        assert "other" not in refs, (ref, refs)
+
+
+async def test_the_other_branch_is_fetched_when_it_is_the_ref(upstream: Upstream, cache: Path) -> None:
+    git(upstream.work, "checkout", "--quiet", "-b", "feature")
+    tip = upstream.commit({"manifests/feature.yaml": DB_YAML}, push=False)
+    git(upstream.work, "push", "--quiet", "origin", "feature")
+    revision = await source_for(upstream.url, cache, ref="feature").fetch()
+    assert (revision.commit, revision.ref) == (tip, "feature")
+    assert (revision.root / "manifests/feature.yaml").is_file()
+
+
 async def test_path_selects_a_subdirectory(upstream: Upstream, cache: Path) -> None:
     revision = await source_for(upstream.url, cache, path="manifests").fetch()
     assert revision.root.name == "manifests" and (revision.root / "db.yaml").is_file()

@@ -278,3 +278,53 @@ def test_checks_can_run_alone(seed_root: Path, write_tree: WriteTree) -> None:
     validate.against_schemas(broken)
     with pytest.raises(ManifestErrors, match="no Group named 'x'"):
         validate.references(broken)
+
+
+def test_md5_password_and_trust_need_tls_that_verifies_the_server(write_tree: WriteTree) -> None:
+    root = write_tree({
+        "db.yaml": SECRETS + "---\n" + service(
+            "config:\n"
+            "  upstream: {url: postgres://pg}\n"
+            "  postgres: {auth: {password: {fromSecret: db-password}, mechanisms: [SCRAM_SHA_256, MD5]}}\n"
+            "dynamicConfig:\n"
+            "  configs:\n"
+            "    - {name: inherits, parent: default, postgres: {sslMode: REQUIRE}}\n"
+            "    - {name: fixed, parent: default, postgres: {sslMode: VERIFY_FULL}}\n"
+            "    - name: own\n"
+            "      upstream: {url: postgres://pg}\n"
+            "      postgres:\n"
+            "        sslMode: VERIFY_CA\n"
+            "        auth: {password: {fromSecret: db-password}, mechanisms: [PASSWORD]}\n"
+            "    - name: trusting\n"
+            "      upstream: {url: postgres://pg}\n"
+            "      postgres: {auth: {password: {fromSecret: db-password}, mechanisms: [TRUST]}}\n"
+        ),
+    })
+    errors = problems(root)
+    assert places(errors) == [
+        ("db.yaml", 2, "spec.config.postgres.auth.mechanisms"),
+        ("db.yaml", 2, "spec.dynamicConfig.configs[0].postgres.sslMode"),
+        ("db.yaml", 2, "spec.dynamicConfig.configs[3].postgres.auth.mechanisms"),
+    ]
+    assert all(isinstance(e, SchemaViolation) for e in errors)
+    assert "names MD5" in errors[0].message and "VERIFY_CA or VERIFY_FULL" in errors[0].message
+    assert "(config 'inherits' has REQUIRE)" in errors[1].message
+    assert "names TRUST" in errors[2].message
+
+
+def test_scram_only_is_the_default_and_needs_no_tls(write_tree: WriteTree) -> None:
+    root = write_tree({"db.yaml": SECRETS + "---\n" + service(
+        "config:\n"
+        "  upstream: {url: postgres://pg}\n"
+        "  postgres: {sslMode: DISABLE, auth: {password: {fromSecret: db-password}, mechanisms: [SCRAM_SHA_256]}}\n"
+    )})
+    validate_all(load_directory(root))
+
+
+def test_unknown_mechanism_is_a_schema_error(write_tree: WriteTree) -> None:
+    root = write_tree({"db.yaml": SECRETS + "---\n" + service(
+        "config:\n"
+        "  upstream: {url: postgres://pg}\n"
+        "  postgres: {auth: {password: {fromSecret: db-password}, mechanisms: [GSSAPI]}}\n"
+    )})
+    assert places(problems(root)) == [("db.yaml", 2, "spec.config.postgres.auth.mechanisms[0]")]

@@ -46,17 +46,26 @@ metadata: {{name: legacy-md5}}
 spec:
   mode: POSTGRES
   config:
-    upstream: {{url: "postgres://{host}:{port}"}}
-    postgres: {{user: md5_user, database: my_db, auth: {{password: {{fromSecret: md5-password}}}}, sslMode: DISABLE}}
+    upstream: {{url: "postgres://localhost:{port}"}}
+    postgres:
+      user: md5_user
+      database: my_db
+      auth: {{password: {{fromSecret: md5-password}}, mechanisms: [MD5]}}
+      sslMode: VERIFY_FULL
+      tls: {{ca: {{file: "{ca}"}}}}
 ---
 kind: Service
 metadata: {{name: legacy-plain}}
 spec:
   mode: POSTGRES
   config:
-    upstream: {{url: "postgres://{host}:{port}"}}
-    postgres: {{user: plain_user, database: my_db, auth: {{password: {{fromSecret: plain-password}}}},
-               sslMode: REQUIRE}}
+    upstream: {{url: "postgres://localhost:{port}"}}
+    postgres:
+      user: plain_user
+      database: my_db
+      auth: {{password: {{fromSecret: plain-password}}, mechanisms: [PASSWORD]}}
+      sslMode: VERIFY_FULL
+      tls: {{ca: {{file: "{ca}"}}}}
 ---
 kind: Service
 metadata: {{name: verified}}
