@@ -21,6 +21,7 @@ from proxy.identity.sessions import SessionAuthority
 from proxy.identity.store import AuthMethod, IdentitySession, StateStoreError, utc_now
 from proxy.metrics import ProxyMetrics
 from proxy.pgwire.errors import PgwardenError
+from proxy.preauth import PreAuthLimits, PreAuthRegistry
 from proxy.routing import ConnectRequest, LiveSnapshot, Route
 from proxy.session import ClientSession, SessionInfo
 from proxy.snapshot import AuthorizationMode, Snapshot
@@ -47,6 +48,7 @@ class ProxyServer:
         snapshot: Snapshot | None = None,
         default_service: str | None = None,
         client_ca: ClientCertificateAuthority | None = None,
+        preauth_limits: PreAuthLimits | None = None,
     ) -> None:
         self.tls_context = tls_context
         self.identity = identity
@@ -62,6 +64,7 @@ class ProxyServer:
         self._cancels: set[asyncio.Task[None]] = set()  # in flight; held so a closing client cannot drop them
         self._by_identity: dict[str, set[ClientSession]] = {}  # identity Session id -> its live DB sessions
         self.connections: set[ClientSession] = set()  # every open client socket, logged in or not
+        self.preauth = PreAuthRegistry(preauth_limits or PreAuthLimits(), self.metrics)  # not logged in yet
         self._server: asyncio.AbstractServer | None = None
         self._revocation: asyncio.Task[None] | None = None
         self._identity_watch: asyncio.Task[None] | None = None
