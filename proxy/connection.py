@@ -39,7 +39,8 @@ def _read_buffer() -> memoryview:
 class PgConnection(asyncio.BufferedProtocol):
     """One socket. Subclasses override `on_relay_data` for the hot path."""
 
-    def __init__(self, *, whose: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, bounded: bool = False) -> None:
+    def __init__(self, *, whose: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 bounded: bool = False) -> None:
         self._read_view = _read_buffer()  # protocols are built on the loop's thread, which does the reads
         self.transport: asyncio.Transport | None = None
         # bounded: never buffer more than one message of the limit (a client that has not authenticated yet)
