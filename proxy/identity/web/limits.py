@@ -136,9 +136,9 @@ def request_timeout(limits: HttpLimits) -> Callable[[web.Request, Handler], Awai
             async with asyncio.timeout(limits.request_timeout_s):
                 return await handler(request)
         except TimeoutError:
-            if request.protocol is not None:
-                request.protocol.force_close()  # whatever of the body is still coming is not read
-            return web.Response(status=408, text="request not completed in time\n", headers={"Connection": "close"})
+            response = web.Response(status=408, text="request not completed in time\n")
+            response.force_close()  # the rest of a trickled body is not waited for (lingering_time is 0)
+            return response
 
     return middleware
 
