@@ -168,6 +168,17 @@ class ClientSession(PgConnection):
     def shed(self) -> None:
         """Over the pre-auth caps (proxy/preauth.py): drop the socket, no ErrorResponse, no TLS close."""
         self.abort()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()  # mid-handshake, an abort alone does not wake start_tls
+
+    def _lost_in_handshake(self) -> None:
+        """The TLS handshake failed: during it the TLS layer, not this protocol, owned the socket, so
+        connection_lost never reaches us; forget the connection here."""
+        if not self.is_closed:
+            self.is_closed = True
+            self.server.connections.discard(self)
+            self.server.preauth.authenticated(self)
+            self._end()
 
     def _authenticated(self) -> None:
         """The client proved who it is: out of the pre-auth caps, back to the post-login message limit."""
@@ -258,7 +269,12 @@ class ClientSession(PgConnection):
                               else exc.reason or str(exc))
                     log.info("session %s: TLS handshake refused: %s", self.id, reason)
                     self.abort()
+                    self._lost_in_handshake()
                     return None
+                except BaseException:  # reset, shed (cancelled) or timed out mid-handshake
+                    self.abort()
+                    self._lost_in_handshake()
+                    raise
                 tls = cast(asyncio.Transport, tls)
                 self.transport = tls
                 self.is_tls = True

@@ -173,3 +173,25 @@ def test_the_per_address_cap_sheds_that_address_oldest_first(per_address: ProxyH
     finally:
         for s in others + mine:
             s.close()
+
+
+def test_connections_shed_mid_tls_handshake_are_forgotten(per_address: ProxyHarness) -> None:
+    server = per_address.running.server
+    per_address.wait_for(lambda: not server.connections)  # the earlier tests' sockets are gone
+    shed_before = server.metrics.preauth_shed
+    stalled = []
+    try:
+        for _ in range(6):
+            s = socket.socket()
+            s.bind(("127.0.0.3", 0))
+            s.connect(("127.0.0.1", per_address.port))
+            s.sendall(SSL_REQUEST)
+            assert s.recv(1) == b"S"
+            s.sendall(b"\x16\x03\x01")  # a ClientHello that never finishes
+            stalled.append(s)
+        # The three oldest are shed; nothing of them may stay registered (the TLS layer owned their sockets).
+        per_address.wait_for(lambda: server.metrics.preauth_shed == shed_before + 3
+                             and len(server.connections) == 3)
+    finally:
+        for s in stalled:
+            s.close()
