@@ -4,6 +4,7 @@ one SQLite state file and its own HTTP listener built as `pgwarden up` builds it
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,13 +16,14 @@ import pytest
 from aiohttp import web
 
 from proxy.identity.web.app import build_auth_server
+from proxy.identity.web.device import MAX_WRONG_CODES
 from proxy.identity.web.flow import AuthServer
 from proxy.identity.web.limits import HttpLimits, RateLimit, limit_app, start_limited_site
 from proxy.identity.web.totp import MAX_FAILURES_PER_USER, TotpMethod
 from proxy.snapshot import SecretValue
 from tests.support.proxy_harness import ProxyHarness, start_harness
 
-LIMITS = HttpLimits(device_codes=RateLimit(4, 3600))
+LIMITS = HttpLimits(device_codes=RateLimit(4, 3600), second_factors=RateLimit(0, 60))  # 0: the budget below shows
 TOTP_SECRET = pyotp.random_base32()
 
 
@@ -92,3 +94,25 @@ def test_wrong_totp_codes_on_one_replica_lock_the_user_on_the_other(replicas: tu
     assert problem is not None and "too many wrong codes" in problem
     # ...and the right code was not spent on the way: the step is still unused in the shared store.
     assert two.proxy.run(two.proxy.running.server.identity.store.mark_totp_used("alice", 0))
+
+
+def test_wrong_user_codes_are_one_budget_over_two_replicas(replicas: tuple[Replica, Replica]) -> None:
+    async def guess(client: aiohttp.ClientSession, replica: Replica) -> tuple[int, str]:
+        async with client.get(replica.url + "/device") as response:
+            token = re.search(r"name=csrf value='([^']+)'", await response.text())
+        assert token
+        async with client.post(replica.url + "/device", data={"user_code": "BCDF-GHJK", "csrf": token.group(1),
+                                                               "action": "continue"}) as response:
+            return response.status, await response.text()
+
+    async def go() -> list[tuple[int, str]]:
+        out = []
+        for i in range(MAX_WRONG_CODES + 1):
+            async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as client:  # a new browser
+                out.append(await guess(client, replicas[i % 2]))
+        return out
+
+    answers = asyncio.run(go())
+    assert [status for status, _ in answers[:-1]] == [400] * MAX_WRONG_CODES  # unknown code
+    status, page = answers[-1]
+    assert status == 429 and "too many wrong codes" in page  # each replica saw only about half of them
