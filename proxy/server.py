@@ -32,6 +32,7 @@ log = logging.getLogger("pgwarden.server")
 REVOCATION_BATCH = 200
 PURGE_EVERY_S = 3600.0  # housekeeping of the state store: expired sessions and device codes
 PURGE_AFTER = timedelta(days=1)  # expired sessions stay listable (and auditable) this long
+LISTEN_BACKLOG = 1024  # the kernel caps it at net.core.somaxconn
 IDENTITY_RECHECK_S = 30.0  # sessions re-checked between yields to the loop, so the relay keeps moving
 
 
@@ -73,8 +74,10 @@ class ProxyServer:
     async def start(self, host: str, port: int, *, reuse_port: bool = False) -> tuple[str, int]:
         """Listen on host:port; `reuse_port` lets several worker processes share it (SO_REUSEPORT)."""
         loop = asyncio.get_running_loop()
+        # A deep accept queue: with asyncio's default of 100, a burst of connects overflows it and a real client's
+        # SYN is dropped and retried a second later; the pre-auth caps, not the kernel, decide who stays.
         self._server = await loop.create_server(lambda: ClientSession(self), host, port, reuse_address=True,
-                                                reuse_port=reuse_port or None)
+                                                reuse_port=reuse_port or None, backlog=LISTEN_BACKLOG)
         sockname = self._server.sockets[0].getsockname()
         self._identity_watch = loop.create_task(self.watch_identity_sessions())
         return sockname[0], sockname[1]

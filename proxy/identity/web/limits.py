@@ -30,6 +30,7 @@ from proxy.identity.web.pages import error_page
 log = logging.getLogger("pgwarden.http")
 
 LOG_INTERVAL_S = 10.0
+LISTEN_BACKLOG = 1024  # the kernel caps it at net.core.somaxconn
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -215,6 +216,8 @@ async def start_limited_site(app: web.Application, limits: HttpLimits, *, host: 
     runner = BoundedAppRunner(app, max_connections=limits.max_connections, access_log=None,
                               **limits.runner_options())
     await runner.setup()
-    site: web.BaseSite = web.SockSite(runner, sock) if sock is not None else web.TCPSite(runner, host, port)
+    # A deep accept queue (aiohttp's default is 128): a burst of connects must not drop a person's SYN.
+    site: web.BaseSite = (web.SockSite(runner, sock, backlog=LISTEN_BACKLOG) if sock is not None
+                          else web.TCPSite(runner, host, port, backlog=LISTEN_BACKLOG))
     await site.start()
     return runner
