@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from proxy.identity.certs import ClientCertificateAuthority
 from proxy.identity.sessions import SessionAuthority
 from proxy.identity.store_open import open_store
 from proxy.identity.tokens import TokenAuthority
+from proxy.preauth import PreAuthLimits
 from proxy.server import ProxyServer
 from proxy.snapshot import Snapshot
 from proxy.tls import ServerCertificate, ensure_local_certificate, server_context
@@ -41,6 +43,7 @@ class ProxyOptions:
     state: str | None = None  # identity state store: None/"sqlite" (DATA_DIR/state.db) or postgres://…
     otlp: OtlpSettings | None = None  # also export the access log as OpenTelemetry logs
     log_queries: QueryText = QueryText.FULL
+    preauth: PreAuthLimits = PreAuthLimits()  # what a client that has not authenticated yet may cost
 
 
 @dataclass(slots=True, kw_only=True)
@@ -70,6 +73,7 @@ async def start_proxy(
     server_factory: Callable[..., ProxyServer] = ProxyServer,  # pgwarden/workers.py passes a WorkerServer
 ) -> RunningProxy:
     data_dir = prepare(options.data_dir)
+    raise_open_files_limit()
     if options.tls_cert and options.tls_key:
         cert = ServerCertificate(cert_path=options.tls_cert, key_path=options.tls_key, ca_path=None)
     else:
@@ -86,6 +90,7 @@ async def start_proxy(
         fingerprint_key=fingerprint_key(data_dir),
         snapshot=snapshot,
         default_service=options.default_service,
+        preauth_limits=options.preauth,
     )
     host, port = await server.start(options.listen_host, options.listen_port)
     socket_path = options.admin_socket or data_dir / ADMIN_SOCKET
@@ -96,6 +101,22 @@ async def start_proxy(
     admin = await start_admin(server, socket_path, app)
     return RunningProxy(server=server, admin=admin, host=host, port=port, admin_socket=socket_path,
                         ca_path=cert.ca_path)
+
+
+def raise_open_files_limit() -> int:
+    """Lift the soft limit on open files to the hard one; returns the soft limit now in force.
+
+    Every client holds one descriptor (two once relaying); the common soft default of 1024 would let a few
+    hundred idle sockets starve real clients long before the pre-auth caps matter.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            return hard
+        except (ValueError, OSError):
+            log.warning("could not raise the open-files limit from %d to %d", soft, hard)
+    return soft
 
 
 async def serve_until_signal(running: RunningProxy, *, on_reload: Callable[[], None] | None = None) -> None:

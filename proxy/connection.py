@@ -44,10 +44,12 @@ def _read_buffer() -> memoryview:
 class PgConnection(asyncio.BufferedProtocol):
     """One socket. Subclasses override `on_relay_data` for the hot path."""
 
-    def __init__(self, *, whose: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+    def __init__(self, *, whose: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 bounded: bool = False) -> None:
         self._read_view = _read_buffer()  # protocols are built on the loop's thread, which does the reads
         self.transport: asyncio.Transport | None = None
-        self.reader = MessageReader(max_message_bytes=max_message_bytes, whose=whose)
+        # bounded: never buffer more than one message of the limit (a client that has not authenticated yet)
+        self.reader = MessageReader(max_message_bytes=max_message_bytes, whose=whose, bounded=bounded)
         self.peer: PgConnection | None = None  # set when relaying
         self.is_relaying = False
         self.is_closed = False

@@ -31,7 +31,7 @@ class ProxyMetrics:
 
     __slots__ = ("sessions_allowed", "sessions_denied", "sessions_failed", "queries_allowed", "queries_denied",
                  "decision_counts", "decision_sum_s", "upstream_errors", "ended_bytes_from_client",
-                 "ended_bytes_from_upstream")
+                 "ended_bytes_from_upstream", "preauth_shed", "preauth_timeouts", "preauth_oversize")
 
     def __init__(self) -> None:
         self.sessions_allowed = 0
@@ -44,6 +44,9 @@ class ProxyMetrics:
         self.upstream_errors = 0
         self.ended_bytes_from_client = 0
         self.ended_bytes_from_upstream = 0
+        self.preauth_shed = 0  # unauthenticated connections dropped over the caps (proxy/preauth.py)
+        self.preauth_timeouts = 0  # unauthenticated connections that did not log in within the timeout
+        self.preauth_oversize = 0  # unauthenticated connections that sent a message over the cap
 
     def query_decided(self, allowed: bool, seconds: float) -> None:
         """Count one per-query policy decision and how long it took (called by the relay)."""
@@ -118,6 +121,14 @@ def _families(server: ProxyServer) -> Iterator[Metric]:
     relay.add_metric(["client_to_upstream"], from_client)
     relay.add_metric(["upstream_to_client"], from_upstream)
     yield relay
+    yield _gauge("pgwarden_preauth_connections", "Client connections not authenticated yet", len(server.preauth))
+    preauth = CounterMetricFamily("pgwarden_preauth_refused", "Unauthenticated client connections dropped, by "
+                                  "reason: shed (over the caps, oldest first), timeout, oversize (message over the "
+                                  "pre-auth cap)", labels=["reason"])
+    preauth.add_metric(["shed"], m.preauth_shed)
+    preauth.add_metric(["timeout"], m.preauth_timeouts)
+    preauth.add_metric(["oversize"], m.preauth_oversize)
+    yield preauth
     dropped = sum(int(getattr(sink, "dropped", 0)) for sink in server.access_log.sinks)
     yield CounterMetricFamily("pgwarden_accesslog_dropped", "Access-log records not exported (queue full or "
                               "collector unreachable)", value=dropped)

@@ -21,6 +21,7 @@ from proxy.identity.sessions import SessionAuthority
 from proxy.identity.store import AuthMethod, IdentitySession, StateStoreError, utc_now
 from proxy.metrics import ProxyMetrics
 from proxy.pgwire.errors import PgwardenError
+from proxy.preauth import PreAuthLimits, PreAuthRegistry
 from proxy.routing import ConnectRequest, LiveSnapshot, Route
 from proxy.session import ClientSession, SessionInfo
 from proxy.snapshot import AuthorizationMode, Snapshot
@@ -31,6 +32,7 @@ log = logging.getLogger("pgwarden.server")
 REVOCATION_BATCH = 200
 PURGE_EVERY_S = 3600.0  # housekeeping of the state store: expired sessions and device codes
 PURGE_AFTER = timedelta(days=1)  # expired sessions stay listable (and auditable) this long
+LISTEN_BACKLOG = 1024  # the kernel caps it at net.core.somaxconn
 IDENTITY_RECHECK_S = 30.0  # sessions re-checked between yields to the loop, so the relay keeps moving
 
 
@@ -47,6 +49,7 @@ class ProxyServer:
         snapshot: Snapshot | None = None,
         default_service: str | None = None,
         client_ca: ClientCertificateAuthority | None = None,
+        preauth_limits: PreAuthLimits | None = None,
     ) -> None:
         self.tls_context = tls_context
         self.identity = identity
@@ -62,6 +65,7 @@ class ProxyServer:
         self._cancels: set[asyncio.Task[None]] = set()  # in flight; held so a closing client cannot drop them
         self._by_identity: dict[str, set[ClientSession]] = {}  # identity Session id -> its live DB sessions
         self.connections: set[ClientSession] = set()  # every open client socket, logged in or not
+        self.preauth = PreAuthRegistry(preauth_limits or PreAuthLimits(), self.metrics)  # not logged in yet
         self._server: asyncio.AbstractServer | None = None
         self._revocation: asyncio.Task[None] | None = None
         self._identity_watch: asyncio.Task[None] | None = None
@@ -70,8 +74,10 @@ class ProxyServer:
     async def start(self, host: str, port: int, *, reuse_port: bool = False) -> tuple[str, int]:
         """Listen on host:port; `reuse_port` lets several worker processes share it (SO_REUSEPORT)."""
         loop = asyncio.get_running_loop()
+        # A deep accept queue: with asyncio's default of 100, a burst of connects overflows it and a real client's
+        # SYN is dropped and retried a second later; the pre-auth caps, not the kernel, decide who stays.
         self._server = await loop.create_server(lambda: ClientSession(self), host, port, reuse_address=True,
-                                                reuse_port=reuse_port or None)
+                                                reuse_port=reuse_port or None, backlog=LISTEN_BACKLOG)
         sockname = self._server.sockets[0].getsockname()
         self._identity_watch = loop.create_task(self.watch_identity_sessions())
         return sockname[0], sockname[1]

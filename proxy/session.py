@@ -25,7 +25,7 @@ from proxy.pgwire import messages as m
 from proxy.pgwire.denials import ResponseFilter
 from proxy.pgwire.encodings import decode_text, python_codec
 from proxy.pgwire.errors import PgwardenError, ProtocolViolation
-from proxy.pgwire.framing import DEFAULT_MAX_MESSAGE_BYTES, FrameScanner
+from proxy.pgwire.framing import DEFAULT_MAX_MESSAGE_BYTES, FrameScanner, MessageTooLarge
 from proxy.policy.enforce import DecisionLike, DenyAll, RequestGate, ResponseSummaries, SessionPolicy
 from proxy.routing import ConnectRequest, LiveSnapshot, Route
 from proxy.upstream import UPSTREAM_MAX_MESSAGE_BYTES, UpstreamLogin, open_upstream
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pgwarden.session")
 
-STARTUP_TIMEOUT_S = 60.0  # PostgreSQL's authentication_timeout default
+STARTUP_TIMEOUT_S = 60.0  # whole startup incl. upstream login; before the client authenticates, PreAuthLimits
 TERMINATE_GRACE_S = 2.0
 CLOSE_GRACE_S = 5.0
 TLS_SHUTDOWN_TIMEOUT_S = 2.0  # asyncio's default of 30 s keeps dead sessions' sockets around
@@ -119,7 +119,8 @@ class ClientSession(PgConnection):
     """The client socket, and the session it belongs to."""
 
     def __init__(self, server: ProxyServer) -> None:
-        super().__init__(whose="client", max_message_bytes=DEFAULT_MAX_MESSAGE_BYTES)
+        # Until the client authenticates, the pre-auth caps apply (proxy/preauth.py); then the relay's own.
+        super().__init__(whose="client", max_message_bytes=server.preauth.limits.max_message_bytes, bounded=True)
         self.server = server
         self.id = secrets.token_hex(8)
         self.info: SessionInfo | None = None
@@ -144,20 +145,49 @@ class ClientSession(PgConnection):
         self._task: asyncio.Task[None] | None = None
         self._ended = False
         self._claimed: tuple[str, str] = ("", "")  # (user, service) once known, for refusal logs
+        self._deadline: asyncio.Timeout | None = None
+        self.is_authenticated = False
 
     # --- lifecycle -----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self.server.connections.add(self)
+        peer = transport.get_extra_info("peername")
+        self.server.preauth.admit(self, str(peer[0]) if isinstance(peer, tuple) and peer else "")
         self._task = asyncio.get_running_loop().create_task(self._serve())
 
     def on_closed(self) -> None:
         self.server.connections.discard(self)
+        self.server.preauth.authenticated(self)
         if self.upstream is not None:
             self.upstream.close()
         if self._task is not None and not self._task.done() and not self.is_relaying:
             self._task.cancel()
         self._end()
+
+    def shed(self) -> None:
+        """Over the pre-auth caps (proxy/preauth.py): drop the socket, no ErrorResponse, no TLS close."""
+        self.abort()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()  # mid-handshake, an abort alone does not wake start_tls
+
+    def _lost_in_handshake(self) -> None:
+        """The TLS handshake failed: during it the TLS layer, not this protocol, owned the socket, so
+        connection_lost never reaches us; forget the connection here."""
+        if not self.is_closed:
+            self.is_closed = True
+            self.server.connections.discard(self)
+            self.server.preauth.authenticated(self)
+            self._end()
+
+    def _authenticated(self) -> None:
+        """The client proved who it is: out of the pre-auth caps, back to the post-login message limit."""
+        self.is_authenticated = True
+        self.server.preauth.authenticated(self)
+        self.reader.relax(DEFAULT_MAX_MESSAGE_BYTES)
+        if self._deadline is not None:  # the upstream login still has the rest of STARTUP_TIMEOUT_S
+            loop = asyncio.get_running_loop()
+            self._deadline.reschedule(loop.time() + max(0.0, STARTUP_TIMEOUT_S - (time.monotonic() - self._started)))
 
     def close(self) -> None:
         super().close()
@@ -193,17 +223,26 @@ class ClientSession(PgConnection):
     # --- startup -------------------------------------------------------------------------
     async def _serve(self) -> None:
         try:
-            async with asyncio.timeout(STARTUP_TIMEOUT_S):
+            async with asyncio.timeout(self.server.preauth.limits.timeout_s) as self._deadline:
                 startup = await self._read_startup()
                 if startup is None:
                     return
                 await self._establish(startup)
+        except MessageTooLarge as exc:
+            if not self.is_authenticated:
+                self.server.metrics.preauth_oversize += 1
+            self._refuse(exc)  # not logged per connection: counted (pgwarden_preauth_refused_total)
         except PgwardenError as exc:
             self._log_refusal(exc)
             self._refuse(exc)
         except TimeoutError:
-            self._refuse(AuthenticationFailed("startup did not complete in time"))
-        except (ConnectionResetError, asyncio.CancelledError):
+            if not self.is_authenticated:
+                self.server.metrics.preauth_timeouts += 1
+                self._refuse(AuthenticationFailed(
+                    f"authentication did not complete within {self.server.preauth.limits.timeout_s:g} s"))
+            else:
+                self._refuse(AuthenticationFailed("startup did not complete in time"))
+        except (ConnectionError, asyncio.CancelledError):  # reset, or aborted (shed) during the TLS handshake
             self.close()
         except Exception as exc:  # noqa: BLE001 - a bug must not take the server down
             log.exception("session %s failed during startup", self.id)
@@ -220,6 +259,7 @@ class ClientSession(PgConnection):
                 assert self.transport is not None
                 try:
                     tls = await loop.start_tls(self.transport, self, self.server.tls_context, server_side=True,
+                                               ssl_handshake_timeout=self.server.preauth.limits.timeout_s,
                                                ssl_shutdown_timeout=TLS_SHUTDOWN_TIMEOUT_S)
                 except ssl.SSLError as exc:
                     # e.g. a client certificate that is expired or not from the client CA: the client
@@ -229,7 +269,12 @@ class ClientSession(PgConnection):
                               else exc.reason or str(exc))
                     log.info("session %s: TLS handshake refused: %s", self.id, reason)
                     self.abort()
+                    self._lost_in_handshake()
                     return None
+                except BaseException:  # reset, shed (cancelled) or timed out mid-handshake
+                    self.abort()
+                    self._lost_in_handshake()
+                    raise
                 tls = cast(asyncio.Transport, tls)
                 self.transport = tls
                 self.is_tls = True
@@ -300,6 +345,7 @@ class ClientSession(PgConnection):
                 raise ProtocolViolation(f"expected a password message, got {chr(type_byte)!r}")
             token = body.rstrip(b"\x00").decode("utf-8", "replace")
             identity = await self.server.identity.verify(token)
+        self._authenticated()
         self.identity = identity
         live = self.server.live
         service_name, request = self._select(live, params)

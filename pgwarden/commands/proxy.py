@@ -18,6 +18,7 @@ from pgwarden.state_dsn import add_state_options, state_from
 from pgwarden.workers import add_worker_options, announce_ready, is_parent, run_workers, worker_setup
 from proxy.audit.normalize import QueryText
 from proxy.audit.otel import settings_from
+from proxy.preauth import PreAuthLimits
 from reconciler.errors import ConfigError, ManifestErrors
 from reconciler.manifests import load_snapshot
 from reconciler.sops import KeyRing, SopsError
@@ -71,6 +72,36 @@ def add_proxy_options(p: argparse.ArgumentParser) -> None:
                    help="header sent with every export, repeatable, e.g. --otlp-header 'authorization=Bearer …'. "
                         "A value here is visible in the process list: prefer $OTEL_EXPORTER_OTLP_HEADERS for "
                         "credentials. Values are never printed")
+    add_preauth_options(p)
+
+
+_PREAUTH = PreAuthLimits()
+
+
+def add_preauth_options(p: argparse.ArgumentParser) -> None:
+    """Limits on PostgreSQL clients that have not authenticated yet (proxy/preauth.py)."""
+    g = p.add_argument_group("limits before a PostgreSQL client authenticates")
+    g.add_argument("--preauth-timeout", type=float, default=_PREAUTH.timeout_s, metavar="SECONDS",
+                   help="SSL request, TLS handshake, startup packet and password must all arrive within this "
+                        f"(default {_PREAUTH.timeout_s:g})")
+    g.add_argument("--preauth-max-message", type=int, default=_PREAUTH.max_message_bytes, metavar="BYTES",
+                   help="largest startup packet or password message; no more is buffered "
+                        f"(default {_PREAUTH.max_message_bytes}; after login the relay's limits apply)")
+    g.add_argument("--preauth-max-connections", type=int, default=_PREAUTH.max_connections, metavar="N",
+                   help="unauthenticated connections at once; one more drops the OLDEST, so idle sockets cannot "
+                        f"lock out a client that logs in promptly (default {_PREAUTH.max_connections})")
+    g.add_argument("--preauth-max-per-address", type=int, default=_PREAUTH.max_per_address, metavar="N",
+                   help="unauthenticated connections at once per client IP address, oldest dropped first "
+                        "(default 0: no per-address cap, as clients behind NAT share one)")
+
+
+def preauth_limits_from(args: argparse.Namespace) -> PreAuthLimits:
+    try:
+        return PreAuthLimits(timeout_s=args.preauth_timeout, max_message_bytes=args.preauth_max_message,
+                             max_connections=args.preauth_max_connections,
+                             max_per_address=args.preauth_max_per_address)
+    except ValueError as exc:
+        raise SystemExit(f"pgwarden: error: {exc}") from None
 
 
 def parse_otlp_endpoint(text: str) -> str:
@@ -114,6 +145,7 @@ def options_from(args: argparse.Namespace) -> ProxyOptions:
                         admin_socket=args.admin_socket, access_log=access_log,
                         tls_cert=args.tls_cert, tls_key=args.tls_key, default_service=args.default_service,
                         state=state_from(args, os.environ), log_queries=QueryText(args.log_queries),
+                        preauth=preauth_limits_from(args),
                         otlp=settings_from(args.otlp_endpoint, args.otlp_protocol, dict(args.otlp_header), os.environ))
 
 

@@ -25,6 +25,7 @@ from pgwarden.runtime import EmbeddedTarget, RunningProxy, run, serve_until_sign
 from pgwarden.up_workers import add_up_worker_options, run_up_worker, serve_with_workers
 from proxy.identity.exchange import add_exchange_routes
 from proxy.identity.web.app import build_auth_server, canonical_login_host
+from proxy.identity.web.limits import HttpLimits, RateLimit, limit_app, start_limited_site
 from proxy.metrics import ProxyCollector
 from proxy.server import ProxyServer
 from proxy.snapshot import Snapshot
@@ -87,8 +88,47 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-health-probe", action="store_true",
                    help="do not log in to each upstream after an apply")
     add_proxy_options(p)
+    add_http_limit_options(p)
     add_up_worker_options(p)
     p.set_defaults(func=run_up)
+
+
+_HTTP = HttpLimits()
+
+
+def add_http_limit_options(p: argparse.ArgumentParser) -> None:
+    """Limits of the --http-listen listener (proxy/identity/web/limits.py)."""
+    g = p.add_argument_group("limits of the HTTP listener")
+    g.add_argument("--http-idle-timeout", type=float, default=_HTTP.idle_timeout_s, metavar="SECONDS",
+                   help="close a connection idle this long, or that has not sent a whole request's headers within "
+                        f"it (default {_HTTP.idle_timeout_s:g})")
+    g.add_argument("--http-request-timeout", type=float, default=_HTTP.request_timeout_s, metavar="SECONDS",
+                   help=f"answer 408 to a request not handled within this, body included "
+                        f"(default {_HTTP.request_timeout_s:g})")
+    g.add_argument("--http-max-body", type=int, default=_HTTP.max_body_bytes, metavar="BYTES",
+                   help=f"largest request body (default {_HTTP.max_body_bytes})")
+    g.add_argument("--http-max-connections", type=int, default=_HTTP.max_connections, metavar="N",
+                   help=f"open connections at once; one more closes the OLDEST (default {_HTTP.max_connections})")
+    g.add_argument("--rate-device-codes", type=RateLimit.parse, default=_HTTP.device_codes, metavar="N/SECONDS",
+                   help="POST /v1/auth/device/code per client address and window, counted in the state store "
+                        f"(shared by replicas); 0/1 turns it off (default {_HTTP.device_codes})")
+    g.add_argument("--rate-tokens", type=RateLimit.parse, default=_HTTP.tokens, metavar="N/SECONDS",
+                   help="requests to the token endpoints (/v1/auth/token, device/token, cli/token, refresh, "
+                        f"assertion) per client address and window (default {_HTTP.tokens})")
+    g.add_argument("--rate-second-factors", type=RateLimit.parse, default=_HTTP.second_factors, metavar="N/SECONDS",
+                   help="TOTP and passkey sign-in attempts and device codes typed at /device, per client address "
+                        f"and window (default {_HTTP.second_factors}); wrong TOTP codes also count per user")
+
+
+def http_limits_from(args: argparse.Namespace) -> HttpLimits:
+    if min(args.http_idle_timeout, args.http_request_timeout) <= 0 or args.http_max_body < 1024 \
+            or args.http_max_connections < 1:
+        raise SystemExit("pgwarden: error: HTTP limits: timeouts > 0, --http-max-body >= 1024, "
+                         "--http-max-connections >= 1")
+    return HttpLimits(idle_timeout_s=args.http_idle_timeout, request_timeout_s=args.http_request_timeout,
+                      max_body_bytes=args.http_max_body, max_connections=args.http_max_connections,
+                      device_codes=args.rate_device_codes, tokens=args.rate_tokens,
+                      second_factors=args.rate_second_factors)
 
 
 def run_up(args: argparse.Namespace) -> int:
@@ -200,7 +240,9 @@ async def _serve(args: argparse.Namespace, spec: SourceSpec, keys: KeyRing, *, i
 
 async def _start_http(args: argparse.Namespace, reconciler: Reconciler, running: RunningProxy, *,
                       metrics: ReconcilerMetrics | None = None) -> web.AppRunner:
-    app = web.Application(client_max_size=1 << 20)
+    limits = http_limits_from(args)
+    app = web.Application(client_max_size=limits.max_body_bytes)
+    limit_app(app, lambda: running.server.identity.store, limits)  # outermost: timeouts, then rate limits
     add_exchange_routes(app, running.server)
     public_url = public_url_of(args)
     auth = build_auth_server(running.server, public_url=public_url,
@@ -221,11 +263,8 @@ async def _start_http(args: argparse.Namespace, reconciler: Reconciler, running:
             return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
         app.router.add_get("/metrics", prometheus)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
     host, port = args.http_listen
-    await web.TCPSite(runner, host, port).start()
-    return runner
+    return await start_limited_site(app, limits, host=host, port=port)
 
 
 def public_url_of(args: argparse.Namespace) -> str:

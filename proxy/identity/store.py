@@ -173,6 +173,36 @@ class DeviceCode:
         return now >= self.expires_at
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WindowCount:
+    """A fixed-window counter after a hit: how many hits its window holds, and when the window ends."""
+
+    count: int
+    resets_at: datetime
+
+    def retry_after_s(self, now: datetime) -> int:
+        """Seconds until the window ends, at least 1 (for a Retry-After header)."""
+        return max(1, int((self.resets_at - now).total_seconds() + 0.999))
+
+
+MAX_COUNTER_KEY_CHARS = 256
+
+
+def window_end(now: datetime, window_s: int) -> datetime:
+    """The end of the fixed window of `window_s` seconds that holds `now`; windows are aligned to the epoch, so
+    every replica computes the same one."""
+    if window_s <= 0:
+        raise ValueError(f"window_s must be positive, got {window_s}")
+    seconds = int(require_aware(now, "now").timestamp())
+    return datetime.fromtimestamp(seconds - seconds % window_s + window_s, UTC)
+
+
+def counter_key(key: str) -> str:
+    if not key or len(key) > MAX_COUNTER_KEY_CHARS:
+        raise ValueError(f"a counter key has 1 to {MAX_COUNTER_KEY_CHARS} characters")
+    return key
+
+
 class IdentityStore(Protocol):
     """Sessions, passkeys, TOTP enrollments and device codes. Every method is safe to call from many replicas.
 
@@ -223,6 +253,9 @@ class IdentityStore(Protocol):
     async def deny_device_code(self, user_code: str, now: datetime | None = None) -> bool: ...
     async def consume_device_code(self, device_code_hash: str, now: datetime) -> DeviceCode | None:
         """Delete and return an approved, unexpired code: of several polls, exactly one gets it."""
+    async def hit_counter(self, key: str, *, window_s: int, cost: int = 1, now: datetime | None = None) -> WindowCount:
+        """Add `cost` to the fixed-window counter `key` (cost 0 only reads it); shared by every process and replica
+        on this store, for rate limits and failure budgets. `purge_expired` deletes ended windows."""
     async def close(self) -> None: ...
 
 

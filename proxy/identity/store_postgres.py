@@ -29,13 +29,16 @@ from proxy.identity.store import (
     StateConflict,
     StateStoreUnavailable,
     TotpEnrollment,
+    WindowCount,
     build_session,
+    counter_key,
     mask_dsn,
     normalize_user_code,
     require_aware,
     require_hash,
     totp_aad,
     utc_now,
+    window_end,
 )
 from proxy.snapshot import SecretValue
 
@@ -63,6 +66,11 @@ MIGRATIONS: tuple[str, ...] = (
         device_code_hash text PRIMARY KEY, user_code text NOT NULL, user_code_key text NOT NULL UNIQUE,
         client text NOT NULL, expires_at timestamptz NOT NULL, interval_s integer NOT NULL,
         approved_session_id text, denied boolean NOT NULL DEFAULT false);
+    """,
+    """
+    CREATE TABLE pgwarden.counters (
+        key text NOT NULL, window_end timestamptz NOT NULL, count bigint NOT NULL, PRIMARY KEY (key, window_end));
+    CREATE INDEX counters_window_end ON pgwarden.counters (window_end);
     """,
 )
 
@@ -255,6 +263,7 @@ class PostgresStore:
     async def purge_expired(self, now: datetime) -> int:
         at = require_aware(now, "now")
         await self._execute(f"DELETE FROM {SCHEMA}.device_codes WHERE expires_at <= $1", at)
+        await self._execute(f"DELETE FROM {SCHEMA}.counters WHERE window_end <= $1", at)
         return await self._execute(f"DELETE FROM {SCHEMA}.sessions WHERE expires_at <= $1", at)
 
     async def watch_revocations(self, callback: Callable[[str], None]) -> None:
@@ -381,6 +390,17 @@ class PostgresStore:
                f"AND NOT denied AND expires_at > $2 RETURNING {_DEVICE_COLUMNS}")
         row = await self._fetchrow(sql, require_hash(device_code_hash, "device_code_hash"), require_aware(now, "now"))
         return None if row is None else _device_code(row)
+
+
+    # --- counters (rate limits, failure budgets) ---
+
+    async def hit_counter(self, key: str, *, window_s: int, cost: int = 1, now: datetime | None = None) -> WindowCount:
+        ends = window_end(now or utc_now(), window_s)
+        sql = (f"INSERT INTO {SCHEMA}.counters AS c (key, window_end, count) VALUES ($1, $2, $3) "
+               "ON CONFLICT (key, window_end) DO UPDATE SET count = c.count + excluded.count RETURNING count")
+        async with self._translate("write"):
+            count = await self._db().fetchval(sql, counter_key(key), ends, cost)
+        return WindowCount(count=int(count), resets_at=ends)
 
 
 def _session(row: asyncpg.Record) -> IdentitySession:

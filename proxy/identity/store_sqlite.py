@@ -29,12 +29,15 @@ from proxy.identity.store import (
     StateConflict,
     StateStoreUnavailable,
     TotpEnrollment,
+    WindowCount,
     build_session,
+    counter_key,
     normalize_user_code,
     require_aware,
     require_hash,
     totp_aad,
     utc_now,
+    window_end,
 )
 from proxy.snapshot import SecretValue
 
@@ -61,6 +64,11 @@ MIGRATIONS: tuple[str, ...] = (
         device_code_hash TEXT PRIMARY KEY, user_code TEXT NOT NULL, user_code_key TEXT NOT NULL UNIQUE,
         client TEXT NOT NULL, expires_at INTEGER NOT NULL, interval_s INTEGER NOT NULL,
         approved_session_id TEXT, denied INTEGER NOT NULL DEFAULT 0);
+    """,
+    """
+    CREATE TABLE counters (
+        key TEXT NOT NULL, window_end INTEGER NOT NULL, count INTEGER NOT NULL, PRIMARY KEY (key, window_end));
+    CREATE INDEX counters_window_end ON counters (window_end);
     """,
 )
 
@@ -206,6 +214,7 @@ class SqliteStore:
         with self._write() as db:
             sessions = db.execute("DELETE FROM sessions WHERE expires_at <= ?", (now_us,)).rowcount
             db.execute("DELETE FROM device_codes WHERE expires_at <= ?", (now_us,))
+            db.execute("DELETE FROM counters WHERE window_end <= ?", (now_us,))
             return sessions
 
     def _consume(self, code_hash: str, now_us: int) -> tuple[Any, ...] | None:
@@ -395,6 +404,21 @@ class SqliteStore:
     async def consume_device_code(self, device_code_hash: str, now: datetime) -> DeviceCode | None:
         row = await self._run(self._consume, require_hash(device_code_hash, "device_code_hash"), _to_us(now))
         return None if row is None else _device_code(row)
+
+
+    # --- counters (rate limits, failure budgets) ---
+
+    async def hit_counter(self, key: str, *, window_s: int, cost: int = 1, now: datetime | None = None) -> WindowCount:
+        ends = window_end(now or utc_now(), window_s)
+        count = await self._run(self._hit, counter_key(key), _to_us(ends), cost)
+        return WindowCount(count=count, resets_at=ends)
+
+    def _hit(self, key: str, ends_us: int, cost: int) -> int:
+        with self._write() as db:
+            row = db.execute("INSERT INTO counters (key, window_end, count) VALUES (?, ?, ?) ON CONFLICT "
+                             "(key, window_end) DO UPDATE SET count = count + excluded.count RETURNING count",
+                             (key, ends_us, cost)).fetchone()
+            return int(row[0])
 
 
 def _session(row: tuple[Any, ...]) -> IdentitySession:

@@ -21,27 +21,59 @@ _HEADER = struct.Struct("!Bi")
 _I32 = struct.Struct("!i")
 
 
+class MessageTooLarge(ProtocolViolation):
+    """A message over the reader's limit, or more unread bytes than one such message (no more is buffered)."""
+
+
 class MessageReader:
-    """Buffered reader of whole messages: the startup packet, then typed messages."""
+    """Buffered reader of whole messages: the startup packet, then typed messages.
 
-    __slots__ = ("_buf", "_max", "_whose")
+    With `bounded=True` (a client that has not authenticated) at most one message of the limit is ever
+    buffered: a chunk that would go over is dropped and the next read raises MessageTooLarge, so a
+    16 MiB "password" costs the proxy nothing but the time to refuse it.
+    """
 
-    def __init__(self, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, whose: str = "client") -> None:
+    __slots__ = ("_buf", "_max", "_whose", "_max_buffered", "_overflowed")
+
+    def __init__(self, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, whose: str = "client",
+                 bounded: bool = False) -> None:
         self._buf = bytearray()
         self._max = max_message_bytes
         self._whose = whose
+        self._max_buffered: int | None = None
+        self._overflowed = False
+        if bounded:
+            self._max_buffered = 5 + max(max_message_bytes, MAX_STARTUP_PACKET_BYTES)
+
+    def relax(self, max_message_bytes: int) -> None:
+        """The peer authenticated: the post-login limit applies and the buffer is no longer bounded."""
+        self._check_overflow()  # bytes were dropped: what is buffered must never reach the relay
+        self._max = max_message_bytes
+        self._max_buffered = None
 
     def feed(self, data: bytes) -> None:
+        if self._max_buffered is not None and len(self._buf) + len(data) > self._max_buffered:
+            # Keep what fits (a header says how large the message claims to be); drop the rest, and the
+            # next read refuses the connection.
+            self._overflowed = True
+            data = data[: max(0, self._max_buffered - len(self._buf))]
         self._buf += data
+
+    def _check_overflow(self) -> None:
+        if self._overflowed:
+            raise MessageTooLarge(f"more than {self._max_buffered} bytes sent before authentication",
+                                  whose=self._whose)
 
     def next_startup(self) -> StartupPacket | None:
         """The untyped first packet, or None if more data is needed."""
         if len(self._buf) < 4:
+            self._check_overflow()
             return None
         length = _I32.unpack_from(self._buf, 0)[0]
         if length < 8 or length > MAX_STARTUP_PACKET_BYTES:
             raise ProtocolViolation(f"invalid startup packet length {length}", whose=self._whose)
         if len(self._buf) < length:
+            self._check_overflow()
             return None
         body = bytes(self._buf[4:length])
         del self._buf[:length]
@@ -50,15 +82,17 @@ class MessageReader:
     def next_message(self) -> tuple[int, bytes] | None:
         """(type byte, body) of the next typed message, or None if more data is needed."""
         if len(self._buf) < 5:
+            self._check_overflow()
             return None
         type_byte, length = _HEADER.unpack_from(self._buf, 0)
         if length < 4:
             raise ProtocolViolation(f"invalid message length {length}", whose=self._whose)
         if length - 4 > self._max:
-            raise ProtocolViolation(
+            raise MessageTooLarge(
                 f"message of {length - 4} bytes exceeds the limit of {self._max} bytes", whose=self._whose
             )
         if len(self._buf) < length + 1:
+            self._check_overflow()
             return None
         body = bytes(self._buf[5 : length + 1])
         del self._buf[: length + 1]

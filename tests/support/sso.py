@@ -87,7 +87,8 @@ class SsoCluster:
     data_dir: Path
 
 
-def start_sso_cluster(pg: Any, base_dir: Path, *, extra_manifests: str = "") -> tuple[SsoCluster, ManifestRepo]:
+def start_sso_cluster(pg: Any, base_dir: Path, *, extra_manifests: str = "",
+                      up_args: tuple[str, ...] = ()) -> tuple[SsoCluster, ManifestRepo]:
     """`pgwarden up` with an oidc IdentityProvider `corp` pointing at a fresh oidc-provider peer."""
     peer_port = free_port()
     repo = ManifestRepo(base_dir, pg)
@@ -106,7 +107,8 @@ spec:
 {extra_manifests}""")
     repo.write_secret("corp-oidc-secret", OIDC_CLIENT_SECRET)
     repo.commit("people sign in through corp")
-    up = UpProcess(repo.url, base_dir / "data", "--age-key-file", str(repo.key_file), "--poll-interval", "3600")
+    up = UpProcess(repo.url, base_dir / "data", "--age-key-file", str(repo.key_file), "--poll-interval", "3600",
+                   *up_args)
     base = f"http://localhost:{up.http_port}"
     try:
         # The provider learns pgwarden's callback at start; the IdP is only contacted at login time.

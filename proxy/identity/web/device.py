@@ -23,6 +23,7 @@ from aiohttp import web
 from proxy.identity.store import (
     AssuranceLevel,
     DeviceCode,
+    IdentityStore,
     hash_secret,
     new_device_code,
     new_user_code,
@@ -46,7 +47,8 @@ MAX_DEVICE_CODE_TTL_S = 1800
 POLL_INTERVAL_S = 5  # RFC 8628 §3.2's default
 CLIENT_NAME = "pgwarden-cli"
 CSRF_COOKIE = "pgw_device"
-# A user code has ~34 bits (store.new_user_code); wrong guesses per address are capped so it can't be brute-forced.
+# A user code has ~34 bits (store.new_user_code); wrong guesses per address are capped (in the state store, so
+# every replica charges one budget) so it can't be brute-forced.
 MAX_WRONG_CODES = 20
 WRONG_CODE_WINDOW_S = 600
 MAX_BODY_BYTES = 16 * 1024
@@ -58,7 +60,6 @@ class DeviceAuthorization:
 
     def __init__(self) -> None:
         self._last_poll: dict[str, float] = {}  # device code hash → monotonic time of the last poll (slow_down)
-        self._wrong_codes: dict[str, tuple[float, int]] = {}  # remote address → (window start, wrong guesses)
 
     def add_routes(self, app: web.Application, auth: AuthServer) -> None:
         async def code(request: web.Request) -> web.Response:
@@ -177,12 +178,13 @@ class DeviceAuthorization:
             return error_page("Sign-in refused", "this form expired or came from another site",
                               hint="open the verification page again and type the code", status=403)
         address = request.remote or "?"
-        if self._is_locked_out(address):
+        store = auth.server.identity.store
+        if await _wrong_codes(store, address, 0) >= MAX_WRONG_CODES:
             log.warning("device page: too many wrong user codes from %s", address)
             return self.code_page(request, message="too many wrong codes; wait a few minutes", status=429)
         found = await auth.server.identity.store.device_code_by_user_code(user_code) if user_code.strip() else None
         if found is None or found.is_expired(utc_now()) or found.denied or found.approved_session_id:
-            self._count_wrong(address)
+            await _wrong_codes(store, address, 1)
             return self.code_page(request, message="that code is unknown, expired or already used; check the code "
                                                    "your device shows, or start the login there again", status=400)
         if action == "deny":
@@ -208,18 +210,10 @@ class DeviceAuthorization:
         response.del_cookie(CSRF_COOKIE, path="/device")
         return response
 
-    def _is_locked_out(self, address: str) -> bool:
-        start, count = self._wrong_codes.get(address, (0.0, 0))
-        return time.monotonic() - start < WRONG_CODE_WINDOW_S and count >= MAX_WRONG_CODES
 
-    def _count_wrong(self, address: str) -> None:
-        now = time.monotonic()
-        start, count = self._wrong_codes.get(address, (now, 0))
-        if now - start >= WRONG_CODE_WINDOW_S:
-            start, count = now, 0
-        self._wrong_codes[address] = (start, count + 1)
-        if len(self._wrong_codes) > 10_000:
-            self._wrong_codes = {a: v for a, v in self._wrong_codes.items() if now - v[0] < WRONG_CODE_WINDOW_S}
+async def _wrong_codes(store: IdentityStore, address: str, cost: int) -> int:
+    """Wrong user codes typed from `address` in this window, counted in the state store (shared by replicas)."""
+    return (await store.hit_counter(f"device-wrong:{address}", window_s=WRONG_CODE_WINDOW_S, cost=cost)).count
 
 
 def sign_in_links(auth: AuthServer, flow: LoginFlow) -> str:

@@ -14,7 +14,10 @@ A flow that asks for AAL2 and whose first factor gave AAL1 is parked (`flow.pend
 /login/second-factor, where passkey or TOTP finishes it at AAL2.
 
 Flows live in memory for FLOW_TTL_S: they are seconds-long browser round trips and a replica restart only costs
-the person a click. Sessions, device codes, passkeys and TOTP secrets live in the state store.
+the person a click. At most MAX_FLOWS exist; one more evicts the least recently used (a flow moves to the back each
+time a step of it is served), so a flood of anonymous GET /login costs bounded memory and cannot block a person
+who starts, or is in the middle of, a login. (Not yet shared across replicas: a flow must come back to the replica
+that started it, as with sticky sessions.) Sessions, device codes, passkeys and TOTP secrets live in the state store.
 """
 
 from __future__ import annotations
@@ -46,7 +49,8 @@ log = logging.getLogger("pgwarden.identity")
 
 FLOW_TTL_S = 600
 CODE_TTL_S = 120
-MAX_FLOWS = 10_000  # a flood of GET /login must not grow memory without bound
+MAX_FLOWS = 10_000  # a flood of GET /login must not grow memory without bound: the least recently used go
+EVICTION_LOG_INTERVAL_S = 10.0
 DEFAULT_SESSION_TTL_S = 8 * 3600
 MAX_SESSION_TTL_S = 7 * 24 * 3600
 FLOW_COOKIE = "pgw_flow"
@@ -136,8 +140,11 @@ class AuthServer:
         self.pages: list[Pages] = []
         self.second_factors: list[SecondFactor] = []
         self.first_factor_links: list[tuple[str, str]] = []  # (label, path) e.g. passkey sign-in without SSO
-        self._flows: dict[str, LoginFlow] = {}
+        self._flows: dict[str, LoginFlow] = {}  # least recently used first
         self._codes: dict[str, _IssuedCode] = {}
+        self.evicted_flows = 0
+        self._evictions_unlogged = 0
+        self._evictions_logged_at = 0.0
 
     # --- registration -------------------------------------------------------------------------------
 
@@ -162,10 +169,7 @@ class AuthServer:
 
     def new_flow(self, **fields: Any) -> LoginFlow:
         now = time.monotonic()
-        if len(self._flows) >= MAX_FLOWS:
-            self._expire(now)
-            if len(self._flows) >= MAX_FLOWS:
-                raise LoginRefused("too many logins in progress; try again in a few minutes")
+        self._make_room(now)
         flow = LoginFlow(id=secrets.token_urlsafe(24), created=now, **fields)
         self._flows[flow.id] = flow
         return flow
@@ -176,10 +180,10 @@ class AuthServer:
         The cookie check stops login CSRF: a flow someone else started cannot be finished in your browser.
         """
         flow_id = flow_id or request.query.get("flow", "")
-        flow = self._flows.get(flow_id)
+        flow = self._flows.pop(flow_id, None)
         if flow is None or flow.is_expired(time.monotonic()):
-            self._flows.pop(flow_id, None)
             raise LoginRefused("this login has expired or is unknown", hint="start again from the login page")
+        self._flows[flow_id] = flow  # back to the end: most recently used, last to be evicted
         cookie = request.cookies.get(FLOW_COOKIE, "")
         if not hmac.compare_digest(cookie.encode(), flow.id.encode()):
             raise LoginRefused("this login was started in another browser",
@@ -188,6 +192,25 @@ class AuthServer:
 
     def drop_flow(self, flow: LoginFlow) -> None:
         self._flows.pop(flow.id, None)
+
+    def _make_room(self, now: float) -> None:
+        """Drop expired flows from the front, then the least recently used while the table is full."""
+        flows = self._flows
+        evicted = 0
+        while flows:
+            oldest = next(iter(flows.values()))
+            if not oldest.is_expired(now):
+                if len(flows) < MAX_FLOWS:
+                    break
+                evicted += 1
+            del flows[oldest.id]
+        if evicted:
+            self.evicted_flows += evicted
+            self._evictions_unlogged += evicted
+            if now - self._evictions_logged_at >= EVICTION_LOG_INTERVAL_S:
+                log.warning("login flows: %d unfinished login(s) evicted, least recently used first (%d at most)",
+                            self._evictions_unlogged, MAX_FLOWS)
+                self._evictions_unlogged, self._evictions_logged_at = 0, now
 
     def _expire(self, now: float) -> None:
         for key in [k for k, f in self._flows.items() if f.is_expired(now)]:

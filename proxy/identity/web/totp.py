@@ -2,7 +2,8 @@
 
 The secret is made here, shown once at enrolment (otpauth URI and base32), stored sealed, and confirmed by a
 first valid code; it is never logged nor shown again. A code is accepted within ±1 time step, each step only
-once (the store's replay guard), and wrong codes are limited per flow and per user.
+once (the store's replay guard), and wrong codes are limited per flow and per user; the per-user count lives in the
+state store (`hit_counter`), so every worker and replica charges the same budget.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import hmac
 import logging
 import re
 import time
-from collections import deque
 from urllib.parse import urlencode
 
 import pyotp
@@ -34,8 +34,8 @@ ISSUER = "pgwarden"
 STEP_S = 30
 WINDOW_STEPS = 1  # accept the previous and next code too: phone clocks drift
 MAX_FAILURES_PER_FLOW = 5
-MAX_FAILURES_PER_USER = 10  # across flows (per process): a new flow must not reset the budget
-FAILURE_WINDOW_S = 15 * 60
+MAX_FAILURES_PER_USER = 10  # across flows, processes and replicas: a new flow must not reset the budget
+FAILURE_WINDOW_S = 15 * 60  # a fixed window of the store's counter
 _CODE = re.compile(r"\d{6}")
 
 _CODE_INPUT = ("<label for=code>6-digit code from your authenticator app</label>"
@@ -50,7 +50,6 @@ class TotpMethod:
     def __init__(self, auth: AuthServer, account: Account) -> None:
         self.auth = auth
         self.account = account
-        self._failures: dict[str, deque[float]] = {}  # user → monotonic times of recent wrong codes
         account.sections.append(self._section)
         auth.second_factors.append(SecondFactor(name="totp", label="Enter a code from your authenticator app",
                                                 path=LOGIN_PATH, available=self._has_totp))
@@ -75,40 +74,37 @@ class TotpMethod:
         Only a confirmed enrolment signs in; `is_confirming` checks the first code of one still in progress.
         """
         code = code.replace(" ", "")
-        if self._is_locked(user):
+        if await self._is_locked(user):
             return "too many wrong codes; wait a few minutes and try again"
         enrollment = await self.auth.server.identity.store.get_totp(user)
         if enrollment is None or (enrollment.confirmed_at is None) != is_confirming:
             return "no authenticator app is set up" if not is_confirming else "there is no set-up to confirm"
         if not _CODE.fullmatch(code):
-            self._fail(user)
+            await self._fail(user)
             return "enter the 6 digits your authenticator app shows"
         totp = pyotp.TOTP(enrollment.secret.reveal(), interval=STEP_S)
         now_step = int(time.time()) // STEP_S
         matched = [step for step in range(now_step - WINDOW_STEPS, now_step + WINDOW_STEPS + 1)
                    if hmac.compare_digest(totp.generate_otp(step), code)]
         if not matched:
-            self._fail(user)
+            await self._fail(user)
             log.warning("TOTP code refused for %s: wrong code", user)
             return "that code is not right; check your authenticator app"
         if not await self.auth.server.identity.store.mark_totp_used(user, matched[-1]):
             log.warning("TOTP code refused for %s: already used", user)
             return "that code was already used; wait for the next one"
-        self._failures.pop(user, None)
-        return None
+        return None  # the window's failures stay counted: a right code must not reset a guesser's budget
 
-    def _recent_failures(self, user: str) -> deque[float]:
-        times = self._failures.setdefault(user, deque())
-        cutoff = time.monotonic() - FAILURE_WINDOW_S
-        while times and times[0] < cutoff:
-            times.popleft()
-        return times
+    async def _failures(self, user: str, cost: int) -> int:
+        hit = await self.auth.server.identity.store.hit_counter(f"totp-fail:{user}", window_s=FAILURE_WINDOW_S,
+                                                                cost=cost)
+        return hit.count
 
-    def _is_locked(self, user: str) -> bool:
-        return len(self._recent_failures(user)) >= MAX_FAILURES_PER_USER
+    async def _is_locked(self, user: str) -> bool:
+        return await self._failures(user, 0) >= MAX_FAILURES_PER_USER
 
-    def _fail(self, user: str) -> None:
-        self._recent_failures(user).append(time.monotonic())
+    async def _fail(self, user: str) -> None:
+        await self._failures(user, 1)
 
     # --- second factor ------------------------------------------------------------------------------
 
@@ -141,7 +137,7 @@ class TotpMethod:
         problem = await self.check_code(first.user, str((await request.post()).get("code", "")))
         if problem is not None:
             failures = flow.data["totp_failures"] = flow.data.get("totp_failures", 0) + 1
-            if failures >= MAX_FAILURES_PER_FLOW or self._is_locked(first.user):
+            if failures >= MAX_FAILURES_PER_FLOW or await self._is_locked(first.user):
                 self.auth.drop_flow(flow)
                 log.warning("TOTP: login of %s ended after %d wrong codes", first.user, failures)
                 return self.auth.refuse(LoginRefused("too many wrong codes; this sign-in has been ended",

@@ -39,7 +39,7 @@ OTHER_KEY = bytes(32)
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 HOUR_S = 3600
 TOTP_SECRET = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"
-TABLES = ("sessions", "passkeys", "totp", "device_codes")
+TABLES = ("sessions", "passkeys", "totp", "device_codes", "counters")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -334,6 +334,42 @@ async def test_totp_step_is_used_once_under_concurrency(store: IdentityStore) ->
     await store.save_totp("alice", SecretValue(TOTP_SECRET), confirmed=True, now=NOW)
     results = await asyncio.gather(*(store.mark_totp_used("alice", 5000) for _ in range(10)))
     assert sorted(results) == [False] * 9 + [True]
+
+
+# --- counters (rate limits, failure budgets) ----------------------------------------------------------------
+
+
+async def test_counters_count_per_key_and_fixed_window(store: IdentityStore) -> None:
+    first = await store.hit_counter("token:10.0.0.1", window_s=60, now=NOW)
+    assert (first.count, first.resets_at) == (1, NOW + timedelta(seconds=60))
+    assert (await store.hit_counter("token:10.0.0.1", window_s=60, now=NOW + timedelta(seconds=59))).count == 2
+    assert (await store.hit_counter("token:10.0.0.2", window_s=60, now=NOW)).count == 1  # another key
+    assert (await store.hit_counter("token:10.0.0.1", window_s=60, cost=0, now=NOW)).count == 2  # a read
+    later = await store.hit_counter("token:10.0.0.1", window_s=60, now=NOW + timedelta(seconds=60))
+    assert (later.count, later.retry_after_s(NOW + timedelta(seconds=61))) == (1, 59)  # a new window
+
+
+async def test_counters_are_shared_by_two_stores_and_exact_under_concurrency(backend: Backend) -> None:
+    one, two = await backend.open(), await backend.open()  # two processes or replicas on one store
+    try:
+        hits = await asyncio.gather(*(s.hit_counter("totp-fail:alice", window_s=900, now=NOW)
+                                      for s in (one, two) * 10))
+        assert sorted(h.count for h in hits) == list(range(1, 21))  # no lost update
+        assert (await two.hit_counter("totp-fail:alice", window_s=900, cost=0, now=NOW)).count == 20
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def test_purge_removes_ended_counter_windows(store: IdentityStore, backend: Backend) -> None:
+    await store.hit_counter("device-code:10.0.0.1", window_s=60, now=NOW)
+    await store.hit_counter("device-code:10.0.0.1", window_s=60, now=NOW + timedelta(minutes=5))
+    await store.purge_expired(NOW + timedelta(minutes=2))
+    assert (await store.hit_counter("device-code:10.0.0.1", window_s=60, cost=0, now=NOW)).count == 0
+    assert (await store.hit_counter("device-code:10.0.0.1", window_s=60, cost=0,
+                                    now=NOW + timedelta(minutes=5))).count == 1
+    with pytest.raises(ValueError, match="counter key"):
+        await store.hit_counter("x" * 300, window_s=60)
 
 
 # --- device codes ------------------------------------------------------------------------------------------

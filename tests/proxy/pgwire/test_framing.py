@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from proxy.pgwire import messages as m
 from proxy.pgwire.errors import ProtocolViolation
-from proxy.pgwire.framing import FrameScanner, MessageReader
+from proxy.pgwire.framing import MAX_STARTUP_PACKET_BYTES, FrameScanner, MessageReader, MessageTooLarge
 
 
 def chunks(data: bytes, mode: str) -> list[bytes]:
@@ -133,3 +133,41 @@ def test_any_stream_scans_or_raises_protocol_violation(data: bytes, step: int) -
             pass
     except ProtocolViolation:
         pass
+
+
+# --- a reader bounded for clients that have not authenticated -------------------------------------------------
+
+
+def test_a_bounded_reader_refuses_a_large_message_from_its_header_and_buffers_no_more() -> None:
+    reader = MessageReader(max_message_bytes=1024, bounded=True)
+    header = b"p" + struct.pack("!i", 16 * 1024 * 1024 + 4)
+    for _ in range(64):  # 16 MiB arriving in 256 KiB reads
+        reader.feed(header + b"\x01" * (256 * 1024) if _ == 0 else b"\x01" * (256 * 1024))
+    assert len(reader.take_rest()) <= 5 + max(1024, MAX_STARTUP_PACKET_BYTES)
+    reader = MessageReader(max_message_bytes=1024, bounded=True)
+    reader.feed(header)
+    with pytest.raises(MessageTooLarge, match="exceeds the limit of 1024 bytes"):
+        reader.next_message()
+
+
+def test_a_bounded_reader_refuses_pipelined_bytes_over_the_cap_even_after_whole_messages() -> None:
+    reader = MessageReader(max_message_bytes=1024, bounded=True)
+    small = b"p" + struct.pack("!i", 4 + 3) + b"ab\x00"
+    reader.feed(small + b"Q\x00\x00\x00\x08abcd" * 2_000)  # a valid message, then more than one message's worth
+    assert reader.next_message() == (ord("p"), b"ab\x00")
+    while True:  # the whole messages that fit are still read; then the dropped rest refuses the connection
+        try:
+            assert reader.next_message() == (ord("Q"), b"abcd")
+        except MessageTooLarge as exc:
+            assert "before authentication" in exc.message
+            break
+    with pytest.raises(MessageTooLarge):
+        reader.relax(16 * 1024 * 1024)  # dropped bytes never reach the relay
+
+
+def test_relaxing_lifts_the_pre_auth_caps() -> None:
+    reader = MessageReader(max_message_bytes=1024, bounded=True)
+    reader.relax(1 << 20)
+    body = b"x" * 50_000
+    reader.feed(b"Q" + struct.pack("!i", len(body) + 4) + body)
+    assert reader.next_message() == (ord("Q"), body)
