@@ -1,0 +1,69 @@
+"""`pgwarden validate` refuses CEL that would stall the proxy, naming the file and the path of the rule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.reconciler.test_validate_cli import pgwarden, write
+
+TEN = "[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]"
+TWENTY = "[" + ", ".join(str(i) for i in range(20)) + "]"
+
+
+def nested_all(depth: int, over: str) -> str:
+    body = " + ".join(f"v{i}" for i in range(depth)) + " > 0"
+    for i in reversed(range(depth)):
+        body = f"{over}.all(v{i}, {body})"
+    return body
+
+
+# Before the fix, evaluating this took seconds at every connection (celpy has no short circuit in all()),
+# and validate accepted it.
+SLOW_ROUTING = nested_all(5, TEN)
+SLOW_POLICY = nested_all(3, TWENTY)  # within the nesting limit, 8,000 body evaluations: over the budget
+
+SERVICE = f"""\
+kind: Service
+metadata: {{name: my-db}}
+spec:
+  config:
+    upstream: {{url: postgres://my-pg:5432}}
+    postgres: {{user: app}}
+  dynamicConfig:
+    configs:
+      - {{name: admin, parent: default, postgres: {{user: admin}}}}
+    rules:
+      - condition: {{matchAny: true}}
+        configName: admin
+      - condition: {{match: '{SLOW_ROUTING}'}}
+        configName: admin
+"""
+POLICY = f"""\
+kind: Policy
+metadata: {{name: heavy}}
+spec:
+  rules:
+    - name: ok
+      effect: ALLOW
+      condition: {{matchAny: true}}
+    - name: slow
+      effect: DENY
+      condition:
+        any:
+          of:
+            - {{match: 'ctx.request.postgres.statement.readOnly'}}
+            - {{match: '{SLOW_POLICY}'}}
+"""
+
+
+def test_validate_names_file_and_path_of_each_over_budget_rule(tmp_path: Path) -> None:
+    assert len(SLOW_ROUTING) > 200  # the reported rule was 284 characters
+    write(tmp_path / "m", {"services/db.yaml": SERVICE, "policies/heavy.yaml": POLICY})
+    result = pgwarden("validate", "m", cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "services/db.yaml, document 1, spec.dynamicConfig.rules[1].condition.match: invalid CEL:" in output
+    assert "comprehensions nest more than 3 deep" in output
+    assert "policies/heavy.yaml, document 1, spec.rules[1].condition.any.of[1].match: invalid CEL:" in output
+    assert "exceeds the budget" in output
+    assert "2 problems" in output
