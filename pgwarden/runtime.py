@@ -18,6 +18,7 @@ from proxy.audit.accesslog import AccessLog, AccessLogWriter
 from proxy.audit.normalize import QueryText
 from proxy.audit.otel import OtelAccessLogSink, OtlpSettings
 from proxy.identity.certs import ClientCertificateAuthority
+from proxy.identity.revocation_watch import STATE_OUTAGE_GRACE_S
 from proxy.identity.sessions import SessionAuthority
 from proxy.identity.store_open import open_store
 from proxy.identity.tokens import TokenAuthority
@@ -41,6 +42,7 @@ class ProxyOptions:
     state: str | None = None  # identity state store: None/"sqlite" (DATA_DIR/state.db) or postgres://…
     otlp: OtlpSettings | None = None  # also export the access log as OpenTelemetry logs
     log_queries: QueryText = QueryText.FULL
+    state_outage_grace_s: float = STATE_OUTAGE_GRACE_S  # no state store this long: identity sessions end
 
 
 @dataclass(slots=True, kw_only=True)
@@ -87,6 +89,7 @@ async def start_proxy(
         snapshot=snapshot,
         default_service=options.default_service,
     )
+    server.state_outage_grace_s = options.state_outage_grace_s
     host, port = await server.start(options.listen_host, options.listen_port)
     socket_path = options.admin_socket or data_dir / ADMIN_SOCKET
     app = build_app(server)

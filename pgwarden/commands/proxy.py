@@ -17,6 +17,7 @@ from pgwarden.runtime import ProxyOptions, run, serve_until_signal, start_proxy
 from pgwarden.workers import add_worker_options, announce_ready, is_parent, run_workers, worker_setup
 from proxy.audit.normalize import QueryText
 from proxy.audit.otel import settings_from
+from proxy.identity.revocation_watch import STATE_OUTAGE_GRACE_S
 from reconciler.errors import ConfigError, ManifestErrors
 from reconciler.manifests import load_snapshot
 from reconciler.sops import KeyRing, SopsError
@@ -53,6 +54,10 @@ def add_proxy_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state", metavar="sqlite|postgres://…", default=None,
                    help="identity state store (sessions, passkeys, TOTP): sqlite in the data directory (default), "
                         "or a PostgreSQL URL shared by several replicas. A URL's password is never printed")
+    p.add_argument("--state-outage-grace", type=parse_grace, default=STATE_OUTAGE_GRACE_S, metavar="DURATION",
+                   help="how long live identity sessions are trusted while the state store is unreachable "
+                        "(revocations cannot be heard meanwhile); after it they are ended. E.g. 90s, 5m "
+                        "(default 5m)")
     p.add_argument("--default-service", metavar="NAME",
                    help="serve connections whose database name names no service from this service, passing "
                         "the whole name on as the database (for single-service deployments and unmodified apps)")
@@ -72,6 +77,19 @@ def add_proxy_options(p: argparse.ArgumentParser) -> None:
                    help="header sent with every export, repeatable, e.g. --otlp-header 'authorization=Bearer …'. "
                         "A value here is visible in the process list: prefer $OTEL_EXPORTER_OTLP_HEADERS for "
                         "credentials. Values are never printed")
+
+
+def parse_grace(text: str) -> float:
+    """`90`, `90s`, `5m` or `1h` as seconds (at least 1)."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    number, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
+    try:
+        seconds = float(number) * units[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 90s, 5m)") from None
+    if not 1 <= seconds <= 86_400:
+        raise argparse.ArgumentTypeError("between 1s and 24h")
+    return seconds
 
 
 def parse_otlp_endpoint(text: str) -> str:
@@ -115,6 +133,7 @@ def options_from(args: argparse.Namespace) -> ProxyOptions:
                         admin_socket=args.admin_socket, access_log=access_log,
                         tls_cert=args.tls_cert, tls_key=args.tls_key, default_service=args.default_service,
                         state=args.state, log_queries=QueryText(args.log_queries),
+                        state_outage_grace_s=args.state_outage_grace,
                         otlp=settings_from(args.otlp_endpoint, args.otlp_protocol, dict(args.otlp_header), os.environ))
 
 
