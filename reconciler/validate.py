@@ -130,6 +130,9 @@ def expressions(documents: Sequence[Document]) -> None:
     """Every CEL expression compiles, and conditions nest at most 16 deep."""
     problems: list[ConfigError] = []
     for doc in documents:
+        if doc.kind == "IdentityProvider":  # CEL over ctx.claims, evaluated at every login
+            for i, rule in enumerate(_list(_get(doc.body, "spec", "aalRules"))):
+                problems.extend(_condition_problems(doc, _get(rule, "condition"), ["spec", "aalRules", i, "condition"]))
         if doc.kind != "Service":
             continue
         for i, rule in enumerate(_list(_get(doc.body, "spec", "dynamicConfig", "rules"))):

@@ -54,16 +54,32 @@ spec:
             - {{match: 'ctx.request.postgres.statement.readOnly'}}
             - {{match: '{SLOW_POLICY}'}}
 """
+PROVIDER = f"""\
+kind: IdentityProvider
+metadata: {{name: corp}}
+spec:
+  oidc: {{issuerURL: "https://sso.example.com", clientID: pgwarden, clientSecret: {{fromSecret: corp-oidc}}}}
+  aalRules:
+    - condition: {{match: '{nested_all(4, TEN).replace("> 0", "> size(ctx.claims.amr)")}'}}
+      aal: AAL2
+---
+kind: Secret
+metadata: {{name: corp-oidc}}
+data: {{value: "oidc-client-secret-value"}}
+"""
 
 
 def test_validate_names_file_and_path_of_each_over_budget_rule(tmp_path: Path) -> None:
     assert len(SLOW_ROUTING) > 200  # the reported rule was 284 characters
-    write(tmp_path / "m", {"services/db.yaml": SERVICE, "policies/heavy.yaml": POLICY})
-    result = pgwarden("validate", "m", cwd=tmp_path)
+    write(tmp_path / "m", {"services/db.yaml": SERVICE, "policies/heavy.yaml": POLICY,
+                              "idp.yaml": PROVIDER})
+    result = pgwarden("validate", "m", "--allow-plaintext-secrets", cwd=tmp_path)
     output = result.stdout + result.stderr
     assert result.returncode != 0, output
     assert "services/db.yaml, document 1, spec.dynamicConfig.rules[1].condition.match: invalid CEL:" in output
     assert "comprehensions nest more than 3 deep" in output
     assert "policies/heavy.yaml, document 1, spec.rules[1].condition.any.of[1].match: invalid CEL:" in output
     assert "exceeds the budget" in output
-    assert "2 problems" in output
+    # Identity provider rules run at every login: checked the same way.
+    assert "idp.yaml, document 1, spec.aalRules[0].condition.match: invalid CEL:" in output
+    assert "3 problems" in output
