@@ -25,6 +25,7 @@ RECHECK_S = 30.0  # every live session is re-checked this often even when the fe
 STATE_OUTAGE_GRACE_S = 300.0  # default of --state-outage-grace
 RETRY_FIRST_S = 0.5
 RETRY_MAX_S = 5.0  # the feed is back within this long of the store coming back
+STORE_CALL_TIMEOUT_S = 10.0  # a store that stops answering (no RST, no FIN) counts as down, not as slow
 
 
 def describe_duration(seconds: float) -> str:
@@ -64,7 +65,8 @@ class RevocationWatch:
         next_housekeeping = time.monotonic() + self.housekeeping_s
         while True:
             try:
-                await self.store.watch_revocations(self.on_revoked, restart=self.outage_since is not None)
+                await asyncio.wait_for(self.store.watch_revocations(
+                    self.on_revoked, restart=self.outage_since is not None), STORE_CALL_TIMEOUT_S)
                 if stale or self.outage_since is not None:
                     await self.recheck()
                     stale = False
@@ -85,7 +87,10 @@ class RevocationWatch:
                 raise
             except Exception as exc:  # noqa: BLE001  any failure, a store error or a bug: never die silently
                 stale = True
-                self._failed(exc)
+                try:
+                    self._failed(exc)
+                except Exception:  # noqa: BLE001  ending sessions failed: say so, keep watching
+                    log.exception("identity session watch: could not act on a state store failure")
                 await asyncio.sleep(retry_s)
                 retry_s = min(retry_s * 2, RETRY_MAX_S)
 
@@ -93,7 +98,7 @@ class RevocationWatch:
         """End connections whose Session was revoked, expired or deleted; raises StateStoreError."""
         now = utc_now()
         for sid in self.live_sessions():
-            session = await self.store.get_session(sid)
+            session = await asyncio.wait_for(self.store.get_session(sid), STORE_CALL_TIMEOUT_S)
             if session is None or not session.is_active(now):
                 state = "gone" if session is None else session.state(now).lower()
                 await self.revoke([sid], f"session {sid} is {state}")
@@ -113,7 +118,12 @@ class RevocationWatch:
         if self.outage_since is None:
             self.outage_since = now
             # A StateStoreError's message names the store without its password; anything else is a bug.
-            what = exc.message if isinstance(exc, StateStoreError) else f"{type(exc).__name__} in the watch"
+            if isinstance(exc, StateStoreError):
+                what = exc.message
+            elif isinstance(exc, TimeoutError):
+                what = f"no answer within {STORE_CALL_TIMEOUT_S:g}s"
+            else:
+                what = f"{type(exc).__name__} in the watch"
             log.warning("state store unreachable (%s): revocations cannot be heard; retrying, and ending live "
                         "sessions if it is not back within %s (--state-outage-grace)",
                         what, describe_duration(self.grace_s))
