@@ -18,7 +18,7 @@ from celpy.celparser import CELParseError
 from celpy.evaluation import CELEvalError, base_functions
 
 from proxy.policy import timefns  # noqa: F401  (registers now() and the change-window helpers)
-from proxy.policy.cel_cost import COST_BUDGET, CostExceeded, CostLimitError, MeteredRunner, check_cost
+from proxy.policy.cel_cost import CostExceeded, CostLimitError, MeteredRunner, check_cost
 from proxy.policy.functions import REGISTRY, CelFunction
 from proxy.snapshot import Condition
 
@@ -134,8 +134,7 @@ class CompiledExpression:
         except CostExceeded as exc:
             # Inputs larger than the rule was checked for (e.g. a query naming thousands of tables): deny
             # now rather than hold the event loop every other session shares.
-            raise ConditionError(f"evaluation exceeded its budget of {COST_BUDGET} node visits",
-                                 expression=self.expression) from exc
+            raise ConditionError(str(exc), expression=self.expression) from exc
         except CELEvalError as err:
             if _is_missing_data(err):
                 return False

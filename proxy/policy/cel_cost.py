@@ -15,14 +15,18 @@ assumed to hold ASSUMED_LIST_ELEMENTS.
 
 At run time the inputs can be larger than assumed (a query naming 10,000 tables), so every comprehension
 step is charged to a per-evaluation Meter holding the same COST_BUDGET; a step past it raises
-CostExceeded, which the caller turns into a denial (fail closed). The meter charges only in macro bodies:
-work outside them is bounded by the compile-time checks.
+CostExceeded, which the caller turns into a denial (fail closed). Each evaluation is also charged its node
+count up front, and a decision (`@decision_budget`: connect, routing, one request) charges every expression
+it evaluates to one DecisionMeter of DECISION_BUDGET, so a hundred rules each within budget cannot add up
+to a stall either.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from typing import Any
+from contextvars import ContextVar
+from typing import Any, ParamSpec, TypeVar
 
 import lark
 from celpy import Environment, InterpretedRunner
@@ -34,10 +38,13 @@ MAX_STRING_LITERAL_CHARS = 2_048  # one string or bytes literal, quotes included
 ASSUMED_LIST_ELEMENTS = 10  # the compile-time guess for a list that is not a literal (groups, tables, attrs)
 ITERATION_OVERHEAD = 20  # a comprehension step costs about this many nodes beyond its body (activation copy)
 COST_BUDGET = 10_000  # node visits per evaluation, estimated at compile time and counted at run time (~30-90 ms)
+DECISION_BUDGET = 4 * COST_BUDGET  # node visits per decision, over every expression it evaluates (run time)
 
 COMPREHENSIONS = frozenset({"all", "exists", "exists_one", "map", "filter", "reduce"})
 _SIZE_PRESERVING = frozenset({"map", "filter"})  # the result has at most as many elements as the range
 _STRING_TOKENS = frozenset({"STRING_LIT", "MLSTRING_LIT", "BYTES_LIT"})
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class CostLimitError(ValueError):
@@ -137,22 +144,63 @@ def _first_token(tree: lark.Tree[Any]) -> Any:
 # --- run time -----------------------------------------------------------------------------------
 
 
+class DecisionMeter:
+    """The budget of one decision: every expression it evaluates (rules, nested conditions) draws on it.
+
+    A rule set of many expressions, each within COST_BUDGET, must not add up to a stall either.
+    """
+
+    __slots__ = ("remaining",)
+
+    def __init__(self, budget: int = DECISION_BUDGET) -> None:
+        self.remaining = budget
+
+
+_DECISION: ContextVar[DecisionMeter | None] = ContextVar("pgwarden_cel_decision", default=None)
+
+
+def decision_budget(fn: Callable[P, R]) -> Callable[P, R]:
+    """Run `fn` (a decision: connect, routing, one request) under one DecisionMeter; nested calls share it."""
+
+    @functools.wraps(fn)
+    def within(*args: P.args, **kwargs: P.kwargs) -> R:
+        if _DECISION.get() is not None:
+            return fn(*args, **kwargs)
+        token = _DECISION.set(DecisionMeter())
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _DECISION.reset(token)
+
+    return within
+
+
 class Meter:
-    """The budget of one evaluation, shared by the evaluator and every sub-evaluator a macro builds."""
+    """The budget of one evaluation, shared by the evaluator and every sub-evaluator a macro builds;
+    each charge also draws on the decision's meter when one is running."""
 
-    __slots__ = ("remaining", "charges")
+    __slots__ = ("remaining", "charges", "decision")
 
-    def __init__(self, budget: int, charges: dict[int, int]) -> None:
+    def __init__(self, budget: int, charges: dict[int, int], decision: DecisionMeter | None) -> None:
         self.remaining = budget
         self.charges = charges
+        self.decision = decision
+
+    def charge(self, cost: int) -> None:
+        self.remaining -= cost
+        if self.remaining < 0:
+            raise CostExceeded(f"evaluation exceeded its budget of {COST_BUDGET} node visits")
+        decision = self.decision
+        if decision is not None:
+            decision.remaining -= cost
+            if decision.remaining < 0:
+                raise CostExceeded(f"the decision exceeded its budget of {DECISION_BUDGET} node visits")
 
     def metered(self, step: Callable[..., Any], macro: lark.Tree[Any]) -> Callable[..., Any]:
         cost = self.charges.get(id(macro)) or _nodes(macro) + ITERATION_OVERHEAD
 
         def charged(*args: Any) -> Any:
-            self.remaining -= cost
-            if self.remaining < 0:
-                raise CostExceeded
+            self.charge(cost)
             return step(*args)
 
         return charged
@@ -187,12 +235,16 @@ class MeteredRunner(InterpretedRunner):
         super().__init__(environment, ast, functions)
         self.charges = charges
         self.budget = budget
+        self.base_cost = _nodes(ast)  # what one pass over the expression costs, comprehensions aside
 
     def evaluate(self, context: Any) -> Any:
+        meter = Meter(self.budget, self.charges, _DECISION.get())
+        meter.charge(self.base_cost)
         evaluator = _MeteredEvaluator(ast=self.ast, activation=self.new_activation())
-        evaluator.meter = Meter(self.budget, self.charges)
+        evaluator.meter = meter
         return evaluator.evaluate(context)
 
 
-__all__ = ["ASSUMED_LIST_ELEMENTS", "COST_BUDGET", "MAX_COMPREHENSION_DEPTH", "MAX_LITERAL_ELEMENTS",
-           "MAX_STRING_LITERAL_CHARS", "CostExceeded", "CostLimitError", "MeteredRunner", "check_cost"]
+__all__ = ["ASSUMED_LIST_ELEMENTS", "COST_BUDGET", "DECISION_BUDGET", "MAX_COMPREHENSION_DEPTH",
+           "MAX_LITERAL_ELEMENTS", "MAX_STRING_LITERAL_CHARS", "CostExceeded", "CostLimitError", "MeteredRunner",
+           "check_cost", "decision_budget"]

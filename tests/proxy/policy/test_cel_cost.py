@@ -91,3 +91,20 @@ def test_the_budget_is_per_evaluation_and_cannot_be_swallowed_by_exists() -> Non
     with pytest.raises(ConditionError, match="exceeded its budget"):
         rule.evaluate(_tables(300))
     assert rule.evaluate(_tables(5)) is False  # a fresh meter each time
+
+
+def test_many_rules_each_within_budget_cannot_add_up_to_a_stall() -> None:
+    # 40 DENY rules, each within its own budget (about 1,300 node visits with thirty tables), none matching:
+    # before the decision budget all of them ran for every request. Now the decision stops and denies.
+    from proxy.policy.cel_cost import DECISION_BUDGET
+    from tests.policy.test_engine import live, policy, rule, session_policy
+
+    body = "ctx.request.postgres.statement.tables.exists(t, t.startsWith('secret_{i}'))"
+    rules = [rule(f"r{i}", "DENY", {"match": body.format(i=i)}) for i in range(40)]
+    heavy = policy("heavy", *rules, rule("rest", "ALLOW", {"matchAny": True}, priority=4))
+    sp = session_policy(live(heavy, user_policies=("heavy",)))
+    tables = ", ".join(f"t{i}" for i in range(30))
+    decision = sp.decide_query(f"SELECT 1 FROM {tables}")
+    assert not decision.allowed
+    assert f"the decision exceeded its budget of {DECISION_BUDGET}" in decision.reason
+    assert sp.decide_query("SELECT 1 FROM t0").allowed  # a smaller request fits: the rules still decide
