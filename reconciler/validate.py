@@ -17,7 +17,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 from referencing import Registry, Resource
 
-from proxy.policy.cel import CelCompileError, compile_expression
+from proxy.policy.cel import CelCompileError, check_cost_with, compile_expression
 from proxy.snapshot import Upstream
 from reconciler import workloads
 from reconciler.errors import (
@@ -171,7 +171,8 @@ def _policy_spec_problems(doc: Document, spec: Any, path: list[str | int]) -> li
             where = doc.source(format_path([*path, "rules", i, "name"]))
             problems.append(DuplicateName(f"rule {name!r} is defined twice in this Policy", source=where))
         seen.add(name or "")
-        problems.extend(_condition_problems(doc, _get(rule, "condition"), [*path, "rules", i, "condition"]))
+        problems.extend(_condition_problems(doc, _get(rule, "condition"), [*path, "rules", i, "condition"],
+                                            attrs=_get(spec, "attrs")))
     return problems
 
 
@@ -427,7 +428,9 @@ def _parent_cycles(doc: Document, configs: Mapping[str, Any]) -> list[ConfigErro
 # --- CEL --------------------------------------------------------------------------------------
 
 
-def _condition_problems(doc: Document, condition: Any, path: list[str | int]) -> list[ConfigError]:
+def _condition_problems(doc: Document, condition: Any, path: list[str | int], *, attrs: Any = None
+                        ) -> list[ConfigError]:
+    """CEL problems under `condition`; a Policy's `attrs` lets the cost check count its lists' real sizes."""
     if not isinstance(condition, dict):
         return []  # the schema reports it
     if path.count("of") >= MAX_CONDITION_DEPTH:
@@ -440,11 +443,13 @@ def _condition_problems(doc: Document, condition: Any, path: list[str | int]) ->
             continue
         try:
             compile_expression(expression)
+            if isinstance(attrs, dict) and "attrs" in expression:
+                check_cost_with(expression, attrs=attrs)
         except CelCompileError as exc:
             problems.append(InvalidExpression(f"invalid CEL: {exc}", source=doc.source(format_path([*path, key]))))
     for key in ("all", "any", "none"):
         for i, child in enumerate(_list(_get(condition, key, "of"))):
-            problems.extend(_condition_problems(doc, child, [*path, key, "of", i]))
+            problems.extend(_condition_problems(doc, child, [*path, key, "of", i], attrs=attrs))
     return problems
 
 

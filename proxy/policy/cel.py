@@ -18,7 +18,7 @@ from celpy.celparser import CELParseError
 from celpy.evaluation import CELEvalError, base_functions
 
 from proxy.policy import timefns  # noqa: F401  (registers now() and the change-window helpers)
-from proxy.policy.cel_cost import CostExceeded, CostLimitError, MeteredRunner, check_cost
+from proxy.policy.cel_cost import CostExceeded, CostLimitError, MeteredRunner, check_cost, list_sizes
 from proxy.policy.functions import REGISTRY, CelFunction
 from proxy.snapshot import Condition
 
@@ -179,6 +179,18 @@ def compile_expression(expr: str, *, variables: frozenset[str] = frozenset()) ->
         del _CACHE[next(iter(_CACHE))]  # dicts keep insertion order: drop the oldest
     _CACHE[key] = compiled
     return compiled
+
+
+def check_cost_with(expr: str, *, attrs: Mapping[str, Any]) -> None:
+    """Re-check a compiled expression's cost with the actual sizes of the lists in a Policy's `attrs`
+    (compile_expression assumes ASSUMED_LIST_ELEMENTS for them). Raises CelCompileError like it."""
+    program = compile_expression(expr)._program
+    try:
+        check_cost(program.ast, list_sizes(attrs, ("attrs",)))
+    except CostLimitError as err:
+        token = err.token
+        raise CelCompileError(err.reason, expression=expr, line=getattr(token, "line", None),
+                              column=getattr(token, "column", None)) from err
 
 
 class CompiledCondition:

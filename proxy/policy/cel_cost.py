@@ -24,7 +24,7 @@ to a stall either.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from typing import Any, ParamSpec, TypeVar
 
@@ -63,16 +63,21 @@ class CostExceeded(Exception):
 # --- compile time -------------------------------------------------------------------------------
 
 
-def check_cost(tree: lark.Tree[Any]) -> dict[int, int]:
+def check_cost(tree: lark.Tree[Any], sizes: Mapping[tuple[str, ...], int] | None = None) -> dict[int, int]:
     """Refuse `tree` over a limit (CostLimitError); else the run-time charge per step of each comprehension,
-    keyed by the id of its `member_dot_arg` node (the tree is kept by the program, so ids stay valid)."""
+    keyed by the id of its `member_dot_arg` node (the tree is kept by the program, so ids stay valid).
+
+    `sizes` gives known element counts of variables' lists, e.g. {("attrs", "prefixes"): 40} from a Policy's
+    attrs; other non-literal lists count ASSUMED_LIST_ELEMENTS."""
     charges: dict[int, int] = {}
-    estimate = _estimate(tree, 0, charges)
+    estimate = _estimate(tree, 0, charges, sizes or {})
     if estimate > COST_BUDGET:
+        assumed = f"a list that is not a literal is assumed to have {ASSUMED_LIST_ELEMENTS} elements"
+        if sizes:
+            assumed += ", attrs lists count their actual elements"
         raise CostLimitError(
             f"estimated cost {estimate} exceeds the budget of {COST_BUDGET} node visits per evaluation "
-            f"(a comprehension over a list that is not a literal is assumed to have {ASSUMED_LIST_ELEMENTS} "
-            "elements); nest fewer comprehensions or range over shorter lists"
+            f"({assumed}); nest fewer comprehensions or range over shorter lists"
         )
     return charges
 
@@ -81,7 +86,8 @@ def _nodes(tree: lark.Tree[Any]) -> int:
     return sum(1 for _ in tree.iter_subtrees())
 
 
-def _estimate(tree: lark.Tree[Any], depth: int, charges: dict[int, int]) -> int:
+def _estimate(tree: lark.Tree[Any], depth: int, charges: dict[int, int],
+              sizes: Mapping[tuple[str, ...], int]) -> int:
     """Node visits to evaluate `tree` once; records each comprehension's per-step charge in `charges`."""
     kind = tree.data
     children: list[Any] = tree.children
@@ -95,10 +101,10 @@ def _estimate(tree: lark.Tree[Any], depth: int, charges: dict[int, int]) -> int:
         body = args[-1]
         step = _nodes(body) + ITERATION_OVERHEAD
         charges[id(tree)] = step
-        target_cost = _estimate(children[0], depth, charges)
-        setup = sum(_estimate(a, depth, charges) for a in args[2:-1])  # reduce's initial value
-        body_cost = _estimate(body, depth + 1, charges)
-        return 1 + target_cost + setup + _range(children[0]) * (body_cost + ITERATION_OVERHEAD)
+        target_cost = _estimate(children[0], depth, charges, sizes)
+        setup = sum(_estimate(a, depth, charges, sizes) for a in args[2:-1])  # reduce's initial value
+        body_cost = _estimate(body, depth + 1, charges, sizes)
+        return 1 + target_cost + setup + _range(children[0], sizes) * (body_cost + ITERATION_OVERHEAD)
     if kind in ("list_lit", "map_lit") and children and isinstance(children[0], lark.Tree):
         elements = sum(1 for c in children[0].children if isinstance(c, lark.Tree))
         if kind == "map_lit":
@@ -110,15 +116,15 @@ def _estimate(tree: lark.Tree[Any], depth: int, charges: dict[int, int]) -> int:
     total = 1
     for child in children:
         if isinstance(child, lark.Tree):
-            total += _estimate(child, depth, charges)
+            total += _estimate(child, depth, charges, sizes)
         elif isinstance(child, lark.Token) and child.type in _STRING_TOKENS and len(child) > MAX_STRING_LITERAL_CHARS:
             raise CostLimitError(f"a string literal has {len(child)} characters (at most {MAX_STRING_LITERAL_CHARS})",
                                  child)
     return total
 
 
-def _range(tree: Any) -> int:
-    """How many elements a comprehension over `tree` visits: exact for literals, assumed otherwise."""
+def _range(tree: Any, sizes: Mapping[tuple[str, ...], int]) -> int:
+    """How many elements a comprehension over `tree` visits: exact for literals and known sizes, else assumed."""
     while isinstance(tree, lark.Tree) and len(tree.children) == 1 and tree.data not in ("list_lit", "map_lit"):
         tree = tree.children[0]
     if not isinstance(tree, lark.Tree):
@@ -129,10 +135,39 @@ def _range(tree: Any) -> int:
         elements = sum(1 for c in tree.children[0].children if isinstance(c, lark.Tree))
         return elements // 2 if tree.data == "map_lit" else elements
     if tree.data == "paren_expr":
-        return _range(tree.children[0])
+        return _range(tree.children[0], sizes)
     if tree.data == "member_dot_arg" and str(tree.children[1]) in _SIZE_PRESERVING:
-        return _range(tree.children[0])
+        return _range(tree.children[0], sizes)
+    path = _dotted(tree)
+    if path is not None and path in sizes:
+        return sizes[path]
     return ASSUMED_LIST_ELEMENTS
+
+
+def _dotted(tree: Any) -> tuple[str, ...] | None:
+    """`attrs.a.b` -> ("attrs", "a", "b"); None for anything but a chain of names."""
+    if not isinstance(tree, lark.Tree):
+        return None
+    if tree.data == "member_dot":
+        base = _dotted(tree.children[0])
+        return None if base is None else (*base, str(tree.children[1]))
+    if tree.data in ("member", "primary") and len(tree.children) == 1:
+        return _dotted(tree.children[0])
+    if tree.data == "ident":
+        return (str(tree.children[0]),)
+    return None
+
+
+def list_sizes(value: Any, prefix: tuple[str, ...]) -> dict[tuple[str, ...], int]:
+    """Element counts of every list and map under `value` (a Policy's attrs), keyed by dotted path."""
+    found: dict[tuple[str, ...], int] = {}
+    if isinstance(value, Mapping):
+        found[prefix] = len(value)
+        for key, item in value.items():
+            found.update(list_sizes(item, (*prefix, str(key))))
+    elif isinstance(value, list | tuple):
+        found[prefix] = len(value)
+    return found
 
 
 def _first_token(tree: lark.Tree[Any]) -> Any:

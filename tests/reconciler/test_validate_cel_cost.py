@@ -42,10 +42,14 @@ POLICY = f"""\
 kind: Policy
 metadata: {{name: heavy}}
 spec:
+  attrs: {{protected: [{", ".join(f"t{i}" for i in range(400))}]}}
   rules:
     - name: ok
       effect: ALLOW
       condition: {{matchAny: true}}
+    - name: big-attrs
+      effect: DENY
+      condition: {{match: 'ctx.request.postgres.statement.tables.exists(t, attrs.protected.exists(p, t == p))'}}
     - name: slow
       effect: DENY
       condition:
@@ -78,8 +82,10 @@ def test_validate_names_file_and_path_of_each_over_budget_rule(tmp_path: Path) -
     assert result.returncode != 0, output
     assert "services/db.yaml, document 1, spec.dynamicConfig.rules[1].condition.match: invalid CEL:" in output
     assert "comprehensions nest more than 3 deep" in output
-    assert "policies/heavy.yaml, document 1, spec.rules[1].condition.any.of[1].match: invalid CEL:" in output
+    assert "policies/heavy.yaml, document 1, spec.rules[2].condition.any.of[1].match: invalid CEL:" in output
+    # A comprehension over the Policy's own attrs counts the list's real size (400), not the assumed one.
+    assert "policies/heavy.yaml, document 1, spec.rules[1].condition.match: invalid CEL:" in output
     assert "exceeds the budget" in output
     # Identity provider rules run at every login: checked the same way.
     assert "idp.yaml, document 1, spec.aalRules[0].condition.match: invalid CEL:" in output
-    assert "3 problems" in output
+    assert "4 problems" in output

@@ -108,3 +108,13 @@ def test_many_rules_each_within_budget_cannot_add_up_to_a_stall() -> None:
     assert not decision.allowed
     assert f"the decision exceeded its budget of {DECISION_BUDGET}" in decision.reason
     assert sp.decide_query("SELECT 1 FROM t0").allowed  # a smaller request fits: the rules still decide
+
+
+def test_a_policys_attrs_lists_count_their_real_size() -> None:
+    from proxy.policy.cel import check_cost_with
+
+    rule = "ctx.request.postgres.statement.tables.exists(t, attrs.protected.exists(p, t.startsWith(p)))"
+    compile_expression(rule)  # alone: attrs.protected is assumed to be short
+    check_cost_with(rule, attrs={"protected": [f"p{i}" for i in range(20)]})
+    with pytest.raises(CelCompileError, match="attrs lists count their actual elements"):
+        check_cost_with(rule, attrs={"protected": [f"p{i}" for i in range(400)]})
