@@ -78,6 +78,7 @@ class RevocationWatch:
                 if await self._feed_lost_within(self.recheck_s):
                     log.info("state store revocation feed closed; re-establishing it")
                     stale = True
+                    await asyncio.sleep(RETRY_FIRST_S)  # a server that drops every LISTEN must not spin us
                     continue
                 await self.recheck()
                 if self.housekeeping is not None and time.monotonic() >= next_housekeeping:

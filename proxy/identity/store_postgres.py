@@ -280,9 +280,13 @@ class PostgresStore:
                     listener.terminate()
                     raise
             self._listener = listener
+            if listener.is_closed():  # it died before it was ours: its termination callback found no match
+                self._listener_lost.set()
 
     async def revocation_watch_lost(self) -> None:
         """Return once the LISTEN connection has closed (server restart, terminated backend, network)."""
+        if self._listener is None or self._listener.is_closed():
+            return
         await self._listener_lost.wait()
 
     def _on_listener_closed(self, conn: object) -> None:
