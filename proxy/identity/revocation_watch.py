@@ -54,10 +54,13 @@ class RevocationWatch:
         self.housekeeping_s = housekeeping_s
         self.outage_since: float | None = None  # monotonic time of the first failure of this outage
         self._grace_spent = False
+        self._tasks: set[asyncio.Task[int]] = set()
 
     def on_revoked(self, session_id: str) -> None:
         """The store's feed callback: end that Session's connections in a task of their own."""
-        asyncio.get_running_loop().create_task(self.revoke([session_id], f"session {session_id} was revoked"))
+        task = asyncio.get_running_loop().create_task(self.revoke([session_id], f"session {session_id} was revoked"))
+        self._tasks.add(task)  # held until done: the loop keeps only a weak reference
+        task.add_done_callback(self._tasks.discard)
 
     async def run(self) -> None:
         retry_s = RETRY_FIRST_S
