@@ -19,6 +19,7 @@ from proxy.audit.accesslog import AccessLog, AccessLogWriter
 from proxy.audit.normalize import QueryText
 from proxy.audit.otel import OtelAccessLogSink, OtlpSettings
 from proxy.identity.certs import ClientCertificateAuthority
+from proxy.identity.revocation_watch import STATE_OUTAGE_GRACE_S
 from proxy.identity.sessions import SessionAuthority
 from proxy.identity.store_open import open_store
 from proxy.identity.tokens import TokenAuthority
@@ -44,6 +45,7 @@ class ProxyOptions:
     otlp: OtlpSettings | None = None  # also export the access log as OpenTelemetry logs
     log_queries: QueryText = QueryText.FULL
     preauth: PreAuthLimits = PreAuthLimits()  # what a client that has not authenticated yet may cost
+    state_outage_grace_s: float = STATE_OUTAGE_GRACE_S  # no state store this long: identity sessions end
 
 
 @dataclass(slots=True, kw_only=True)
@@ -92,6 +94,7 @@ async def start_proxy(
         default_service=options.default_service,
         preauth_limits=options.preauth,
     )
+    server.state_outage_grace_s = options.state_outage_grace_s
     host, port = await server.start(options.listen_host, options.listen_port)
     socket_path = options.admin_socket or data_dir / ADMIN_SOCKET
     app = build_app(server)

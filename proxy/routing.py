@@ -13,6 +13,7 @@ from typing import Any
 from proxy.errors import AccessDenied, AuthenticationFailed, UnknownService
 from proxy.identity.store import IdentitySession
 from proxy.policy.cel import CompiledCondition, ConditionError, compile_condition, to_cel
+from proxy.policy.cel_cost import decision_budget
 from proxy.policy.engine import NO_POLICY, Decision, PolicySet, SessionPolicy
 from proxy.snapshot import Service, ServiceConfig, Snapshot, User
 
@@ -141,6 +142,7 @@ class LiveSnapshot:
         ctx = self.context(user, service, None, identity_session)
         return self.policies.session_policy(user, service, ctx, self.generation, config=config)
 
+    @decision_budget
     def route(
         self, user_name: str, service_name: str, request: ConnectRequest,
         *, identity_session: IdentitySession | None = None,

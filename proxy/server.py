@@ -17,6 +17,7 @@ from typing import Any
 from proxy.audit.accesslog import AccessLog, SessionLog
 from proxy.errors import AccessDenied, AuthenticationFailed, SnapshotRejected
 from proxy.identity.certs import ClientCertificateAuthority
+from proxy.identity.revocation_watch import STATE_OUTAGE_GRACE_S, RevocationWatch
 from proxy.identity.sessions import SessionAuthority
 from proxy.identity.store import AuthMethod, IdentitySession, StateStoreError, utc_now
 from proxy.metrics import ProxyMetrics
@@ -69,6 +70,7 @@ class ProxyServer:
         self._server: asyncio.AbstractServer | None = None
         self._revocation: asyncio.Task[None] | None = None
         self._identity_watch: asyncio.Task[None] | None = None
+        self.state_outage_grace_s = STATE_OUTAGE_GRACE_S  # start_proxy sets --state-outage-grace
 
     # --- listening -----------------------------------------------------------------------
     async def start(self, host: str, port: int, *, reuse_port: bool = False) -> tuple[str, int]:
@@ -225,27 +227,29 @@ class ProxyServer:
                           session.login.process_id, session.login.secret_key)
 
     async def watch_identity_sessions(self, *, interval_s: float = IDENTITY_RECHECK_S) -> None:
-        """End connections whose Session was revoked elsewhere or expired.
+        """End connections whose Session was revoked elsewhere or expired, through store outages.
 
         Revocations normally arrive at once through the store's notices (every replica of a shared
-        PostgreSQL store hears them); this loop is the backstop for lost notices and for expiry.
+        PostgreSQL store hears them); proxy/identity/revocation_watch.py keeps that feed alive, re-checks
+        on reconnect and periodically, and ends sessions after `state_outage_grace_s` without a store.
         """
-        loop = asyncio.get_running_loop()
-        store = self.identity.store
-        await store.watch_revocations(
-            lambda sid: loop.create_task(self.revoke_identity_sessions([sid], reason=f"session {sid} was revoked")))
-        next_purge = time.monotonic() + PURGE_EVERY_S
-        while True:
-            await asyncio.sleep(interval_s)
-            now = utc_now()
-            if time.monotonic() >= next_purge:
-                next_purge = time.monotonic() + PURGE_EVERY_S
-                await self.housekeeping(now)
-            for sid in list(self._by_identity):
-                session = await store.get_session(sid)
-                if session is None or not session.is_active(now):
-                    state = "gone" if session is None else session.state(now).lower()
-                    await self.revoke_identity_sessions([sid], reason=f"session {sid} is {state}")
+        watch = RevocationWatch(
+            self.identity.store, live_sessions=lambda: list(self._by_identity),
+            revoke=lambda sids, reason: self.revoke_identity_sessions(sids, reason=reason),
+            end_all=lambda reason: self.end_identity_sessions(reason), housekeeping=self.housekeeping,
+            recheck_s=interval_s, grace_s=self.state_outage_grace_s, housekeeping_s=PURGE_EVERY_S,
+        )
+        await watch.run()
+
+    def end_identity_sessions(self, reason: str) -> int:
+        """End every connection opened with an identity Session (the store cannot vouch for any of them)."""
+        ended = 0
+        for sessions in list(self._by_identity.values()):
+            for session in list(sessions):
+                session.terminate(AuthenticationFailed(f"session ended: {reason}",
+                                                       hint="connect again once the state store is back"))
+                ended += 1
+        return ended
 
     async def housekeeping(self, now: datetime) -> int:
         """Delete device codes past their expiry and sessions expired over PURGE_AFTER ago; never raises."""

@@ -17,7 +17,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 from referencing import Registry, Resource
 
-from proxy.policy.cel import CelCompileError, compile_expression
+from proxy.policy.cel import CelCompileError, check_cost_with, compile_expression
 from proxy.snapshot import AuthMechanism, SSLMode, Upstream
 from reconciler import build, workloads
 from reconciler.errors import (
@@ -130,6 +130,9 @@ def expressions(documents: Sequence[Document]) -> None:
     """Every CEL expression compiles, and conditions nest at most 16 deep."""
     problems: list[ConfigError] = []
     for doc in documents:
+        if doc.kind == "IdentityProvider":  # CEL over ctx.claims, evaluated at every login
+            for i, rule in enumerate(_list(_get(doc.body, "spec", "aalRules"))):
+                problems.extend(_condition_problems(doc, _get(rule, "condition"), ["spec", "aalRules", i, "condition"]))
         if doc.kind != "Service":
             continue
         for i, rule in enumerate(_list(_get(doc.body, "spec", "dynamicConfig", "rules"))):
@@ -168,7 +171,8 @@ def _policy_spec_problems(doc: Document, spec: Any, path: list[str | int]) -> li
             where = doc.source(format_path([*path, "rules", i, "name"]))
             problems.append(DuplicateName(f"rule {name!r} is defined twice in this Policy", source=where))
         seen.add(name or "")
-        problems.extend(_condition_problems(doc, _get(rule, "condition"), [*path, "rules", i, "condition"]))
+        problems.extend(_condition_problems(doc, _get(rule, "condition"), [*path, "rules", i, "condition"],
+                                            attrs=_get(spec, "attrs")))
     return problems
 
 
@@ -462,7 +466,9 @@ def _parent_cycles(doc: Document, configs: Mapping[str, Any]) -> list[ConfigErro
 # --- CEL --------------------------------------------------------------------------------------
 
 
-def _condition_problems(doc: Document, condition: Any, path: list[str | int]) -> list[ConfigError]:
+def _condition_problems(doc: Document, condition: Any, path: list[str | int], *, attrs: Any = None
+                        ) -> list[ConfigError]:
+    """CEL problems under `condition`; a Policy's `attrs` lets the cost check count its lists' real sizes."""
     if not isinstance(condition, dict):
         return []  # the schema reports it
     if path.count("of") >= MAX_CONDITION_DEPTH:
@@ -475,11 +481,13 @@ def _condition_problems(doc: Document, condition: Any, path: list[str | int]) ->
             continue
         try:
             compile_expression(expression)
+            if isinstance(attrs, dict) and "attrs" in expression:
+                check_cost_with(expression, attrs=attrs)
         except CelCompileError as exc:
             problems.append(InvalidExpression(f"invalid CEL: {exc}", source=doc.source(format_path([*path, key]))))
     for key in ("all", "any", "none"):
         for i, child in enumerate(_list(_get(condition, key, "of"))):
-            problems.extend(_condition_problems(doc, child, [*path, key, "of", i]))
+            problems.extend(_condition_problems(doc, child, [*path, key, "of", i], attrs=attrs))
     return problems
 
 

@@ -19,6 +19,7 @@ from pgwarden.workers import add_worker_options, announce_ready, is_parent, run_
 from proxy.audit.normalize import QueryText
 from proxy.audit.otel import settings_from
 from proxy.preauth import PreAuthLimits
+from proxy.identity.revocation_watch import STATE_OUTAGE_GRACE_S
 from reconciler.errors import ConfigError, ManifestErrors
 from reconciler.manifests import load_snapshot
 from reconciler.sops import KeyRing, SopsError
@@ -53,6 +54,10 @@ def add_proxy_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-key", type=Path, help="private key for --tls-cert")
     add_key_options(p)
     add_state_options(p)
+    p.add_argument("--state-outage-grace", type=parse_grace, default=STATE_OUTAGE_GRACE_S, metavar="DURATION",
+                   help="how long live identity sessions are trusted while the state store is unreachable "
+                        "(revocations cannot be heard meanwhile); after it they are ended. E.g. 90s, 5m "
+                        "(default 5m)")
     p.add_argument("--default-service", metavar="NAME",
                    help="serve connections whose database name names no service from this service, passing "
                         "the whole name on as the database (for single-service deployments and unmodified apps)")
@@ -104,6 +109,19 @@ def preauth_limits_from(args: argparse.Namespace) -> PreAuthLimits:
         raise SystemExit(f"pgwarden: error: {exc}") from None
 
 
+def parse_grace(text: str) -> float:
+    """`90`, `90s`, `5m` or `1h` as seconds (at least 1)."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    number, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
+    try:
+        seconds = float(number) * units[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 90s, 5m)") from None
+    if not 1 <= seconds <= 86_400:
+        raise argparse.ArgumentTypeError("between 1s and 24h")
+    return seconds
+
+
 def parse_otlp_endpoint(text: str) -> str:
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -146,6 +164,7 @@ def options_from(args: argparse.Namespace) -> ProxyOptions:
                         tls_cert=args.tls_cert, tls_key=args.tls_key, default_service=args.default_service,
                         state=state_from(args, os.environ), log_queries=QueryText(args.log_queries),
                         preauth=preauth_limits_from(args),
+                        state_outage_grace_s=args.state_outage_grace,
                         otlp=settings_from(args.otlp_endpoint, args.otlp_protocol, dict(args.otlp_header), os.environ))
 
 

@@ -227,8 +227,13 @@ class IdentityStore(Protocol):
     async def revoke_user_sessions(self, user: str, now: datetime) -> list[str]: ...
     async def purge_expired(self, now: datetime) -> int:
         """Delete expired sessions and device codes; return how many sessions went."""
-    async def watch_revocations(self, callback: Callable[[str], None]) -> None:
-        """Call `callback(session_id)` on the event loop for every revocation this store can see."""
+    async def watch_revocations(self, callback: Callable[[str], None], *, restart: bool = False) -> None:
+        """Call `callback(session_id)` on the event loop for every revocation this store can see.
+
+        Idempotent: call again to re-establish a lost feed (`restart` replaces one that may be half-open).
+        Revocations made while the feed was down are not replayed: re-check live sessions after it."""
+    async def revocation_watch_lost(self) -> None:
+        """Return when the revocation feed has been lost (never, for a store that cannot lose it)."""
     async def add_passkey(self, credential: PasskeyCredential) -> None: ...
     async def passkeys_for(self, user: str) -> list[PasskeyCredential]: ...
     async def passkey_by_id(self, credential_id: bytes) -> PasskeyCredential | None: ...

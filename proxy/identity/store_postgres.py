@@ -80,6 +80,8 @@ _PASSKEY_COLUMNS = "credential_id, user_name, public_key, sign_count, transports
 _DEVICE_COLUMNS = "device_code_hash, user_code, client, expires_at, interval_s, approved_session_id, denied"
 _ACTIVE = "revoked_at IS NULL AND expires_at > $2"
 _UNAVAILABLE = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+LISTEN_APPLICATION_NAME = "pgwarden-state-listen"  # how an operator (or a test) finds the LISTEN backend
+LISTEN_CONNECT_TIMEOUT_S = 10.0
 
 
 def _count(status: str) -> int:
@@ -108,6 +110,7 @@ class PostgresStore:
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
         self._listener_lock = asyncio.Lock()
+        self._listener_lost = asyncio.Event()  # set when the LISTEN connection closes under us
         self._watchers: list[Callable[[str], None]] = []
 
     def __repr__(self) -> str:
@@ -132,9 +135,7 @@ class PostgresStore:
         return self
 
     async def close(self) -> None:
-        if self._listener is not None:
-            await self._listener.close()
-            self._listener = None
+        await self._drop_listener()
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -266,15 +267,51 @@ class PostgresStore:
         await self._execute(f"DELETE FROM {SCHEMA}.counters WHERE window_end <= $1", at)
         return await self._execute(f"DELETE FROM {SCHEMA}.sessions WHERE expires_at <= $1", at)
 
-    async def watch_revocations(self, callback: Callable[[str], None]) -> None:
+    async def watch_revocations(self, callback: Callable[[str], None], *, restart: bool = False) -> None:
+        """Register `callback` (once) and hold LISTEN on a dedicated connection, opening it if it is gone;
+        `restart` replaces it even if it looks alive (after an outage it may be half-open)."""
+        if callback not in self._watchers:
+            self._watchers.append(callback)
         # A dedicated connection: a pooled one would be handed to queries and could not hold LISTEN.
-        self._watchers.append(callback)
         async with self._listener_lock:
-            if self._listener is None:
-                async with self._translate("listen"):
-                    self._listener = await asyncpg.connect(
-                        self._dsn, server_settings={"application_name": "pgwarden-state-listen"})
-                    await self._listener.add_listener(REVOCATION_CHANNEL, self._on_revocation)
+            if not restart and self._listener is not None and not self._listener.is_closed():
+                return
+            await self._drop_listener()
+            self._listener_lost.clear()
+            async with self._translate("listen"):
+                listener = await asyncpg.connect(
+                    self._dsn, timeout=LISTEN_CONNECT_TIMEOUT_S,
+                    server_settings={"application_name": LISTEN_APPLICATION_NAME})
+                try:
+                    listener.add_termination_listener(self._on_listener_closed)
+                    await listener.add_listener(REVOCATION_CHANNEL, self._on_revocation)
+                except BaseException:
+                    listener.terminate()
+                    raise
+            self._listener = listener
+            if listener.is_closed():  # it died before it was ours: its termination callback found no match
+                self._listener_lost.set()
+
+    async def revocation_watch_lost(self) -> None:
+        """Return once the LISTEN connection has closed (server restart, terminated backend, network)."""
+        if self._listener is None or self._listener.is_closed():
+            return
+        await self._listener_lost.wait()
+
+    def _on_listener_closed(self, conn: object) -> None:
+        if conn is self._listener:
+            self._listener_lost.set()
+
+    async def _drop_listener(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is None:
+            return
+        if listener.is_closed():
+            return
+        try:
+            await asyncio.wait_for(listener.close(), LISTEN_CONNECT_TIMEOUT_S)
+        except _UNAVAILABLE:  # TimeoutError included
+            listener.terminate()  # a dead peer does not answer Terminate: drop the socket
 
     def _on_revocation(self, conn: object, pid: int, channel: str, payload: object) -> None:
         loop = asyncio.get_running_loop()

@@ -292,9 +292,13 @@ class SqliteStore:
     async def purge_expired(self, now: datetime) -> int:
         return await self._run(self._purge, _to_us(now))
 
-    async def watch_revocations(self, callback: Callable[[str], None]) -> None:
+    async def watch_revocations(self, callback: Callable[[str], None], *, restart: bool = False) -> None:
         # In-process only: another process writing this file (e.g. a CLI) is not seen. Revoke through the proxy.
-        self._watchers.append(callback)
+        if callback not in self._watchers:
+            self._watchers.append(callback)
+
+    async def revocation_watch_lost(self) -> None:
+        await asyncio.Event().wait()  # in-process notices cannot be lost
 
     def _notify(self, session_ids: list[str]) -> None:
         loop = asyncio.get_running_loop()

@@ -22,6 +22,7 @@ from proxy.policy.cel import (
     compile_expression,
     to_cel,
 )
+from proxy.policy.cel_cost import decision_budget
 from proxy.snapshot import Condition, IdentityProvider, User, condition_from_wire
 
 CLAIMS_VARIABLE = "claims"
@@ -56,6 +57,7 @@ def claims_rules(provider: IdentityProvider) -> tuple[ClaimsRule, ...]:
     )
 
 
+@decision_budget
 def match_claims(provider: IdentityProvider, claims: Mapping[str, Any]) -> ClaimsRule | None:
     """The first `users` entry whose condition matches these verified claims, or None.
 

@@ -18,6 +18,7 @@ from celpy.celparser import CELParseError
 from celpy.evaluation import CELEvalError, base_functions
 
 from proxy.policy import timefns  # noqa: F401  (registers now() and the change-window helpers)
+from proxy.policy.cel_cost import CostExceeded, CostLimitError, MeteredRunner, check_cost, list_sizes
 from proxy.policy.functions import REGISTRY, CelFunction
 from proxy.snapshot import Condition
 
@@ -130,6 +131,10 @@ class CompiledExpression:
         context = {**activation, **_NAMESPACES} if _NAMESPACES else dict(activation)
         try:
             result = self._program.evaluate(context)
+        except CostExceeded as exc:
+            # Inputs larger than the rule was checked for (e.g. a query naming thousands of tables): deny
+            # now rather than hold the event loop every other session shares.
+            raise ConditionError(str(exc), expression=self.expression) from exc
         except CELEvalError as err:
             if _is_missing_data(err):
                 return False
@@ -160,15 +165,32 @@ def compile_expression(expr: str, *, variables: frozenset[str] = frozenset()) ->
     try:
         ast = _ENV.compile(expr)
         _check_names(ast, expr, variables)
+        charges = check_cost(ast)
+    except CostLimitError as err:
+        token = err.token
+        raise CelCompileError(err.reason, expression=expr, line=getattr(token, "line", None),
+                              column=getattr(token, "column", None)) from err
     except CELParseError as err:
         raise CelCompileError(_parse_reason(err), expression=expr, line=err.line, column=err.column) from err
     except RecursionError as err:
         raise CelCompileError("nested too deeply", expression=expr) from err
-    compiled = CompiledExpression(expr, _ENV.program(ast, functions=_FUNCTIONS))
+    compiled = CompiledExpression(expr, MeteredRunner(_ENV, ast, _FUNCTIONS, charges))
     if len(_CACHE) >= _MAX_CACHED:
         del _CACHE[next(iter(_CACHE))]  # dicts keep insertion order: drop the oldest
     _CACHE[key] = compiled
     return compiled
+
+
+def check_cost_with(expr: str, *, attrs: Mapping[str, Any]) -> None:
+    """Re-check a compiled expression's cost with the actual sizes of the lists in a Policy's `attrs`
+    (compile_expression assumes ASSUMED_LIST_ELEMENTS for them). Raises CelCompileError like it."""
+    program = compile_expression(expr)._program
+    try:
+        check_cost(program.ast, list_sizes(attrs, ("attrs",)))
+    except CostLimitError as err:
+        token = err.token
+        raise CelCompileError(err.reason, expression=expr, line=getattr(token, "line", None),
+                              column=getattr(token, "column", None)) from err
 
 
 class CompiledCondition:

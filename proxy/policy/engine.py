@@ -18,6 +18,7 @@ from celpy import celtypes
 
 from proxy.policy import timefns
 from proxy.policy.cel import ConditionError, to_cel
+from proxy.policy.cel_cost import decision_budget
 from proxy.policy.classify import Classification, classify
 from proxy.policy.compile import ALL, CompiledRule, Node, Reads, compile_policy, ordered
 from proxy.snapshot import (
@@ -204,6 +205,7 @@ class PolicySet:
     def has_policies(self, user: User, service: Service) -> bool:
         return bool(self.attached(user, service))
 
+    @decision_budget
     def decide(self, book: RuleBook, ctx: Mapping[str, Any]) -> Decision:
         """Evaluate every rule in order against a full plain-Python ctx (connect decisions; not cached)."""
         cel_ctx = to_cel(ctx)
@@ -230,6 +232,7 @@ class PolicySet:
 class SessionPolicy:
     """Per-message decisions for one client session; build at connect, call per message."""
 
+    @decision_budget  # folding the session constants is a decision too
     def __init__(self, book: RuleBook, base_ctx: Mapping[str, Any], generation: int) -> None:
         self.generation = generation
         self._book = book
@@ -293,6 +296,7 @@ class SessionPolicy:
         cache[full_key] = decision
         return decision
 
+    @decision_budget
     def _evaluate(self, postgres: dict[str, Any]) -> Decision:
         ctx = celtypes.MapType({**self._base, celtypes.StringType("request"): to_cel({"postgres": postgres})})
         for rule in self._book.rules:

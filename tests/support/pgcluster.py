@@ -291,6 +291,15 @@ class TempCluster:
         shutil.rmtree(self._base, ignore_errors=True)
         atexit.unregister(self.stop)
 
+    def halt(self) -> None:
+        """Stop the server as an outage would (fast shutdown: sessions get FATAL 57P01), keeping the data."""
+        self._run_tool(["pg_ctl", "stop", "-D", str(self.datadir), "-m", "fast", "-w"])
+
+    def resume(self) -> None:
+        """Start a halted server again on the same port."""
+        self._run_tool(["pg_ctl", "start", "-D", str(self.datadir), "-l", str(self.log_path), "-w", "-t", "60",
+                        "-o", f"-p {self.port}"])
+
     def dsn(self, role: str, database: str = "my_db", **params: str | int) -> str:
         """A libpq URI for `role` over TCP, password included (`postgres` gets the unix socket instead)."""
         query = urlencode({k: str(v) for k, v in params.items()})
