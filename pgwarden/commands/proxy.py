@@ -18,8 +18,8 @@ from pgwarden.state_dsn import add_state_options, state_from
 from pgwarden.workers import add_worker_options, announce_ready, is_parent, run_workers, worker_setup
 from proxy.audit.normalize import QueryText
 from proxy.audit.otel import settings_from
-from proxy.preauth import PreAuthLimits
 from proxy.identity.revocation_watch import STATE_OUTAGE_GRACE_S
+from proxy.preauth import PreAuthLimits
 from reconciler.errors import ConfigError, ManifestErrors
 from reconciler.manifests import load_snapshot
 from reconciler.sops import KeyRing, SopsError
