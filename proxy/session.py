@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 from proxy.audit.accesslog import SessionLog
 from proxy.connection import PgConnection
-from proxy.errors import AuthenticationFailed, UnknownService
+from proxy.errors import AccessDenied, AuthenticationFailed, UnknownService
+from proxy.guardrails import Lock, keeps_rail, locked_settings, rail_denied
 from proxy.identity.certs import verify_client_certificate
 from proxy.identity.sessions import Identity
 from proxy.pgwire import messages as m
@@ -144,6 +145,8 @@ class ClientSession(PgConnection):
         self._task: asyncio.Task[None] | None = None
         self._ended = False
         self._claimed: tuple[str, str] = ("", "")  # (user, service) once known, for refusal logs
+        self.connection_slot: tuple[str, str, str] | None = None  # counted by a maxConnectionsPerUser rail
+        self._watched: dict[bytes, Lock] = {}  # ParameterStatus name -> the guard rail it must keep
 
     # --- lifecycle -----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -306,6 +309,7 @@ class ClientSession(PgConnection):
         self._claimed = (identity.user, service_name)
         route = live.route(identity.user, service_name, request, identity_session=identity.session)
         self.route = route
+        self.server.take_connection_slot(self, identity.user, route)
         self._policy_live = live
         self._policy = self._session_policy(live)  # before login: a policy that cannot be built refuses
         self.upstream = UpstreamSide()
@@ -313,6 +317,10 @@ class ClientSession(PgConnection):
         login = await open_upstream(route, live.snapshot.secrets, params, factory=lambda: upstream)
         self.login = login
         upstream.session = self
+        # Settings the server reports (GUC_REPORT: default_transaction_read_only; search_path from PostgreSQL 18)
+        # must keep their rail's value; a report of any other ends the session (see on_server_messages).
+        rails = locked_settings(route.config.postgres.guard_rails)
+        self._watched = {name.encode(): lock for name, lock in rails.items()}
         self.process_id, self.secret_key = self.server.register(self, identity.user, live.generation)
         self._codec = python_codec(login.parameters.get("client_encoding", params.get("client_encoding", "UTF8")))
         out = [m.encode_authentication(m.AUTH_OK), *login.parameter_status,
@@ -357,6 +365,8 @@ class ClientSession(PgConnection):
     def _on_gated_data(self, data: bytes) -> None:
         """The relay with per-query checks: every request is decided before it goes upstream."""
         assert self._gate is not None
+        if self.pending_termination is not None:
+            return  # ending (a guard rail was broken, or access revoked): nothing more goes upstream
         try:
             out = self._gate.feed(data)
         except ProtocolViolation as exc:
@@ -425,6 +435,21 @@ class ClientSession(PgConnection):
                 self.transaction_status = body[:1]
             elif body.startswith(b"client_encoding\x00"):
                 self._codec = python_codec(body[16:].rstrip(b"\x00").decode("ascii", "replace"))
+            elif self._watched and type_byte == m.PARAMETER_STATUS:
+                self._check_rail(body)
+
+    def _check_rail(self, body: bytes) -> None:
+        """A ParameterStatus for a guard-railed setting: a value other than the rail's ends the session."""
+        name, _, value = body.rstrip(b"\x00").partition(b"\x00")
+        lock = self._watched.get(name)
+        if lock is None or keeps_rail(lock, value.decode("utf-8", "replace")):
+            return
+        assert self.route is not None
+        reason = AccessDenied(
+            f"session ended: {rail_denied(f'changing {name.decode()}', lock.rail, self.route.config.name)}",
+            detail="a statement (for example a function calling set_config) changed a setting a guard rail locks")
+        log.warning("session %s: %s", self.id, reason.message)
+        self.terminate(reason)
 
     # --- ending --------------------------------------------------------------------------
     def _log_refusal(self, exc: PgwardenError) -> None:

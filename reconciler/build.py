@@ -9,10 +9,13 @@ import datetime
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from proxy.guardrails import parse_duration_ms
 from proxy.snapshot import (
+    NO_GUARD_RAILS,
     AuthorizationMode,
     Credential,
     Group,
+    GuardRails,
     IdentityProvider,
     Policy,
     PostgresSettings,
@@ -167,8 +170,24 @@ def _service_config(name: str, config: Mapping[str, Any]) -> ServiceConfig:
             ca_secret=ca.get("fromSecret"),
             ca_file=ca.get("file"),
             authorization_mode=AuthorizationMode(postgres.get("authorization", {}).get("mode", "NONE")),
+            guard_rails=_guard_rails(postgres.get("guardRails") or {}),
         ),
     )
+
+
+def _guard_rails(rails: Mapping[str, Any]) -> GuardRails:
+    """`postgres.guardRails` (validated, parents merged in): durations in milliseconds."""
+    if not rails:
+        return NO_GUARD_RAILS
+
+    def ms(key: str) -> int | None:
+        return parse_duration_ms(rails[key]) if key in rails else None
+
+    path = rails.get("searchPath")
+    return GuardRails(read_only=bool(rails.get("readOnly", False)), statement_timeout_ms=ms("statementTimeout"),
+                      lock_timeout_ms=ms("lockTimeout"), idle_in_transaction_timeout_ms=ms("idleInTransactionTimeout"),
+                      search_path=None if path is None else tuple(path),
+                      max_connections_per_user=rails.get("maxConnectionsPerUser"))
 
 
 def _user(doc: Document) -> User:
