@@ -60,9 +60,14 @@ def schema_name_problem(name: str) -> str | None:
     return None
 
 
+_PLAIN_NAME = re.compile(r"[a-z_][a-z0-9_]*")
+
+
 def quote_ident(name: str) -> str:
-    """Always quoted, so case and any character survive PostgreSQL's identifier-list parsing."""
-    return '"' + name.replace('"', '""') + '"'
+    """A name for an identifier list (search_path): quoted unless lower-case plain, so case and every other
+    character survive PostgreSQL's SplitIdentifierString (which lower-cases unquoted names, ends them at
+    whitespace or commas, and knows no keywords)."""
+    return name if _PLAIN_NAME.fullmatch(name) else '"' + name.replace('"', '""') + '"'
 
 
 def search_path_value(names: tuple[str, ...]) -> str:
@@ -277,3 +282,50 @@ def keeps_rail(lock: Lock, value: str | tuple[str, ...]) -> bool:
     if lock.kind == "bool":
         return parse_bool(value) is True
     return parse_setting_ms(value) == lock.value
+
+
+# --- one transaction cycle in flight (readOnly) ----------------------------------------------------
+
+_CYCLE_ENDS = frozenset(b"SQF")  # Sync, Query, FunctionCall: each is answered by one ReadyForQuery
+
+
+class CycleSplitter:
+    """Finds where each request cycle of a client stream ends (after a Sync, Query or FunctionCall).
+
+    With the readOnly rail, the session forwards one cycle and holds the rest until the server's
+    ReadyForQuery: a function may turn default_transaction_read_only off, and the server reports that
+    (ParameterStatus) only before that ReadyForQuery. Without the hold, a write pipelined behind it would
+    start a read-write transaction before the proxy saw the report. Only frames; never decodes.
+    """
+
+    __slots__ = ("_header", "_left", "_ends_cycle")
+
+    def __init__(self) -> None:
+        self._header = bytearray()
+        self._left = 0  # bytes of the current message body still to come
+        self._ends_cycle = False
+
+    def cut(self, data: bytes | bytearray) -> int | None:
+        """The offset just after the first cycle-ending message completed in `data`, or None.
+
+        Consumes `data` up to that offset (or all of it): call again with what follows it.
+        """
+        i, n = 0, len(data)
+        while i < n:
+            if self._left:
+                take = min(self._left, n - i)
+                self._left -= take
+                i += take
+            else:
+                need = 5 - len(self._header)
+                self._header += data[i:i + need]
+                i += min(need, n - i)
+                if len(self._header) < 5:
+                    return None
+                self._ends_cycle = self._header[0] in _CYCLE_ENDS
+                self._left = max(int.from_bytes(self._header[1:5], "big") - 4, 0)  # the gate refuses bad lengths
+                self._header.clear()
+            if not self._left and not self._header and self._ends_cycle:
+                self._ends_cycle = False
+                return i
+        return None

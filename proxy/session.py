@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 from proxy.audit.accesslog import SessionLog
 from proxy.connection import PgConnection
 from proxy.errors import AccessDenied, AuthenticationFailed, UnknownService
-from proxy.guardrails import Lock, keeps_rail, locked_settings, rail_denied
+from proxy.guardrails import CycleSplitter, Lock, keeps_rail, locked_settings, rail_denied
 from proxy.identity.certs import verify_client_certificate
 from proxy.identity.sessions import Identity
 from proxy.pgwire import messages as m
@@ -42,7 +42,10 @@ CLOSE_GRACE_S = 5.0
 TLS_SHUTDOWN_TIMEOUT_S = 2.0  # asyncio's default of 30 s keeps dead sessions' sockets around
 _CLIENT_INSPECT = frozenset({m.QUERY, m.PARSE})
 _SERVER_INSPECT = frozenset({m.READY_FOR_QUERY, m.PARAMETER_STATUS})
-_SERVER_INSPECT_GATED = _SERVER_INSPECT | {m.COMMAND_COMPLETE, m.ERROR_RESPONSE}  # for response summaries
+_COPY_IN = frozenset(b"GW")  # CopyInResponse, CopyBothResponse
+# for response summaries, and the readOnly rail's one-cycle hold (_COPY_IN)
+_SERVER_INSPECT_GATED = _SERVER_INSPECT | {m.COMMAND_COMPLETE, m.ERROR_RESPONSE} | _COPY_IN
+HELD_BYTES_MAX = 1 << 20  # readOnly rail: client bytes held behind a cycle in flight before reading pauses
 
 
 @dataclass(slots=True, kw_only=True)
@@ -147,6 +150,11 @@ class ClientSession(PgConnection):
         self._claimed: tuple[str, str] = ("", "")  # (user, service) once known, for refusal logs
         self.connection_slot: tuple[str, str, str] | None = None  # counted by a maxConnectionsPerUser rail
         self._watched: dict[bytes, Lock] = {}  # ParameterStatus name -> the guard rail it must keep
+        self._cycles: CycleSplitter | None = None  # readOnly rail: one request cycle upstream at a time
+        self._held = bytearray()  # client bytes behind the cycle in flight
+        self._answered = 0  # ReadyForQuery messages from the upstream, to compare with the gate's cycles sent
+        self._is_copying_in = False  # the upstream waits for CopyData: nothing may be held
+        self._is_held_full = False  # reading paused until the held bytes drain
 
     # --- lifecycle -----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -340,6 +348,8 @@ class ClientSession(PgConnection):
                                      responses=upstream.filter_denials(), on_decision=self._log_decision,
                                      on_ready_requested=self._summaries.ready_requested)
             self.on_relay_data = self._on_gated_data  # type: ignore[method-assign]
+            if route.config.postgres.guard_rails.read_only:
+                self._cycles = CycleSplitter()
         upstream.start_relay(self)
         self.start_relay(upstream)
 
@@ -367,6 +377,21 @@ class ClientSession(PgConnection):
         assert self._gate is not None
         if self.pending_termination is not None:
             return  # ending (a guard rail was broken, or access revoked): nothing more goes upstream
+        if self._cycles is not None:
+            if not self._held and self._gate.ready_requested <= self._answered:  # the usual: one whole cycle
+                cut = self._cycles.cut(data)
+                if cut is None or cut == len(data):
+                    self._forward_gated(data)
+                    return
+                self._forward_gated(data[:cut])
+                data = data[cut:]
+            self._held += data
+            self._release_held()
+            return
+        self._forward_gated(data)
+
+    def _forward_gated(self, data: bytes) -> None:
+        assert self._gate is not None
         try:
             out = self._gate.feed(data)
         except ProtocolViolation as exc:
@@ -376,6 +401,35 @@ class ClientSession(PgConnection):
         assert upstream is not None and upstream.transport is not None
         if out:
             upstream.transport.writelines(out)
+
+    def _release_held(self) -> None:
+        """readOnly rail: forward held client bytes up to the next cycle end while no cycle is in flight."""
+        assert self._gate is not None and self._cycles is not None
+        held = self._held
+        while held and self.pending_termination is None and (
+                self._gate.ready_requested <= self._answered or self._is_copying_in):
+            cut = self._cycles.cut(held)
+            end = len(held) if cut is None else cut
+            chunk = bytes(held[:end])
+            del held[:end]
+            self._forward_gated(chunk)
+        if self.transport is None or self.is_closed:
+            return
+        if len(held) > HELD_BYTES_MAX and not self._is_held_full:
+            self._is_held_full = True
+            self.transport.pause_reading()  # a client that pipelines far ahead waits for the server
+        elif len(held) <= HELD_BYTES_MAX and self._is_held_full:
+            self._is_held_full = False
+            self.transport.resume_reading()
+
+    def _on_cycle_reply(self, type_byte: int) -> None:
+        if type_byte == m.READY_FOR_QUERY:
+            self._answered += 1
+            self._is_copying_in = False
+        else:  # CopyInResponse / CopyBothResponse: the server waits for the client's CopyData
+            self._is_copying_in = True
+        if self._held:
+            self._release_held()
 
     def _session_policy(self, live: LiveSnapshot) -> SessionPolicy | None:
         """The per-query policy under `live`, or None when this session's config is not in mode ALL."""
@@ -433,6 +487,10 @@ class ClientSession(PgConnection):
         for type_byte, body in found:
             if type_byte == m.READY_FOR_QUERY:
                 self.transaction_status = body[:1]
+                if self._cycles is not None:
+                    self._on_cycle_reply(type_byte)
+            elif type_byte in _COPY_IN and self._cycles is not None:
+                self._on_cycle_reply(type_byte)
             elif body.startswith(b"client_encoding\x00"):
                 self._codec = python_codec(body[16:].rstrip(b"\x00").decode("ascii", "replace"))
             elif self._watched and type_byte == m.PARAMETER_STATUS:

@@ -52,6 +52,7 @@ from proxy.policy.railgate import RULE_PREFIX as RAIL_RULE_PREFIX
 _HELD = frozenset({m.QUERY, m.PARSE, m.FUNCTION_CALL, m.CLOSE})
 _I32 = struct.Struct("!i")
 _HELD_WITH_BIND = _HELD | {m.BIND}
+RAIL_HINT = "the service's configuration fixes this setting for the session (postgres.guardRails)"
 DENIAL_HINT = "pgwarden checks every query against the service's policies; ask an administrator for access"
 
 
@@ -281,7 +282,8 @@ class RequestGate:
         usual = f'denied by policy "{decision.policy}" rule "{decision.rule}"'
         message = denial_message(what, decision)
         detail = "" if decision.reason in (usual, message) else decision.reason
-        sql = raise_sql(message, marker=marker, detail=detail, hint=DENIAL_HINT)
+        hint = RAIL_HINT if decision.rule.startswith(RAIL_RULE_PREFIX) else DENIAL_HINT
+        sql = raise_sql(message, marker=marker, detail=detail, hint=hint)
         return marker, sql
 
     def _stand_in_query(self, what: str, decision: DecisionLike) -> bytes:
