@@ -20,7 +20,7 @@ import psycopg
 import pytest
 
 from proxy.pgwire import messages as m
-from tests.support.proxy_harness import MANIFESTS, ProxyHarness, start_harness
+from tests.support.proxy_harness import MANIFESTS, ProxyHarness, start_harness, write_manifests
 
 RAILED = MANIFESTS + """\
 ---
@@ -343,3 +343,18 @@ def _connects(dsn: str) -> bool:
     except psycopg.OperationalError:
         return False
     return True
+
+
+def test_a_reload_that_changes_the_rails_ends_the_session(railed: ProxyHarness, pg: Any, tmp_path: Any) -> None:
+    with psycopg.connect(railed.dsn("bob", "railed"), autocommit=True) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+        looser = RAILED.replace("statementTimeout: 1s", "statementTimeout: 2s")
+        looser_dir = write_manifests(tmp_path / "looser", pg, looser)
+        try:
+            railed.reload_from(looser_dir)
+            with pytest.raises(psycopg.Error, match="guard rails of this session's config changed"):
+                railed.wait_for(lambda: conn.execute("SELECT 1") is None)
+        finally:
+            railed.reload_from(railed.manifests)
+    with psycopg.connect(railed.dsn("bob", "railed"), autocommit=True) as conn:  # the rails as they are now
+        assert conn.execute("SHOW statement_timeout").fetchone() == ("1s",)
