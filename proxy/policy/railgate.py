@@ -5,7 +5,8 @@ What counts as changing a locked setting: SET / SET LOCAL / SET SESSION of it, s
 name that is not a literal), BEGIN / START TRANSACTION / SET TRANSACTION / SET SESSION CHARACTERISTICS
 READ WRITE against readOnly, a CREATE FUNCTION ... SET clause for it, a DO block (anonymous code can call
 set_config where no one can see), and a fast-path FunctionCall of set_config. Setting the rail's own value,
-RESET and SET ... TO DEFAULT (back to the startup value, which is the rail's) are allowed.
+RESET and SET ... TO DEFAULT (back to the startup value, which is the rail's) are allowed, except for
+transaction_read_only, whose RESET makes the transaction read-write.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from proxy.snapshot import GuardRails
 SET_CONFIG_OID = 2078  # pg_proc: set_config(text, text, boolean)
 RULE_PREFIX = "guardRails."  # a Decision whose rule starts so is a rail's: its reason is the whole message
 _MAX_REMEMBERED = 1024
+# RESET / SET ... TO DEFAULT return a setting to its startup value (the rail's), except these, which go back
+# to the server's built-in default: `BEGIN; RESET transaction_read_only; INSERT ...` writes in PostgreSQL 15.
+_RESET_TO_BOOT = frozenset({"transaction_read_only"})
 
 
 RailDecision = tuple[str, str]  # (rail, the whole refusal message); engine.py makes it a Decision
@@ -59,7 +63,8 @@ class RailGate:
                     return self._deny("set_config with a setting name that is not a literal", self._first_rail)
                 continue
             lock = self._locks.get(name)
-            if lock is None or value is None or _keeps(lock, value):
+            if lock is None or (value is None and name not in _RESET_TO_BOOT) or (
+                    value is not None and _keeps(lock, value)):
                 continue
             if name.endswith("transaction_read_only") and how != "SET" and how != "set_config":
                 what = f"{how} READ WRITE" if how != "SET SESSION CHARACTERISTICS" else (

@@ -110,6 +110,11 @@ SET "Lock_Timeout" TO '0';
 SET search_path = pg_temp, public;
 SET idle_in_transaction_session_timeout = 0;
 SET LOCAL statement_timeout = 0;
+BEGIN;
+RESET transaction_read_only;
+INSERT INTO items(name) VALUES ('rail-psql-reset');
+ROLLBACK;
+SET transaction_read_only TO DEFAULT;
 INSERT INTO items(name) VALUES ('rail-psql-after');
 SELECT 'still here';
 SHOW search_path;
@@ -120,7 +125,9 @@ SHOW default_transaction_read_only;
     out = psql(railed, script)
     assert out.stdout.split() == ["still", "here", "public", "5s", "1s", "on"], out.stderr
     errors = [line for line in out.stderr.splitlines() if line.startswith("ERROR:")]
-    assert [e.split()[1] for e in errors] == ["25006:", "25006:", *["42501:"] * 10, "25006:"], out.stderr
+    # RESET transaction_read_only would make the transaction read-write (its reset value is the built-in off).
+    assert [e.split()[1] for e in errors] == ["25006:", "25006:", *["42501:"] * 11, "25P02:", "42501:", "25006:"], \
+        out.stderr
     assert rail("readOnly") in errors[2] and "SET default_transaction_read_only" in errors[2]
     assert "set_config(default_transaction_read_only)" in errors[3]
     assert "BEGIN READ WRITE" in errors[4] and "START TRANSACTION READ WRITE" in errors[5]

@@ -136,6 +136,9 @@ DENIED = [
     ("SELECT set_config(name, 'x', false) FROM t", "readOnly", "not a literal"),
     ("SELECT set_config('lock_timeout', current_setting('x'), false)", "lockTimeout", ""),
     ("SELECT 1; SET statement_timeout = 0", "statementTimeout", ""),
+    ("RESET transaction_read_only", "readOnly", "SET transaction_read_only"),  # back to off, not the rail
+    ("SET transaction_read_only TO DEFAULT", "readOnly", ""),
+    ("BEGIN; RESET transaction_read_only; INSERT INTO t VALUES (1); COMMIT", "readOnly", ""),
     ("BEGIN READ WRITE", "readOnly", "BEGIN READ WRITE"),
     ("BEGIN ISOLATION LEVEL SERIALIZABLE, READ WRITE", "readOnly", "BEGIN READ WRITE"),
     ("START TRANSACTION READ WRITE", "readOnly", "START TRANSACTION READ WRITE"),
@@ -154,7 +157,7 @@ ALLOWED = [
     "START TRANSACTION ISOLATION LEVEL SERIALIZABLE",
     "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ", "SET work_mem = '64MB'", "SET application_name = 'x'",
     "SELECT set_config('application_name', 'x', false)", "SELECT current_setting('statement_timeout')",
-    "SET statement_timeout FROM CURRENT",
+    "SET statement_timeout FROM CURRENT", "RESET default_transaction_read_only", "SET LOCAL transaction_read_only = on",
 ]
 
 
