@@ -310,6 +310,22 @@ def test_a_write_pipelined_behind_the_unlocking_function_never_runs(railed: Prox
     assert item_count(pg, "rail-pipelined") == 0
 
 
+def test_a_write_behind_a_commit_in_the_same_query_never_runs(railed: ProxyHarness, pg: Any) -> None:
+    sock, seen = raw_login(railed.port, {"user": "bob", "database": "railed"}, railed.token("bob"))
+    # In one Query, the statements after COMMIT run in a new transaction, which the unlocking function
+    # made read-write; the server would report that only with this Query's ReadyForQuery.
+    sock.sendall(m.encode_query("SELECT pgw_rail_unlock(); COMMIT; INSERT INTO items(name) VALUES ('rail-commit')")
+                 + m.encode_query("UPDATE pg_settings SET setting = '0' WHERE name = 'statement_timeout'")
+                 + m.encode_query("SHOW statement_timeout"))
+    readies: list[int] = []
+    seen = read_until(sock, lambda t, _b: readies.append(t) is None and readies.count(m.READY_FOR_QUERY) == 3)
+    sock.close()
+    errors = [m.parse_error_fields(b) for t, b in seen if t == m.ERROR_RESPONSE]
+    assert [(e.code, 'guard rail "readOnly"' in e.message) for e in errors] == [("42501", True)] * 2, errors
+    assert [b[-2:] for t, b in seen if t == ord("D")] == [b"1s"]
+    assert item_count(pg, "rail-commit") == 0
+
+
 def test_fast_path_set_config_is_refused(railed: ProxyHarness, pg: Any) -> None:
     sock, _ = raw_login(railed.port, {"user": "bob", "database": "railed"}, railed.token("bob"))
     args = [b"default_transaction_read_only", b"off", b"\x00"]

@@ -139,6 +139,11 @@ DENIED = [
     ("RESET transaction_read_only", "readOnly", "SET transaction_read_only"),  # back to off, not the rail
     ("SET transaction_read_only TO DEFAULT", "readOnly", ""),
     ("BEGIN; RESET transaction_read_only; INSERT INTO t VALUES (1); COMMIT", "readOnly", ""),
+    ("UPDATE pg_settings SET setting = '0' WHERE name = 'statement_timeout'", "readOnly", "writing pg_settings"),
+    ("WITH u AS (UPDATE pg_catalog.pg_settings SET setting = 0 RETURNING 1) SELECT 1", "readOnly", ""),
+    ("SELECT f(); COMMIT; INSERT INTO t VALUES (1)", "readOnly", "COMMIT followed by more statements"),
+    ("BEGIN; SELECT f(); END; SELECT 1", "readOnly", "COMMIT followed"),
+    ("SELECT f(); PREPARE TRANSACTION 'x'; SELECT 1", "readOnly", "COMMIT followed"),
     ("BEGIN READ WRITE", "readOnly", "BEGIN READ WRITE"),
     ("BEGIN ISOLATION LEVEL SERIALIZABLE, READ WRITE", "readOnly", "BEGIN READ WRITE"),
     ("START TRANSACTION READ WRITE", "readOnly", "START TRANSACTION READ WRITE"),
@@ -157,7 +162,9 @@ ALLOWED = [
     "START TRANSACTION ISOLATION LEVEL SERIALIZABLE",
     "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ", "SET work_mem = '64MB'", "SET application_name = 'x'",
     "SELECT set_config('application_name', 'x', false)", "SELECT current_setting('statement_timeout')",
-    "SET statement_timeout FROM CURRENT", "RESET default_transaction_read_only", "SET LOCAL transaction_read_only = on",
+    "SET statement_timeout FROM CURRENT", "RESET default_transaction_read_only", "SELECT * FROM pg_settings",
+    "BEGIN; SELECT 1; COMMIT", "COMMIT", "SELECT f(); ROLLBACK; SELECT 1",
+    "BEGIN; SELECT f(); COMMIT AND CHAIN; SELECT 1", "SET LOCAL transaction_read_only = on",
 ]
 
 
