@@ -7,7 +7,6 @@ gate for attempts to change a locked setting. Every write attempt is checked on 
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 import ssl
@@ -341,16 +340,31 @@ def test_fast_path_set_config_is_refused(railed: ProxyHarness, pg: Any) -> None:
     assert rows and rows[0].endswith(b"on")
 
 
+async def test_asyncpg_over_the_connection_cap(railed: ProxyHarness) -> None:
+    kwargs: dict[str, Any] = {"host": "127.0.0.1", "port": railed.port, "user": "alice", "database": "railed",
+                              "ssl": "require", "server_settings": {"application_name": "capped"}}
+    first = await asyncpg.connect(password=railed.token("alice"), **kwargs)
+    second = await asyncpg.connect(password=railed.token("alice"), **kwargs)
+    try:
+        with pytest.raises(asyncpg.exceptions.TooManyConnectionsError, match="maxConnectionsPerUser"):  # 53300
+            await asyncpg.connect(password=railed.token("alice"), **kwargs)
+        assert await first.fetchval("SELECT 1") == 1
+    finally:
+        await first.close()
+        await second.close()
+
+
 def test_max_connections_per_user(railed: ProxyHarness) -> None:
     dsn = railed.dsn("bob", "railed", application_name="capped")
     first, second = psycopg.connect(dsn, autocommit=True), psycopg.connect(dsn, autocommit=True)
     try:
         with pytest.raises(psycopg.OperationalError, match='"maxConnectionsPerUser" of config "capped"'):
             psycopg.connect(dsn, autocommit=True)
-        with pytest.raises(asyncpg.exceptions.TooManyConnectionsError, match="maxConnectionsPerUser"):  # 53300
-            asyncio.run(asyncpg.connect(host="127.0.0.1", port=railed.port, user="bob", database="railed",
-                                       password=railed.token("bob"), ssl="require", server_settings={
-                                           "application_name": "capped"}))
+        sock, seen = raw_login(railed.port, {"user": "bob", "database": "railed", "application_name": "capped"},
+                               railed.token("bob"))
+        sock.close()
+        errors = [m.parse_error_fields(body) for t, body in seen if t == m.ERROR_RESPONSE]
+        assert [(e.code, "maxConnectionsPerUser" in e.message) for e in errors] == [("53300", True)]
         with psycopg.connect(railed.dsn("alice", "railed", application_name="capped"), autocommit=True) as other:
             assert other.execute("SELECT 1").fetchone() == (1,)  # another user has their own count
         assert first.execute("SELECT 1").fetchone() == (1,) and second.execute("SELECT 2").fetchone() == (2,)
