@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from proxy.errors import AccessDenied
@@ -329,3 +329,76 @@ class CycleSplitter:
                 self._ends_cycle = False
                 return i
         return None
+
+
+TRANSACTION_END_KINDS = frozenset({"COMMIT", "PREPARE TRANSACTION"})
+_AFTER_END_ALLOWED = frozenset(b"SHCD")  # Sync, Flush, Close, Describe: none starts a transaction
+_TRACKED = frozenset(b"PBECQ")  # Parse, Bind, Execute, Close (bodies needed), Query (drops the unnamed ones)
+
+
+class TransactionEndWatch:
+    """readOnly rail, extended protocol: after the Execute of a COMMIT, nothing but Sync may start work.
+
+    In one cycle (up to Sync) an Execute after a COMMIT runs in a new transaction, read-write if a statement
+    before the COMMIT turned default_transaction_read_only off; the server reports that only at the cycle's
+    ReadyForQuery. So after such an Execute only Sync, Flush, Close and Describe may follow until Sync
+    (`violates` says when something else comes; the session then ends). Tracks statement and portal names to
+    know what an Execute runs; `is_end` tells, from a Parse's query bytes, whether it ends a transaction.
+    """
+
+    __slots__ = ("_is_end", "_header", "_type", "_left", "_body", "_statements", "_portals", "_after_end")
+
+    def __init__(self, is_end: Callable[[bytes], bool]) -> None:
+        self._is_end = is_end
+        self._header = bytearray()
+        self._type = 0
+        self._left = 0
+        self._body = bytearray()
+        self._statements: dict[bytes, bool] = {}  # prepared statement name -> it ends a transaction
+        self._portals: dict[bytes, bool] = {}
+        self._after_end = False  # an Execute of a COMMIT went upstream; no Sync since
+
+    def violates(self, data: bytes | bytearray) -> bool:
+        i, n = 0, len(data)
+        while i < n:
+            if not self._left and not self._type:
+                need = 5 - len(self._header)
+                self._header += data[i:i + need]
+                i += min(need, n - i)
+                if len(self._header) < 5:
+                    return False
+                self._type = self._header[0]
+                self._left = max(int.from_bytes(self._header[1:5], "big") - 4, 0)
+                self._header.clear()
+                if self._after_end and self._type not in _AFTER_END_ALLOWED:
+                    return True
+            take = min(self._left, n - i)
+            if self._type in _TRACKED:
+                self._body += data[i:i + take]
+            self._left -= take
+            i += take
+            if not self._left:
+                self._message(self._type, bytes(self._body))
+                self._type = 0
+                self._body.clear()
+        return False
+
+    def _message(self, type_byte: int, body: bytes) -> None:
+        if type_byte == ord("S"):
+            self._after_end = False
+            self._portals.clear()  # portals end with their transaction
+        elif type_byte == ord("Q"):
+            self._statements.pop(b"", None)
+            self._portals.pop(b"", None)
+        elif type_byte == ord("P"):
+            name, _, rest = body.partition(b"\x00")
+            self._statements[name] = self._is_end(rest.partition(b"\x00")[0])
+        elif type_byte == ord("B"):
+            portal, _, rest = body.partition(b"\x00")
+            self._portals[portal] = self._statements.get(rest.partition(b"\x00")[0], False)
+        elif type_byte == ord("E"):
+            if self._portals.get(body.partition(b"\x00")[0], False):
+                self._after_end = True
+        elif type_byte == ord("C") and body:
+            names = self._statements if body[:1] == b"S" else self._portals
+            names.pop(body[1:].partition(b"\x00")[0], None)

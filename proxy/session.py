@@ -19,7 +19,15 @@ from typing import TYPE_CHECKING, Any, cast
 from proxy.audit.accesslog import SessionLog
 from proxy.connection import PgConnection
 from proxy.errors import AccessDenied, AuthenticationFailed, UnknownService
-from proxy.guardrails import CycleSplitter, Lock, keeps_rail, locked_settings, rail_denied
+from proxy.guardrails import (
+    TRANSACTION_END_KINDS,
+    CycleSplitter,
+    Lock,
+    TransactionEndWatch,
+    keeps_rail,
+    locked_settings,
+    rail_denied,
+)
 from proxy.identity.certs import verify_client_certificate
 from proxy.identity.sessions import Identity
 from proxy.pgwire import messages as m
@@ -27,6 +35,7 @@ from proxy.pgwire.denials import ResponseFilter
 from proxy.pgwire.encodings import decode_text, python_codec
 from proxy.pgwire.errors import PgwardenError, ProtocolViolation
 from proxy.pgwire.framing import DEFAULT_MAX_MESSAGE_BYTES, FrameScanner
+from proxy.policy.classify import classify
 from proxy.policy.enforce import DecisionLike, DenyAll, RequestGate, ResponseSummaries, SessionPolicy
 from proxy.routing import ConnectRequest, LiveSnapshot, Route
 from proxy.upstream import UPSTREAM_MAX_MESSAGE_BYTES, UpstreamLogin, open_upstream
@@ -155,6 +164,7 @@ class ClientSession(PgConnection):
         self._answered = 0  # ReadyForQuery messages from the upstream, to compare with the gate's cycles sent
         self._is_copying_in = False  # the upstream waits for CopyData: nothing may be held
         self._is_held_full = False  # reading paused until the held bytes drain
+        self._ends: TransactionEndWatch | None = None  # readOnly rail: nothing may follow a COMMIT before Sync
 
     # --- lifecycle -----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -350,6 +360,7 @@ class ClientSession(PgConnection):
             self.on_relay_data = self._on_gated_data  # type: ignore[method-assign]
             if route.config.postgres.guard_rails.read_only:
                 self._cycles = CycleSplitter()
+                self._ends = TransactionEndWatch(self._ends_transaction)
         upstream.start_relay(self)
         self.start_relay(upstream)
 
@@ -392,6 +403,14 @@ class ClientSession(PgConnection):
 
     def _forward_gated(self, data: bytes) -> None:
         assert self._gate is not None
+        if self._ends is not None and self._ends.violates(data):
+            assert self.route is not None
+            refused = rail_denied("a request after COMMIT before Sync", "readOnly", self.route.config.name)
+            self.terminate(AccessDenied(
+                f"session ended: {refused}",
+                detail="it would run in a new transaction that a statement before the COMMIT may have made read-write",
+                hint="send Sync after COMMIT (drivers do), or the COMMIT as a simple Query"))
+            return
         try:
             out = self._gate.feed(data)
         except ProtocolViolation as exc:
@@ -421,6 +440,9 @@ class ClientSession(PgConnection):
         elif len(held) <= HELD_BYTES_MAX and self._is_held_full:
             self._is_held_full = False
             self.transport.resume_reading()
+
+    def _ends_transaction(self, query: bytes) -> bool:
+        return not TRANSACTION_END_KINDS.isdisjoint(classify(decode_text(query, self._codec)).kinds)
 
     def _on_cycle_reply(self, type_byte: int) -> None:
         if type_byte == m.READY_FOR_QUERY:

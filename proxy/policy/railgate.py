@@ -16,7 +16,7 @@ import json
 
 from pglast import parser
 
-from proxy.guardrails import Lock, keeps_rail, locked_settings, rail_denied
+from proxy.guardrails import TRANSACTION_END_KINDS, Lock, keeps_rail, locked_settings, rail_denied
 from proxy.policy.classify import NOT_LITERAL, Classification, classify_exact
 from proxy.snapshot import GuardRails
 
@@ -28,7 +28,6 @@ _MAX_REMEMBERED = 1024
 _RESET_TO_BOOT = frozenset({"transaction_read_only"})
 _WRITES = frozenset({"UPDATE", "INSERT", "DELETE", "MERGE"})
 _ENDS = frozenset({"TRANS_STMT_COMMIT", "TRANS_STMT_PREPARE"})
-_END_KINDS = frozenset({"COMMIT", "PREPARE TRANSACTION"})
 
 
 RailDecision = tuple[str, str]  # (rail, the whole refusal message); engine.py makes it a Decision
@@ -40,7 +39,8 @@ class RailGate:
     def __init__(self, rails: GuardRails, config: str) -> None:
         self.config = config
         self._read_only = rails.read_only
-        self._kinds = frozenset({"DO"}) | (_END_KINDS if rails.read_only else frozenset())  # kinds to look into
+        # Statement kinds to look into: DO always, transaction ends with readOnly.
+        self._kinds = frozenset({"DO"}) | (TRANSACTION_END_KINDS if rails.read_only else frozenset())
         self._locks = locked_settings(rails)
         self._first_rail = next(iter(self._locks.values())).rail if self._locks else ""
         self._by_text: dict[str, RailDecision | None] = {}
@@ -77,7 +77,7 @@ class RailGate:
         if _WRITES.intersection(c.kinds) and any(t.split(".")[-1] == "pg_settings" for t in c.tables):
             # pg_settings' update rule calls set_config(): `UPDATE pg_settings SET setting = ...` is a SET.
             return self._deny("writing pg_settings", self._first_rail)
-        if self._read_only and not _END_KINDS.isdisjoint(c.kinds) and _commits_before_more(sql):
+        if self._read_only and not TRANSACTION_END_KINDS.isdisjoint(c.kinds) and _commits_before_more(sql):
             return self._deny("COMMIT followed by more statements in one query", "readOnly")
         for how, name, value in c.settings:
             if name == "*":  # set_config(<not a literal>, ...): it could be any of them

@@ -325,6 +325,41 @@ def test_a_write_behind_a_commit_in_the_same_query_never_runs(railed: ProxyHarne
     assert item_count(pg, "rail-commit") == 0
 
 
+def parse(name: str, sql: str) -> bytes:
+    return m.encode_message(m.PARSE, name.encode() + b"\x00" + sql.encode() + b"\x00\x00\x00")
+
+
+def bind(portal: str, statement: str) -> bytes:
+    return m.encode_message(m.BIND, portal.encode() + b"\x00" + statement.encode() + b"\x00" + b"\x00" * 6)
+
+
+def execute(portal: str = "") -> bytes:
+    return m.encode_message(m.EXECUTE, portal.encode() + b"\x00\x00\x00\x00\x00")
+
+
+SYNC = m.encode_message(m.SYNC)
+
+
+def test_extended_protocol_work_after_a_commit_before_sync_ends_the_session(railed: ProxyHarness, pg: Any) -> None:
+    sock, _ = raw_login(railed.port, {"user": "bob", "database": "railed"}, railed.token("bob"))
+    # A COMMIT that is followed by Sync is fine (JDBC sends its COMMIT so), also as a named statement reused.
+    sock.sendall(parse("commit", "COMMIT") + bind("", "commit") + execute() + SYNC
+                 + bind("p", "commit") + execute("p") + SYNC)
+    readies: list[int] = []
+    seen = read_until(sock, lambda t, _b: readies.append(t) is None and readies.count(m.READY_FOR_QUERY) == 2)
+    assert not [b for t, b in seen if t == m.ERROR_RESPONSE], seen
+    # In one cycle: the function turns the default off, COMMIT ends the implicit transaction, and the INSERT
+    # would start a read-write one. The reused named COMMIT must count too.
+    sock.sendall(parse("", "SELECT pgw_rail_unlock()") + bind("", "") + execute()
+                 + bind("q", "commit") + execute("q")
+                 + parse("", "INSERT INTO items(name) VALUES ('rail-extended')") + bind("", "") + execute() + SYNC)
+    seen = read_until(sock, lambda t, b: t == m.ERROR_RESPONSE and b"FATAL" in b)
+    sock.close()
+    fatal = m.parse_error_fields(seen[-1][1])
+    assert 'a request after COMMIT before Sync denied by guard rail "readOnly"' in fatal.message, seen
+    assert item_count(pg, "rail-extended") == 0
+
+
 def test_fast_path_set_config_is_refused(railed: ProxyHarness, pg: Any) -> None:
     sock, _ = raw_login(railed.port, {"user": "bob", "database": "railed"}, railed.token("bob"))
     args = [b"default_transaction_read_only", b"off", b"\x00"]

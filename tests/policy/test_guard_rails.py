@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from proxy.errors import AccessDenied
 from proxy.guardrails import (
     CycleSplitter,
+    TransactionEndWatch,
     keeps_rail,
     locked_settings,
     options_settings,
@@ -246,3 +247,39 @@ def test_cycle_splitter_cuts_after_each_sync_query_and_function_call(sizes: list
             cuts.append(offset)
             rest = rest[cut:]
     assert cuts == CYCLE_ENDS
+
+
+def parse(name: bytes, sql: bytes) -> bytes:
+    return m.encode_message(m.PARSE, name + b"\x00" + sql + b"\x00\x00\x00")
+
+
+def bind(portal: bytes, statement: bytes) -> bytes:
+    return m.encode_message(m.BIND, portal + b"\x00" + statement + b"\x00" + b"\x00" * 6)
+
+
+def execute(portal: bytes = b"") -> bytes:
+    return m.encode_message(m.EXECUTE, portal + b"\x00\x00\x00\x00\x00")
+
+
+SYNC, FLUSH = m.encode_message(m.SYNC), m.encode_message(m.FLUSH)
+CLOSE_C = m.encode_message(ord("C"), b"Sc\x00")
+
+
+@pytest.mark.parametrize(("stream", "violates"), [
+    (parse(b"c", b"COMMIT") + bind(b"", b"c") + execute() + SYNC + bind(b"", b"c") + execute() + SYNC, False),
+    (parse(b"", b"COMMIT") + bind(b"", b"") + execute() + FLUSH + CLOSE_C + SYNC + parse(b"", b"SELECT 1"), False),
+    (parse(b"", b"SELECT f()") + bind(b"", b"") + execute() + parse(b"", b"END") + bind(b"", b"") + execute()
+     + parse(b"", b"INSERT INTO t VALUES (1)"), True),
+    (parse(b"c", b" /* x */ commit") + SYNC + bind(b"p", b"c") + execute(b"p") + m.encode_query("SELECT 1"), True),
+    (parse(b"c", b"PREPARE TRANSACTION 'x'") + bind(b"", b"c") + execute() + bind(b"", b"s"), True),
+    (parse(b"c", b"COMMIT") + bind(b"p", b"c") + CLOSE_C + parse(b"c", b"SELECT 1") + bind(b"p", b"c") + execute(b"p")
+     + execute(b"p"), False),  # `c` is no longer the COMMIT when `p` is bound again
+])
+@given(st.lists(st.integers(min_value=1, max_value=30), max_size=20))
+def test_transaction_end_watch(stream: bytes, violates: bool, sizes: list[int]) -> None:
+    watch = TransactionEndWatch(lambda q: classify(q.decode()).kinds[:1] in (("COMMIT",), ("PREPARE TRANSACTION",)))
+    found, start = False, 0
+    for size in [*sizes, len(stream)]:
+        found = found or watch.violates(stream[start:start + size])
+        start += size
+    assert found is violates
