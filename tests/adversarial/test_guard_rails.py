@@ -355,9 +355,9 @@ def test_extended_protocol_work_after_a_commit_before_sync_ends_the_session(rail
                  + parse("", "INSERT INTO items(name) VALUES ('rail-extended')") + bind("", "") + execute() + SYNC)
     seen = read_until(sock, lambda t, b: t == m.ERROR_RESPONSE and b"FATAL" in b)
     sock.close()
+    assert item_count(pg, "rail-extended") == 0
     fatal = m.parse_error_fields(seen[-1][1])
     assert 'a request after COMMIT before Sync denied by guard rail "readOnly"' in fatal.message, seen
-    assert item_count(pg, "rail-extended") == 0
 
 
 def test_fast_path_set_config_is_refused(railed: ProxyHarness, pg: Any) -> None:
