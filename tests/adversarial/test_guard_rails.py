@@ -319,10 +319,10 @@ def test_a_write_behind_a_commit_in_the_same_query_never_runs(railed: ProxyHarne
     readies: list[int] = []
     seen = read_until(sock, lambda t, _b: readies.append(t) is None and readies.count(m.READY_FOR_QUERY) == 3)
     sock.close()
+    assert item_count(pg, "rail-commit") == 0
     errors = [m.parse_error_fields(b) for t, b in seen if t == m.ERROR_RESPONSE]
     assert [(e.code, 'guard rail "readOnly"' in e.message) for e in errors] == [("42501", True)] * 2, errors
     assert [b[-2:] for t, b in seen if t == ord("D")] == [b"1s"]
-    assert item_count(pg, "rail-commit") == 0
 
 
 def parse(name: str, sql: str) -> bytes:
