@@ -334,19 +334,25 @@ class CycleSplitter:
 TRANSACTION_END_KINDS = frozenset({"COMMIT", "PREPARE TRANSACTION"})
 _AFTER_END_ALLOWED = frozenset(b"SHCD")  # Sync, Flush, Close, Describe: none starts a transaction
 _TRACKED = frozenset(b"PBECQ")  # Parse, Bind, Execute, Close (bodies needed), Query (drops the unnamed ones)
+_EXTENDED = frozenset(b"PBEDCH")  # messages of an extended-protocol batch (until Sync)
+AFTER_COMMIT = "a request after COMMIT before Sync"
+QUERY_IN_BATCH = "a simple Query or FunctionCall inside an extended-protocol batch (before its Sync)"
 
 
 class TransactionEndWatch:
-    """readOnly rail, extended protocol: after the Execute of a COMMIT, nothing but Sync may start work.
+    """readOnly rail, extended protocol: no work may start a new transaction before the next Sync.
 
-    In one cycle (up to Sync) an Execute after a COMMIT runs in a new transaction, read-write if a statement
-    before the COMMIT turned default_transaction_read_only off; the server reports that only at the cycle's
-    ReadyForQuery. So after such an Execute only Sync, Flush, Close and Describe may follow until Sync
-    (`violates` says when something else comes; the session then ends). Tracks statement and portal names to
-    know what an Execute runs; `is_end` tells, from a Parse's query bytes, whether it ends a transaction.
+    In one batch (up to Sync) an Execute after a COMMIT runs in a new transaction, read-write if a statement
+    before the COMMIT turned default_transaction_read_only off; the server reports that only at the batch's
+    ReadyForQuery. So after such an Execute only Sync, Flush, Close and Describe may follow until Sync. A
+    simple Query (or FunctionCall) inside a batch commits it too, and a server that had an error skips it
+    (no ReadyForQuery: the one-cycle hold would wait forever); libpq's pipeline mode refuses to send one,
+    so it is refused here. `violation` names what came instead. Tracks statement and portal names to know
+    what an Execute runs; `is_end` tells, from a Parse's query bytes, whether it ends a transaction.
     """
 
-    __slots__ = ("_is_end", "_header", "_type", "_left", "_body", "_statements", "_portals", "_after_end")
+    __slots__ = ("_is_end", "_header", "_type", "_left", "_body", "_statements", "_portals", "_after_end",
+                 "_in_batch")
 
     def __init__(self, is_end: Callable[[bytes], bool]) -> None:
         self._is_end = is_end
@@ -357,8 +363,10 @@ class TransactionEndWatch:
         self._statements: dict[bytes, bool] = {}  # prepared statement name -> it ends a transaction
         self._portals: dict[bytes, bool] = {}
         self._after_end = False  # an Execute of a COMMIT went upstream; no Sync since
+        self._in_batch = False  # extended-protocol messages went upstream; no Sync since
 
-    def violates(self, data: bytes | bytearray) -> bool:
+    def violation(self, data: bytes | bytearray) -> str | None:
+        """What in `data` (the next client bytes) breaks the rule, or None."""
         i, n = 0, len(data)
         while i < n:
             if not self._left and not self._type:
@@ -366,12 +374,15 @@ class TransactionEndWatch:
                 self._header += data[i:i + need]
                 i += min(need, n - i)
                 if len(self._header) < 5:
-                    return False
+                    return None
                 self._type = self._header[0]
                 self._left = max(int.from_bytes(self._header[1:5], "big") - 4, 0)
                 self._header.clear()
                 if self._after_end and self._type not in _AFTER_END_ALLOWED:
-                    return True
+                    return AFTER_COMMIT
+                if self._in_batch and self._type in b"QF":
+                    return QUERY_IN_BATCH
+                self._in_batch = self._type in _EXTENDED or (self._in_batch and self._type != ord("S"))
             take = min(self._left, n - i)
             if self._type in _TRACKED:
                 self._body += data[i:i + take]
@@ -381,7 +392,7 @@ class TransactionEndWatch:
                 self._message(self._type, bytes(self._body))
                 self._type = 0
                 self._body.clear()
-        return False
+        return None
 
     def _message(self, type_byte: int, body: bytes) -> None:
         if type_byte == ord("S"):

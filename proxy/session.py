@@ -403,13 +403,12 @@ class ClientSession(PgConnection):
 
     def _forward_gated(self, data: bytes) -> None:
         assert self._gate is not None
-        if self._ends is not None and self._ends.violates(data):
+        if self._ends is not None and (what := self._ends.violation(data)) is not None:
             assert self.route is not None
-            refused = rail_denied("a request after COMMIT before Sync", "readOnly", self.route.config.name)
             self.terminate(AccessDenied(
-                f"session ended: {refused}",
-                detail="it would run in a new transaction that a statement before the COMMIT may have made read-write",
-                hint="send Sync after COMMIT (drivers do), or the COMMIT as a simple Query"))
+                f"session ended: {rail_denied(what, 'readOnly', self.route.config.name)}",
+                detail="it could run in a new transaction that an earlier statement may have made read-write",
+                hint="end each extended-protocol batch with Sync before anything else (drivers do)"))
             return
         try:
             out = self._gate.feed(data)

@@ -360,6 +360,18 @@ def test_extended_protocol_work_after_a_commit_before_sync_ends_the_session(rail
     assert 'a request after COMMIT before Sync denied by guard rail "readOnly"' in fatal.message, seen
 
 
+def test_a_query_inside_an_extended_batch_ends_the_session_instead_of_hanging(railed: ProxyHarness) -> None:
+    sock, _ = raw_login(railed.port, {"user": "bob", "database": "railed"}, railed.token("bob"))
+    sock.settimeout(5)
+    # The server skips everything after the failing Parse until Sync, the Query too: no ReadyForQuery for it.
+    sock.sendall(parse("", "SELECT * FROM pgw_no_such_table") + bind("", "") + execute()
+                 + m.encode_query("SELECT 1") + SYNC)
+    seen = read_until(sock, lambda t, b: t == m.ERROR_RESPONSE and b"FATAL" in b)
+    sock.close()
+    fatal = m.parse_error_fields(seen[-1][1])
+    assert "a simple Query or FunctionCall inside an extended-protocol batch" in fatal.message, seen
+
+
 def test_fast_path_set_config_is_refused(railed: ProxyHarness, pg: Any) -> None:
     sock, _ = raw_login(railed.port, {"user": "bob", "database": "railed"}, railed.token("bob"))
     args = [b"default_transaction_read_only", b"off", b"\x00"]

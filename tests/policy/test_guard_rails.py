@@ -271,6 +271,9 @@ CLOSE_C = m.encode_message(ord("C"), b"Sc\x00")
     (parse(b"", b"SELECT f()") + bind(b"", b"") + execute() + parse(b"", b"END") + bind(b"", b"") + execute()
      + parse(b"", b"INSERT INTO t VALUES (1)"), True),
     (parse(b"c", b" /* x */ commit") + SYNC + bind(b"p", b"c") + execute(b"p") + m.encode_query("SELECT 1"), True),
+    (parse(b"", b"SELECT f()") + bind(b"", b"") + execute() + m.encode_query("SELECT 1"), True),  # commits the batch
+    (parse(b"", b"SELECT 1") + bind(b"", b"") + execute() + SYNC + m.encode_query("SELECT 1") + SYNC
+     + m.encode_query("SELECT 2"), False),
     (parse(b"c", b"PREPARE TRANSACTION 'x'") + bind(b"", b"c") + execute() + bind(b"", b"s"), True),
     (parse(b"c", b"COMMIT") + bind(b"p", b"c") + CLOSE_C + parse(b"c", b"SELECT 1") + bind(b"p", b"c") + execute(b"p")
      + execute(b"p"), False),  # `c` is no longer the COMMIT when `p` is bound again
@@ -280,6 +283,6 @@ def test_transaction_end_watch(stream: bytes, violates: bool, sizes: list[int]) 
     watch = TransactionEndWatch(lambda q: classify(q.decode()).kinds[:1] in (("COMMIT",), ("PREPARE TRANSACTION",)))
     found, start = False, 0
     for size in [*sizes, len(stream)]:
-        found = found or watch.violates(stream[start:start + size])
+        found = found or watch.violation(stream[start:start + size]) is not None
         start += size
     assert found is violates
