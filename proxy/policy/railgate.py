@@ -4,7 +4,8 @@ Asked by SessionPolicy before the policy rules, so a refusal takes the gate's us
 What counts as changing a locked setting: SET / SET LOCAL / SET SESSION of it, set_config() of it (or of a
 name that is not a literal), BEGIN / START TRANSACTION / SET TRANSACTION / SET SESSION CHARACTERISTICS
 READ WRITE against readOnly, a CREATE FUNCTION ... SET clause for it, a write to pg_settings (its rule calls
-set_config), a DO block (anonymous code can call set_config where no one can see), a fast-path FunctionCall
+set_config), a DO block or a built-in that runs SQL text (query_to_xml, ts_stat: either can call set_config
+where no one can see), a fast-path FunctionCall
 of set_config, and with readOnly a COMMIT followed by more statements in one Query. Setting the rail's own
 value, RESET and SET ... TO DEFAULT (back to the startup value, which is the rail's) are allowed, except
 for transaction_read_only, whose RESET makes the transaction read-write.
@@ -27,6 +28,8 @@ _MAX_REMEMBERED = 1024
 # to the server's built-in default: `BEGIN; RESET transaction_read_only; INSERT ...` writes in PostgreSQL 15.
 _RESET_TO_BOOT = frozenset({"transaction_read_only"})
 _WRITES = frozenset({"UPDATE", "INSERT", "DELETE", "MERGE"})
+# Built-in functions that run a query given as text (through SPI): set_config() inside it is out of sight.
+_RUNS_SQL_TEXT = frozenset({"query_to_xml", "query_to_xml_and_xmlschema", "query_to_xmlschema", "ts_stat"})
 _ENDS = frozenset({"TRANS_STMT_COMMIT", "TRANS_STMT_PREPARE"})
 
 
@@ -50,7 +53,7 @@ class RailGate:
         """The refusal for this statement text, or None when it leaves every locked setting alone."""
         if self._plain.get(id(c)) is c:
             return None  # the common case: a classification (one per query shape) already found plain
-        if not c.settings and self._kinds.isdisjoint(c.kinds) and (
+        if not c.settings and self._kinds.isdisjoint(c.kinds) and _RUNS_SQL_TEXT.isdisjoint(c.functions) and (
                 _WRITES.isdisjoint(c.kinds) or not any(t.endswith("pg_settings") for t in c.tables)):
             if len(self._plain) >= _MAX_REMEMBERED:
                 self._plain.clear()
@@ -74,6 +77,9 @@ class RailGate:
     def _decide(self, c: Classification, sql: str) -> RailDecision | None:
         if "DO" in c.kinds and self._locks:
             return self._deny("DO", self._first_rail)
+        if self._locks and not _RUNS_SQL_TEXT.isdisjoint(c.functions):
+            found = sorted(_RUNS_SQL_TEXT.intersection(c.functions))[0]
+            return self._deny(f"{found}() (it runs SQL text, which could call set_config)", self._first_rail)
         if _WRITES.intersection(c.kinds) and any(t.split(".")[-1] == "pg_settings" for t in c.tables):
             # pg_settings' update rule calls set_config(): `UPDATE pg_settings SET setting = ...` is a SET.
             return self._deny("writing pg_settings", self._first_rail)

@@ -114,6 +114,7 @@ RESET transaction_read_only;
 INSERT INTO items(name) VALUES ('rail-psql-reset');
 ROLLBACK;
 SET transaction_read_only TO DEFAULT;
+SELECT query_to_xml('SELECT set_config(''statement_timeout'', ''0'', false)', true, true, '');
 INSERT INTO items(name) VALUES ('rail-psql-after');
 SELECT 'still here';
 SHOW search_path;
@@ -125,7 +126,8 @@ SHOW default_transaction_read_only;
     assert out.stdout.split() == ["still", "here", "public", "5s", "1s", "on"], out.stderr
     errors = [line for line in out.stderr.splitlines() if line.startswith("ERROR:")]
     # RESET transaction_read_only would make the transaction read-write (its reset value is the built-in off).
-    assert [e.split()[1] for e in errors] == ["25006:", "25006:", *["42501:"] * 11, "25P02:", "42501:", "25006:"], \
+    assert [e.split()[1] for e in errors] == ["25006:", "25006:", *["42501:"] * 11, "25P02:", *["42501:"] * 2,
+                                              "25006:"], \
         out.stderr
     assert rail("readOnly") in errors[2] and "SET default_transaction_read_only" in errors[2]
     assert "set_config(default_transaction_read_only)" in errors[3]
