@@ -4,11 +4,11 @@ Asked by SessionPolicy before the policy rules, so a refusal takes the gate's us
 What counts as changing a locked setting: SET / SET LOCAL / SET SESSION of it, set_config() of it (or of a
 name that is not a literal), BEGIN / START TRANSACTION / SET TRANSACTION / SET SESSION CHARACTERISTICS
 READ WRITE against readOnly, a CREATE FUNCTION ... SET clause for it, a write to pg_settings (its rule calls
-set_config), a DO block or a built-in that runs SQL text (query_to_xml, ts_stat: either can call set_config
-where no one can see), a fast-path FunctionCall
-of set_config, and with readOnly a COMMIT followed by more statements in one Query. Setting the rail's own
-value, RESET and SET ... TO DEFAULT (back to the startup value, which is the rail's) are allowed, except
-for transaction_read_only, whose RESET makes the transaction read-write.
+set_config), a DO block or a built-in that runs SQL text (query_to_xml, ts_stat, ts_rewrite: any of them
+can call set_config where no one can see), a fast-path FunctionCall of set_config, and with readOnly a
+COMMIT followed by more statements in one Query. Setting the rail's own value, RESET and SET ... TO DEFAULT
+(back to the startup value, which is the rail's) are allowed, except for transaction_read_only, whose RESET
+makes the transaction read-write.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ _MAX_REMEMBERED = 1024
 _RESET_TO_BOOT = frozenset({"transaction_read_only"})
 _WRITES = frozenset({"UPDATE", "INSERT", "DELETE", "MERGE"})
 # Built-in functions that run a query given as text (through SPI): set_config() inside it is out of sight.
-_RUNS_SQL_TEXT = frozenset({"query_to_xml", "query_to_xml_and_xmlschema", "query_to_xmlschema", "ts_stat"})
+_RUNS_SQL_TEXT = frozenset({"query_to_xml", "query_to_xml_and_xmlschema", "query_to_xmlschema", "ts_stat",
+                            "ts_rewrite"})
 _ENDS = frozenset({"TRANS_STMT_COMMIT", "TRANS_STMT_PREPARE"})
 
 

@@ -148,6 +148,7 @@ DENIED = [
     ("SELECT query_to_xml('SELECT set_config(''statement_timeout'', ''0'', false)', true, true, '')", "readOnly",
      "query_to_xml() (it runs SQL text"),
     ("SELECT * FROM ts_stat('SELECT 1')", "readOnly", "ts_stat()"),
+    ("SELECT ts_rewrite('a'::tsquery, 'SELECT set_config(''lock_timeout'', ''0'', false)')", "readOnly", ""),
     ("BEGIN READ WRITE", "readOnly", "BEGIN READ WRITE"),
     ("BEGIN ISOLATION LEVEL SERIALIZABLE, READ WRITE", "readOnly", "BEGIN READ WRITE"),
     ("START TRANSACTION READ WRITE", "readOnly", "START TRANSACTION READ WRITE"),
