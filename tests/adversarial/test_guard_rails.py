@@ -195,6 +195,20 @@ def test_psycopg_extended_protocol(railed: ProxyHarness, pg: Any) -> None:
     assert item_count(pg, "rail-psycopg") == 0
 
 
+def test_psycopg_pipeline_mode_is_served_one_cycle_at_a_time(railed: ProxyHarness, pg: Any) -> None:
+    with psycopg.connect(railed.dsn("bob", "railed"), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            with conn.pipeline() as pipeline:
+                cursors = [conn.execute("SELECT %s::int", [i]) for i in range(5)]
+                pipeline.sync()
+                assert [c.fetchone() for c in cursors] == [(i,) for i in range(5)]
+                conn.execute("SELECT pgw_rail_insert(%s)", ["rail-pipeline"])
+                conn.execute("INSERT INTO items(name) VALUES (%s)", ["rail-pipeline-2"])
+        with conn.pipeline():
+            assert conn.execute("SHOW default_transaction_read_only").fetchone() == ("on",)
+    assert item_count(pg, "rail-pipeline") == 0
+
+
 async def test_asyncpg(railed: ProxyHarness, pg: Any) -> None:
     conn = await asyncpg.connect(host="127.0.0.1", port=railed.port, user="bob", database="railed",
                                  password=railed.token("bob"), ssl="require")
