@@ -138,6 +138,15 @@ SHOW default_transaction_read_only;
     assert rail("idleInTransactionTimeout") in errors[10] and rail("statementTimeout") in errors[11]
     assert item_count(pg, "rail-psql") == 0
 
+    def rail_decisions() -> list[dict[str, Any]]:
+        return [p["decision"] for p in (e["entry"]["info"]["postgres"] for e in railed.log_entries())
+                if p.get("decision", {}).get("rule", "").startswith("guardRails.")]
+
+    railed.wait_for(lambda: any(d["rule"] == "guardRails.lockTimeout" for d in rail_decisions()))
+    logged = rail_decisions()
+    assert all(d["status"] == "DENIED" and d["policy"] == "" and "denied by guard rail" in d["reason"]
+               for d in logged), logged
+
 
 def test_the_rails_own_values_resets_and_other_settings_are_allowed(railed: ProxyHarness) -> None:
     script = """\
@@ -255,6 +264,14 @@ def test_psql_startup_options_refused(railed: ProxyHarness) -> None:
     out = psql(railed, "SELECT 1;", options="-c default_transaction_read_only=off")
     assert out.returncode != 0 and 'startup option "-c default_transaction_read_only"' in out.stderr
     assert rail("readOnly") in out.stderr
+
+    def refused() -> list[dict[str, Any]]:
+        return [e["entry"]["common"] for e in railed.log_entries()
+                if e["entry"]["common"].get("status") == "DENIED" and "-c default_transaction_read_only"
+                in e["entry"]["common"].get("reason", "")]
+
+    railed.wait_for(lambda: bool(refused()))
+    assert refused()[0]["sqlstate"] == "42501"
 
 
 async def test_asyncpg_startup_parameter_refused(railed: ProxyHarness) -> None:
