@@ -332,7 +332,7 @@ class CycleSplitter:
 
 
 TRANSACTION_END_KINDS = frozenset({"COMMIT", "PREPARE TRANSACTION"})
-_AFTER_END_ALLOWED = frozenset(b"SHCD")  # Sync, Flush, Close, Describe: none starts a transaction
+_AFTER_END_ALLOWED = frozenset(b"SHCDX")  # Sync, Flush, Close, Describe, Terminate: none starts a transaction
 _TRACKED = frozenset(b"PBECQ")  # Parse, Bind, Execute, Close (bodies needed), Query (drops the unnamed ones)
 _EXTENDED = frozenset(b"PBEDCH")  # messages of an extended-protocol batch (until Sync)
 AFTER_COMMIT = "a request after COMMIT before Sync"

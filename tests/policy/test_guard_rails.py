@@ -272,6 +272,7 @@ CLOSE_C = m.encode_message(ord("C"), b"Sc\x00")
 @pytest.mark.parametrize(("stream", "violates"), [
     (parse(b"c", b"COMMIT") + bind(b"", b"c") + execute() + SYNC + bind(b"", b"c") + execute() + SYNC, False),
     (parse(b"", b"COMMIT") + bind(b"", b"") + execute() + FLUSH + CLOSE_C + SYNC + parse(b"", b"SELECT 1"), False),
+    (parse(b"", b"COMMIT") + bind(b"", b"") + execute() + m.encode_terminate(), False),
     (parse(b"", b"SELECT f()") + bind(b"", b"") + execute() + parse(b"", b"END") + bind(b"", b"") + execute()
      + parse(b"", b"INSERT INTO t VALUES (1)"), True),
     (parse(b"c", b" /* x */ commit") + SYNC + bind(b"p", b"c") + execute(b"p") + m.encode_query("SELECT 1"), True),
