@@ -16,6 +16,7 @@ from typing import Any
 
 from proxy.audit.accesslog import AccessLog, SessionLog
 from proxy.errors import AccessDenied, AuthenticationFailed, SnapshotRejected
+from proxy.guardrails import TooManyConnections
 from proxy.identity.certs import ClientCertificateAuthority
 from proxy.identity.revocation_watch import STATE_OUTAGE_GRACE_S, RevocationWatch
 from proxy.identity.sessions import SessionAuthority
@@ -67,6 +68,8 @@ class ProxyServer:
         self._by_identity: dict[str, set[ClientSession]] = {}  # identity Session id -> its live DB sessions
         self.connections: set[ClientSession] = set()  # every open client socket, logged in or not
         self.preauth = PreAuthRegistry(preauth_limits or PreAuthLimits(), self.metrics)  # not logged in yet
+        # (user, service, config) -> ids of its sessions, for guard rails' maxConnectionsPerUser
+        self._rail_slots: dict[tuple[str, str, str], set[str]] = {}
         self._server: asyncio.AbstractServer | None = None
         self._revocation: asyncio.Task[None] | None = None
         self._identity_watch: asyncio.Task[None] | None = None
@@ -160,6 +163,11 @@ class ProxyServer:
                 f'(now config "{route.config.name}")',
                 hint="reconnect to get the new routing",
             )
+        if route.config.postgres.guard_rails != session.route.config.postgres.guard_rails:
+            # The rails are startup parameters of the upstream session: only a new session gets new ones.
+            return AccessDenied(
+                "access revoked by configuration change: the guard rails of this session's config changed "
+                f'(config "{route.config.name}")', hint="reconnect to get a session with the new guard rails")
         if route.config.postgres.authorization_mode == AuthorizationMode.ALL and not session.has_query_checks:
             # The relay chose its path at connect; an unchecked session must not outlive the switch.
             return AccessDenied(
@@ -196,7 +204,33 @@ class ProxyServer:
             self._by_identity.setdefault(session.identity.session.id, set()).add(session)
         return process_id, secret_key
 
+    def take_connection_slot(self, session: ClientSession, user: str, route: Route) -> None:
+        """Count `session` against its config's maxConnectionsPerUser rail, or raise TooManyConnections.
+
+        Taken before the upstream login (so concurrent logins cannot all pass), given back in `forget`.
+        Counted per proxy process: with several workers or replicas each allows the cap.
+        """
+        limit = route.config.postgres.guard_rails.max_connections_per_user
+        if limit is None:
+            return
+        key = (user, route.service.name, route.config.name)
+        taken = self._rail_slots.setdefault(key, set())
+        if len(taken) >= limit:
+            raise TooManyConnections(
+                f'too many connections for user "{user}": guard rail "maxConnectionsPerUser" of config '
+                f'"{route.config.name}" allows {limit}', hint="close an idle session and connect again")
+        taken.add(session.id)
+        session.connection_slot = key
+
     def forget(self, session: ClientSession) -> None:
+        slot = session.connection_slot
+        if slot is not None:
+            session.connection_slot = None
+            taken = self._rail_slots.get(slot)
+            if taken is not None:
+                taken.discard(session.id)
+                if not taken:
+                    del self._rail_slots[slot]
         if self.sessions.pop(session.id, None) is not None:
             self.metrics.session_ended(session.bytes_received,
                                        session.upstream.bytes_received if session.upstream else 0,

@@ -18,7 +18,16 @@ from typing import TYPE_CHECKING, Any, cast
 
 from proxy.audit.accesslog import SessionLog
 from proxy.connection import TLS_RECORD_PAYLOAD, PgConnection
-from proxy.errors import AuthenticationFailed, UnknownService
+from proxy.errors import AccessDenied, AuthenticationFailed, UnknownService
+from proxy.guardrails import (
+    TRANSACTION_END_KINDS,
+    CycleSplitter,
+    Lock,
+    TransactionEndWatch,
+    keeps_rail,
+    locked_settings,
+    rail_denied,
+)
 from proxy.identity.certs import verify_client_certificate
 from proxy.identity.sessions import Identity
 from proxy.pgwire import messages as m
@@ -26,6 +35,7 @@ from proxy.pgwire.denials import ResponseFilter
 from proxy.pgwire.encodings import decode_text, python_codec
 from proxy.pgwire.errors import PgwardenError, ProtocolViolation
 from proxy.pgwire.framing import DEFAULT_MAX_MESSAGE_BYTES, FrameScanner, MessageTooLarge
+from proxy.policy.classify import classify
 from proxy.policy.enforce import DecisionLike, DenyAll, RequestGate, ResponseSummaries, SessionPolicy
 from proxy.routing import ConnectRequest, LiveSnapshot, Route
 from proxy.upstream import UPSTREAM_MAX_MESSAGE_BYTES, UpstreamLogin, open_upstream
@@ -41,7 +51,10 @@ CLOSE_GRACE_S = 5.0
 TLS_SHUTDOWN_TIMEOUT_S = 2.0  # asyncio's default of 30 s keeps dead sessions' sockets around
 _CLIENT_INSPECT = frozenset({m.QUERY, m.PARSE})
 _SERVER_INSPECT = frozenset({m.READY_FOR_QUERY, m.PARAMETER_STATUS})
-_SERVER_INSPECT_GATED = _SERVER_INSPECT | {m.COMMAND_COMPLETE, m.ERROR_RESPONSE}  # for response summaries
+_COPY_IN = frozenset(b"GW")  # CopyInResponse, CopyBothResponse
+# for response summaries, and the readOnly rail's one-cycle hold (_COPY_IN)
+_SERVER_INSPECT_GATED = _SERVER_INSPECT | {m.COMMAND_COMPLETE, m.ERROR_RESPONSE} | _COPY_IN
+HELD_BYTES_MAX = 1 << 20  # readOnly rail: client bytes held behind a cycle in flight before reading pauses
 
 
 @dataclass(slots=True, kw_only=True)
@@ -147,6 +160,14 @@ class ClientSession(PgConnection):
         self._claimed: tuple[str, str] = ("", "")  # (user, service) once known, for refusal logs
         self._deadline: asyncio.Timeout | None = None
         self.is_authenticated = False
+        self.connection_slot: tuple[str, str, str] | None = None  # counted by a maxConnectionsPerUser rail
+        self._watched: dict[bytes, Lock] = {}  # ParameterStatus name -> the guard rail it must keep
+        self._cycles: CycleSplitter | None = None  # readOnly rail: one request cycle upstream at a time
+        self._held = bytearray()  # client bytes behind the cycle in flight
+        self._answered = 0  # ReadyForQuery messages from the upstream, to compare with the gate's cycles sent
+        self._is_copying_in = False  # the upstream waits for CopyData: nothing may be held
+        self._is_held_full = False  # reading paused until the held bytes drain
+        self._ends: TransactionEndWatch | None = None  # readOnly rail: nothing may follow a COMMIT before Sync
 
     # --- lifecycle -----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -353,6 +374,7 @@ class ClientSession(PgConnection):
         self._claimed = (identity.user, service_name)
         route = live.route(identity.user, service_name, request, identity_session=identity.session)
         self.route = route
+        self.server.take_connection_slot(self, identity.user, route)
         self._policy_live = live
         self._policy = self._session_policy(live)  # before login: a policy that cannot be built refuses
         self.upstream = UpstreamSide()
@@ -360,6 +382,10 @@ class ClientSession(PgConnection):
         login = await open_upstream(route, live.snapshot.secrets, params, factory=lambda: upstream)
         self.login = login
         upstream.session = self
+        # Settings the server reports (GUC_REPORT: default_transaction_read_only; search_path from PostgreSQL 18)
+        # must keep their rail's value; a report of any other ends the session (see on_server_messages).
+        rails = locked_settings(route.config.postgres.guard_rails)
+        self._watched = {name.encode(): lock for name, lock in rails.items()}
         self.process_id, self.secret_key = self.server.register(self, identity.user, live.generation)
         self._codec = python_codec(login.parameters.get("client_encoding", params.get("client_encoding", "UTF8")))
         out = [m.encode_authentication(m.AUTH_OK), *login.parameter_status,
@@ -378,6 +404,9 @@ class ClientSession(PgConnection):
                                      responses=upstream.filter_denials(), on_decision=self._log_decision,
                                      on_ready_requested=self._summaries.ready_requested)
             self.on_relay_data = self._on_gated_data  # type: ignore[method-assign]
+            if route.config.postgres.guard_rails.read_only:
+                self._cycles = CycleSplitter()
+                self._ends = TransactionEndWatch(self._ends_transaction)
         upstream.start_relay(self)
         self.start_relay(upstream)
 
@@ -403,6 +432,30 @@ class ClientSession(PgConnection):
     def _on_gated_data(self, data: bytes) -> None:
         """The relay with per-query checks: every request is decided before it goes upstream."""
         assert self._gate is not None
+        if self.pending_termination is not None:
+            return  # ending (a guard rail was broken, or access revoked): nothing more goes upstream
+        if self._cycles is not None:
+            if not self._held and self._gate.ready_requested <= self._answered:  # the usual: one whole cycle
+                cut = self._cycles.cut(data)
+                if cut is None or cut == len(data):
+                    self._forward_gated(data)
+                    return
+                self._forward_gated(data[:cut])
+                data = data[cut:]
+            self._held += data
+            self._release_held()
+            return
+        self._forward_gated(data)
+
+    def _forward_gated(self, data: bytes) -> None:
+        assert self._gate is not None
+        if self._ends is not None and (what := self._ends.violation(data)) is not None:
+            assert self.route is not None
+            self.terminate(AccessDenied(
+                f"session ended: {rail_denied(what, 'readOnly', self.route.config.name)}",
+                detail="it could run in a new transaction that an earlier statement may have made read-write",
+                hint="end each extended-protocol batch with Sync before anything else (drivers do)"))
+            return
         try:
             out = self._gate.feed(data)
         except ProtocolViolation as exc:
@@ -412,6 +465,38 @@ class ClientSession(PgConnection):
         assert upstream is not None and upstream.transport is not None
         if out:
             upstream.transport.writelines(out)
+
+    def _release_held(self) -> None:
+        """readOnly rail: forward held client bytes up to the next cycle end while no cycle is in flight."""
+        assert self._gate is not None and self._cycles is not None
+        held = self._held
+        while held and self.pending_termination is None and (
+                self._gate.ready_requested <= self._answered or self._is_copying_in):
+            cut = self._cycles.cut(held)
+            end = len(held) if cut is None else cut
+            chunk = bytes(held[:end])
+            del held[:end]
+            self._forward_gated(chunk)
+        if self.transport is None or self.is_closed:
+            return
+        if len(held) > HELD_BYTES_MAX and not self._is_held_full:
+            self._is_held_full = True
+            self.transport.pause_reading()  # a client that pipelines far ahead waits for the server
+        elif len(held) <= HELD_BYTES_MAX and self._is_held_full:
+            self._is_held_full = False
+            self.transport.resume_reading()
+
+    def _ends_transaction(self, query: bytes) -> bool:
+        return not TRANSACTION_END_KINDS.isdisjoint(classify(decode_text(query, self._codec)).kinds)
+
+    def _on_cycle_reply(self, type_byte: int) -> None:
+        if type_byte == m.READY_FOR_QUERY:
+            self._answered += 1
+            self._is_copying_in = False
+        else:  # CopyInResponse / CopyBothResponse: the server waits for the client's CopyData
+            self._is_copying_in = True
+        if self._held:
+            self._release_held()
 
     def _session_policy(self, live: LiveSnapshot) -> SessionPolicy | None:
         """The per-query policy under `live`, or None when this session's config is not in mode ALL."""
@@ -469,8 +554,27 @@ class ClientSession(PgConnection):
         for type_byte, body in found:
             if type_byte == m.READY_FOR_QUERY:
                 self.transaction_status = body[:1]
+                if self._cycles is not None:
+                    self._on_cycle_reply(type_byte)
+            elif type_byte in _COPY_IN and self._cycles is not None:
+                self._on_cycle_reply(type_byte)
             elif body.startswith(b"client_encoding\x00"):
                 self._codec = python_codec(body[16:].rstrip(b"\x00").decode("ascii", "replace"))
+            elif self._watched and type_byte == m.PARAMETER_STATUS:
+                self._check_rail(body)
+
+    def _check_rail(self, body: bytes) -> None:
+        """A ParameterStatus for a guard-railed setting: a value other than the rail's ends the session."""
+        name, _, value = body.rstrip(b"\x00").partition(b"\x00")
+        lock = self._watched.get(name)
+        if lock is None or keeps_rail(lock, value.decode("utf-8", "replace")):
+            return
+        assert self.route is not None
+        reason = AccessDenied(
+            f"session ended: {rail_denied(f'changing {name.decode()}', lock.rail, self.route.config.name)}",
+            detail="a statement (for example a function calling set_config) changed a setting a guard rail locks")
+        log.warning("session %s: %s", self.id, reason.message)
+        self.terminate(reason)
 
     # --- ending --------------------------------------------------------------------------
     def _log_refusal(self, exc: PgwardenError) -> None:

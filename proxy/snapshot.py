@@ -154,6 +154,30 @@ class Upstream:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class GuardRails:
+    """`postgres.guardRails`: settings pgwarden fixes on the upstream session, which clients cannot change.
+
+    Durations are in milliseconds (None: not locked). See proxy/guardrails.py for how they are applied.
+    """
+
+    read_only: bool = False
+    statement_timeout_ms: int | None = None
+    idle_in_transaction_timeout_ms: int | None = None
+    lock_timeout_ms: int | None = None
+    search_path: tuple[str, ...] | None = None
+    max_connections_per_user: int | None = None
+
+    @property
+    def locks_settings(self) -> bool:
+        """Any rail that fixes a PostgreSQL setting (these need the per-query gate, mode ALL)."""
+        return (self.read_only or self.statement_timeout_ms is not None or self.lock_timeout_ms is not None
+                or self.idle_in_transaction_timeout_ms is not None or self.search_path is not None)
+
+
+NO_GUARD_RAILS = GuardRails()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PostgresSettings:
     """How the proxy logs in upstream. Empty user/database forward what the client asked for."""
 
@@ -165,6 +189,13 @@ class PostgresSettings:
     ca_file: str | None = None
     authorization_mode: AuthorizationMode = AuthorizationMode.NONE
     auth_mechanisms: tuple[AuthMechanism, ...] = DEFAULT_AUTH_MECHANISMS
+    guard_rails: GuardRails = NO_GUARD_RAILS
+
+    def __post_init__(self) -> None:
+        # Also for snapshots that arrive over the admin API without the reconciler's validation: a locked
+        # setting is kept locked only by the per-query gate.
+        if self.guard_rails.locks_settings and self.authorization_mode != AuthorizationMode.ALL:
+            raise ValueError("postgres.guardRails need postgres.authorization.mode ALL")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -339,6 +370,7 @@ def authorization_from_wire(d: Mapping[str, Any] | None) -> Authorization:
 
 def _config_to_wire(c: ServiceConfig) -> dict[str, Any]:
     p = c.postgres
+    rails = {"guardRails": _rails_to_wire(p.guard_rails)} if p.guard_rails != NO_GUARD_RAILS else {}
     return {
         "name": c.name,
         "upstream": {"url": c.upstream.url},
@@ -351,8 +383,36 @@ def _config_to_wire(c: ServiceConfig) -> dict[str, Any]:
             "caFile": p.ca_file,
             "authorizationMode": p.authorization_mode.value,
             "authMechanisms": [m.value for m in p.auth_mechanisms],
+            **rails,
         },
     }
+
+
+def _rails_to_wire(r: GuardRails) -> dict[str, Any]:
+    out: dict[str, Any] = {"readOnly": r.read_only} if r.read_only else {}
+    for key, value in (("statementTimeoutMs", r.statement_timeout_ms), ("lockTimeoutMs", r.lock_timeout_ms),
+                       ("idleInTransactionTimeoutMs", r.idle_in_transaction_timeout_ms),
+                       ("maxConnectionsPerUser", r.max_connections_per_user)):
+        if value is not None:
+            out[key] = value
+    if r.search_path is not None:
+        out["searchPath"] = list(r.search_path)
+    return out
+
+
+def _rails_from_wire(d: Mapping[str, Any] | None) -> GuardRails:
+    if not d:
+        return NO_GUARD_RAILS
+
+    def ms(key: str) -> int | None:
+        return None if d.get(key) is None else int(d[key])
+
+    path = d.get("searchPath")
+    return GuardRails(read_only=bool(d.get("readOnly", False)), statement_timeout_ms=ms("statementTimeoutMs"),
+                      lock_timeout_ms=ms("lockTimeoutMs"),
+                      idle_in_transaction_timeout_ms=ms("idleInTransactionTimeoutMs"),
+                      search_path=None if path is None else tuple(str(n) for n in path),
+                      max_connections_per_user=ms("maxConnectionsPerUser"))
 
 
 def _config_from_wire(d: Mapping[str, Any]) -> ServiceConfig:
@@ -369,6 +429,7 @@ def _config_from_wire(d: Mapping[str, Any]) -> ServiceConfig:
             ca_file=p.get("caFile"),
             authorization_mode=AuthorizationMode(p.get("authorizationMode", "NONE")),
             auth_mechanisms=tuple(AuthMechanism(m) for m in p.get("authMechanisms", DEFAULT_AUTH_MECHANISMS)),
+            guard_rails=_rails_from_wire(p.get("guardRails")),
         ),
     )
 

@@ -14,6 +14,7 @@ from typing import cast
 
 from proxy.connection import PgConnection
 from proxy.errors import UpstreamUnavailable
+from proxy.guardrails import startup_parameters
 from proxy.pgwire import messages as m
 from proxy.pgwire.auth import UpstreamAuthenticator, UpstreamAuthError, parse_authentication
 from proxy.pgwire.errors import PgwardenError, ProtocolViolation
@@ -72,11 +73,17 @@ async def open_upstream(
     factory: Callable[[], PgConnection] | None = None,
     timeout_s: float = CONNECT_TIMEOUT_S,
 ) -> UpstreamLogin:
-    """Connect, negotiate TLS per sslMode, authenticate, and read up to the first ReadyForQuery."""
+    """Connect, negotiate TLS per sslMode, authenticate, and read up to the first ReadyForQuery.
+
+    Raises AccessDenied before connecting when the client's parameters would set a guard-railed setting.
+    """
     where = _describe(route)
+    # The rails' settings go last, over what the client forwarded (which may not name them at all).
+    params = startup_parameters(forwarded_parameters(client_parameters), route.config.postgres.guard_rails,
+                                config=route.config.name)
     try:
         async with asyncio.timeout(timeout_s):
-            return await _login(route, secrets, client_parameters, factory or _default_factory)
+            return await _login(route, secrets, params, factory or _default_factory)
     except TimeoutError as exc:
         raise UpstreamUnavailable(f"timed out connecting to the upstream of {where}") from exc
     except (OSError, ssl.SSLError) as exc:
@@ -97,7 +104,7 @@ def _default_factory() -> PgConnection:
 async def _login(
     route: Route,
     secrets: Mapping[str, Secret],
-    client_parameters: Mapping[str, str],
+    parameters: Mapping[str, str],
     factory: Callable[[], PgConnection],
 ) -> UpstreamLogin:
     loop = asyncio.get_running_loop()
@@ -126,7 +133,7 @@ async def _login(
                     )
             else:
                 raise ProtocolViolation(f"unexpected answer {answer!r} to SSLRequest", whose="upstream")
-        params = forwarded_parameters(client_parameters)
+        params = dict(parameters)
         params["user"] = route.upstream_user
         params["database"] = route.upstream_database
         conn.write(m.encode_startup_message(params))

@@ -9,12 +9,15 @@ import datetime
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from proxy.guardrails import parse_duration_ms
 from proxy.snapshot import (
     DEFAULT_AUTH_MECHANISMS,
+    NO_GUARD_RAILS,
     AuthMechanism,
     AuthorizationMode,
     Credential,
     Group,
+    GuardRails,
     IdentityProvider,
     Policy,
     PostgresSettings,
@@ -171,8 +174,24 @@ def _service_config(name: str, config: Mapping[str, Any]) -> ServiceConfig:
             authorization_mode=AuthorizationMode(postgres.get("authorization", {}).get("mode", "NONE")),
             auth_mechanisms=tuple(AuthMechanism(m) for m in postgres.get("auth", {}).get("mechanisms",
                                                                                       DEFAULT_AUTH_MECHANISMS)),
+            guard_rails=_guard_rails(postgres.get("guardRails") or {}),
         ),
     )
+
+
+def _guard_rails(rails: Mapping[str, Any]) -> GuardRails:
+    """`postgres.guardRails` (validated, parents merged in): durations in milliseconds."""
+    if not rails:
+        return NO_GUARD_RAILS
+
+    def ms(key: str) -> int | None:
+        return parse_duration_ms(rails[key]) if key in rails else None
+
+    path = rails.get("searchPath")
+    return GuardRails(read_only=bool(rails.get("readOnly", False)), statement_timeout_ms=ms("statementTimeout"),
+                      lock_timeout_ms=ms("lockTimeout"), idle_in_transaction_timeout_ms=ms("idleInTransactionTimeout"),
+                      search_path=None if path is None else tuple(path),
+                      max_connections_per_user=rails.get("maxConnectionsPerUser"))
 
 
 def _user(doc: Document) -> User:

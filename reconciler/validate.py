@@ -17,9 +17,11 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 from referencing import Registry, Resource
 
+from proxy.guardrails import parse_duration_ms, schema_name_problem
 from proxy.policy.cel import CelCompileError, check_cost_with, compile_expression
 from proxy.snapshot import AuthMechanism, SSLMode, Upstream
 from reconciler import build, workloads
+from reconciler.build import merged_configs
 from reconciler.errors import (
     ConfigError,
     DanglingReference,
@@ -38,7 +40,7 @@ MAX_CONDITION_DEPTH = 16  # Octelium's limit (admin/policy.go)
 def validate_all(documents: Sequence[Document]) -> None:
     """Run every check; raise one ManifestErrors with everything found."""
     problems = _collect(against_schemas, documents)
-    for check in (references, unique_names, expressions, policies, upstream_login_safety):
+    for check in (references, unique_names, expressions, policies, upstream_login_safety, guard_rails):
         problems.extend(_collect(check, documents))
     if problems:
         raise ManifestErrors(problems)
@@ -173,6 +175,57 @@ def _policy_spec_problems(doc: Document, spec: Any, path: list[str | int]) -> li
         seen.add(name or "")
         problems.extend(_condition_problems(doc, _get(rule, "condition"), [*path, "rules", i, "condition"],
                                             attrs=_get(spec, "attrs")))
+    return problems
+
+
+def guard_rails(documents: Sequence[Document]) -> None:
+    """Each config's guardRails, with its parents merged in: durations in range, schema names PostgreSQL keeps
+    whole, and authorization mode ALL wherever a rail locks a setting.
+
+    Why mode ALL is required rather than implied: PostgreSQL has no locked setting, so only the per-query
+    gate keeps a client's SET / set_config() from undoing a rail; a manifest must show that gate is on.
+    """
+    problems: list[ConfigError] = []
+    for doc in _schema_valid(documents):
+        if doc.kind != "Service":
+            continue
+        spec = _get(doc.body, "spec")
+        try:
+            merged = merged_configs(spec)
+        except (KeyError, ValueError):
+            continue  # a dangling or looping parent: `references` reports it
+        for name, config, path in _service_configs(spec):
+            problems.extend(_guard_rail_problems(doc, path, config, merged.get(name, {})))
+    if problems:
+        raise ManifestErrors(problems)
+
+
+def _guard_rail_problems(doc: Document, path: str, own: Mapping[str, Any], merged: Mapping[str, Any]
+                         ) -> list[ConfigError]:
+    problems: list[ConfigError] = []
+    own_rails = _get(own, "postgres", "guardRails")
+    where = f"{path}.postgres.guardRails"
+    for key, value in (own_rails or {}).items():
+        if key in ("statementTimeout", "idleInTransactionTimeout", "lockTimeout"):
+            try:
+                parse_duration_ms(value)
+            except ValueError as exc:
+                problems.append(SchemaViolation(str(exc), source=doc.source(f"{where}.{key}")))
+        elif key == "searchPath":
+            for i, schema in enumerate(value):
+                problem = schema_name_problem(schema)
+                if problem is not None:
+                    problems.append(SchemaViolation(problem, source=doc.source(f"{where}.searchPath[{i}]")))
+    rails = _get(merged, "postgres", "guardRails") or {}
+    locks = rails.get("readOnly") is True or any(
+        k in rails for k in ("statementTimeout", "idleInTransactionTimeout", "lockTimeout", "searchPath"))
+    mode = _get(merged, "postgres", "authorization", "mode") or "NONE"
+    if locks and mode != "ALL":
+        inherited = "" if own_rails else " (inherited from its parent config)"
+        problems.append(SchemaViolation(
+            f"guard rails{inherited} need postgres.authorization.mode: ALL: only the per-query gate keeps clients "
+            "from changing a locked setting with SET or set_config()",
+            source=doc.source(where if own_rails else f"{path}.postgres.authorization.mode")))
     return problems
 
 

@@ -70,6 +70,11 @@ class Classification:
     fingerprint: str  # libpg_query's fingerprint: equal for statements that differ only in literals
     copy_direction: str = ""  # "FROM" / "TO" when a statement is COPY
     copy_table: str = ""
+    # Settings the text changes, in order: (how, setting name lower-cased, value). `how` is SET,
+    # set_config, BEGIN, START TRANSACTION, SET TRANSACTION or SET SESSION CHARACTERISTICS; the value is
+    # the SET arguments (a tuple), set_config's text (a str), None for RESET / SET ... TO DEFAULT, or
+    # NOT_LITERAL. A set_config whose name is not a literal has the name "*". Read by the guard rails.
+    settings: tuple[tuple[str, str, str | tuple[str, ...] | None], ...] = ()
 
 
 UNKNOWN = Classification(kinds=("UNKNOWN",), tables=(), functions=(), is_read_only=False, fingerprint="")
@@ -165,8 +170,14 @@ def _classify_uncached(sql: str) -> Classification:
     return Classification(
         kinds=tuple(dict.fromkeys(walk.kinds)), tables=tuple(dict.fromkeys(walk.tables)),
         functions=tuple(dict.fromkeys(walk.functions)), is_read_only=walk.is_read_only, fingerprint=fingerprint,
-        copy_direction=walk.copy_direction, copy_table=walk.copy_table,
+        copy_direction=walk.copy_direction, copy_table=walk.copy_table, settings=tuple(walk.settings),
     )
+
+
+def classify_exact(sql: str) -> Classification:
+    """Classify without any cache: for callers that read literal values (the cached forms may share one
+    Classification between texts that differ only in literals)."""
+    return _classify_uncached(sql) if "\x00" not in sql else UNKNOWN
 
 
 class _Walk:
@@ -179,6 +190,7 @@ class _Walk:
         self.is_read_only = True
         self.copy_direction = ""
         self.copy_table = ""
+        self.settings: list[tuple[str, str, str | tuple[str, ...] | None]] = []
 
     def kind(self, name: str) -> None:
         self.kinds.append(name)
@@ -221,8 +233,10 @@ class _Walk:
             self.kind_of(inner_tag, inner)  # what would run later: PREPARE of a DELETE is a write
         elif tag == "TransactionStmt":
             self.kind(_TRANSACTION_KINDS.get(body.get("kind", ""), "TRANSACTION"))
+            self.settings.extend(_setting_changes(self.kinds[-1], body.get("options", ())))
         elif tag == "VariableSetStmt":
             self.kind("RESET" if str(body.get("kind", "")).startswith("VAR_RESET") else "SET")
+            self.settings.extend(_variable_set(body))
         elif tag == "FetchStmt":
             self.kind("MOVE" if body.get("ismove") else "FETCH")
         elif tag in ("GrantStmt", "GrantRoleStmt"):
@@ -262,6 +276,10 @@ class _Walk:
                         self.functions.append(name)
                         if name in WRITING_FUNCTIONS:
                             self.is_read_only = False
+                        if name == "set_config":
+                            self.settings.append(_set_config(child.get("args", [])))
+                elif key == "VariableSetStmt":  # CREATE/ALTER FUNCTION ... SET name = value, ALTER ROLE ... SET
+                    self.settings.extend(_variable_set(child))
                 elif key == "CommonTableExpr":
                     query = child.get("ctequery", {})
                     if query and next(iter(query)) != "SelectStmt":
@@ -271,6 +289,57 @@ class _Walk:
         elif isinstance(value, list):
             for item in value:
                 self.scan(item)
+
+
+NOT_LITERAL = "\x00not a literal"  # a setting value we cannot read from the text (NUL never reaches the parser)
+_MULTI_SETTINGS = {"TRANSACTION": "", "SESSION CHARACTERISTICS": "default_"}  # SET TRANSACTION / SESSION ...
+
+
+def _literal(node: Any) -> str:
+    """A constant's text as PostgreSQL would pass it to a setting (through casts), else NOT_LITERAL."""
+    while isinstance(node, dict) and "TypeCast" in node:
+        node = node["TypeCast"].get("arg")
+    const = node.get("A_Const") if isinstance(node, dict) else None
+    if not isinstance(const, dict):
+        return NOT_LITERAL
+    if "sval" in const:
+        return str(const["sval"].get("sval", ""))
+    if "ival" in const:
+        return str(const["ival"].get("ival", 0))  # libpg_query leaves out a zero ival
+    if "fval" in const:
+        return str(const["fval"].get("fval", ""))
+    if "boolval" in const:
+        return "true" if const["boolval"].get("boolval") else "false"
+    return NOT_LITERAL  # NULL
+
+
+def _setting_changes(how: str, options: Any, prefix: str = "") -> list[tuple[str, str, str | tuple[str, ...]]]:
+    """Transaction modes (BEGIN READ WRITE, SET TRANSACTION ...) as the settings they set."""
+    found: list[tuple[str, str, str | tuple[str, ...]]] = []
+    for option in options or ():
+        elem = option.get("DefElem", {}) if isinstance(option, dict) else {}
+        if elem.get("defname"):
+            found.append((how, prefix + str(elem["defname"]).lower(), (_literal(elem.get("arg")),)))
+    return found
+
+
+def _variable_set(body: dict[str, Any]) -> list[tuple[str, str, str | tuple[str, ...] | None]]:
+    kind, name = str(body.get("kind", "")), str(body.get("name", ""))
+    if kind == "VAR_SET_MULTI":
+        if name not in _MULTI_SETTINGS:
+            return []  # SET TRANSACTION SNAPSHOT
+        return list(_setting_changes(f"SET {name}", body.get("args"), _MULTI_SETTINGS[name]))
+    if kind == "VAR_SET_VALUE":
+        return [("SET", name.lower(), tuple(_literal(a) for a in body.get("args", ())))]
+    if kind in ("VAR_SET_DEFAULT", "VAR_RESET", "VAR_SET_CURRENT"):
+        return [("SET", name.lower(), None)]  # back to the session's startup value, or kept as it is
+    return []  # RESET ALL: every setting back to its startup value
+
+
+def _set_config(args: list[Any]) -> tuple[str, str, str]:
+    name = _literal(args[0]) if len(args) == 3 else NOT_LITERAL
+    value = _literal(args[1]) if len(args) == 3 else NOT_LITERAL
+    return ("set_config", "*" if name == NOT_LITERAL else name.lower(), value)
 
 
 def _explain_analyze(options: list[Any]) -> bool:

@@ -47,10 +47,12 @@ from proxy.pgwire.requests import (
     parse_parse,
     parse_query,
 )
+from proxy.policy.railgate import RULE_PREFIX as RAIL_RULE_PREFIX
 
 _HELD = frozenset({m.QUERY, m.PARSE, m.FUNCTION_CALL, m.CLOSE})
 _I32 = struct.Struct("!i")
 _HELD_WITH_BIND = _HELD | {m.BIND}
+RAIL_HINT = "the service's configuration fixes this setting for the session (postgres.guardRails)"
 DENIAL_HINT = "pgwarden checks every query against the service's policies; ask an administrator for access"
 
 
@@ -110,6 +112,8 @@ OnDecision = Callable[[str, dict[str, Any], DecisionLike | None, float], None]
 
 
 def denial_message(what: str, decision: DecisionLike) -> str:
+    if decision.rule.startswith(RAIL_RULE_PREFIX):
+        return decision.reason  # a guard rail's refusal names the statement and the rail itself
     if decision.policy:
         return f'{what} denied by policy "{decision.policy}", rule "{decision.rule}"'
     return f"{what} denied: no policy rule allows it"
@@ -276,8 +280,10 @@ class RequestGate:
         marker = f"{MARKER_PREFIX}{self._denials}"
         # The engine's usual reason repeats the message; any other (a failed rule, default deny) explains it.
         usual = f'denied by policy "{decision.policy}" rule "{decision.rule}"'
-        detail = "" if decision.reason == usual else decision.reason
-        sql = raise_sql(denial_message(what, decision), marker=marker, detail=detail, hint=DENIAL_HINT)
+        message = denial_message(what, decision)
+        detail = "" if decision.reason in (usual, message) else decision.reason
+        hint = RAIL_HINT if decision.rule.startswith(RAIL_RULE_PREFIX) else DENIAL_HINT
+        sql = raise_sql(message, marker=marker, detail=detail, hint=hint)
         return marker, sql
 
     def _stand_in_query(self, what: str, decision: DecisionLike) -> bytes:

@@ -21,6 +21,7 @@ from proxy.policy.cel import ConditionError, to_cel
 from proxy.policy.cel_cost import decision_budget
 from proxy.policy.classify import Classification, classify
 from proxy.policy.compile import ALL, CompiledRule, Node, Reads, compile_policy, ordered
+from proxy.policy.railgate import RULE_PREFIX, RailDecision, RailGate
 from proxy.snapshot import (
     AuthorizationMode,
     Group,
@@ -176,6 +177,7 @@ class PolicySet:
             for inline in owner.authorization.inline_policies:
                 compile_policy(inline)
         self._books: dict[tuple[str, str], RuleBook] = {}
+        self._rail_gates: dict[tuple[str, str], RailGate] = {}
 
     def attached(self, user: User, service: Service) -> list[Policy]:
         """Policies that apply to this user on this service: the Service's, each Group's, the User's."""
@@ -226,16 +228,24 @@ class PolicySet:
         configs = [config] if config is not None else list(service.configs.values())
         if not any(c.postgres.authorization_mode == AuthorizationMode.ALL for c in configs):
             return None
-        return SessionPolicy(self.book(user, service), base_ctx, generation)
+        rails = None
+        if config is not None and config.postgres.guard_rails.locks_settings:
+            rails = self._rail_gates.get((service.name, config.name))
+            if rails is None:
+                rails = self._rail_gates[(service.name, config.name)] = RailGate(config.postgres.guard_rails,
+                                                                                  config.name)
+        return SessionPolicy(self.book(user, service), base_ctx, generation, rails=rails)
 
 
 class SessionPolicy:
     """Per-message decisions for one client session; build at connect, call per message."""
 
     @decision_budget  # folding the session constants is a decision too
-    def __init__(self, book: RuleBook, base_ctx: Mapping[str, Any], generation: int) -> None:
+    def __init__(self, book: RuleBook, base_ctx: Mapping[str, Any], generation: int,
+                 *, rails: RailGate | None = None) -> None:
         self.generation = generation
         self._book = book
+        self._rails = rails  # the config's guard rails, checked before any rule
         # Session-constant ctx parts as CEL values once; each request adds its own `request`.
         # A request's ctx carries that request only (never `connect`), so a rule like
         # `has(ctx.request.postgres.connect)` allows connecting and nothing else.
@@ -265,16 +275,22 @@ class SessionPolicy:
     def decide_query(self, sql: str) -> Decision:
         """A simple-protocol Query (one or more statements)."""
         c = classify(sql)
+        if self._rails is not None and (refused := self._rails.check(sql, c)) is not None:
+            return _rail_refusal(refused)
         return self._decide(self._book.query_key(c, sql, ""), lambda: self._statement_request("query", c, sql, ""))
 
     def decide_parse(self, name: str, sql: str) -> Decision:
         """An extended-protocol Parse of `sql` as prepared statement `name` ("" for the unnamed one)."""
         c = classify(sql)
+        if self._rails is not None and (refused := self._rails.check(sql, c)) is not None:
+            return _rail_refusal(refused)
         return self._decide(self._book.parse_key(c, sql, name),
                             lambda: self._statement_request("parse", c, sql, name))
 
     def decide_function_call(self, oid: int) -> Decision:
         """A FunctionCall message (fast-path function call by OID)."""
+        if self._rails is not None and (refused := self._rails.check_function_call(oid)) is not None:
+            return _rail_refusal(refused)
         key = ("F", oid) if self._book.reads_oid else ("F",)
         return self._decide(key, lambda: {"functionCall": {"oid": oid}})
 
@@ -317,6 +333,11 @@ class SessionPolicy:
         if c.copy_direction:
             out["copy"] = {"direction": c.copy_direction, "table": c.copy_table}
         return out
+
+
+def _rail_refusal(refused: RailDecision) -> Decision:
+    rail, message = refused
+    return Decision(False, "", RULE_PREFIX + rail, message)
 
 
 def _evaluate(node: Node, activation: Mapping[str, Any], constants: Mapping[int, Any] | None) -> bool:

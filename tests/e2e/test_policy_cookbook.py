@@ -151,6 +151,7 @@ def test_readme_policy_snippets_are_valid_rules(tmp_path: Path) -> None:
     """The short versions in README.md's Policies section validate as a Policy (schema and CEL)."""
     readme = (REPO / "README.md").read_text()
     section = readme.split("\n## Policies\n", 1)[1].split("\n## ", 1)[0]
+    section = section.split("\n### Guard rails", 1)[0]  # a config snippet, checked by test_readme_guard_rails_snippet
     blocks = [b.split("```", 1)[0] for b in section.split("```yaml\n")[1:]]
     rules = [rule for block in blocks for rule in YAML(typ="safe").load(block)]
     assert [r["name"] for r in rules] == ["no-writes", "drop-outside-window", "ddl-without-aal2",
@@ -158,6 +159,20 @@ def test_readme_policy_snippets_are_valid_rules(tmp_path: Path) -> None:
     with (tmp_path / "readme.yaml").open("w") as out:
         YAML(typ="safe").dump({"kind": "Policy", "metadata": {"name": "readme"}, "spec": {"rules": rules}}, out)
     validate.validate_all(load.load_directory(tmp_path))
+
+
+def test_readme_guard_rails_snippet_validates(tmp_path: Path) -> None:
+    """README.md's guard rails config validates as a Service config (schema, durations, mode ALL)."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("\n### Guard rails", 1)[1].split("\n## ", 1)[0]
+    [config] = YAML(typ="safe").load(section.split("```yaml\n", 1)[1].split("```", 1)[0])
+    service = {"kind": "Service", "metadata": {"name": "readme"},
+               "spec": {"dynamicConfig": {"configs": [config]}}}
+    secret = {"kind": "Secret", "metadata": {"name": "read-only-password"}, "data": {"value": "x"}}
+    with (tmp_path / "readme.yaml").open("w") as out:
+        YAML(typ="safe").dump_all([service, secret], out)
+    validate.validate_all(load.load_directory(tmp_path))
+    assert config["postgres"]["guardRails"]["readOnly"] is True
 
 
 def test_juniors_read_but_every_write_is_denied_naming_the_rule(cookbook: ProxyHarness, pg: Any) -> None:
