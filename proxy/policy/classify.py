@@ -256,7 +256,8 @@ class _Walk:
             self.kind("COPY FROM" if body.get("is_from") else "COPY TO")
             # The target and options are literals: a server file or a shell command is a write outside the
             # database whatever the direction (PostgreSQL allows COPY TO a file in a read-only transaction).
-            self.literals(body.get("options"))
+            if body.get("options") or body.get("filename"):
+                self.literals(body.get("options"))
             if body.get("is_program"):
                 self.kind(f"COPY {self.copy_direction} PROGRAM")
             elif body.get("filename"):
