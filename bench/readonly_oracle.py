@@ -28,6 +28,7 @@ import hashlib
 import io
 import os
 import re
+import signal
 import sys
 import tarfile
 import time
@@ -335,6 +336,10 @@ def run(dsn: str, files: list[Path], *, seed: bool = True) -> Matrix:
     return runner.matrix
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser_ = argparse.ArgumentParser(prog="python -m bench.readonly_oracle", description=__doc__,
                                       formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -349,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.files:
         files = files[:args.files]
     started = time.monotonic()
+    # As KeyboardInterrupt, SIGTERM (`timeout`) still stops and removes the throwaway cluster.
+    signal.signal(signal.SIGTERM, _interrupt)
     if args.dsn:
         matrix = run(args.dsn, files)
     else:
