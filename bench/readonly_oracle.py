@@ -236,7 +236,15 @@ class Runner:
         self.matrix = Matrix()
 
     def connect(self) -> psycopg.Connection[tuple[object, ...]]:
-        return psycopg.connect(self.dsn, autocommit=True, options=SESSION_OPTIONS)
+        # A statement that crashes its backend puts the server through crash recovery: wait it out.
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                return psycopg.connect(self.dsn, autocommit=True, options=SESSION_OPTIONS)
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
 
     def run_file(self, items: Iterable[Statement]) -> None:
         conn = self.connect()
@@ -327,11 +335,13 @@ def _quietly(conn: psycopg.Connection[tuple[object, ...]], sql: str) -> None:
         pass
 
 
-def run(dsn: str, files: list[Path], *, seed: bool = True) -> Matrix:
+def run(dsn: str, files: list[Path], *, seed: bool = True, progress: bool = False) -> Matrix:
     runner = Runner(dsn)
     if seed:
         runner.run_file(statements_of("(seed)", SEED_SQL))
     for path in files:
+        if progress:
+            print(f"{path.name} ({runner.matrix.total} statements so far)", file=sys.stderr, flush=True)
         runner.run_file(statements(path))
     return runner.matrix
 
@@ -348,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     parser_.add_argument("--files", type=int, default=0, help="run only the first N files")
     parser_.add_argument("--match", default="", help="run only files whose name contains this")
     parser_.add_argument("--show", type=int, default=20, help="false read-only statements to print")
+    parser_.add_argument("--progress", action="store_true", help="name each file on stderr as it starts")
     args = parser_.parse_args(argv)
     directory = args.corpus or corpus_dir()
     files = [p for p in ordered_files(directory) if args.match in p.name]
@@ -357,13 +368,13 @@ def main(argv: list[str] | None = None) -> int:
     # As KeyboardInterrupt, SIGTERM (`timeout`) still stops and removes the throwaway cluster.
     signal.signal(signal.SIGTERM, _interrupt)
     if args.dsn:
-        matrix = run(args.dsn, files)
+        matrix = run(args.dsn, files, progress=args.progress)
     else:
         from tests.support.pgcluster import TempCluster
 
         with TempCluster() as pg:
             pg.psql("CREATE DATABASE readonly_oracle", database="postgres")
-            matrix = run(pg.dsn("postgres", "readonly_oracle"), files)
+            matrix = run(pg.dsn("postgres", "readonly_oracle"), files, progress=args.progress)
     print(f"{matrix.total} statements from {len(files)} files of {directory} "
           f"in {time.monotonic() - started:.0f} s\n")
     print(matrix.render())
