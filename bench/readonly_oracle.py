@@ -43,7 +43,7 @@ from pathlib import Path
 import psycopg
 from pglast import parser
 
-from proxy.policy.classify import classify
+from proxy.policy.classify import Classification, classify
 
 READ_ONLY_SQL_TRANSACTION = "25006"
 TRANSACTION_CONTROL = frozenset({
@@ -194,6 +194,19 @@ EXECUTE oracle_p;
 DEALLOCATE oracle_p;
 VALUES (1), (2);
 SELECT * INTO oracle_copy FROM oracle_t;
+CREATE TABLE oracle_parent (id int PRIMARY KEY);
+CREATE TABLE oracle_child (p int REFERENCES oracle_parent DEFERRABLE INITIALLY DEFERRED);
+BEGIN;
+INSERT INTO oracle_parent VALUES (1);
+INSERT INTO oracle_child VALUES (1);
+SET CONSTRAINTS ALL IMMEDIATE;
+COMMIT;
+BEGIN;
+DECLARE oracle_c CURSOR FOR SELECT oracle_writes();
+FETCH oracle_c;
+MOVE oracle_c;
+CLOSE oracle_c;
+COMMIT;
 """
 
 
@@ -213,6 +226,8 @@ class Matrix:
     counts: Counter[tuple[bool, str]] = field(default_factory=Counter)
     false_read_only: list[tuple[Statement, str]] = field(default_factory=list)
     other_errors: Counter[str] = field(default_factory=Counter)
+    # Why statements PostgreSQL ran read-only were classified not read-only (the safe side, but a cost).
+    conservative: Counter[str] = field(default_factory=Counter)
 
     def add(self, read_only: bool, outcome: str) -> None:
         self.counts[(read_only, outcome)] += 1
@@ -281,6 +296,8 @@ class Runner:
             elif outcome == "other error" and c.is_read_only:
                 self.matrix.other_errors[exc.sqlstate or "(none)"] += 1
         self.matrix.add(c.is_read_only, outcome)
+        if outcome == "accepted" and not c.is_read_only:
+            self.matrix.conservative[_reason(c)] += 1
         if not _usable(conn):
             return
         try:
@@ -297,6 +314,17 @@ class Runner:
                 _quietly(conn, "ROLLBACK")
         if not kept and _usable(conn):
             _execute(conn, statement)  # for real, so that later statements find what it creates
+
+
+def _reason(c: Classification) -> str:
+    """The first thing that made `c` not read-only: a kind, else the functions it calls."""
+    from proxy.policy.classify import _READ_ONLY_KINDS, READ_ONLY_BUILTINS
+
+    for kind in c.kinds:
+        if kind not in _READ_ONLY_KINDS:
+            return kind
+    unknown = [f for f in c.functions if f not in READ_ONLY_BUILTINS]
+    return "function " + (unknown[0] if unknown else "(qualified or quoted)") if c.functions else "row lock"
 
 
 def _outcome(exc: psycopg.Error) -> str:
@@ -381,6 +409,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nfalse read-only (classified read-only, refused with 25006): {len(matrix.false_read_only)}")
     for statement, message in matrix.false_read_only[:args.show]:
         print(f"  {statement.file}: {' '.join(statement.sql.split())[:160]}\n      -> {message}")
+    if matrix.conservative:
+        top = ", ".join(f"{why} x{n}" for why, n in matrix.conservative.most_common(12))
+        print(f"classified not read-only but accepted read-only, by first reason: {top}")
     if matrix.other_errors:
         top = ", ".join(f"{state} x{n}" for state, n in matrix.other_errors.most_common(8))
         print(f"other errors of statements classified read-only, by SQLSTATE: {top}")

@@ -14,7 +14,8 @@ What `is_read_only` means: false for anything PostgreSQL refuses in a READ ONLY 
 in the statement text (INSERT/UPDATE/DELETE/MERGE, also inside CTEs and EXPLAIN ANALYZE; DDL, GRANT/REVOKE,
 TRUNCATE, COPY FROM, SELECT INTO, FOR UPDATE/SHARE anywhere in the tree), for what writes outside the
 database (COPY to or from a server file or PROGRAM), and for what we cannot see into (CALL, DO, EXECUTE,
-VACUUM, LOCK, unknown statements, text that does not parse). A statement is read-only only if every function
+FETCH/MOVE of a cursor declared earlier, SET CONSTRAINTS, which fires deferred triggers, VACUUM, LOCK,
+unknown statements, text that does not parse). A statement is read-only only if every function
 it calls is a known read-only built-in: a name in `builtin_functions.txt` (generated from PostgreSQL 15's
 pg_catalog by `python -m bench.builtin_functions`), unqualified or qualified with pg_catalog. Any other name
 (a user function, or a built-in that writes such as nextval, set_config, pg_notify, lo_*, advisory locks)
@@ -50,10 +51,13 @@ def _load_read_only_builtins() -> frozenset[str]:
 READ_ONLY_BUILTINS = _load_read_only_builtins()
 # Functions whose arguments decide how a statement is treated (settings they change): never normalised away.
 _ARGUMENT_SENSITIVE_FUNCTIONS = frozenset({"set_config"})
-# Statements that neither change data nor schema (and may run in a READ ONLY transaction).
+# Statements that neither change data nor schema (and may run in a READ ONLY transaction). Not here, though
+# they write nothing themselves: FETCH and MOVE run a cursor's query, declared by an earlier statement we
+# cannot see from here (`DECLARE c CURSOR FOR SELECT f()`); SET CONSTRAINTS ... IMMEDIATE fires deferred
+# constraint triggers (foreign-key checks lock rows; a constraint trigger may call any function).
 _READ_ONLY_KINDS = frozenset({
     "SELECT", "VALUES", "SHOW", "EXPLAIN", "BEGIN", "START TRANSACTION", "COMMIT", "ROLLBACK", "SAVEPOINT",
-    "RELEASE", "ROLLBACK TO", "SET", "RESET", "SET CONSTRAINTS", "FETCH", "MOVE", "CLOSE", "DEALLOCATE",
+    "RELEASE", "ROLLBACK TO", "SET", "RESET", "CLOSE", "DEALLOCATE",
     "LISTEN", "UNLISTEN", "DISCARD", "PREPARE", "DECLARE CURSOR", "COPY TO",
 })
 _RELATION_TYPES = frozenset({"OBJECT_TABLE", "OBJECT_VIEW", "OBJECT_MATVIEW", "OBJECT_INDEX", "OBJECT_SEQUENCE",

@@ -80,6 +80,9 @@ def test_writes_that_hide_are_found(sql: str, hidden_kind: str) -> None:
     "EXECUTE prepared_elsewhere",
     "VACUUM t",
     "LOCK TABLE t",
+    "FETCH c",  # runs the query of a cursor declared earlier: DECLARE c CURSOR FOR SELECT writes()
+    "MOVE FORWARD 5 IN c",
+    "SET CONSTRAINTS ALL IMMEDIATE",  # fires deferred constraint triggers
 ])
 def test_not_read_only_without_a_write_statement(sql: str) -> None:
     assert not classify(sql).is_read_only
