@@ -21,10 +21,12 @@ pg_catalog by `python -m bench.builtin_functions`), unqualified or qualified wit
 (a user function, or a built-in that writes such as nextval, set_config, pg_notify, lo_*, advisory locks)
 makes it not read-only.
 
-Not covered, left to the upstream guard rail (default_transaction_read_only): operators and casts, which can
-call user functions (a user-defined operator, a cast to a domain whose CHECK calls one, an input function);
-an unqualified built-in name that resolves elsewhere through search_path or overloading (a user's
-`public.lower(mytype)`); functions called by views, defaults, triggers and row-security policies.
+Operators likewise: a name outside `builtin_operators.txt` (a user-defined operator) makes a statement not
+read-only. Not covered, left to the upstream guard rail (default_transaction_read_only): a user's overload of
+a built-in operator name on a user type, and casts, which can call user functions (a cast to a domain whose
+CHECK calls one, a user type's input function, a user-defined cast); an unqualified built-in name that
+resolves elsewhere through search_path or overloading (a user's `public.lower(mytype)`); functions called by
+views, defaults, triggers and row-security policies.
 """
 
 from __future__ import annotations
@@ -41,14 +43,16 @@ from pglast import parser
 MAX_CACHED = 8192
 
 
-def _load_read_only_builtins() -> frozenset[str]:
-    text = resources.files("proxy.policy").joinpath("builtin_functions.txt").read_text(encoding="utf-8")
+def _load_names(filename: str) -> frozenset[str]:
+    text = resources.files("proxy.policy").joinpath(filename).read_text(encoding="utf-8")
     return frozenset(line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#"))
 
 
 # pg_catalog functions that neither write nor have side effects outside the statement (see the generator,
 # bench/builtin_functions.py, for the rule). Exact names: PostgreSQL's catalog names are case-sensitive.
-READ_ONLY_BUILTINS = _load_read_only_builtins()
+READ_ONLY_BUILTINS = _load_names("builtin_functions.txt")
+# pg_catalog operator names whose every operator runs a non-volatile function.
+READ_ONLY_OPERATORS = _load_names("builtin_operators.txt")
 # Functions whose arguments decide how a statement is treated (settings they change): never normalised away.
 _ARGUMENT_SENSITIVE_FUNCTIONS = frozenset({"set_config"})
 # Statements that neither change data nor schema (and may run in a READ ONLY transaction). Not here, though
@@ -317,6 +321,8 @@ class _Walk:
                     self.tables.append(_table(child))  # a statement's target: a bare RangeVar body
                 elif key == "FuncCall":
                     self.function(child)
+                elif key == "A_Expr":
+                    self.operator(child)
                 elif key == "CommonTableExpr":
                     query = child.get("ctequery", {})
                     if query and next(iter(query)) != "SelectStmt":
@@ -339,6 +345,18 @@ class _Walk:
             self.is_read_only = False  # a user function or a built-in that writes: we cannot see what it does
         if parts[-1] in _ARGUMENT_SENSITIVE_FUNCTIONS:
             self.literals(call.get("args"))
+
+    def operator(self, expr: dict[str, Any]) -> None:
+        """An operator: read-only only if its name is a read-only built-in operator's (BETWEEN's names are
+        keywords for >= and <=). A user's overload of a built-in name on a user type is not seen here."""
+        if str(expr.get("kind", "AEXPR_OP")).startswith(("AEXPR_BETWEEN", "AEXPR_NOT_BETWEEN")):
+            return
+        parts = [p.get("String", {}).get("sval", "") for p in expr.get("name", [])]
+        if not parts:
+            return
+        schema = parts[0] if len(parts) > 1 else "pg_catalog"
+        if len(parts) > 2 or schema != "pg_catalog" or parts[-1] not in READ_ONLY_OPERATORS:
+            self.is_read_only = False
 
     def _explain_analyze(self, options: list[Any]) -> bool:
         """Whether EXPLAIN runs the statement. Anything but a clear false counts as ANALYZE (the safe side)."""

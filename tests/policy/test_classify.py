@@ -218,4 +218,17 @@ def test_the_builtin_list_ships_with_the_package_and_holds_no_writer() -> None:
     assert not names & {"nextval", "setval", "set_config", "pg_notify", "pg_advisory_lock", "lo_create",
                         "lo_import", "txid_current", "pg_terminate_backend", "query_to_xml", "pg_read_file"}
     pyproject = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
-    assert '"proxy.policy" = ["builtin_functions.txt"]' in pyproject
+    assert '"proxy.policy" = ["builtin_functions.txt", "builtin_operators.txt"]' in pyproject
+    assert {"=", "<>", "+", "~~", "->>", "@>", "||"} <= classify_module.READ_ONLY_OPERATORS
+
+
+@pytest.mark.parametrize("sql, read_only", [
+    ("SELECT a + b, a || 'x', j ->> 'k', a = ANY(b), a IS DISTINCT FROM b FROM t WHERE a LIKE 'x%'", True),
+    ("SELECT * FROM t WHERE a BETWEEN 1 AND 2 AND b NOT BETWEEN SYMMETRIC 3 AND 4 AND c IN (1, 2)", True),
+    ("SELECT a OPERATOR(pg_catalog.+) b FROM t", True),
+    ("SELECT a === b FROM t", False),  # a user-defined operator runs a user function
+    ("SELECT * FROM t WHERE a <=> b", False),
+    ("SELECT a OPERATOR(public.+) b FROM t", False),
+])
+def test_operators_outside_the_builtin_list_are_not_read_only(sql: str, read_only: bool) -> None:
+    assert classify(sql).is_read_only is read_only
