@@ -321,7 +321,7 @@ def _reason(c: Classification) -> str:
     from proxy.policy.classify import _READ_ONLY_KINDS, READ_ONLY_BUILTINS
 
     for kind in c.kinds:
-        if kind not in _READ_ONLY_KINDS:
+        if kind not in _READ_ONLY_KINDS and kind != "COPY":  # "COPY" goes with "COPY TO" / "COPY FROM"
             return kind
     unknown = [f for f in c.functions if f not in READ_ONLY_BUILTINS]
     return "function " + (unknown[0] if unknown else "(qualified or quoted)") if c.functions else "row lock"
