@@ -248,3 +248,25 @@ def test_decisions_through_the_caches_equal_decisions_from_scratch(steps: list[A
             cached = sessions[key].decide_parse("", sql) if is_parse else sessions[key].decide_query(sql)
             expected = _from_scratch(live, key, sql, is_parse)
         assert cached == expected, (sql, key, clock)
+
+
+def test_a_statement_field_the_request_key_does_not_know_keys_by_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A field added to `statement` later (say, the settings a SET changes) without a request-key getter must
+    # not be left out of the key: the key falls back to the text itself.
+    real = SessionPolicy._statement_request
+
+    def with_length(kind: str, c: Any, sql: str, name: str) -> dict[str, Any]:
+        out = real(kind, c, sql, name)
+        out["statement"]["length"] = len(sql)
+        return out
+
+    monkeypatch.setattr(SessionPolicy, "_statement_request", staticmethod(with_length))
+    long_ones = policy_from_spec("long", {"rules": [
+        {"name": "no-long", "effect": "DENY", "condition": {"match": "ctx.request.postgres.statement.length > 20"}},
+        {"name": "rest", "effect": "ALLOW", "priority": 1, "condition": {"matchAny": True}},
+    ]})
+    live = snapshot(long_ones)
+    sp = live.session_policy(live.user("alice"), live.service("db"), identity(AssuranceLevel.AAL1))
+    assert sp is not None
+    assert sp.decide_query("SELECT 1").allowed
+    assert sp.decide_query("SELECT 1        /* padding */").rule == "no-long"  # same classification
