@@ -324,7 +324,7 @@ def _reason(c: Classification) -> str:
         if kind not in _READ_ONLY_KINDS and kind != "COPY":  # "COPY" goes with "COPY TO" / "COPY FROM"
             return kind
     unknown = [f for f in c.functions if f not in READ_ONLY_BUILTINS]
-    return "function " + (unknown[0] if unknown else "(qualified or quoted)") if c.functions else "row lock"
+    return "function " + (unknown[0] if unknown else "(qualified or quoted)") if c.functions else "row lock or operator"
 
 
 def _outcome(exc: psycopg.Error) -> str:
