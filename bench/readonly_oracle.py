@@ -165,6 +165,7 @@ SELECT * FROM oracle_t WHERE id IN (SELECT id FROM oracle_t FOR NO KEY UPDATE);
 WITH gone AS (DELETE FROM oracle_t WHERE id = 2 RETURNING *) SELECT * FROM gone;
 EXPLAIN (ANALYZE 0) DELETE FROM oracle_t;
 EXPLAIN (ANALYZE 1) DELETE FROM oracle_t WHERE id = 0;
+EXPLAIN (ANALYZE 0, ANALYZE 1) DELETE FROM oracle_t WHERE id = 0;
 EXPLAIN (ANALYZE 'off') UPDATE oracle_t SET v = 'x';
 EXPLAIN (ANALYZE 'on') UPDATE oracle_t SET v = 'x' WHERE id = 0;
 SELECT nextval('oracle_s');

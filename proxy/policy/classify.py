@@ -359,7 +359,9 @@ class _Walk:
             self.is_read_only = False
 
     def _explain_analyze(self, options: list[Any]) -> bool:
-        """Whether EXPLAIN runs the statement. Anything but a clear false counts as ANALYZE (the safe side)."""
+        """Whether EXPLAIN runs the statement. Anything but a clear false counts as ANALYZE (the safe side),
+        and every ANALYZE option counts: PostgreSQL 15 takes the last of `(ANALYZE 0, ANALYZE 1)`."""
+        analyze = False
         for option in options:
             elem = option.get("DefElem", {})
             if elem.get("defname") != "analyze":
@@ -369,9 +371,10 @@ class _Walk:
                 return True
             value = self.literal(arg)
             if isinstance(value, bool | int):
-                return bool(value)
-            return str(value).lower() not in ("false", "off", "0", "no")
-        return False
+                analyze = analyze or bool(value)
+            else:
+                analyze = analyze or str(value).lower() not in ("false", "off", "0", "no")
+        return analyze
 
 
 def _literal_value(node: Any) -> Any:

@@ -60,4 +60,5 @@ def test_the_oracle_catches_a_classifier_that_calls_writes_read_only(
     assert "SELECT nextval('oracle_s')" in refused
     assert "SELECT oracle_writes()" in refused
     assert "FETCH oracle_c" in refused  # the cursor's query writes
+    assert "EXPLAIN (ANALYZE 0, ANALYZE 1) DELETE FROM oracle_t WHERE id = 0" in refused  # the last one counts
     assert "SET CONSTRAINTS ALL IMMEDIATE" in refused  # a deferred foreign-key check locks rows
