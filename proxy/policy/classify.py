@@ -4,11 +4,29 @@ Cached twice by text: the exact string, then libpg_query's normalised form (lite
 a query repeated with new literals costs one normalise and a dict lookup. A miss parses to JSON (~30 µs;
 libpg_query's fast path, no Python AST) and walks plain dicts.
 
+A literal-free key is only sound for classifications that no literal decided. The walker records
+`depends_on_literals` wherever it reads a literal's value (EXPLAIN options, SET/RESET and transaction
+options, set_config() arguments, COPY targets and options); such a classification is cached under its exact
+text only, never under the shape or normalised key, so `EXPLAIN (ANALYZE 0) DELETE` can never answer for
+`EXPLAIN (ANALYZE 1) DELETE`.
+
 What `is_read_only` means: false for anything PostgreSQL refuses in a READ ONLY transaction that we can see
 in the statement text (INSERT/UPDATE/DELETE/MERGE, also inside CTEs and EXPLAIN ANALYZE; DDL, GRANT/REVOKE,
-TRUNCATE, COPY FROM, SELECT INTO, SELECT ... FOR UPDATE/SHARE, nextval()/setval() and a few other built-in
-writers), and for what we cannot see into (CALL, DO, EXECUTE, VACUUM, LOCK, unknown statements, text that
-does not parse). Functions a SELECT calls are not looked into: `functions` lists them for policies to judge.
+TRUNCATE, COPY FROM, SELECT INTO, FOR UPDATE/SHARE anywhere in the tree), for what writes outside the
+database (COPY to or from a server file or PROGRAM), and for what we cannot see into (CALL, DO, EXECUTE,
+FETCH/MOVE of a cursor declared earlier, SET CONSTRAINTS, which fires deferred triggers, VACUUM, LOCK,
+unknown statements, text that does not parse). A statement is read-only only if every function
+it calls is a known read-only built-in: a name in `builtin_functions.txt` (generated from PostgreSQL 15's
+pg_catalog by `python -m bench.builtin_functions`), unqualified or qualified with pg_catalog. Any other name
+(a user function, or a built-in that writes such as nextval, set_config, pg_notify, lo_*, advisory locks)
+makes it not read-only.
+
+Operators likewise: a name outside `builtin_operators.txt` (a user-defined operator) makes a statement not
+read-only. Not covered, left to the upstream guard rail (default_transaction_read_only): a user's overload of
+a built-in operator name on a user type, and casts, which can call user functions (a cast to a domain whose
+CHECK calls one, a user type's input function, a user-defined cast); an unqualified built-in name that
+resolves elsewhere through search_path or overloading (a user's `public.lower(mytype)`); functions called by
+views, defaults, triggers and row-security policies.
 """
 
 from __future__ import annotations
@@ -17,22 +35,33 @@ import json
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any
 
 from pglast import parser
 
 MAX_CACHED = 8192
-# Built-in functions that write, which PostgreSQL refuses in a read-only transaction (or that end sessions).
-WRITING_FUNCTIONS = frozenset({
-    "nextval", "setval", "lo_import", "lo_export", "lo_create", "lo_creat", "lo_unlink", "lo_put", "lo_from_bytea",
-    "lowrite", "lo_truncate", "lo_truncate64", "pg_terminate_backend", "pg_cancel_backend", "pg_reload_conf",
-    "pg_rotate_logfile", "pg_switch_wal", "pg_create_restore_point", "pg_promote", "pg_file_write",
-    "pg_create_logical_replication_slot", "pg_create_physical_replication_slot", "pg_drop_replication_slot",
-})
-# Statements that neither change data nor schema (and may run in a READ ONLY transaction).
+
+
+def _load_names(filename: str) -> frozenset[str]:
+    text = resources.files("proxy.policy").joinpath(filename).read_text(encoding="utf-8")
+    return frozenset(line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#"))
+
+
+# pg_catalog functions that neither write nor have side effects outside the statement (see the generator,
+# bench/builtin_functions.py, for the rule). Exact names: PostgreSQL's catalog names are case-sensitive.
+READ_ONLY_BUILTINS = _load_names("builtin_functions.txt")
+# pg_catalog operator names whose every operator runs a non-volatile function.
+READ_ONLY_OPERATORS = _load_names("builtin_operators.txt")
+# Functions whose arguments decide how a statement is treated (settings they change): never normalised away.
+_ARGUMENT_SENSITIVE_FUNCTIONS = frozenset({"set_config"})
+# Statements that neither change data nor schema (and may run in a READ ONLY transaction). Not here, though
+# they write nothing themselves: FETCH and MOVE run a cursor's query, declared by an earlier statement we
+# cannot see from here (`DECLARE c CURSOR FOR SELECT f()`); SET CONSTRAINTS ... IMMEDIATE fires deferred
+# constraint triggers (foreign-key checks lock rows; a constraint trigger may call any function).
 _READ_ONLY_KINDS = frozenset({
     "SELECT", "VALUES", "SHOW", "EXPLAIN", "BEGIN", "START TRANSACTION", "COMMIT", "ROLLBACK", "SAVEPOINT",
-    "RELEASE", "ROLLBACK TO", "SET", "RESET", "SET CONSTRAINTS", "FETCH", "MOVE", "CLOSE", "DEALLOCATE",
+    "RELEASE", "ROLLBACK TO", "SET", "RESET", "CLOSE", "DEALLOCATE",
     "LISTEN", "UNLISTEN", "DISCARD", "PREPARE", "DECLARE CURSOR", "COPY TO",
 })
 _RELATION_TYPES = frozenset({"OBJECT_TABLE", "OBJECT_VIEW", "OBJECT_MATVIEW", "OBJECT_INDEX", "OBJECT_SEQUENCE",
@@ -75,6 +104,8 @@ class Classification:
     # the SET arguments (a tuple), set_config's text (a str), None for RESET / SET ... TO DEFAULT, or
     # NOT_LITERAL. A set_config whose name is not a literal has the name "*". Read by the guard rails.
     settings: tuple[tuple[str, str, str | tuple[str, ...] | None], ...] = ()
+    # A literal's value decided part of this classification: cache it under its exact text only.
+    depends_on_literals: bool = False
 
 
 UNKNOWN = Classification(kinds=("UNKNOWN",), tables=(), functions=(), is_read_only=False, fingerprint="")
@@ -128,7 +159,10 @@ def classify(sql: str) -> Classification:
         if found is not None:
             return found  # not added to _by_text: fresh literals would only churn it
         found = _classify_normalized(sql)
-        _remember(_by_shape, shape, found)
+        if found.depends_on_literals:
+            _remember(_by_text, sql, found)
+        else:
+            _remember(_by_shape, shape, found)
         return found
     found = _classify_normalized(sql)
     _remember(_by_text, sql, found)
@@ -143,7 +177,10 @@ def _classify_normalized(sql: str) -> Classification:
     found = _by_normalized.get(key) if key is not None else None
     if found is None:
         found = _classify_uncached(sql)
-        if key is not None:
+        # Literal-free keys (this one and the shape) hold only classifications no literal decided. Texts
+        # that map to one key have the same tree but for literal values, so the walker reads literals in
+        # the same places for all of them: a classification stored here is right for every text it serves.
+        if key is not None and not found.depends_on_literals:
             _remember(_by_normalized, key, found)
     return found
 
@@ -171,6 +208,7 @@ def _classify_uncached(sql: str) -> Classification:
         kinds=tuple(dict.fromkeys(walk.kinds)), tables=tuple(dict.fromkeys(walk.tables)),
         functions=tuple(dict.fromkeys(walk.functions)), is_read_only=walk.is_read_only, fingerprint=fingerprint,
         copy_direction=walk.copy_direction, copy_table=walk.copy_table, settings=tuple(walk.settings),
+        depends_on_literals=walk.depends_on_literals,
     )
 
 
@@ -191,6 +229,19 @@ class _Walk:
         self.copy_direction = ""
         self.copy_table = ""
         self.settings: list[tuple[str, str, str | tuple[str, ...] | None]] = []
+        self.depends_on_literals = False
+
+    def literal(self, node: Any) -> Any:
+        """The value of a literal the classification reads (A_Const, Integer, String, Boolean, Float, or a
+        DefElem's arg), recording that a literal decided it. Every read of a literal value goes through here
+        (or through `literals`), so that no literal-free cache key can serve a classification it decided."""
+        self.depends_on_literals = True
+        return _literal_value(node)
+
+    def literals(self, value: Any) -> None:
+        """Mark a subtree whose literal values the classification depends on as a whole (SET arguments,
+        transaction options, set_config() arguments): helpers that extract their values may come later."""
+        self.depends_on_literals = True
 
     def kind(self, name: str) -> None:
         self.kinds.append(name)
@@ -216,7 +267,7 @@ class _Walk:
         elif tag == "ExplainStmt":
             self.kind("EXPLAIN")
             query = body.get("query", {})
-            if _explain_analyze(body.get("options", [])):
+            if self._explain_analyze(body.get("options", [])):
                 (inner_tag, inner), = query.items()
                 self.kind_of(inner_tag, inner)  # EXPLAIN ANALYZE runs the statement: it counts as that
         elif tag == "CopyStmt":
@@ -224,6 +275,14 @@ class _Walk:
             self.copy_table = _table(body["relation"]) if "relation" in body else ""
             self.kinds.append("COPY")
             self.kind("COPY FROM" if body.get("is_from") else "COPY TO")
+            # The target and options are literals: a server file or a shell command is a write outside the
+            # database whatever the direction (PostgreSQL allows COPY TO a file in a read-only transaction).
+            if body.get("options") or body.get("filename"):
+                self.literals(body.get("options"))
+            if body.get("is_program"):
+                self.kind(f"COPY {self.copy_direction} PROGRAM")
+            elif body.get("filename"):
+                self.kind(f"COPY {self.copy_direction} FILE")
             if "query" in body:  # COPY (DELETE ... RETURNING *) TO STDOUT runs the DELETE
                 (inner_tag, inner), = body["query"].items()
                 self.kind_of(inner_tag, inner)
@@ -234,8 +293,11 @@ class _Walk:
         elif tag == "TransactionStmt":
             self.kind(_TRANSACTION_KINDS.get(body.get("kind", ""), "TRANSACTION"))
             self.settings.extend(_setting_changes(self.kinds[-1], body.get("options", ())))
+            if body.get("options"):
+                self.literals(body["options"])  # BEGIN READ WRITE / ISOLATION LEVEL ...
         elif tag == "VariableSetStmt":
             self.kind("RESET" if str(body.get("kind", "")).startswith("VAR_RESET") else "SET")
+            self.literals(body.get("args"))  # SET x = value, SET TRANSACTION READ WRITE, RESET (no args)
             self.settings.extend(_variable_set(body))
         elif tag == "FetchStmt":
             self.kind("MOVE" if body.get("ismove") else "FETCH")
@@ -266,20 +328,20 @@ class _Walk:
         """Every RangeVar (table) and FuncCall below `value`; data-modifying CTEs add their kinds."""
         if isinstance(value, dict):
             for key, child in value.items():
-                if key == "RangeVar":
+                if key == "lockingClause" and child:
+                    self.is_read_only = False  # FOR UPDATE/SHARE in a CTE or subquery locks rows too
+                elif key == "RangeVar":
                     self.tables.append(_table(child))
                 elif key in ("relation",) and isinstance(child, dict) and "relname" in child:
                     self.tables.append(_table(child))  # a statement's target: a bare RangeVar body
                 elif key == "FuncCall":
-                    name = _function_name(child)
-                    if name:
-                        self.functions.append(name)
-                        if name in WRITING_FUNCTIONS:
-                            self.is_read_only = False
-                        if name == "set_config":
-                            self.settings.append(_set_config(child.get("args", [])))
+                    self.function(child)
+                    if _function_name(child) == "set_config":
+                        self.settings.append(_set_config(child.get("args", [])))
                 elif key == "VariableSetStmt":  # CREATE/ALTER FUNCTION ... SET name = value, ALTER ROLE ... SET
                     self.settings.extend(_variable_set(child))
+                elif key == "A_Expr":
+                    self.operator(child)
                 elif key == "CommonTableExpr":
                     query = child.get("ctequery", {})
                     if query and next(iter(query)) != "SelectStmt":
@@ -289,6 +351,49 @@ class _Walk:
         elif isinstance(value, list):
             for item in value:
                 self.scan(item)
+
+
+    def function(self, call: dict[str, Any]) -> None:
+        """A function call: listed by name; read-only only if it is a known read-only built-in."""
+        parts = [p.get("String", {}).get("sval", "") for p in call.get("funcname", [])]
+        if not parts:
+            return
+        self.functions.append(parts[-1].lower())
+        schema = parts[0] if len(parts) > 1 else "pg_catalog"
+        if len(parts) > 2 or schema != "pg_catalog" or parts[-1] not in READ_ONLY_BUILTINS:
+            self.is_read_only = False  # a user function or a built-in that writes: we cannot see what it does
+        if parts[-1] in _ARGUMENT_SENSITIVE_FUNCTIONS:
+            self.literals(call.get("args"))
+
+    def operator(self, expr: dict[str, Any]) -> None:
+        """An operator: read-only only if its name is a read-only built-in operator's (BETWEEN's names are
+        keywords for >= and <=). A user's overload of a built-in name on a user type is not seen here."""
+        if str(expr.get("kind", "AEXPR_OP")).startswith(("AEXPR_BETWEEN", "AEXPR_NOT_BETWEEN")):
+            return
+        parts = [p.get("String", {}).get("sval", "") for p in expr.get("name", [])]
+        if not parts:
+            return
+        schema = parts[0] if len(parts) > 1 else "pg_catalog"
+        if len(parts) > 2 or schema != "pg_catalog" or parts[-1] not in READ_ONLY_OPERATORS:
+            self.is_read_only = False
+
+    def _explain_analyze(self, options: list[Any]) -> bool:
+        """Whether EXPLAIN runs the statement. Anything but a clear false counts as ANALYZE (the safe side),
+        and every ANALYZE option counts: PostgreSQL 15 takes the last of `(ANALYZE 0, ANALYZE 1)`."""
+        analyze = False
+        for option in options:
+            elem = option.get("DefElem", {})
+            if elem.get("defname") != "analyze":
+                continue
+            arg = elem.get("arg")
+            if arg is None:
+                return True
+            value = self.literal(arg)
+            if isinstance(value, bool | int):
+                analyze = analyze or bool(value)
+            else:
+                analyze = analyze or str(value).lower() not in ("false", "off", "0", "no")
+        return analyze
 
 
 NOT_LITERAL = "\x00not a literal"  # a setting value we cannot read from the text (NUL never reaches the parser)
@@ -342,31 +447,33 @@ def _set_config(args: list[Any]) -> tuple[str, str, str]:
     return ("set_config", "*" if name == NOT_LITERAL else name.lower(), value)
 
 
-def _explain_analyze(options: list[Any]) -> bool:
-    """Whether EXPLAIN runs the statement. Anything but a clear false counts as ANALYZE (the safe side)."""
-    for option in options:
-        elem = option.get("DefElem", {})
-        if elem.get("defname") != "analyze":
-            continue
-        arg = elem.get("arg")
-        if arg is None:
-            return True
-        if "Integer" in arg:
-            return arg["Integer"].get("ival", 0) != 0  # libpg_query's JSON leaves out a zero ival
-        text = str(arg.get("String", {}).get("sval", "")).lower()
-        return text not in ("false", "off")
-    return False
+
+def _function_name(call: dict[str, Any]) -> str:
+    parts = [p.get("String", {}).get("sval", "") for p in call.get("funcname", [])]
+    return parts[-1].lower() if parts else ""
+
+
+def _literal_value(node: Any) -> Any:
+    """A literal node's Python value. libpg_query's JSON leaves out zero / false / empty values."""
+    if not isinstance(node, dict):
+        return node
+    if "A_Const" in node:
+        node = node["A_Const"]
+    for key, field in (("Integer", "ival"), ("ival", "ival"), ("Float", "fval"), ("fval", "fval"),
+                       ("Boolean", "boolval"), ("boolval", "boolval"), ("String", "sval"), ("sval", "sval")):
+        if key in node:
+            inner = node[key]
+            value = inner.get(field) if isinstance(inner, dict) else inner
+            if value is None:
+                return {"ival": 0, "fval": "0", "boolval": False, "sval": ""}[field]
+            return value
+    return None
 
 
 def _table(range_var: dict[str, Any]) -> str:
     name = str(range_var.get("relname", ""))
     schema = range_var.get("schemaname")
     return f"{schema}.{name}" if schema else name
-
-
-def _function_name(call: dict[str, Any]) -> str:
-    parts = [p.get("String", {}).get("sval", "") for p in call.get("funcname", [])]
-    return parts[-1].lower() if parts else ""
 
 
 def _object_type(value: str) -> str:

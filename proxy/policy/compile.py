@@ -23,17 +23,20 @@ _read_cache: dict[str, Reads] = {}
 
 @dataclass(frozen=True, slots=True)
 class Reads:
-    """What an expression depends on beyond the session: request fields (kind, field) and the clock."""
+    """What an expression depends on: request fields (kind, field), the clock, and the session-constant ctx
+    paths it reads (("session", "status", ...), ("user",); () for ctx passed whole). A node that is not
+    folded per session still depends on the values at its paths: the decision cache key must hold them."""
 
     fields: frozenset[tuple[str, str]]
     is_time: bool
+    paths: frozenset[tuple[str, ...]] = frozenset()
 
     @property
     def is_session_constant(self) -> bool:
         return not self.fields and not self.is_time
 
     def __or__(self, other: Reads) -> Reads:
-        return Reads(self.fields | other.fields, self.is_time or other.is_time)
+        return Reads(self.fields | other.fields, self.is_time or other.is_time, self.paths | other.paths)
 
 
 NOTHING = Reads(frozenset(), False)
@@ -103,9 +106,10 @@ def expression_reads(text: str) -> Reads:
     cached = _read_cache.get(text)
     if cached is None:
         fields: set[tuple[str, str]] = set()
+        paths: set[tuple[str, ...]] = set()
         state = {"time": False}
-        _visit(_ENV.compile(text), fields, state)
-        cached = Reads(frozenset(fields), state["time"])
+        _visit(_ENV.compile(text), fields, state, paths)
+        cached = Reads(frozenset(fields), state["time"], frozenset(paths))
         _read_cache[text] = cached
     return cached
 
@@ -113,17 +117,21 @@ def expression_reads(text: str) -> Reads:
 _ENV = celpy.Environment()  # parses only: the reads analysis walks the syntax tree
 
 
-def _visit(tree: lark.Tree[Any], fields: set[tuple[str, str]], state: dict[str, bool]) -> None:
+def _visit(tree: lark.Tree[Any], fields: set[tuple[str, str]], state: dict[str, bool],
+           paths: set[tuple[str, ...]]) -> None:
     kind = tree.data
     children = tree.children
     if kind == "member_dot":
         path = _dotted(tree)
         if path is not None:
             fields.update(_fields_of(path))
+            if not path or path[0] != "request":
+                paths.add(path)  # ctx.session.x, ctx.user...: the value at this path decides too
             return
     elif kind == "ident":
         if str(children[0]) == "ctx":
             fields.add(ALL)  # ctx passed whole: it could read anything
+            paths.add(())
         return
     elif kind == "ident_arg":
         name = str(children[0])
@@ -139,7 +147,7 @@ def _visit(tree: lark.Tree[Any], fields: set[tuple[str, str]], state: dict[str, 
                 return
     for child in children:
         if isinstance(child, lark.Tree):
-            _visit(child, fields, state)
+            _visit(child, fields, state, paths)
 
 
 def _presence_only(args: Any) -> str | None:

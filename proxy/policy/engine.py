@@ -102,6 +102,8 @@ def _key_parts(fields: frozenset[tuple[str, str]], own: str) -> tuple[KeyPart, .
             parts[field] = _classified_part(_CLASSIFIED[field])
         elif kind == own == "parse" and field == "name":
             parts["name"] = _name_part
+        elif kind in (own, "statement") and field != "has":
+            return None  # a field this key does not know how to derive: the text decides (never too coarse)
         elif kind == "copy":
             for name, getter in _COPY.items():
                 if field in ("*", name):
@@ -253,13 +255,18 @@ class SessionPolicy:
         self._is_timed = book.reads.is_time
         self._constants: dict[int, Any] = {}
         outcomes: list[Any] = []
+        unfolded: set[tuple[str, ...]] = set()
         activation_ctx = celtypes.MapType({**self._base, celtypes.StringType("request"): to_cel({"postgres": {}})})
         for rule in book.rules:
-            self._fold(rule.condition, {"ctx": activation_ctx, "attrs": rule.attrs}, outcomes)
-        # Sessions whose constant parts came out the same share cached decisions.
+            self._fold(rule.condition, {"ctx": activation_ctx, "attrs": rule.attrs}, outcomes, unfolded)
+        # An expression evaluated per request (it reads the request or the clock) may read session values too
+        # (`!statement.readOnly && ctx.session...aal != "AAL2"`): those values are inputs of every cached
+        # decision, so they join the folded outcomes in the key. Sessions equal in both share decisions.
+        outcomes.extend((path, _session_value(base_ctx, path)) for path in sorted(unfolded))
         self._shape = book.shape_id(tuple(outcomes))
 
-    def _fold(self, node: Node, activation: Mapping[str, Any], outcomes: list[Any]) -> None:
+    def _fold(self, node: Node, activation: Mapping[str, Any], outcomes: list[Any],
+              unfolded: set[tuple[str, ...]]) -> None:
         if node.reads.is_session_constant and node.kind != "matchAny":
             try:
                 value: Any = _evaluate(node, activation, None)
@@ -268,8 +275,10 @@ class SessionPolicy:
             self._constants[id(node)] = value
             outcomes.append(value if isinstance(value, bool) else ("error", value.error.reason))
             return
+        if not node.children:
+            unfolded.update(node.reads.paths)  # a leaf evaluated per request: what session values it reads
         for child in node.children:
-            self._fold(child, activation, outcomes)
+            self._fold(child, activation, outcomes, unfolded)
 
     # --- the interface the relay calls ------------------------------------------------------------
     def decide_query(self, sql: str) -> Decision:
@@ -338,6 +347,29 @@ class SessionPolicy:
 def _rail_refusal(refused: RailDecision) -> Decision:
     rail, message = refused
     return Decision(False, "", RULE_PREFIX + rail, message)
+
+
+def _session_value(base_ctx: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    """A hashable, type-exact image of the value at `path` in the session's ctx (the whole ctx for ())."""
+    value: Any = {k: v for k, v in base_ctx.items() if k != "request"}
+    for name in path:
+        if not isinstance(value, Mapping):
+            break  # CEL would fail or index into it: the value so far decides
+        if name not in value:
+            return ("missing",)
+        value = value[name]
+    return _frozen(value)
+
+
+def _frozen(value: Any) -> Any:
+    # Type-tagged: 1, 1.0 and True are equal in Python but not in CEL.
+    if isinstance(value, Mapping):
+        return ("map", tuple(sorted(((repr(k), _frozen(v)) for k, v in value.items()), key=lambda kv: kv[0])))
+    if isinstance(value, list | tuple):
+        return ("list", tuple(_frozen(v) for v in value))
+    if value is None or isinstance(value, str | int | float | bool | bytes):
+        return (type(value).__name__, value)
+    return (type(value).__qualname__, repr(value))
 
 
 def _evaluate(node: Node, activation: Mapping[str, Any], constants: Mapping[int, Any] | None) -> bool:

