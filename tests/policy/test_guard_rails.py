@@ -189,13 +189,13 @@ def test_rail_gate_allows(sql: str) -> None:
 
 
 def test_values_are_read_from_the_text_not_a_cached_shape() -> None:
-    # The classification caches share one entry between texts that differ only in literals.
+    # A harmless text decided (and cached) first must not let the harmful one with other literals through.
     policy = railed_policy()
     pairs = [("SET statement_timeout = 30000", "SET statement_timeout = 0"),
              ("SELECT set_config('application_name', 'x', false)",
               "SELECT set_config('default_transaction_read_only', 'off', false)")]
     for harmless, harmful in pairs:
-        assert policy.decide_query(harmless).allowed and classify(harmless) is classify(harmful)
+        assert policy.decide_query(harmless).allowed
         assert not policy.decide_query(harmful).allowed
         assert not policy.decide_parse("", harmful).allowed
 
