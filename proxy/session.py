@@ -110,6 +110,12 @@ class UpstreamSide(PgConnection):
         if session.pending_termination is not None and self.scanner.is_at_boundary:
             session.finish_termination()
 
+    def resume_writing(self) -> None:
+        if self.session is not None and self.session.is_held_by_gate:
+            self._write_paused = False  # the client stays paused until the gate's held bytes go on
+            return
+        super().resume_writing()
+
     def on_closed(self) -> None:
         if self.session is not None:
             self.session.on_upstream_closed()
@@ -330,7 +336,8 @@ class ClientSession(PgConnection):
             self._summaries = ResponseSummaries(self._write_decision)
             self._gate = RequestGate(policy=self._current_policy, codec=lambda: self._codec,
                                      responses=upstream.filter_denials(), on_decision=self._log_decision,
-                                     on_ready_requested=self._summaries.ready_requested)
+                                     on_ready_requested=self._summaries.ready_requested,
+                                     parameters=login.parameters)
             self.on_relay_data = self._on_gated_data  # type: ignore[method-assign]
         upstream.start_relay(self)
         self.start_relay(upstream)
@@ -366,6 +373,28 @@ class ClientSession(PgConnection):
         assert upstream is not None and upstream.transport is not None
         if out:
             upstream.transport.writelines(out)
+        if self._gate.is_backlog_full and self.transport is not None:
+            self.transport.pause_reading()  # held until the upstream answers; resumed in on_replies
+
+    @property
+    def is_held_by_gate(self) -> bool:
+        """The gate holds more client bytes than it keeps: the client is not read until they go on."""
+        return self._gate is not None and self._gate.is_backlog_full
+
+    def _on_gate_ready(self) -> None:
+        """The upstream answered a request: held client bytes may go on now."""
+        assert self._gate is not None
+        try:
+            out = self._gate.on_ready_for_query()
+        except ProtocolViolation as exc:
+            self.end_now(exc)
+            return
+        upstream = self.upstream
+        if out and upstream is not None and upstream.transport is not None and not upstream.is_closed:
+            upstream.transport.writelines(out)
+        if (not self._gate.is_backlog_full and self.transport is not None and not self.is_closed
+                and not (upstream is not None and upstream._write_paused)):
+            self.transport.resume_reading()
 
     def _session_policy(self, live: LiveSnapshot) -> SessionPolicy | None:
         """The per-query policy under `live`, or None when this session's config is not in mode ALL."""
@@ -405,10 +434,18 @@ class ClientSession(PgConnection):
                               rule=decision.rule, reason=decision.reason, response=response)
 
     def on_replies(self, found: list[tuple[int, bytes]]) -> None:
-        """Inspected server messages with per-query checks on: session state, then response summaries."""
+        """Inspected server messages with per-query checks on: session state, then response summaries,
+        then the gate (confirmed lexing settings; held requests go on)."""
         self.on_server_messages(found)
         if self._summaries is not None:
             self._summaries.on_replies(found)
+        gate = self._gate
+        if gate is not None:
+            for type_byte, body in found:
+                if type_byte == m.PARAMETER_STATUS:
+                    gate.on_parameter_status(body)
+                elif type_byte == m.READY_FOR_QUERY:
+                    self._on_gate_ready()
 
     def _log_statement(self, type_byte: int, body: bytes) -> None:
         assert self.log is not None

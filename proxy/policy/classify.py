@@ -21,6 +21,8 @@ from typing import Any
 
 from pglast import parser
 
+from proxy.policy.sqlnames import SqlNames, sql_names
+
 MAX_CACHED = 8192
 # Built-in functions that write, which PostgreSQL refuses in a read-only transaction (or that end sessions).
 WRITING_FUNCTIONS = frozenset({
@@ -70,6 +72,7 @@ class Classification:
     fingerprint: str  # libpg_query's fingerprint: equal for statements that differ only in literals
     copy_direction: str = ""  # "FROM" / "TO" when a statement is COPY
     copy_table: str = ""
+    names: SqlNames | None = None  # prepared statements and cursors it creates, runs, drops (None: none)
 
 
 UNKNOWN = Classification(kinds=("UNKNOWN",), tables=(), functions=(), is_read_only=False, fingerprint="")
@@ -153,7 +156,8 @@ def _classify_uncached(sql: str) -> Classification:
     if not sql.strip():
         return _EMPTY
     try:
-        tree = json.loads(parser.parse_sql_json(sql))
+        tree_json = parser.parse_sql_json(sql)
+        tree = json.loads(tree_json)
         fingerprint = parser.fingerprint(sql)
     except Exception:  # noqa: BLE001 - pglast.parser.ParseError, or anything else libpg_query refuses
         return UNKNOWN
@@ -165,7 +169,7 @@ def _classify_uncached(sql: str) -> Classification:
     return Classification(
         kinds=tuple(dict.fromkeys(walk.kinds)), tables=tuple(dict.fromkeys(walk.tables)),
         functions=tuple(dict.fromkeys(walk.functions)), is_read_only=walk.is_read_only, fingerprint=fingerprint,
-        copy_direction=walk.copy_direction, copy_table=walk.copy_table,
+        copy_direction=walk.copy_direction, copy_table=walk.copy_table, names=sql_names(tree_json, tree),
     )
 
 

@@ -38,11 +38,13 @@ from proxy.pgwire.denials import (
 )
 from proxy.pgwire.encodings import decode_text
 from proxy.pgwire.framing import DEFAULT_MAX_MESSAGE_BYTES
+from proxy.pgwire.lexing import LexingState
 from proxy.pgwire.requests import (
     CONTINUED,
     RequestSplitter,
     parse_bind,
     parse_close,
+    parse_execute,
     parse_function_call,
     parse_parse,
     parse_query,
@@ -50,10 +52,21 @@ from proxy.pgwire.requests import (
 
 _HELD = frozenset({m.QUERY, m.PARSE, m.FUNCTION_CALL, m.CLOSE})
 _I32 = struct.Struct("!i")
-_HELD_WITH_BIND = _HELD | {m.BIND}
+# After a policy reload: Bind and Execute too, so a statement or portal from before it is decided again.
+_HELD_AFTER_RELOAD = _HELD | {m.BIND, m.EXECUTE}
+_EXTENDED = frozenset({m.PARSE, m.BIND, m.DESCRIBE, m.EXECUTE, m.CLOSE, m.FLUSH})
+_RUNS = frozenset({m.BIND, m.EXECUTE})  # may run SQL (Bind: parameter input functions, constant folding)
+MAX_BACKLOG_BYTES = 1 << 20  # held client bytes above which the client is no longer read
+MAX_PORTALS = 10_000  # portal names remembered; a forgotten one is unknown (denied after a reload)
+_RECHECK_DEPTH = 4  # EXECUTE of a statement whose stored text EXECUTEs another...
 DENIAL_HINT = "pgwarden checks every query against the service's policies; ask an administrator for access"
-
-
+AFTER_EXECUTE = ("query text with non-ASCII characters or backslashes cannot be checked after an Execute "
+                 "in the same pipeline: pgwarden cannot know the client_encoding and "
+                 "standard_conforming_strings the server will read it with; send Sync before it")
+UNSURE = ("query text with non-ASCII characters or backslashes cannot be checked in this session: it sent "
+          "a Query or FunctionCall inside an unfinished extended-protocol batch, so pgwarden cannot tell "
+          "which settings the server reads text with; reconnect")
+HOLD = None  # what a request handler returns when the request must wait for the upstream's answers
 class DecisionLike(Protocol):
     """proxy.policy.engine.Decision, as the gate reads it."""
 
@@ -88,6 +101,17 @@ class FailedDecision:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class GateDenial:
+    """A request the gate refuses itself, before any policy: text it cannot read as the server would, or a
+    name it cannot vouch for. Logged DENIED with this reason; the client sees `... denied: <reason>`."""
+
+    reason: str
+    allowed: bool = False
+    policy: str = ""
+    rule: str = ""
+
+
 class DenyAll:
     """Stands in for a session's policy when the new snapshot cannot build one (the session is ending)."""
 
@@ -107,16 +131,27 @@ class DenyAll:
 
 # (kind, request fields, decision or None when checks are off, seconds the decision took)
 OnDecision = Callable[[str, dict[str, Any], DecisionLike | None, float], None]
+# A stored statement or portal: (SQL text, policy generation it was decided in, whether it came as a Query).
+# The text is None for a portal bound to a statement the gate did not know.
+_Entry = tuple[str | None, int, bool]
 
 
 def denial_message(what: str, decision: DecisionLike) -> str:
+    if isinstance(decision, GateDenial):
+        return f"{what} denied: {decision.reason}"
     if decision.policy:
         return f'{what} denied by policy "{decision.policy}", rule "{decision.rule}"'
     return f"{what} denied: no policy rule allows it"
 
 
 class RequestGate:
-    """Decides every request of one session. Mutable: it tracks prepared statements and Sync state."""
+    """Decides every request of one session. Mutable: it tracks prepared statements, portals, Sync state
+    and the upstream's confirmed lexing settings (proxy/pgwire/lexing.py).
+
+    Text that is not lexing-neutral is decided only under confirmed settings: while requests sent before
+    it are unanswered the gate holds it and every later client byte, in order (`on_ready_for_query` goes
+    on), and the session stops reading the client while `is_backlog_full`.
+    """
 
     def __init__(
         self,
@@ -127,6 +162,7 @@ class RequestGate:
         on_decision: OnDecision,
         on_ready_requested: Callable[[], None] | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        parameters: dict[str, str] | None = None,
     ) -> None:
         self._policy = policy
         self._codec = codec
@@ -135,29 +171,79 @@ class RequestGate:
         self._on_ready_requested = on_ready_requested  # a Sync, Query or FunctionCall went upstream
         self._splitter = RequestSplitter(_HELD, max_message_bytes=max_message_bytes)
         self._max_message_bytes = max_message_bytes
-        self._statements: dict[bytes, tuple[str, int]] = {}  # name -> (SQL, policy generation it was decided in)
+        self._statements: dict[bytes, _Entry] = {}  # prepared statements: protocol Parse and SQL PREPARE
+        self._portals: dict[bytes, _Entry] = {}  # SQL cursors always; protocol portals once a reload was seen
         self._generation = -1
+        self._first_generation = -1  # a name unknown after the generation changed is denied
         self._is_skipping = False  # after a denied Parse/Bind: the upstream skips until Sync, we drop
         self._is_dropping_message = False  # the message in progress is being dropped
         self.ready_requested = 0  # messages forwarded that the upstream answers with ReadyForQuery
         self._denials = 0
+        # Lexing state: what the upstream reported last, confirmed once ready_seen catches up.
+        self._reported: dict[str, str] = dict(parameters or {})
+        self._lexing = LexingState.from_parameters(self._reported)
+        self._ready_seen = 0
+        self._in_batch = False  # extended-protocol messages went upstream since the last Sync
+        self._ran_in_batch = False  # ... and one of them may have run SQL (settings may have changed)
+        self._uncertain = 0  # Query/FunctionCall inside a batch: skipped (no ReadyForQuery) after an error
+        self._backlog: bytearray | None = None  # held client bytes, from a held request on
 
     @property
     def is_at_boundary(self) -> bool:
         return self._splitter.is_at_boundary
 
+    @property
+    def is_backlog_full(self) -> bool:
+        return self._backlog is not None and len(self._backlog) > MAX_BACKLOG_BYTES
+
+    @property
+    def is_holding(self) -> bool:
+        return self._backlog is not None
+
+    # --- upstream side -------------------------------------------------------------------
+    def on_parameter_status(self, body: bytes) -> None:
+        """A ParameterStatus from the upstream (it comes before the ReadyForQuery that confirms it)."""
+        name, _, value = body.partition(b"\x00")
+        key = name.decode("ascii", "replace")
+        if key in ("client_encoding", "standard_conforming_strings"):
+            self._reported[key] = value.rstrip(b"\x00").decode("ascii", "replace")
+
+    def on_ready_for_query(self) -> list[bytes | memoryview]:
+        """A ReadyForQuery from the upstream; returns held client bytes that may now go upstream."""
+        self._ready_seen += 1
+        if self._ready_seen < self.ready_requested:
+            return []
+        self._uncertain = 0  # everything sent was answered: none was skipped
+        self._lexing = LexingState.from_parameters(self._reported)
+        if self._backlog is None:
+            return []
+        data = bytes(self._backlog)
+        self._backlog = None
+        return self.feed(data)
+
+    # --- client side ---------------------------------------------------------------------
     def feed(self, data: bytes) -> list[bytes | memoryview]:
         """The bytes to send upstream for this chunk from the client. Raises ProtocolViolation."""
+        if self._backlog is not None:
+            self._backlog += data
+            return []
         policy = self._policy()
         if policy is not None and policy.generation != self._generation:
+            if self._first_generation < 0:
+                self._first_generation = policy.generation
+            else:
+                self._splitter.hold = _HELD_AFTER_RELOAD
             self._generation = policy.generation
-            self._update_bind_hold()
         if data[:1] == b"Q" and not self._is_skipping and self._splitter.is_at_boundary:
             # Fast path, the usual simple-protocol chunk: exactly one whole Query. One decision, and the
             # chunk itself goes upstream (or its stand-in), without splitting or slicing.
             length = len(data) - 1
             if length >= 5 and _I32.unpack_from(data, 1)[0] == length and length - 4 <= self._max_message_bytes:
-                return [self._query(data, decode_text(parse_query(data[5:]), self._codec()), policy)]
+                sent = self._query(data, parse_query(data[5:]), policy)
+                if sent is HOLD:
+                    self._backlog = bytearray(data)
+                    return []
+                return [sent]
         buf, pieces = self._splitter.split(data)
         out: list[bytes | memoryview] = []
         view = memoryview(buf)
@@ -173,8 +259,12 @@ class RequestGate:
                 else:
                     self._is_dropping_message = False
                     if type_byte == m.SYNC:
-                        self._is_skipping = False
+                        self._is_skipping = self._in_batch = self._ran_in_batch = False
                         self._ready_requested()
+                    elif type_byte in _EXTENDED:
+                        self._in_batch = True
+                        if type_byte in _RUNS:
+                            self._ran_in_batch = True
                 if start == run_end:
                     run_end = end
                 else:
@@ -188,42 +278,89 @@ class RequestGate:
             if run_end > run_start:
                 out.append(view[run_start:run_end])
             run_start = run_end = -1
-            out.append(self._on_held(type_byte, held, policy))
+            sent = self._on_held(type_byte, held, policy)
+            if sent is HOLD:
+                # This request and every later byte wait, in order, for the upstream's answers.
+                self._backlog = bytearray(held)
+                self._backlog += view[end:]
+                self._splitter.reset()
+                return out
+            out.append(sent)
         if run_end > run_start:
             out.append(view[run_start:run_end])
         return out
 
     # --- held requests -------------------------------------------------------------------
-    def _on_held(self, type_byte: int, raw: bytes, policy: SessionPolicy | None) -> bytes:
+    def _on_held(self, type_byte: int, raw: bytes, policy: SessionPolicy | None) -> bytes | None:
         body = raw[5:]
         if type_byte == m.QUERY:
-            return self._query(raw, decode_text(parse_query(body), self._codec()), policy)
+            return self._query(raw, parse_query(body), policy)
+        if type_byte == m.FUNCTION_CALL:
+            return self._function_call(raw, parse_function_call(body), policy)
+        self._in_batch = True  # Parse, Bind, Execute, Close
         if type_byte == m.PARSE:
             return self._parse(raw, body, policy)
         if type_byte == m.BIND:
+            self._ran_in_batch = True
             return self._bind(raw, body, policy)
-        if type_byte == m.FUNCTION_CALL:
-            return self._function_call(raw, parse_function_call(body), policy)
+        if type_byte == m.EXECUTE:
+            self._ran_in_batch = True
+            return self._execute(raw, body, policy)
         close = parse_close(body)  # CLOSE
-        if close.is_statement:
-            self._statements.pop(close.name, None)
+        (self._statements if close.is_statement else self._portals).pop(close.name, None)
         return raw
 
-    def _query(self, raw: bytes, sql: str, policy: SessionPolicy | None) -> bytes:
+    def _text(self, raw: bytes) -> str | GateDenial | None:
+        """The text PostgreSQL will lex, a refusal, or HOLD until the settings it is lexed with are confirmed."""
+        if raw.isascii() and b"\\" not in raw:
+            return raw.decode("ascii")  # lexing-neutral: the same tokens under any settings
+        if self._ran_in_batch:
+            return GateDenial(AFTER_EXECUTE)  # its settings come only after a Sync that comes after it
+        if self._ready_seen < self.ready_requested:
+            return GateDenial(UNSURE) if self._uncertain else HOLD
+        refusal = self._lexing.refusal(raw)
+        if refusal is not None:
+            return GateDenial(refusal)
+        text = self._lexing.decode(raw)
+        if text is None:
+            # Not decodable exactly: the statement is UNKNOWN (not read-only). classify() never parses
+            # text with a NUL, so the policy sees the replaced text with one appended.
+            return decode_text(raw, self._codec()) + "\x00"
+        return text
+
+    def _query(self, raw: bytes, text: bytes, policy: SessionPolicy | None) -> bytes | None:
+        sql = self._text(text)
+        if sql is HOLD:
+            return HOLD
         self._statements.pop(b"", None)  # a simple Query drops the unnamed statement (protocol docs)
-        decision = self._decide("QUERY", {"query": sql}, policy, lambda p: p.decide_query(sql))
+        if isinstance(sql, GateDenial):
+            decision: DecisionLike | None = sql
+            self._decide("QUERY", {"query": decode_text(text, self._codec())}, None, None, sql)
+        else:
+            decision = self._decide("QUERY", {"query": sql.rstrip("\x00")}, policy, lambda p: p.decide_query(sql))
+            if decision is not None and decision.allowed:
+                decision = self._names(policy, sql, True, 0) or decision
         if decision is not None and not decision.allowed:
             raw = self._stand_in_query("query", decision)
-        self._ready_requested()
+        self._ready_requested(certain=not self._in_batch)
         return raw
 
-    def _parse(self, raw: bytes, body: bytes, policy: SessionPolicy | None) -> bytes:
+    def _parse(self, raw: bytes, body: bytes, policy: SessionPolicy | None) -> bytes | None:
         request = parse_parse(body)
-        codec = self._codec()
-        name, sql = decode_text(request.name, codec), decode_text(request.query, codec)
-        decision = self._decide("PARSE", {"query": sql, "name": name}, policy, lambda p: p.decide_parse(name, sql))
+        sql = self._text(request.query)
+        if sql is HOLD:
+            return HOLD
+        name = decode_text(request.name, self._codec())
+        if isinstance(sql, GateDenial):
+            decision: DecisionLike | None = sql
+            self._decide("PARSE", {"query": decode_text(request.query, self._codec()), "name": name}, None, None, sql)
+        else:
+            fields = {"query": sql.rstrip("\x00"), "name": name}
+            decision = self._decide("PARSE", fields, policy, lambda p: p.decide_parse(name, sql))
+            if decision is not None and decision.allowed:
+                decision = self._names(policy, sql, False, 0) or decision
         if decision is None or decision.allowed:
-            self._statements[request.name] = (sql, self._generation)
+            self._statements[request.name] = (sql if isinstance(sql, str) else None, self._generation, False)
             return raw
         # The statement does not exist upstream; a later Bind of it fails there, as after a failed Parse.
         self._statements.pop(request.name, None)
@@ -231,39 +368,122 @@ class RequestGate:
         return self._stand_in_extended("statement", decision)
 
     def _bind(self, raw: bytes, body: bytes, policy: SessionPolicy | None) -> bytes:
+        """Held only after a reload: a statement from before it is decided again, an unknown one denied."""
         request = parse_bind(body)
+        if policy is None:
+            return raw
         known = self._statements.get(request.statement)
-        if known is None or known[1] >= self._generation or policy is None:
+        name = decode_text(request.statement, self._codec())
+        fields = {"query": "" if known is None or known[0] is None else known[0], "name": name,
+                  "portal": decode_text(request.portal, self._codec())}
+        decision = self._recheck("BIND", self._statements, request.statement, fields, policy, 0)
+        if decision is not None:
+            # Still stale, or unknown: the statement may exist upstream, and a later Bind decides again.
+            return self._stand_in_extended("statement", decision)
+        entry = self._statements.get(request.statement)
+        self._remember_portal(request.portal, (entry[0] if entry else None, self._generation, False))
+        return raw
+
+    def _execute(self, raw: bytes, body: bytes, policy: SessionPolicy | None) -> bytes:
+        """Held only after a reload: a portal bound before it (or unknown) is decided again or denied."""
+        if policy is None:
             return raw
-        sql = known[0]
-        codec = self._codec()
-        name, portal = decode_text(request.statement, codec), decode_text(request.portal, codec)
-        fields = {"query": sql, "name": name, "portal": portal}
-        decision = self._decide("BIND", fields, policy, lambda p: p.decide_parse(name, sql))
-        if decision is None or decision.allowed:
-            self._statements[request.statement] = (sql, self._generation)
-            self._update_bind_hold()
-            return raw
-        # Still stale: the statement exists upstream, and a later Bind decides again.
-        return self._stand_in_extended("statement", decision)
+        portal = parse_execute(body)
+        known = self._portals.get(portal)
+        fields = {"query": "" if known is None or known[0] is None else known[0],
+                  "name": decode_text(portal, self._codec())}
+        decision = self._recheck("EXECUTE", self._portals, portal, fields, policy, 0)
+        return raw if decision is None else self._stand_in_extended("portal", decision)
 
     def _function_call(self, raw: bytes, oid: int, policy: SessionPolicy | None) -> bytes:
         decision = self._decide("FUNCTION_CALL", {"oid": oid}, policy, lambda p: p.decide_function_call(oid))
         if decision is not None and not decision.allowed:
             # A FunctionCall that fails is answered ErrorResponse + ReadyForQuery, like a Query.
             raw = self._stand_in_query("function call", decision)
-        self._ready_requested()
+        self._ready_requested(certain=not self._in_batch)
         return raw
+
+    # --- names: prepared statements and portals ------------------------------------------
+    def _names(self, policy: SessionPolicy | None, sql: str, via_query: bool, depth: int) -> DecisionLike | None:
+        """After an allowed decision of `sql`: decide again what it EXECUTEs or FETCHes from before a reload
+        (a denial, or None), then note what it prepares, declares and drops."""
+        classified = getattr(policy, "classified", None)
+        names = getattr(classified, "names", None)
+        if names is None:
+            return None  # the common case: no PREPARE, EXECUTE, cursor or DISCARD
+        codec = self._codec()
+        for table, used, created, kind in ((self._statements, names.executes, names.prepares, "EXECUTE"),
+                                           (self._portals, names.fetches, names.declares, "EXECUTE")):
+            for name in used:
+                if name in created:
+                    continue  # made by this same text, decided just now
+                key = name.encode(codec, "replace")
+                known = table.get(key)
+                fields = {"query": "" if known is None or known[0] is None else known[0], "name": name}
+                decision = self._recheck(kind, table, key, fields, policy, depth)
+                if decision is not None:
+                    return decision
+        if names.drops_all_statements:
+            self._statements.clear()
+        if names.drops_all_portals:
+            self._portals.clear()
+        for name in names.deallocates:
+            self._statements.pop(name.encode(codec, "replace"), None)
+        for name in names.closes:
+            self._portals.pop(name.encode(codec, "replace"), None)
+        for name in names.prepares:
+            self._statements[name.encode(codec, "replace")] = (sql, self._generation, via_query)
+        for name in names.declares:
+            self._remember_portal(name.encode(codec, "replace"), (sql, self._generation, via_query))
+        return None
+
+    def _recheck(self, kind: str, table: dict[bytes, _Entry], key: bytes, fields: dict[str, Any],
+                 policy: SessionPolicy | None, depth: int) -> DecisionLike | None:
+        """A statement or portal about to run: None when it may, else the denial. One decided under an
+        older generation is decided again; one the gate does not know is denied once a reload was seen."""
+        known = table.get(key)
+        if policy is None or (known is not None and known[1] >= self._generation):
+            return None
+        if known is None or known[0] is None:
+            if self._generation == self._first_generation:
+                return None  # no reload yet: whatever made it was decided under these policies
+            what = "prepared statement" if table is self._statements else "portal or cursor"
+            denial = GateDenial(f"{what} \"{fields['name']}\" was not created through pgwarden since the "
+                                "policies changed: prepare or declare it again")
+            self._decide(kind, fields, None, None, denial)
+            return denial
+        sql, _, via_query = known
+        if depth >= _RECHECK_DEPTH:
+            denial = GateDenial("prepared statements that execute each other are nested too deeply to check")
+            self._decide(kind, fields, None, None, denial)
+            return denial
+        name = str(fields["name"])
+        decision = self._decide(kind, fields, policy,
+                                lambda p: p.decide_query(sql) if via_query else p.decide_parse(name, sql))
+        if decision is not None and decision.allowed:
+            decision = self._names(policy, sql, via_query, depth + 1) or decision
+        if decision is None or decision.allowed:
+            table[key] = (sql, self._generation, via_query)
+            return None
+        return decision
+
+    def _remember_portal(self, key: bytes, entry: _Entry) -> None:
+        portals = self._portals
+        portals.pop(key, None)
+        if len(portals) >= MAX_PORTALS:
+            del portals[next(iter(portals))]  # forgotten: unknown, so denied after a reload (fail closed)
+        portals[key] = entry
 
     # --- helpers -------------------------------------------------------------------------
     def _decide(
         self, kind: str, fields: dict[str, Any], policy: SessionPolicy | None,
-        ask: Callable[[SessionPolicy], DecisionLike],
+        ask: Callable[[SessionPolicy], DecisionLike] | None, denial: GateDenial | None = None,
     ) -> DecisionLike | None:
-        """Ask the policy (None when checks are off for this session now) and report the decision."""
-        decision: DecisionLike | None = None
+        """Ask the policy (None when checks are off for this session now) and report the decision.
+        With `denial` the gate has decided itself; it is reported the same way."""
+        decision: DecisionLike | None = denial
         started = time.perf_counter()
-        if policy is not None:
+        if policy is not None and ask is not None:
             try:
                 decision = ask(policy)
             except Exception as exc:  # noqa: BLE001 - a policy bug must deny, not end the session
@@ -276,7 +496,7 @@ class RequestGate:
         marker = f"{MARKER_PREFIX}{self._denials}"
         # The engine's usual reason repeats the message; any other (a failed rule, default deny) explains it.
         usual = f'denied by policy "{decision.policy}" rule "{decision.rule}"'
-        detail = "" if decision.reason == usual else decision.reason
+        detail = "" if decision.reason == usual or isinstance(decision, GateDenial) else decision.reason
         sql = raise_sql(denial_message(what, decision), marker=marker, detail=detail, hint=DENIAL_HINT)
         return marker, sql
 
@@ -292,15 +512,13 @@ class RequestGate:
         self._is_skipping = True
         return encode_denied_extended(sql, self._codec())
 
-    def _ready_requested(self) -> None:
+    def _ready_requested(self, *, certain: bool = True) -> None:
         self.ready_requested += 1
+        if not certain:
+            self._uncertain += 1  # inside a batch: the upstream skips it after an earlier error
+            self._ran_in_batch = True
         if self._on_ready_requested is not None:
             self._on_ready_requested()
-
-    def _update_bind_hold(self) -> None:
-        generation = self._generation
-        is_stale = any(g < generation for _, g in self._statements.values())
-        self._splitter.hold = _HELD_WITH_BIND if is_stale else _HELD
 
 
 # --- response summaries ------------------------------------------------------------------------------

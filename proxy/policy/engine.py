@@ -232,6 +232,7 @@ class SessionPolicy:
 
     def __init__(self, book: RuleBook, base_ctx: Mapping[str, Any], generation: int) -> None:
         self.generation = generation
+        self.classified: Classification | None = None  # of the last Query/Parse decided (the gate reads names)
         self._book = book
         # Session-constant ctx parts as CEL values once; each request adds its own `request`.
         # A request's ctx carries that request only (never `connect`), so a rule like
@@ -261,19 +262,23 @@ class SessionPolicy:
     # --- the interface the relay calls ------------------------------------------------------------
     def decide_query(self, sql: str) -> Decision:
         """A simple-protocol Query (one or more statements)."""
-        c = classify(sql)
+        c = self.classified = classify(sql)
         return self._decide(self._book.query_key(c, sql, ""), lambda: self._statement_request("query", c, sql, ""))
 
     def decide_parse(self, name: str, sql: str) -> Decision:
         """An extended-protocol Parse of `sql` as prepared statement `name` ("" for the unnamed one)."""
-        c = classify(sql)
+        c = self.classified = classify(sql)
         return self._decide(self._book.parse_key(c, sql, name),
                             lambda: self._statement_request("parse", c, sql, name))
 
     def decide_function_call(self, oid: int) -> Decision:
         """A FunctionCall message (fast-path function call by OID)."""
         key = ("F", oid) if self._book.reads_oid else ("F",)
-        return self._decide(key, lambda: {"functionCall": {"oid": oid}})
+        # A complete, conservative statement too: `statement.readOnly == false` must see a fast-path call of
+        # setval() or lo_import() (any function may write; the OID alone does not say which).
+        return self._decide(key, lambda: {"functionCall": {"oid": oid}, "statement": {
+            "query": "", "kinds": ["FUNCTION CALL"], "tables": [], "functions": [], "readOnly": False,
+            "fingerprint": ""}})
 
     # --- evaluation -------------------------------------------------------------------------------
     def _decide(self, key: tuple[Any, ...], request: Callable[[], dict[str, Any]]) -> Decision:

@@ -80,13 +80,17 @@ def messages(stream: bytes) -> list[tuple[int, bytes]]:
     return out
 
 
+UTF8_ON = {"client_encoding": "UTF8", "standard_conforming_strings": "on"}
+
+
 class Harness:
     def __init__(self, policy: NoInsert | None = None) -> None:
         self.policy = policy or NoInsert()
         self.responses = ResponseFilter(frozenset({m.READY_FOR_QUERY}))
         self.logged: list[tuple[str, dict[str, object], bool | None]] = []
         self.gate = RequestGate(policy=lambda: self.policy, codec=lambda: "utf-8", responses=self.responses,
-                                on_decision=lambda k, r, d, s: self.logged.append((k, r, d and d.allowed)))
+                                on_decision=lambda k, r, d, s: self.logged.append((k, r, d and d.allowed)),
+                                parameters=dict(UTF8_ON))
 
     def send(self, stream: bytes, mode: str) -> bytes:
         return b"".join(bytes(piece) for chunk in chunks(stream, mode) for piece in self.gate.feed(chunk))
@@ -322,12 +326,21 @@ class AllowAll(NoInsert):
 
 
 _text = st.binary(max_size=40).map(lambda b: b.replace(b"\x00", b"x"))
+# Lexing-neutral text (ASCII, no backslash) is decided at once whatever came before it.
+_neutral = st.text(st.characters(min_codepoint=1, max_codepoint=127, blacklist_characters="\\"), max_size=40).map(
+    str.encode)
 _frames = st.one_of(
     st.tuples(st.sampled_from(b"DEHSdcf"), st.binary(max_size=60)),
-    st.tuples(st.just(m.QUERY), _text.map(lambda t: t + b"\x00")),
-    st.tuples(st.just(m.PARSE), st.tuples(_text, _text).map(lambda p: p[0] + b"\x00" + p[1] + b"\x00\x00\x00")),
+    st.tuples(st.just(m.QUERY), _neutral.map(lambda t: t + b"\x00")),
+    st.tuples(st.just(m.PARSE), st.tuples(_text, _neutral).map(lambda p: p[0] + b"\x00" + p[1] + b"\x00\x00\x00")),
     st.tuples(st.just(m.FUNCTION_CALL), st.binary(min_size=4, max_size=20)),
     st.tuples(st.just(m.CLOSE), _text.map(lambda t: b"S" + t + b"\x00")),
+)
+# Simple-protocol requests with any text: held until the upstream has answered what came before.
+_simple_frames = st.one_of(
+    st.tuples(st.just(m.QUERY), _text.map(lambda t: t + b"\x00")),
+    st.tuples(st.just(m.FUNCTION_CALL), st.binary(min_size=4, max_size=20)),
+    st.tuples(st.just(m.SYNC), st.just(b"")),
 )
 
 
@@ -340,6 +353,20 @@ def test_gate_is_transparent_when_everything_is_allowed(frames: list[tuple[int, 
     for cut in [*cuts, len(stream)]:
         out += b"".join(bytes(p) for p in h.gate.feed(stream[pos : pos + cut]))
         pos += cut
+    assert out == stream and h.gate.is_at_boundary
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_simple_frames, max_size=12), st.lists(st.integers(min_value=1, max_value=40), max_size=8))
+def test_held_requests_go_on_in_order_once_answered(frames: list[tuple[int, bytes]], cuts: list[int]) -> None:
+    stream = b"".join(m.encode_message(t, body) for t, body in frames)
+    h = Harness(AllowAll())
+    out, pos = b"", 0
+    for cut in [*cuts, len(stream)]:
+        out += b"".join(bytes(p) for p in h.gate.feed(stream[pos : pos + cut]))
+        pos += cut
+        while h.gate.is_holding:  # the upstream answers what went before
+            out += b"".join(bytes(p) for p in h.gate.on_ready_for_query())
     assert out == stream and h.gate.is_at_boundary
 
 
