@@ -54,7 +54,9 @@ _HELD = frozenset({m.QUERY, m.PARSE, m.FUNCTION_CALL, m.CLOSE})
 _I32 = struct.Struct("!i")
 # After a policy reload: Bind and Execute too, so a statement or portal from before it is decided again.
 _HELD_AFTER_RELOAD = _HELD | {m.BIND, m.EXECUTE}
-_EXTENDED = frozenset({m.PARSE, m.BIND, m.DESCRIBE, m.EXECUTE, m.CLOSE, m.FLUSH})
+# Messages after which the upstream skips to the next Sync if they fail (Flush cannot fail; libpq's pipeline
+# mode sends one after its Sync).
+_EXTENDED = frozenset({m.PARSE, m.BIND, m.DESCRIBE, m.EXECUTE, m.CLOSE})
 _RUNS = frozenset({m.BIND, m.EXECUTE})  # may run SQL (Bind: parameter input functions, constant folding)
 MAX_BACKLOG_BYTES = 1 << 20  # held client bytes above which the client is no longer read
 MAX_PORTALS = 10_000  # portal names remembered; a forgotten one is unknown (denied after a reload)
@@ -447,9 +449,12 @@ class RequestGate:
         if known is None or known[0] is None:
             if self._generation == self._first_generation:
                 return None  # no reload yet: whatever made it was decided under these policies
-            what = "prepared statement" if table is self._statements else "portal or cursor"
-            denial = GateDenial(f"{what} \"{fields['name']}\" was not created through pgwarden since the "
-                                "policies changed: prepare or declare it again")
+            name = fields["name"]
+            denial = GateDenial(
+                f"prepared statement \"{name}\" was not made through pgwarden since the policies changed: "
+                "prepare it again" if table is self._statements else
+                f"portal \"{name}\" was bound or declared before the policies changed (or by SQL pgwarden did "
+                "not see): bind or declare it again")
             self._decide(kind, fields, None, None, denial)
             return denial
         sql, _, via_query = known
