@@ -395,3 +395,57 @@ def test_filter_drops_exactly_the_stand_ins_replies(before: list[tuple[int, byte
     stripped = m.encode_message(m.ERROR_RESPONSE, strip_error(error("42501", "denied", "pgwarden.denial.1")[5:]))
     assert out == head + stripped + tail
     assert not f.is_waiting and f.is_at_boundary
+
+
+# --- lexing settings: text that is not lexing-neutral waits for confirmed settings ---------------------------
+
+
+def test_non_neutral_text_waits_for_the_answers_before_it_and_then_uses_their_settings() -> None:
+    h = Harness()
+    attack = b"SELECT E'\xfa\x5c'; INSERT INTO t VALUES (1); --'"  # FA 5C: one SJIS character
+    out = h.send(m.encode_query("SET client_encoding TO 'SJIS'") + m.encode_message(m.QUERY, attack + b"\x00")
+                 + m.encode_query("SELECT 2"), "whole")
+    assert messages(out) == [(m.QUERY, b"SET client_encoding TO 'SJIS'\x00")]  # the rest waits, in order
+    assert h.gate.is_holding and h.gate.feed(m.encode_query("SELECT 3")) == []
+    h.gate.on_parameter_status(b"client_encoding\x00SJIS\x00")
+    released = messages(b"".join(bytes(p) for p in h.gate.on_ready_for_query()))
+    assert b"client_encoding SJIS" in released[0][1] and b"DO $pgw$" in released[0][1]  # refused by the gate
+    assert released[1:] == [(m.QUERY, b"SELECT 2\x00"), (m.QUERY, b"SELECT 3\x00")]
+    assert h.logged[-3][2] is False and "query" in h.logged[-3][1]
+
+
+def test_backslash_text_is_refused_while_standard_conforming_strings_is_off() -> None:
+    h = Harness()
+    h.gate.on_parameter_status(b"standard_conforming_strings\x00off\x00")
+    h.send(m.encode_query("SELECT 1"), "whole")
+    h.gate.on_ready_for_query()
+    sent = messages(h.send(m.encode_query("SELECT 'a\\', ' ; INSERT INTO t VALUES (1); -- '"), "whole"))
+    assert b"standard_conforming_strings is off" in sent[0][1]
+    h.gate.on_ready_for_query()  # the stand-in's answer
+    assert messages(h.send(m.encode_query("SELECT 'caf\u00e9'"), "whole")) == [
+        (m.QUERY, "SELECT 'caf\u00e9'\x00".encode())]  # no backslash: the setting does not matter
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_non_neutral_parse_after_an_execute_before_sync_is_refused(mode: str) -> None:
+    h = Harness()
+    stream = (parse("", "SET standard_conforming_strings TO off") + bind("") + EXECUTE
+              + parse("", "SELECT 'a\\'") + bind("") + EXECUTE + SYNC)
+    sent = messages(h.send(stream, mode))
+    assert [t for t, _ in sent[:3]] == [m.PARSE, m.BIND, m.EXECUTE]
+    assert b"send Sync before it" in sent[3][1] and sent[-1][0] == m.SYNC
+    assert not h.gate.is_holding
+
+
+def test_text_that_does_not_decode_is_decided_as_unknown() -> None:
+    h = Harness()
+    h.send(m.encode_message(m.QUERY, b"SELECT '\xff'\x00"), "whole")
+    assert h.policy.asked[-1] == ("query", "SELECT '\ufffd'\x00")  # the NUL makes classify() say UNKNOWN
+
+
+def test_a_full_backlog_asks_the_session_to_stop_reading() -> None:
+    h = Harness()
+    h.send(m.encode_query("SELECT 1") + m.encode_query("SELECT '\u00e9'"), "whole")
+    assert h.gate.is_holding and not h.gate.is_backlog_full
+    h.gate.feed(m.encode_message(m.COPY_DATA, b"x" * (1 << 20)))
+    assert h.gate.is_backlog_full
