@@ -143,6 +143,7 @@ class ClientSession(PgConnection):
         self._codec = "utf-8"
         self._scanner = FrameScanner(_CLIENT_INSPECT, whose="client")
         self._gate: RequestGate | None = None  # per-query checks (authorization mode ALL), else None
+        self._is_paused_by_gate = False  # the gate holds too many client bytes: the client is not read
         self._policy: SessionPolicy | None = None
         self._policy_live: LiveSnapshot | None = None  # the snapshot `_policy` was built from
         self._summaries: ResponseSummaries | None = None  # decisions awaiting the upstream's answer
@@ -374,12 +375,13 @@ class ClientSession(PgConnection):
         if out:
             upstream.transport.writelines(out)
         if self._gate.is_backlog_full and self.transport is not None:
-            self.transport.pause_reading()  # held until the upstream answers; resumed in on_replies
+            self.transport.pause_reading()  # held until the upstream answers; resumed in _on_gate_ready
+            self._is_paused_by_gate = True
 
     @property
     def is_held_by_gate(self) -> bool:
         """The gate holds more client bytes than it keeps: the client is not read until they go on."""
-        return self._gate is not None and self._gate.is_backlog_full
+        return self._is_paused_by_gate
 
     def _on_gate_ready(self) -> None:
         """The upstream answered a request: held client bytes may go on now."""
@@ -392,9 +394,10 @@ class ClientSession(PgConnection):
         upstream = self.upstream
         if out and upstream is not None and upstream.transport is not None and not upstream.is_closed:
             upstream.transport.writelines(out)
-        if (not self._gate.is_backlog_full and self.transport is not None and not self.is_closed
-                and not (upstream is not None and upstream._write_paused)):
-            self.transport.resume_reading()
+        if self._is_paused_by_gate and not self._gate.is_backlog_full:
+            self._is_paused_by_gate = False
+            if self.transport is not None and not self.is_closed and not (upstream and upstream.is_write_paused):
+                self.transport.resume_reading()
 
     def _session_policy(self, live: LiveSnapshot) -> SessionPolicy | None:
         """The per-query policy under `live`, or None when this session's config is not in mode ALL."""

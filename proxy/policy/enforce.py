@@ -184,6 +184,7 @@ class RequestGate:
         # Lexing state: what the upstream reported last, confirmed once ready_seen catches up.
         self._reported: dict[str, str] = dict(parameters or {})
         self._lexing = LexingState.from_parameters(self._reported)
+        self._is_reported_new = False  # a ParameterStatus came since the last confirmation
         self._ready_seen = 0
         self._in_batch = False  # extended-protocol messages went upstream since the last Sync
         self._ran_in_batch = False  # ... and one of them may have run SQL (settings may have changed)
@@ -209,14 +210,18 @@ class RequestGate:
         key = name.decode("ascii", "replace")
         if key in ("client_encoding", "standard_conforming_strings"):
             self._reported[key] = value.rstrip(b"\x00").decode("ascii", "replace")
+            self._is_reported_new = True
 
     def on_ready_for_query(self) -> list[bytes | memoryview]:
         """A ReadyForQuery from the upstream; returns held client bytes that may now go upstream."""
         self._ready_seen += 1
         if self._ready_seen < self.ready_requested:
             return []
-        self._uncertain = 0  # everything sent was answered: none was skipped
-        self._lexing = LexingState.from_parameters(self._reported)
+        if self._uncertain:
+            self._uncertain = 0  # everything sent was answered: none was skipped
+        if self._is_reported_new:
+            self._is_reported_new = False
+            self._lexing = LexingState.from_parameters(self._reported)
         if self._backlog is None:
             return []
         data = bytes(self._backlog)
@@ -331,39 +336,53 @@ class RequestGate:
         return text
 
     def _query(self, raw: bytes, text: bytes, policy: SessionPolicy | None) -> bytes | None:
-        sql = self._text(text)
-        if sql is HOLD:
-            return HOLD
-        self._statements.pop(b"", None)  # a simple Query drops the unnamed statement (protocol docs)
-        if isinstance(sql, GateDenial):
-            decision: DecisionLike | None = sql
-            self._decide("QUERY", {"query": decode_text(text, self._codec())}, None, None, sql)
+        if text.isascii() and b"\\" not in text:
+            sql: str | GateDenial | None = text.decode("ascii")  # lexing-neutral: decided at once
         else:
+            sql = self._text(text)
+            if sql is HOLD:
+                return HOLD
+        self._statements.pop(b"", None)  # a simple Query drops the unnamed statement (protocol docs)
+        if type(sql) is str:
             decision = self._decide("QUERY", {"query": sql.rstrip("\x00")}, policy, lambda p: p.decide_query(sql))
             if decision is not None and decision.allowed:
-                decision = self._names(policy, sql, True, 0) or decision
+                classified = getattr(policy, "classified", None)
+                if classified is not None and classified.names is not None:
+                    decision = self._names(policy, sql, True, 0) or decision
+        else:
+            assert isinstance(sql, GateDenial)
+            decision = self._decide("QUERY", {"query": decode_text(text, self._codec())}, None, None, sql)
         if decision is not None and not decision.allowed:
             raw = self._stand_in_query("query", decision)
-        self._ready_requested(certain=not self._in_batch)
+        if self._in_batch:
+            self._uncertain_request()
+        self._ready_requested()
         return raw
 
     def _parse(self, raw: bytes, body: bytes, policy: SessionPolicy | None) -> bytes | None:
         request = parse_parse(body)
-        sql = self._text(request.query)
-        if sql is HOLD:
-            return HOLD
-        name = decode_text(request.name, self._codec())
-        if isinstance(sql, GateDenial):
-            decision: DecisionLike | None = sql
-            self._decide("PARSE", {"query": decode_text(request.query, self._codec()), "name": name}, None, None, sql)
+        text = request.query
+        if text.isascii() and b"\\" not in text:
+            sql: str | GateDenial | None = text.decode("ascii")  # lexing-neutral: decided at once
         else:
+            sql = self._text(text)
+            if sql is HOLD:
+                return HOLD
+        name = decode_text(request.name, self._codec())
+        if type(sql) is str:
             fields = {"query": sql.rstrip("\x00"), "name": name}
             decision = self._decide("PARSE", fields, policy, lambda p: p.decide_parse(name, sql))
-            if decision is not None and decision.allowed:
-                decision = self._names(policy, sql, False, 0) or decision
-        if decision is None or decision.allowed:
-            self._statements[request.name] = (sql if isinstance(sql, str) else None, self._generation, False)
-            return raw
+            if decision is None or decision.allowed:
+                classified = getattr(policy, "classified", None)
+                if classified is not None and classified.names is not None:
+                    decision = self._names(policy, sql, False, 0) or decision
+            if decision is None or decision.allowed:
+                self._statements[request.name] = (sql, self._generation, False)
+                return raw
+        else:
+            assert isinstance(sql, GateDenial)
+            decision = self._decide("PARSE", {"query": decode_text(text, self._codec()), "name": name}, None, None,
+                                    sql)
         # The statement does not exist upstream; a later Bind of it fails there, as after a failed Parse.
         self._statements.pop(request.name, None)
         self._statements.pop(b"", None)  # the stand-in took the unnamed statement
@@ -402,7 +421,9 @@ class RequestGate:
         if decision is not None and not decision.allowed:
             # A FunctionCall that fails is answered ErrorResponse + ReadyForQuery, like a Query.
             raw = self._stand_in_query("function call", decision)
-        self._ready_requested(certain=not self._in_batch)
+        if self._in_batch:
+            self._uncertain_request()
+        self._ready_requested()
         return raw
 
     # --- names: prepared statements and portals ------------------------------------------
@@ -517,13 +538,16 @@ class RequestGate:
         self._is_skipping = True
         return encode_denied_extended(sql, self._codec())
 
-    def _ready_requested(self, *, certain: bool = True) -> None:
+    def _ready_requested(self) -> None:
         self.ready_requested += 1
-        if not certain:
-            self._uncertain += 1  # inside a batch: the upstream skips it after an earlier error
-            self._ran_in_batch = True
         if self._on_ready_requested is not None:
             self._on_ready_requested()
+
+    def _uncertain_request(self) -> None:
+        """A Query or FunctionCall inside an extended-protocol batch: it runs SQL, and after an earlier error
+        in the batch the upstream skips it without a ReadyForQuery, so the count of answers is unsure."""
+        self._uncertain += 1
+        self._ran_in_batch = True
 
 
 # --- response summaries ------------------------------------------------------------------------------

@@ -75,7 +75,10 @@ SCS_ATTACK_ONE = b"WITH d AS (SELECT 'a\\', ' ) DELETE FROM items RETURNING 1 --
 def gate(pg: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyHarness]:
     pg.psql("DROP TABLE IF EXISTS h1_rows; CREATE TABLE h1_rows (x int); INSERT INTO h1_rows VALUES (1), (2);"
             "DROP SEQUENCE IF EXISTS h1_seq; CREATE SEQUENCE h1_seq;"
-            "GRANT ALL ON h1_rows, h1_seq TO full_access;")
+            "GRANT ALL ON h1_rows, h1_seq TO full_access;"
+            # SQL that pgwarden never sees as such: a function that prepares a statement.
+            "CREATE OR REPLACE FUNCTION h1_prepare_hidden() RETURNS int LANGUAGE plpgsql AS "
+            "$$ BEGIN EXECUTE 'PREPARE hidden AS DELETE FROM h1_rows'; RETURN 1; END $$;")
     harness, stop = start_harness(pg, tmp_path_factory.mktemp("gate-lexing"), manifests_text=PERMISSIVE, name="lx")
     yield harness
     stop()
@@ -333,3 +336,33 @@ def test_cursor_declared_before_a_reload_is_decided_again(gate: ProxyHarness, pg
     finally:
         client.close()
     assert pg.psql("SELECT last_value FROM h1_seq").strip() == before
+
+
+def test_statement_prepared_where_pgwarden_cannot_see_is_denied_after_a_reload(
+    gate: ProxyHarness, pg: Any, tmp_path: Path, reload_back: None
+) -> None:
+    client = Raw(gate, "reloaded")
+    try:
+        assert not errors(client.exchange(query(b"SELECT h1_prepare_hidden()"), 1))
+        gate.reload_from(write_manifests(tmp_path / "ro", pg, READ_ONLY))
+        seen = client.exchange(bind(b"hidden") + execute() + SYNC, 1)
+        assert errors(seen) and 'prepared statement "hidden" was not made through pgwarden' in errors(seen)[0], seen
+        assert client.exchange(query(b"SELECT 1"), 1)[-1] == ("Z", "I")
+    finally:
+        client.close()
+    assert rows(pg) == 2
+    gate.wait_for(lambda: bool(gate_denials(gate, 'prepared statement "hidden"')))
+    assert gate_denials(gate, 'prepared statement "hidden"')[0]["type"] == "BIND"
+
+
+def test_held_requests_keep_their_order_under_backpressure(gate: ProxyHarness) -> None:
+    client = Raw(gate, "ro")
+    try:
+        # The non-ASCII Query waits for pg_sleep's answer; megabytes sent behind it wait too, in order,
+        # while pgwarden stops reading the client.
+        padding = [query(b"SELECT %d -- " % i + b"x" * 600_000) for i in range(3)]
+        seen = client.exchange(query(b"SELECT pg_sleep(0.3)") + query("SELECT 'é'".encode()) + b"".join(padding), 5)
+        assert not errors(seen), seen
+        assert [d[-2:] for k, d in seen if k == "D"][1:] == ["\x02é", "\x010", "\x011", "\x012"]
+    finally:
+        client.close()
