@@ -2,8 +2,16 @@
 
 How it works (mode ALL only; sessions without per-query checks never reach this module):
 - Messages are framed by header. Runs of untouched messages go on as slices of the received chunk.
-- Query, Parse, FunctionCall and Close are held until complete; Bind too while a prepared statement
-  was decided under an older policy generation (so a Bind after a reload re-decides it).
+- Query, Parse, FunctionCall and Close are held until complete; after a policy reload Bind and Execute
+  too, so a statement or portal decided under older policies is decided again before it runs.
+- The gate decides the text PostgreSQL will parse. Lexing-neutral text (ASCII, no backslash) is decided at
+  once. Other text only under the client_encoding and standard_conforming_strings the upstream has
+  confirmed (proxy/pgwire/lexing.py): while requests sent before it are unanswered, it and every later
+  client byte wait, in order. Where the settings cannot be known (after an Execute with no Sync yet) or
+  libpg_query cannot read text as the server will (scs=off, SJIS and kin), the gate denies it itself.
+- Prepared statements (protocol Parse, SQL PREPARE) and portals (SQL DECLARE; protocol Bind after a reload)
+  are kept with their text and generation; SQL EXECUTE/FETCH/MOVE of one from before a reload is decided
+  again, and a name the gate does not know is denied after a reload (SQL inside a function may have made it).
 - An allowed request is forwarded unchanged. A denied one is replaced by a stand-in that makes the
   upstream raise the error itself (see `proxy.pgwire.denials`), so the client sees exactly the
   protocol state PostgreSQL would produce for a request that failed there.
@@ -14,8 +22,10 @@ How it works (mode ALL only; sessions without per-query checks never reach this 
 
 Where this differs from PostgreSQL, on purpose: a multi-statement Query is decided whole, so when it is
 denied none of it runs, and the client gets no results of the statements before the denied one
-(PostgreSQL sends those, then rolls the implicit transaction back all the same). A portal bound
-before a reload runs without a new decision (portals end with their transaction).
+(PostgreSQL sends those, then rolls the implicit transaction back all the same). A protocol portal bound
+before a reload is denied at Execute (its text was not kept; portals end with their transaction). A
+session that sends a Query inside an unfinished extended-protocol batch that the upstream then skips can no
+longer send text that is not lexing-neutral (the count of answers cannot be trusted again).
 """
 
 from __future__ import annotations
@@ -133,9 +143,11 @@ class DenyAll:
 
 # (kind, request fields, decision or None when checks are off, seconds the decision took)
 OnDecision = Callable[[str, dict[str, Any], DecisionLike | None, float], None]
-# A stored statement or portal: (SQL text, policy generation it was decided in, whether it came as a Query).
-# The text is None for a portal bound to a statement the gate did not know.
-_Entry = tuple[str | None, int, bool]
+# A stored statement or portal: (SQL text, policy generation it was decided in, whether the text came as a
+# Query, whether the text is what runs). A protocol Parse's text is what each Execute runs; the text holding
+# a SQL PREPARE or DECLARE only contains it (it is decided whole, the safe side). The text is None for a
+# portal bound to a statement the gate did not know.
+_Entry = tuple[str | None, int, bool, bool]
 
 
 def denial_message(what: str, decision: DecisionLike) -> str:
@@ -377,7 +389,7 @@ class RequestGate:
                 if classified is not None and classified.names is not None:
                     decision = self._names(policy, sql, False, 0) or decision
             if decision is None or decision.allowed:
-                self._statements[request.name] = (sql, self._generation, False)
+                self._statements[request.name] = (sql, self._generation, False, True)
                 return raw
         else:
             assert isinstance(sql, GateDenial)
@@ -402,7 +414,8 @@ class RequestGate:
             # Still stale, or unknown: the statement may exist upstream, and a later Bind decides again.
             return self._stand_in_extended("statement", decision)
         entry = self._statements.get(request.statement)
-        self._remember_portal(request.portal, (entry[0] if entry else None, self._generation, False))
+        self._remember_portal(request.portal, (None, self._generation, False, False) if entry is None
+                              else (entry[0], self._generation, entry[2], entry[3]))
         return raw
 
     def _execute(self, raw: bytes, body: bytes, policy: SessionPolicy | None) -> bytes:
@@ -455,9 +468,9 @@ class RequestGate:
         for name in names.closes:
             self._portals.pop(name.encode(codec, "replace"), None)
         for name in names.prepares:
-            self._statements[name.encode(codec, "replace")] = (sql, self._generation, via_query)
+            self._statements[name.encode(codec, "replace")] = (sql, self._generation, via_query, False)
         for name in names.declares:
-            self._remember_portal(name.encode(codec, "replace"), (sql, self._generation, via_query))
+            self._remember_portal(name.encode(codec, "replace"), (sql, self._generation, via_query, False))
         return None
 
     def _recheck(self, kind: str, table: dict[bytes, _Entry], key: bytes, fields: dict[str, Any],
@@ -478,7 +491,7 @@ class RequestGate:
                 "not see): bind or declare it again")
             self._decide(kind, fields, None, None, denial)
             return denial
-        sql, _, via_query = known
+        sql, _, via_query, runs = known
         if depth >= _RECHECK_DEPTH:
             denial = GateDenial("prepared statements that execute each other are nested too deeply to check")
             self._decide(kind, fields, None, None, denial)
@@ -486,10 +499,11 @@ class RequestGate:
         name = str(fields["name"])
         decision = self._decide(kind, fields, policy,
                                 lambda p: p.decide_query(sql) if via_query else p.decide_parse(name, sql))
-        if decision is not None and decision.allowed:
+        if runs and decision is not None and decision.allowed:
+            # It runs again: what it EXECUTEs or FETCHes, and what it makes and drops, count again too.
             decision = self._names(policy, sql, via_query, depth + 1) or decision
         if decision is None or decision.allowed:
-            table[key] = (sql, self._generation, via_query)
+            table[key] = (sql, self._generation, via_query, runs)
             return None
         return decision
 
