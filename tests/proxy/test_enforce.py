@@ -24,6 +24,7 @@ from proxy.pgwire.denials import (
 )
 from proxy.pgwire.errors import ProtocolViolation
 from proxy.pgwire.requests import RequestSplitter, parse_bind, parse_close, parse_function_call, parse_parse
+from proxy.policy.classify import classify
 from proxy.policy.enforce import RequestGate, ResponseSummaries
 
 
@@ -449,3 +450,70 @@ def test_a_full_backlog_asks_the_session_to_stop_reading() -> None:
     assert h.gate.is_holding and not h.gate.is_backlog_full
     h.gate.feed(m.encode_message(m.COPY_DATA, b"x" * (1 << 20)))
     assert h.gate.is_backlog_full
+
+
+# --- names across a reload ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Classifying(NoInsert):
+    """NoInsert that also classifies, as the engine does, so the gate can read the names a text touches."""
+
+    classified: object = None
+    denied_word: str = "INSERT"
+
+    def decide_query(self, sql: str) -> Verdict:
+        self.classified = classify(sql)
+        self.asked.append(("query", sql))
+        return Verdict(self.denied_word not in sql.upper())
+
+    def decide_parse(self, name: str, sql: str) -> Verdict:
+        self.classified = classify(sql)
+        self.asked.append(("parse", sql))
+        return Verdict(self.denied_word not in sql.upper())
+
+
+def test_sql_execute_of_a_statement_prepared_before_a_reload_is_decided_again() -> None:
+    policy = Classifying(denied_word="DROP")
+    h = Harness(policy)
+    h.send(m.encode_query("PREPARE p AS INSERT INTO t VALUES (1)") + m.encode_query("PREPARE q AS SELECT 1"),
+           "whole")
+    policy.asked.clear()
+    assert messages(h.send(m.encode_query("EXECUTE q"), "whole")) == [(m.QUERY, b"EXECUTE q\x00")]
+    assert policy.asked == [("query", "EXECUTE q")]  # same generation: nothing to decide again
+    policy.generation, policy.denied_word = 2, "INSERT"  # a reload: inserts are denied now
+    sent = messages(h.send(m.encode_query("EXECUTE p") + m.encode_query("EXECUTE q"), "whole"))
+    assert b"DO $pgw$" in sent[0][1] and sent[1] == (m.QUERY, b"EXECUTE q\x00")
+    assert ("query", "PREPARE p AS INSERT INTO t VALUES (1)") in policy.asked
+    assert h.logged[-3][0] == "EXECUTE" and h.logged[-3][2] is False
+
+
+def test_names_dropped_by_sql_are_unknown_after_a_reload() -> None:
+    h = Harness(Classifying())
+    h.send(m.encode_query("PREPARE q AS SELECT 1") + m.encode_query("DEALLOCATE ALL")
+           + m.encode_query("DECLARE c CURSOR WITH HOLD FOR SELECT 1") + m.encode_query("CLOSE c"), "whole")
+    h.policy.generation = 2
+    sent = messages(h.send(m.encode_query("EXECUTE q") + m.encode_query("FETCH c"), "whole"))
+    assert all(b"DO $pgw$" in body for _, body in sent)
+    assert [(k, allowed) for k, _, allowed in h.logged[-4:]] == [("QUERY", True), ("EXECUTE", False),
+                                                                  ("QUERY", True), ("EXECUTE", False)]
+
+
+def test_protocol_statement_that_executes_another_decides_both_again() -> None:
+    policy = Classifying(denied_word="DROP")
+    h = Harness(policy)
+    h.send(m.encode_query("PREPARE p AS INSERT INTO t VALUES (1)") + parse("s", "EXECUTE p") + SYNC, "whole")
+    policy.generation, policy.denied_word = 2, "INSERT"
+    sent = messages(h.send(bind("s") + EXECUTE + SYNC, "whole"))
+    assert sent[0][0] == m.PARSE and b"DO $pgw$" in sent[0][1]  # the stand-in for the Bind
+    assert [k for k, _, _ in h.logged[-2:]] == ["BIND", "EXECUTE"]
+
+
+def test_a_query_inside_an_unsynced_batch_makes_the_answer_count_unsure_until_all_come() -> None:
+    h = Harness()
+    h.send(parse("", "SELECT 1") + m.encode_query("SELECT 2") + SYNC, "whole")  # the upstream may skip the Query
+    sent = messages(h.send(m.encode_query("SELECT 'é'"), "whole"))
+    assert b"cannot tell which settings" in sent[0][1]  # denied, not held: its answer may never come
+    for _ in range(3):  # the Query's, the Sync's and the stand-in's ReadyForQuery: none was skipped
+        h.gate.on_ready_for_query()
+    assert messages(h.send(m.encode_query("SELECT 'é'"), "whole")) == [(m.QUERY, "SELECT 'é'\x00".encode())]
