@@ -68,6 +68,9 @@ _HELD_AFTER_RELOAD = _HELD | {m.BIND, m.EXECUTE}
 # mode sends one after its Sync).
 _EXTENDED = frozenset({m.PARSE, m.BIND, m.DESCRIBE, m.EXECUTE, m.CLOSE})
 _RUNS = frozenset({m.BIND, m.EXECUTE})  # may run SQL (Bind: parameter input functions, constant folding)
+# Statements that cannot change client_encoding or standard_conforming_strings (no function calls): pgjdbc
+# sends BEGIN with no Sync before the first statement of a transaction.
+_INERT_KINDS = frozenset({"BEGIN", "START TRANSACTION", "SAVEPOINT", "RELEASE", "SHOW"})
 MAX_BACKLOG_BYTES = 1 << 20  # held client bytes above which the client is no longer read
 MAX_PORTALS = 10_000  # portal names remembered; a forgotten one is unknown (denied after a reload)
 _RECHECK_DEPTH = 4  # EXECUTE of a statement whose stored text EXECUTEs another...
@@ -200,6 +203,8 @@ class RequestGate:
         self._ready_seen = 0
         self._in_batch = False  # extended-protocol messages went upstream since the last Sync
         self._ran_in_batch = False  # ... and one of them may have run SQL (settings may have changed)
+        self._inert_statements: set[bytes] = set()  # prepared statements of _INERT_KINDS only
+        self._inert_portals: set[bytes] = set()  # bound to one of those in this batch
         self._uncertain = 0  # Query/FunctionCall inside a batch: skipped (no ReadyForQuery) after an error
         self._backlog: bytearray | None = None  # held client bytes, from a held request on
 
@@ -279,11 +284,13 @@ class RequestGate:
                     self._is_dropping_message = False
                     if type_byte == m.SYNC:
                         self._is_skipping = self._in_batch = self._ran_in_batch = False
+                        if self._inert_portals:
+                            self._inert_portals.clear()
                         self._ready_requested()
                     elif type_byte in _EXTENDED:
                         self._in_batch = True
-                        if type_byte in _RUNS:
-                            self._ran_in_batch = True
+                        if type_byte in _RUNS and not self._ran_in_batch:
+                            self._ran_in_batch = self._may_change_settings(type_byte, buf, start, end)
                 if start == run_end:
                     run_end = end
                 else:
@@ -319,15 +326,32 @@ class RequestGate:
         self._in_batch = True  # Parse, Bind, Execute, Close
         if type_byte == m.PARSE:
             return self._parse(raw, body, policy)
-        if type_byte == m.BIND:
-            self._ran_in_batch = True
-            return self._bind(raw, body, policy)
-        if type_byte == m.EXECUTE:
-            self._ran_in_batch = True
-            return self._execute(raw, body, policy)
+        if type_byte == m.BIND or type_byte == m.EXECUTE:
+            if not self._ran_in_batch:
+                self._ran_in_batch = self._may_change_settings(type_byte, raw, 0, len(raw))
+            return (self._bind if type_byte == m.BIND else self._execute)(raw, body, policy)
         close = parse_close(body)  # CLOSE
-        (self._statements if close.is_statement else self._portals).pop(close.name, None)
+        if close.is_statement:
+            self._statements.pop(close.name, None)
+            self._inert_statements.discard(close.name)
+        else:
+            self._portals.pop(close.name, None)
         return raw
+
+    def _may_change_settings(self, type_byte: int, buf: bytes, start: int, end: int) -> bool:
+        """Whether this Bind or Execute (whole, or the first part of it) may run SQL that changes settings."""
+        if not (self._inert_statements if type_byte == m.BIND else self._inert_portals):
+            return True  # the usual case: nothing inert to look for
+        at = buf.find(b"\x00", start + 5, end)
+        if at < 0:
+            return True
+        if type_byte == m.EXECUTE:
+            return buf[start + 5 : at] not in self._inert_portals
+        stop = buf.find(b"\x00", at + 1, end)
+        if stop < 0 or buf[at + 1 : stop] not in self._inert_statements:
+            return True
+        self._inert_portals.add(buf[start + 5 : at])
+        return False
 
     def _text(self, raw: bytes) -> str | GateDenial | None:
         """The text PostgreSQL will lex, a refusal, or HOLD until the settings it is lexed with are confirmed."""
@@ -355,6 +379,8 @@ class RequestGate:
             if sql is HOLD:
                 return HOLD
         self._statements.pop(b"", None)  # a simple Query drops the unnamed statement (protocol docs)
+        if self._inert_statements:
+            self._inert_statements.discard(b"")
         if type(sql) is str:
             decision = self._decide("QUERY", {"query": sql.rstrip("\x00")}, policy, lambda p: p.decide_query(sql))
             if decision is not None and decision.allowed:
@@ -384,12 +410,21 @@ class RequestGate:
         if type(sql) is str:
             fields = {"query": sql.rstrip("\x00"), "name": name}
             decision = self._decide("PARSE", fields, policy, lambda p: p.decide_parse(name, sql))
+            is_inert = False
             if decision is None or decision.allowed:
                 classified = getattr(policy, "classified", None)
-                if classified is not None and classified.names is not None:
-                    decision = self._names(policy, sql, False, 0) or decision
+                if classified is not None:
+                    kinds = classified.kinds
+                    is_inert = (bool(kinds) and kinds[0] in _INERT_KINDS and _INERT_KINDS.issuperset(kinds)
+                                and not classified.functions)
+                    if classified.names is not None:
+                        decision = self._names(policy, sql, False, 0) or decision
             if decision is None or decision.allowed:
                 self._statements[request.name] = (sql, self._generation, False, True)
+                if is_inert:
+                    self._inert_statements.add(request.name)
+                elif self._inert_statements:
+                    self._inert_statements.discard(request.name)
                 return raw
         else:
             assert isinstance(sql, GateDenial)
@@ -398,6 +433,7 @@ class RequestGate:
         # The statement does not exist upstream; a later Bind of it fails there, as after a failed Parse.
         self._statements.pop(request.name, None)
         self._statements.pop(b"", None)  # the stand-in took the unnamed statement
+        self._inert_statements.difference_update((request.name, b""))
         return self._stand_in_extended("statement", decision)
 
     def _bind(self, raw: bytes, body: bytes, policy: SessionPolicy | None) -> bytes:
@@ -461,14 +497,17 @@ class RequestGate:
                     return decision
         if names.drops_all_statements:
             self._statements.clear()
+            self._inert_statements.clear()
         if names.drops_all_portals:
             self._portals.clear()
         for name in names.deallocates:
             self._statements.pop(name.encode(codec, "replace"), None)
+            self._inert_statements.discard(name.encode(codec, "replace"))
         for name in names.closes:
             self._portals.pop(name.encode(codec, "replace"), None)
         for name in names.prepares:
             self._statements[name.encode(codec, "replace")] = (sql, self._generation, via_query, False)
+            self._inert_statements.discard(name.encode(codec, "replace"))
         for name in names.declares:
             self._remember_portal(name.encode(codec, "replace"), (sql, self._generation, via_query, False))
         return None

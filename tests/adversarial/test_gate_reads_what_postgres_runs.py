@@ -18,6 +18,7 @@ import psycopg
 import pytest
 
 from proxy.pgwire import messages as m
+from tests.e2e.test_jdbc_client import probe_dir, through_proxy  # noqa: F401 - probe_dir is a fixture
 from tests.support.proxy_harness import MANIFESTS, ProxyHarness, start_harness, write_manifests
 
 SERVICES = MANIFESTS + """\
@@ -265,6 +266,18 @@ def test_ordinary_non_ascii_queries_still_work(gate: ProxyHarness) -> None:
         assert [d[-2:] for k, d in seen if k == "D"] == ["é1", "é2"]
     finally:
         client.close()
+
+
+def test_jdbc_transactions_with_non_ascii_literals_still_work(probe_dir: Path, gate: ProxyHarness) -> None:  # noqa: F811
+    # With autocommit off pgjdbc sends BEGIN (Parse, Bind, Execute) and the statement before one Sync: BEGIN
+    # cannot change settings, so the statement is still read under the confirmed ones.
+    steps = [["autocommit", "off"], ["execute", "SELECT 'München'"], ["execute", "SELECT E'a\\\\b'"],
+             ["prepared", "SELECT ? || 'ü'", "x"], ["commit"]]
+    for _ in range(3):  # past pgjdbc's prepareThreshold: BEGIN becomes a named server-side statement
+        steps += [["execute", "SELECT 'é'"], ["commit"]]
+    results = through_proxy(probe_dir, gate, "bob", "ro", steps)
+    assert all(r["ok"] for r in results), results
+    assert [r.get("value") for r in results[1:4]] == ["München", "a\\b", "xü"]
 
 
 # --- class 3: requests without a statement, and names from before a reload ----------------------------------

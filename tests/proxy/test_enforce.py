@@ -517,3 +517,19 @@ def test_a_query_inside_an_unsynced_batch_makes_the_answer_count_unsure_until_al
     for _ in range(3):  # the Query's, the Sync's and the stand-in's ReadyForQuery: none was skipped
         h.gate.on_ready_for_query()
     assert messages(h.send(m.encode_query("SELECT 'é'"), "whole")) == [(m.QUERY, "SELECT 'é'\x00".encode())]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_begin_before_sync_does_not_stop_text_after_it_but_a_function_does(mode: str) -> None:
+    h = Harness(Classifying())
+    text = "SELECT 'caf\u00e9'"
+    begin = parse("S_1", "BEGIN") + bind("S_1") + EXECUTE
+    sent = messages(h.send(begin + parse("", text) + bind("") + EXECUTE + SYNC, mode))
+    assert (m.PARSE, b"\x00" + text.encode() + b"\x00\x00\x00") in sent  # pgjdbc's BEGIN cannot change settings
+    h.gate.on_ready_for_query()
+    sent = messages(h.send(bind("S_1") + EXECUTE + parse("", text) + bind("") + EXECUTE + SYNC, mode))
+    assert (m.PARSE, b"\x00" + text.encode() + b"\x00\x00\x00") in sent  # the named BEGIN, bound again
+    h.gate.on_ready_for_query()
+    sent = messages(h.send(parse("", "SELECT set_config('standard_conforming_strings', 'off', false)") + bind("")
+                           + EXECUTE + parse("", text) + bind("") + EXECUTE + SYNC, mode))
+    assert any(b"send Sync before it" in body for _, body in sent)
