@@ -255,9 +255,8 @@ class RequestGate:
         if policy is not None and policy.generation != self._generation:
             if self._first_generation < 0:
                 self._first_generation = policy.generation
-            else:
-                self._splitter.hold = _HELD_AFTER_RELOAD
             self._generation = policy.generation
+            self._update_hold()
         if data[:1] == b"Q" and not self._is_skipping and self._splitter.is_at_boundary:
             # Fast path, the usual simple-protocol chunk: exactly one whole Query. One decision, and the
             # chunk itself goes upstream (or its stand-in), without splitting or slicing.
@@ -339,7 +338,8 @@ class RequestGate:
         return raw
 
     def _may_change_settings(self, type_byte: int, buf: bytes, start: int, end: int) -> bool:
-        """Whether this Bind or Execute (whole, or the first part of it) may run SQL that changes settings."""
+        """Whether this Bind or Execute may run SQL that changes settings. While a statement is inert they
+        are held, so `buf[start:end]` is the whole message."""
         if not (self._inert_statements if type_byte == m.BIND else self._inert_portals):
             return True  # the usual case: nothing inert to look for
         at = buf.find(b"\x00", start + 5, end)
@@ -423,6 +423,8 @@ class RequestGate:
                 self._statements[request.name] = (sql, self._generation, False, True)
                 if is_inert:
                     self._inert_statements.add(request.name)
+                    if len(self._inert_statements) == 1:
+                        self._update_hold()
                 elif self._inert_statements:
                     self._inert_statements.discard(request.name)
                 return raw
@@ -437,7 +439,8 @@ class RequestGate:
         return self._stand_in_extended("statement", decision)
 
     def _bind(self, raw: bytes, body: bytes, policy: SessionPolicy | None) -> bytes:
-        """Held only after a reload: a statement from before it is decided again, an unknown one denied."""
+        """Held after a reload (or while a statement is inert): a statement from before it is decided again,
+        an unknown one denied."""
         request = parse_bind(body)
         if policy is None:
             return raw
@@ -455,7 +458,8 @@ class RequestGate:
         return raw
 
     def _execute(self, raw: bytes, body: bytes, policy: SessionPolicy | None) -> bytes:
-        """Held only after a reload: a portal bound before it (or unknown) is decided again or denied."""
+        """Held after a reload (or while a statement is inert): a portal bound before the reload (or unknown)
+        is decided again or denied."""
         if policy is None:
             return raw
         portal = parse_execute(body)
@@ -545,6 +549,12 @@ class RequestGate:
             table[key] = (sql, self._generation, via_query, runs)
             return None
         return decision
+
+    def _update_hold(self) -> None:
+        """Bind and Execute are held (whole) after a reload, and while a statement is inert: then whether
+        one runs an inert statement decides whether text after it in the batch can still be checked."""
+        is_reloaded = self._generation != self._first_generation
+        self._splitter.hold = _HELD_AFTER_RELOAD if is_reloaded or self._inert_statements else _HELD
 
     def _remember_portal(self, key: bytes, entry: _Entry) -> None:
         portals = self._portals
