@@ -282,14 +282,17 @@ class RequestGate:
                 else:
                     self._is_dropping_message = False
                     if type_byte == m.SYNC:
-                        self._is_skipping = self._in_batch = self._ran_in_batch = False
-                        if self._inert_portals:
-                            self._inert_portals.clear()
+                        self._is_skipping = False
+                        if self._in_batch:
+                            self._in_batch = self._ran_in_batch = False
+                            if self._inert_portals:
+                                self._inert_portals.clear()
                         self._ready_requested()
-                    elif type_byte in _EXTENDED:
+                    elif type_byte in _EXTENDED and not self._ran_in_batch:  # (it implies _in_batch)
                         self._in_batch = True
-                        if type_byte in _RUNS and not self._ran_in_batch:
-                            self._ran_in_batch = self._may_change_settings(type_byte, buf, start, end)
+                        if type_byte in _RUNS:
+                            self._ran_in_batch = (not (self._inert_statements or self._inert_portals)
+                                                  or self._may_change_settings(type_byte, buf, start, end))
                 if start == run_end:
                     run_end = end
                 else:
@@ -373,16 +376,18 @@ class RequestGate:
 
     def _query(self, raw: bytes, text: bytes, policy: SessionPolicy | None) -> bytes | None:
         if text.isascii() and b"\\" not in text:
-            sql: str | GateDenial | None = text.decode("ascii")  # lexing-neutral: decided at once
+            shown = text.decode("ascii")  # lexing-neutral: decided at once
+            sql: str | GateDenial | None = shown
         else:
             sql = self._text(text)
             if sql is HOLD:
                 return HOLD
+            shown = sql.rstrip("\x00") if type(sql) is str else ""
         self._statements.pop(b"", None)  # a simple Query drops the unnamed statement (protocol docs)
         if self._inert_statements:
             self._inert_statements.discard(b"")
         if type(sql) is str:
-            decision = self._decide("QUERY", {"query": sql.rstrip("\x00")}, policy, lambda p: p.decide_query(sql))
+            decision = self._decide("QUERY", {"query": shown}, policy, lambda p: p.decide_query(sql))
             if decision is not None and decision.allowed:
                 classified = getattr(policy, "classified", None)
                 if classified is not None and classified.names is not None:
@@ -401,14 +406,16 @@ class RequestGate:
         request = parse_parse(body)
         text = request.query
         if text.isascii() and b"\\" not in text:
-            sql: str | GateDenial | None = text.decode("ascii")  # lexing-neutral: decided at once
+            shown = text.decode("ascii")  # lexing-neutral: decided at once
+            sql: str | GateDenial | None = shown
         else:
             sql = self._text(text)
             if sql is HOLD:
                 return HOLD
+            shown = sql.rstrip("\x00") if type(sql) is str else ""
         name = decode_text(request.name, self._codec())
         if type(sql) is str:
-            fields = {"query": sql.rstrip("\x00"), "name": name}
+            fields = {"query": shown, "name": name}
             decision = self._decide("PARSE", fields, policy, lambda p: p.decide_parse(name, sql))
             is_inert = False
             if decision is None or decision.allowed:
