@@ -210,7 +210,7 @@ class RequestGate:
 
     @property
     def is_at_boundary(self) -> bool:
-        return self._splitter.is_at_boundary
+        return self._backlog is None and self._splitter.is_at_boundary
 
     @property
     def is_backlog_full(self) -> bool:
