@@ -9,9 +9,10 @@ How it works (mode ALL only; sessions without per-query checks never reach this 
   confirmed (proxy/pgwire/lexing.py): while requests sent before it are unanswered, it and every later
   client byte wait, in order. Where the settings cannot be known (after an Execute with no Sync yet) or
   libpg_query cannot read text as the server will (scs=off, SJIS and kin), the gate denies it itself.
-- Prepared statements (protocol Parse, SQL PREPARE) and portals (SQL DECLARE; protocol Bind after a reload)
-  are kept with their text and generation; SQL EXECUTE/FETCH/MOVE of one from before a reload is decided
-  again, and a name the gate does not know is denied after a reload (SQL inside a function may have made it).
+- Prepared statements (protocol Parse, SQL PREPARE) and portals (SQL DECLARE, protocol Bind to a named
+  portal; every Bind after a reload) are kept with their text and generation. Whatever runs one from before
+  a reload (Bind, Execute, SQL EXECUTE/FETCH/MOVE) is decided again first, and a name the gate does not
+  know is denied after a reload (SQL inside a function may have made it).
 - An allowed request is forwarded unchanged. A denied one is replaced by a stand-in that makes the
   upstream raise the error itself (see `proxy.pgwire.denials`), so the client sees exactly the
   protocol state PostgreSQL would produce for a request that failed there.
@@ -22,8 +23,8 @@ How it works (mode ALL only; sessions without per-query checks never reach this 
 
 Where this differs from PostgreSQL, on purpose: a multi-statement Query is decided whole, so when it is
 denied none of it runs, and the client gets no results of the statements before the denied one
-(PostgreSQL sends those, then rolls the implicit transaction back all the same). A protocol portal bound
-before a reload is denied at Execute (its text was not kept; portals end with their transaction). A
+(PostgreSQL sends those, then rolls the implicit transaction back all the same). The unnamed portal bound
+before a reload is denied at Execute (its text is not kept; portals end with their transaction). A
 session that sends a Query inside an unfinished extended-protocol batch that the upstream then skips can no
 longer send text that is not lexing-neutral (the count of answers cannot be trusted again).
 """
@@ -189,7 +190,7 @@ class RequestGate:
         self._splitter = RequestSplitter(_HELD, max_message_bytes=max_message_bytes)
         self._max_message_bytes = max_message_bytes
         self._statements: dict[bytes, _Entry] = {}  # prepared statements: protocol Parse and SQL PREPARE
-        self._portals: dict[bytes, _Entry] = {}  # SQL cursors always; protocol portals once a reload was seen
+        self._portals: dict[bytes, _Entry] = {}  # SQL cursors, named protocol portals; all after a reload
         self._generation = -1
         self._first_generation = -1  # a name unknown after the generation changed is denied
         self._is_skipping = False  # after a denied Parse/Bind: the upstream skips until Sync, we drop
@@ -288,7 +289,9 @@ class RequestGate:
                             if self._inert_portals:
                                 self._inert_portals.clear()
                         self._ready_requested()
-                    elif type_byte in _EXTENDED and not self._ran_in_batch:  # (it implies _in_batch)
+                    elif type_byte == m.BIND and end > start + 5 and buf[start + 5]:
+                        self._note_named_portal(buf, start, end)  # so a reload decides it again, not denies
+                    if type_byte in _EXTENDED and not self._ran_in_batch:  # (it implies _in_batch)
                         self._in_batch = True
                         if type_byte in _RUNS:
                             self._ran_in_batch = (not (self._inert_statements or self._inert_portals)
@@ -556,6 +559,17 @@ class RequestGate:
             table[key] = (sql, self._generation, via_query, runs)
             return None
         return decision
+
+    def _note_named_portal(self, buf: bytes, start: int, end: int) -> None:
+        """A pass-through Bind to a named portal (pgjdbc's fetchSize, cursors over the protocol): keep what
+        it runs. A Bind cut across chunks is not kept; after a reload its portal is unknown and denied."""
+        at = buf.find(b"\x00", start + 5, end)
+        stop = buf.find(b"\x00", at + 1, end) if at >= 0 else -1
+        if stop < 0:
+            return
+        entry = self._statements.get(buf[at + 1 : stop])
+        self._remember_portal(buf[start + 5 : at], (None, self._generation, False, False) if entry is None
+                              else (entry[0], entry[1], entry[2], entry[3]))
 
     def _update_hold(self) -> None:
         """Bind and Execute are held (whole) after a reload, and while a statement is inert: then whether

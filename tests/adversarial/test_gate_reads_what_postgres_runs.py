@@ -327,8 +327,23 @@ def test_portal_bound_before_a_reload_is_decided_again(gate: ProxyHarness, pg: A
         seen = client.exchange(query(b"BEGIN") + parse(b"s", b"DELETE FROM h1_rows") + bind(b"s", b"pt") + SYNC, 2)
         assert not errors(seen), seen
         gate.reload_from(write_manifests(tmp_path / "ro", pg, READ_ONLY))
-        seen = client.exchange(execute(b"pt") + SYNC, 1)  # pgwarden did not keep its text: denied outright
-        assert errors(seen) and 'portal "pt" was bound or declared before the policies changed' in errors(seen)[0]
+        seen = client.exchange(execute(b"pt") + SYNC, 1)
+        assert errors(seen) and 'rule "no-writes"' in errors(seen)[0], seen
+        client.exchange(query(b"COMMIT"), 1)
+    finally:
+        client.close()
+    assert rows(pg) == 2
+
+
+def test_unnamed_portal_bound_before_a_reload_is_denied(gate: ProxyHarness, pg: Any, tmp_path: Path,
+                                                         reload_back: None) -> None:
+    client = Raw(gate, "reloaded")
+    try:
+        seen = client.exchange(query(b"BEGIN") + parse(b"", b"DELETE FROM h1_rows") + bind(b"") + SYNC, 2)
+        assert not errors(seen), seen
+        gate.reload_from(write_manifests(tmp_path / "ro", pg, READ_ONLY))
+        seen = client.exchange(execute(b"") + SYNC, 1)  # pgwarden keeps no text for unnamed portals: denied
+        assert errors(seen) and 'portal "" was bound or declared before the policies changed' in errors(seen)[0]
         client.exchange(query(b"COMMIT"), 1)
     finally:
         client.close()
