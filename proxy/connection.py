@@ -90,6 +90,10 @@ class PgConnection(asyncio.BufferedProtocol):
         self._wake()
         self.on_closed()
 
+    @property
+    def is_write_paused(self) -> bool:
+        return self._write_paused
+
     def pause_writing(self) -> None:
         # Our socket is backed up: stop reading from the side that feeds it.
         self._write_paused = True

@@ -123,6 +123,12 @@ class UpstreamSide(PgConnection):
         if session.pending_termination is not None and self.scanner.is_at_boundary:
             session.finish_termination()
 
+    def resume_writing(self) -> None:
+        if self.session is not None and self.session.is_held_by_gate:
+            self._write_paused = False  # the client stays paused until the gate's held bytes go on
+            return
+        super().resume_writing()
+
     def on_closed(self) -> None:
         if self.session is not None:
             self.session.on_upstream_closed()
@@ -151,6 +157,7 @@ class ClientSession(PgConnection):
         self._codec = "utf-8"
         self._scanner = FrameScanner(_CLIENT_INSPECT, whose="client")
         self._gate: RequestGate | None = None  # per-query checks (authorization mode ALL), else None
+        self._is_paused_by_gate = False  # the gate holds too many client bytes: the client is not read
         self._policy: SessionPolicy | None = None
         self._policy_live: LiveSnapshot | None = None  # the snapshot `_policy` was built from
         self._summaries: ResponseSummaries | None = None  # decisions awaiting the upstream's answer
@@ -402,7 +409,8 @@ class ClientSession(PgConnection):
             self._summaries = ResponseSummaries(self._write_decision)
             self._gate = RequestGate(policy=self._current_policy, codec=lambda: self._codec,
                                      responses=upstream.filter_denials(), on_decision=self._log_decision,
-                                     on_ready_requested=self._summaries.ready_requested)
+                                     on_ready_requested=self._summaries.ready_requested,
+                                     parameters=login.parameters)
             self.on_relay_data = self._on_gated_data  # type: ignore[method-assign]
             if route.config.postgres.guard_rails.read_only:
                 self._cycles = CycleSplitter()
@@ -465,6 +473,30 @@ class ClientSession(PgConnection):
         assert upstream is not None and upstream.transport is not None
         if out:
             upstream.transport.writelines(out)
+        if self._gate.is_backlog_full and self.transport is not None:
+            self.transport.pause_reading()  # held until the upstream answers; resumed in _on_gate_ready
+            self._is_paused_by_gate = True
+
+    @property
+    def is_held_by_gate(self) -> bool:
+        """The gate holds more client bytes than it keeps: the client is not read until they go on."""
+        return self._is_paused_by_gate
+
+    def _on_gate_ready(self) -> None:
+        """The upstream answered a request: held client bytes may go on now."""
+        assert self._gate is not None
+        try:
+            out = self._gate.on_ready_for_query()
+        except ProtocolViolation as exc:
+            self.end_now(exc)
+            return
+        upstream = self.upstream
+        if out and upstream is not None and upstream.transport is not None and not upstream.is_closed:
+            upstream.transport.writelines(out)
+        if self._is_paused_by_gate and not self._gate.is_backlog_full:
+            self._is_paused_by_gate = False
+            if self.transport is not None and not self.is_closed and not (upstream and upstream.is_write_paused):
+                self.transport.resume_reading()
 
     def _release_held(self) -> None:
         """readOnly rail: forward held client bytes up to the next cycle end while no cycle is in flight."""
@@ -536,10 +568,18 @@ class ClientSession(PgConnection):
                               rule=decision.rule, reason=decision.reason, response=response)
 
     def on_replies(self, found: list[tuple[int, bytes]]) -> None:
-        """Inspected server messages with per-query checks on: session state, then response summaries."""
+        """Inspected server messages with per-query checks on: session state, then response summaries,
+        then the gate (confirmed lexing settings; held requests go on)."""
         self.on_server_messages(found)
         if self._summaries is not None:
             self._summaries.on_replies(found)
+        gate = self._gate
+        if gate is not None:
+            for type_byte, body in found:
+                if type_byte == m.PARAMETER_STATUS:
+                    gate.on_parameter_status(body)
+                elif type_byte == m.READY_FOR_QUERY:
+                    self._on_gate_ready()
 
     def _log_statement(self, type_byte: int, body: bytes) -> None:
         assert self.log is not None

@@ -198,7 +198,7 @@ class SessionLog:
 
     def decision(self, kind: str, request: Mapping[str, Any], *, is_allowed: bool, policy: str, rule: str,
                  reason: str, response: Mapping[str, Any] | None = None) -> None:
-        """A per-query decision (QUERY, PARSE, BIND, FUNCTION_CALL) with the policy and rule that decided,
+        """A per-query decision (QUERY, PARSE, BIND, EXECUTE, FUNCTION_CALL) with the policy and rule that decided,
         and the upstream's answer (commandTag, rows, sqlstate, durationMs) when it came before the session ended."""
         sinks = self._log.sinks
         if self._writer._stream is None and not sinks:
@@ -227,7 +227,8 @@ class SessionLog:
         )
 
 
-_DECISION_KEYS = {"QUERY": "query", "PARSE": "parse", "BIND": "bind", "FUNCTION_CALL": "functionCall"}
+_DECISION_KEYS = {"QUERY": "query", "PARSE": "parse", "BIND": "bind", "EXECUTE": "execute",
+                  "FUNCTION_CALL": "functionCall"}
 _DECISION_JSON_MAX = 4096  # distinct (status, policy, rule, reason) kept; policies have few rules
 _decision_json_cache: dict[tuple[bool, str, str, str], str] = {}
 

@@ -67,6 +67,11 @@ def parse_close(body: bytes) -> Close:
     return Close(body[0] == ord("S"), _cstring(body, 1, "Close name")[0])
 
 
+def parse_execute(body: bytes) -> bytes:
+    """The portal name an Execute runs (b"" is the unnamed portal)."""
+    return _cstring(body, 0, "Execute portal name")[0]
+
+
 def parse_function_call(body: bytes) -> int:
     """The function OID a FunctionCall invokes."""
     if len(body) < 4:
@@ -80,7 +85,8 @@ class RequestSplitter:
     `split(chunk)` returns `(buf, pieces)`. A piece is `(type, start, end, held)`. For a pass-through
     piece `held` is None and `buf[start:end]` are its bytes; a message that spans chunks goes on in
     the next chunk as a piece of type `CONTINUED`. For a held message `held` is the whole message
-    (header and body) as bytes. Held types are buffered until complete, bounded by `max_message_bytes`.
+    (header and body) as bytes, and `end` is where the chunk goes on after it. Held types are
+    buffered until complete, bounded by `max_message_bytes`.
     """
 
     __slots__ = ("hold", "_max", "_skip", "_partial")
@@ -94,6 +100,11 @@ class RequestSplitter:
     @property
     def is_at_boundary(self) -> bool:
         return not self._skip and not self._partial
+
+    def reset(self) -> None:
+        """Forget the rest of the last chunk (the caller keeps those bytes and splits them again later)."""
+        self._skip = 0
+        self._partial = bytearray()
 
     def split(self, data: bytes) -> tuple[bytes, list[tuple[int, int, int, bytes | None]]]:
         pieces: list[tuple[int, int, int, bytes | None]] = []
@@ -144,7 +155,7 @@ class RequestSplitter:
         take = min(length + 1 - len(partial), len(data))
         partial += data[:take]
         if len(partial) == length + 1:
-            pieces.append((partial[0], 0, 0, bytes(partial)))
+            pieces.append((partial[0], 0, take, bytes(partial)))  # end: where the chunk goes on
             self._partial = bytearray()
         return take
 

@@ -40,6 +40,8 @@ from typing import Any
 
 from pglast import parser
 
+from proxy.policy.sqlnames import SqlNames, sql_names
+
 MAX_CACHED = 8192
 
 
@@ -106,6 +108,7 @@ class Classification:
     settings: tuple[tuple[str, str, str | tuple[str, ...] | None], ...] = ()
     # A literal's value decided part of this classification: cache it under its exact text only.
     depends_on_literals: bool = False
+    names: SqlNames | None = None  # prepared statements and cursors it creates, runs, drops (None: none)
 
 
 UNKNOWN = Classification(kinds=("UNKNOWN",), tables=(), functions=(), is_read_only=False, fingerprint="")
@@ -195,7 +198,8 @@ def _classify_uncached(sql: str) -> Classification:
     if not sql.strip():
         return _EMPTY
     try:
-        tree = json.loads(parser.parse_sql_json(sql))
+        tree_json = parser.parse_sql_json(sql)
+        tree = json.loads(tree_json)
         fingerprint = parser.fingerprint(sql)
     except Exception:  # noqa: BLE001 - pglast.parser.ParseError, or anything else libpg_query refuses
         return UNKNOWN
@@ -209,6 +213,7 @@ def _classify_uncached(sql: str) -> Classification:
         functions=tuple(dict.fromkeys(walk.functions)), is_read_only=walk.is_read_only, fingerprint=fingerprint,
         copy_direction=walk.copy_direction, copy_table=walk.copy_table, settings=tuple(walk.settings),
         depends_on_literals=walk.depends_on_literals,
+        names=sql_names(tree_json, tree),
     )
 
 

@@ -246,6 +246,7 @@ class SessionPolicy:
     def __init__(self, book: RuleBook, base_ctx: Mapping[str, Any], generation: int,
                  *, rails: RailGate | None = None) -> None:
         self.generation = generation
+        self.classified: Classification | None = None  # of the last Query/Parse decided (the gate reads names)
         self._book = book
         self._rails = rails  # the config's guard rails, checked before any rule
         # Session-constant ctx parts as CEL values once; each request adds its own `request`.
@@ -283,14 +284,14 @@ class SessionPolicy:
     # --- the interface the relay calls ------------------------------------------------------------
     def decide_query(self, sql: str) -> Decision:
         """A simple-protocol Query (one or more statements)."""
-        c = classify(sql)
+        c = self.classified = classify(sql)
         if self._rails is not None and (refused := self._rails.check(sql, c)) is not None:
             return _rail_refusal(refused)
         return self._decide(self._book.query_key(c, sql, ""), lambda: self._statement_request("query", c, sql, ""))
 
     def decide_parse(self, name: str, sql: str) -> Decision:
         """An extended-protocol Parse of `sql` as prepared statement `name` ("" for the unnamed one)."""
-        c = classify(sql)
+        c = self.classified = classify(sql)
         if self._rails is not None and (refused := self._rails.check(sql, c)) is not None:
             return _rail_refusal(refused)
         return self._decide(self._book.parse_key(c, sql, name),
@@ -301,7 +302,11 @@ class SessionPolicy:
         if self._rails is not None and (refused := self._rails.check_function_call(oid)) is not None:
             return _rail_refusal(refused)
         key = ("F", oid) if self._book.reads_oid else ("F",)
-        return self._decide(key, lambda: {"functionCall": {"oid": oid}})
+        # A complete, conservative statement too: `statement.readOnly == false` must see a fast-path call of
+        # setval() or lo_import() (any function may write; the OID alone does not say which).
+        return self._decide(key, lambda: {"functionCall": {"oid": oid}, "statement": {
+            "query": "", "kinds": ["FUNCTION CALL"], "tables": [], "functions": [], "readOnly": False,
+            "fingerprint": ""}})
 
     # --- evaluation -------------------------------------------------------------------------------
     def _decide(self, key: tuple[Any, ...], request: Callable[[], dict[str, Any]]) -> Decision:

@@ -230,3 +230,13 @@ def test_presence_of_a_request_kind_is_decided_per_request_not_folded_per_sessio
     sp = session_policy(snapshot)
     assert sp.decide_query("DELETE FROM t").rule == "queries-only"
     assert not sp.decide_parse("", "DELETE FROM t").allowed  # no `query` in a Parse; `connect` only at connect
+
+
+def test_function_call_presents_a_statement_that_is_not_read_only() -> None:
+    p = policy("ro", rule("no-writes", "DENY", {"match": "ctx.request.postgres.statement.readOnly == false"}),
+           rule("calls", "ALLOW", {"match": 'ctx.request.postgres.statement.kinds == ["FUNCTION CALL"]'}),
+           rule("rest", "ALLOW", {"matchAny": True}))
+    sp = session_policy(live(p, user_policies=("ro",)))
+    denied = sp.decide_function_call(1576)  # setval(regclass, bigint)
+    assert not denied.allowed and denied.rule == "no-writes"
+    assert sp.decide_query("SELECT 1").allowed

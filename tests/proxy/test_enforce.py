@@ -24,6 +24,7 @@ from proxy.pgwire.denials import (
 )
 from proxy.pgwire.errors import ProtocolViolation
 from proxy.pgwire.requests import RequestSplitter, parse_bind, parse_close, parse_function_call, parse_parse
+from proxy.policy.classify import classify
 from proxy.policy.enforce import RequestGate, ResponseSummaries
 
 
@@ -80,13 +81,17 @@ def messages(stream: bytes) -> list[tuple[int, bytes]]:
     return out
 
 
+UTF8_ON = {"client_encoding": "UTF8", "standard_conforming_strings": "on"}
+
+
 class Harness:
     def __init__(self, policy: NoInsert | None = None) -> None:
         self.policy = policy or NoInsert()
         self.responses = ResponseFilter(frozenset({m.READY_FOR_QUERY}))
         self.logged: list[tuple[str, dict[str, object], bool | None]] = []
         self.gate = RequestGate(policy=lambda: self.policy, codec=lambda: "utf-8", responses=self.responses,
-                                on_decision=lambda k, r, d, s: self.logged.append((k, r, d and d.allowed)))
+                                on_decision=lambda k, r, d, s: self.logged.append((k, r, d and d.allowed)),
+                                parameters=dict(UTF8_ON))
 
     def send(self, stream: bytes, mode: str) -> bytes:
         return b"".join(bytes(piece) for chunk in chunks(stream, mode) for piece in self.gate.feed(chunk))
@@ -322,12 +327,21 @@ class AllowAll(NoInsert):
 
 
 _text = st.binary(max_size=40).map(lambda b: b.replace(b"\x00", b"x"))
+# Lexing-neutral text (ASCII, no backslash) is decided at once whatever came before it.
+_neutral = st.text(st.characters(min_codepoint=1, max_codepoint=127, blacklist_characters="\\"), max_size=40).map(
+    str.encode)
 _frames = st.one_of(
     st.tuples(st.sampled_from(b"DEHSdcf"), st.binary(max_size=60)),
-    st.tuples(st.just(m.QUERY), _text.map(lambda t: t + b"\x00")),
-    st.tuples(st.just(m.PARSE), st.tuples(_text, _text).map(lambda p: p[0] + b"\x00" + p[1] + b"\x00\x00\x00")),
+    st.tuples(st.just(m.QUERY), _neutral.map(lambda t: t + b"\x00")),
+    st.tuples(st.just(m.PARSE), st.tuples(_text, _neutral).map(lambda p: p[0] + b"\x00" + p[1] + b"\x00\x00\x00")),
     st.tuples(st.just(m.FUNCTION_CALL), st.binary(min_size=4, max_size=20)),
     st.tuples(st.just(m.CLOSE), _text.map(lambda t: b"S" + t + b"\x00")),
+)
+# Simple-protocol requests with any text: held until the upstream has answered what came before.
+_simple_frames = st.one_of(
+    st.tuples(st.just(m.QUERY), _text.map(lambda t: t + b"\x00")),
+    st.tuples(st.just(m.FUNCTION_CALL), st.binary(min_size=4, max_size=20)),
+    st.tuples(st.just(m.SYNC), st.just(b"")),
 )
 
 
@@ -340,6 +354,20 @@ def test_gate_is_transparent_when_everything_is_allowed(frames: list[tuple[int, 
     for cut in [*cuts, len(stream)]:
         out += b"".join(bytes(p) for p in h.gate.feed(stream[pos : pos + cut]))
         pos += cut
+    assert out == stream and h.gate.is_at_boundary
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_simple_frames, max_size=12), st.lists(st.integers(min_value=1, max_value=40), max_size=8))
+def test_held_requests_go_on_in_order_once_answered(frames: list[tuple[int, bytes]], cuts: list[int]) -> None:
+    stream = b"".join(m.encode_message(t, body) for t, body in frames)
+    h = Harness(AllowAll())
+    out, pos = b"", 0
+    for cut in [*cuts, len(stream)]:
+        out += b"".join(bytes(p) for p in h.gate.feed(stream[pos : pos + cut]))
+        pos += cut
+        while h.gate.is_holding:  # the upstream answers what went before
+            out += b"".join(bytes(p) for p in h.gate.on_ready_for_query())
     assert out == stream and h.gate.is_at_boundary
 
 
@@ -368,3 +396,140 @@ def test_filter_drops_exactly_the_stand_ins_replies(before: list[tuple[int, byte
     stripped = m.encode_message(m.ERROR_RESPONSE, strip_error(error("42501", "denied", "pgwarden.denial.1")[5:]))
     assert out == head + stripped + tail
     assert not f.is_waiting and f.is_at_boundary
+
+
+# --- lexing settings: text that is not lexing-neutral waits for confirmed settings ---------------------------
+
+
+def test_non_neutral_text_waits_for_the_answers_before_it_and_then_uses_their_settings() -> None:
+    h = Harness()
+    attack = b"SELECT E'\xfa\x5c'; INSERT INTO t VALUES (1); --'"  # FA 5C: one SJIS character
+    out = h.send(m.encode_query("SET client_encoding TO 'SJIS'") + m.encode_message(m.QUERY, attack + b"\x00")
+                 + m.encode_query("SELECT 2"), "whole")
+    assert messages(out) == [(m.QUERY, b"SET client_encoding TO 'SJIS'\x00")]  # the rest waits, in order
+    assert h.gate.is_holding and h.gate.feed(m.encode_query("SELECT 3")) == []
+    h.gate.on_parameter_status(b"client_encoding\x00SJIS\x00")
+    released = messages(b"".join(bytes(p) for p in h.gate.on_ready_for_query()))
+    assert b"client_encoding SJIS" in released[0][1] and b"DO $pgw$" in released[0][1]  # refused by the gate
+    assert released[1:] == [(m.QUERY, b"SELECT 2\x00"), (m.QUERY, b"SELECT 3\x00")]
+    assert h.logged[-3][2] is False and "query" in h.logged[-3][1]
+
+
+def test_backslash_text_is_refused_while_standard_conforming_strings_is_off() -> None:
+    h = Harness()
+    h.gate.on_parameter_status(b"standard_conforming_strings\x00off\x00")
+    h.send(m.encode_query("SELECT 1"), "whole")
+    h.gate.on_ready_for_query()
+    sent = messages(h.send(m.encode_query("SELECT 'a\\', ' ; INSERT INTO t VALUES (1); -- '"), "whole"))
+    assert b"standard_conforming_strings is off" in sent[0][1]
+    h.gate.on_ready_for_query()  # the stand-in's answer
+    assert messages(h.send(m.encode_query("SELECT 'caf\u00e9'"), "whole")) == [
+        (m.QUERY, "SELECT 'caf\u00e9'\x00".encode())]  # no backslash: the setting does not matter
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_non_neutral_parse_after_an_execute_before_sync_is_refused(mode: str) -> None:
+    h = Harness()
+    stream = (parse("", "SET standard_conforming_strings TO off") + bind("") + EXECUTE
+              + parse("", "SELECT 'a\\'") + bind("") + EXECUTE + SYNC)
+    sent = messages(h.send(stream, mode))
+    assert [t for t, _ in sent[:3]] == [m.PARSE, m.BIND, m.EXECUTE]
+    assert b"send Sync before it" in sent[3][1] and sent[-1][0] == m.SYNC
+    assert not h.gate.is_holding
+
+
+def test_text_that_does_not_decode_is_decided_as_unknown() -> None:
+    h = Harness()
+    h.send(m.encode_message(m.QUERY, b"SELECT '\xff'\x00"), "whole")
+    assert h.policy.asked[-1] == ("query", "SELECT '\ufffd'\x00")  # the NUL makes classify() say UNKNOWN
+
+
+def test_a_full_backlog_asks_the_session_to_stop_reading() -> None:
+    h = Harness()
+    h.send(m.encode_query("SELECT 1") + m.encode_query("SELECT '\u00e9'"), "whole")
+    assert h.gate.is_holding and not h.gate.is_backlog_full
+    h.gate.feed(m.encode_message(m.COPY_DATA, b"x" * (1 << 20)))
+    assert h.gate.is_backlog_full
+
+
+# --- names across a reload ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Classifying(NoInsert):
+    """NoInsert that also classifies, as the engine does, so the gate can read the names a text touches."""
+
+    classified: object = None
+    denied_word: str = "INSERT"
+
+    def decide_query(self, sql: str) -> Verdict:
+        self.classified = classify(sql)
+        self.asked.append(("query", sql))
+        return Verdict(self.denied_word not in sql.upper())
+
+    def decide_parse(self, name: str, sql: str) -> Verdict:
+        self.classified = classify(sql)
+        self.asked.append(("parse", sql))
+        return Verdict(self.denied_word not in sql.upper())
+
+
+def test_sql_execute_of_a_statement_prepared_before_a_reload_is_decided_again() -> None:
+    policy = Classifying(denied_word="DROP")
+    h = Harness(policy)
+    h.send(m.encode_query("PREPARE p AS INSERT INTO t VALUES (1)") + m.encode_query("PREPARE q AS SELECT 1"),
+           "whole")
+    policy.asked.clear()
+    assert messages(h.send(m.encode_query("EXECUTE q"), "whole")) == [(m.QUERY, b"EXECUTE q\x00")]
+    assert policy.asked == [("query", "EXECUTE q")]  # same generation: nothing to decide again
+    policy.generation, policy.denied_word = 2, "INSERT"  # a reload: inserts are denied now
+    sent = messages(h.send(m.encode_query("EXECUTE p") + m.encode_query("EXECUTE q"), "whole"))
+    assert b"DO $pgw$" in sent[0][1] and sent[1] == (m.QUERY, b"EXECUTE q\x00")
+    assert ("query", "PREPARE p AS INSERT INTO t VALUES (1)") in policy.asked
+    assert h.logged[-3][0] == "EXECUTE" and h.logged[-3][2] is False
+
+
+def test_names_dropped_by_sql_are_unknown_after_a_reload() -> None:
+    h = Harness(Classifying())
+    h.send(m.encode_query("PREPARE q AS SELECT 1") + m.encode_query("DEALLOCATE ALL")
+           + m.encode_query("DECLARE c CURSOR WITH HOLD FOR SELECT 1") + m.encode_query("CLOSE c"), "whole")
+    h.policy.generation = 2
+    sent = messages(h.send(m.encode_query("EXECUTE q") + m.encode_query("FETCH c"), "whole"))
+    assert all(b"DO $pgw$" in body for _, body in sent)
+    assert [(k, allowed) for k, _, allowed in h.logged[-4:]] == [("QUERY", True), ("EXECUTE", False),
+                                                                  ("QUERY", True), ("EXECUTE", False)]
+
+
+def test_protocol_statement_that_executes_another_decides_both_again() -> None:
+    policy = Classifying(denied_word="DROP")
+    h = Harness(policy)
+    h.send(m.encode_query("PREPARE p AS INSERT INTO t VALUES (1)") + parse("s", "EXECUTE p") + SYNC, "whole")
+    policy.generation, policy.denied_word = 2, "INSERT"
+    sent = messages(h.send(bind("s") + EXECUTE + SYNC, "whole"))
+    assert sent[0][0] == m.PARSE and b"DO $pgw$" in sent[0][1]  # the stand-in for the Bind
+    assert [k for k, _, _ in h.logged[-2:]] == ["BIND", "EXECUTE"]
+
+
+def test_a_query_inside_an_unsynced_batch_makes_the_answer_count_unsure_until_all_come() -> None:
+    h = Harness()
+    h.send(parse("", "SELECT 1") + m.encode_query("SELECT 2") + SYNC, "whole")  # the upstream may skip the Query
+    sent = messages(h.send(m.encode_query("SELECT 'é'"), "whole"))
+    assert b"cannot tell which settings" in sent[0][1]  # denied, not held: its answer may never come
+    for _ in range(3):  # the Query's, the Sync's and the stand-in's ReadyForQuery: none was skipped
+        h.gate.on_ready_for_query()
+    assert messages(h.send(m.encode_query("SELECT 'é'"), "whole")) == [(m.QUERY, "SELECT 'é'\x00".encode())]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_begin_before_sync_does_not_stop_text_after_it_but_a_function_does(mode: str) -> None:
+    h = Harness(Classifying())
+    text = "SELECT 'caf\u00e9'"
+    begin = parse("S_1", "BEGIN") + bind("S_1") + EXECUTE
+    sent = messages(h.send(begin + parse("", text) + bind("") + EXECUTE + SYNC, mode))
+    assert (m.PARSE, b"\x00" + text.encode() + b"\x00\x00\x00") in sent  # pgjdbc's BEGIN cannot change settings
+    h.gate.on_ready_for_query()
+    sent = messages(h.send(bind("S_1") + EXECUTE + parse("", text) + bind("") + EXECUTE + SYNC, mode))
+    assert (m.PARSE, b"\x00" + text.encode() + b"\x00\x00\x00") in sent  # the named BEGIN, bound again
+    h.gate.on_ready_for_query()
+    sent = messages(h.send(parse("", "SELECT set_config('standard_conforming_strings', 'off', false)") + bind("")
+                           + EXECUTE + parse("", text) + bind("") + EXECUTE + SYNC, mode))
+    assert any(b"send Sync before it" in body for _, body in sent)
