@@ -29,6 +29,7 @@ import io
 import os
 import re
 import signal
+import subprocess
 import sys
 import tarfile
 import time
@@ -80,8 +81,21 @@ def corpus_dir() -> Path:
     return target
 
 
+def _package_index() -> str:
+    """The index pip itself uses: $PIP_INDEX_URL, pip's configured index-url, else pip's default."""
+    if os.environ.get("PIP_INDEX_URL"):
+        return os.environ["PIP_INDEX_URL"].rstrip("/")
+    configured = subprocess.run([sys.executable, "-m", "pip", "config", "get", "global.index-url"],
+                                capture_output=True, text=True)
+    if configured.returncode == 0 and configured.stdout.strip():
+        return configured.stdout.strip().rstrip("/")
+    from pip._internal.models.index import PyPI  # pip's own default, so no index is named here
+
+    return str(PyPI.simple_url).rstrip("/")
+
+
 def _download_sdist(name: str, version: str) -> bytes:
-    index = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple").rstrip("/")
+    index = _package_index()
     page = urllib.request.urlopen(f"{index}/{name}/", timeout=60).read().decode()
     wanted = re.compile(rf'href="([^"]*/{re.escape(name)}-{re.escape(version)}\.tar\.gz)#sha256=([0-9a-f]{{64}})"')
     found = wanted.search(page)
