@@ -34,7 +34,6 @@ from yaml import (
     SequenceEndEvent,
     SequenceStartEvent,
     StreamEndEvent,
-    StreamStartEvent,
 )
 from yaml._yaml import CParser
 
@@ -73,6 +72,8 @@ _TIMESTAMP = re.compile(
     re.X,
 )
 _NUMBER_START = frozenset("-+0123456789.")
+# First characters of every plain scalar that may be anything but a string (and "" for null).
+_SPECIAL_FIRST = frozenset(("", *"tTfF~nN<=", *_NUMBER_START))
 # The forms typed here directly; every other int/float/timestamp goes to ruamel.
 _DECIMAL = re.compile(r"[-+]?[0-9]+")
 _SIMPLE_FLOAT = re.compile(r"[-+]?[0-9]+\.[0-9]+")
@@ -115,18 +116,7 @@ def _typed_by_ruamel(value: str) -> Any:
         raise Unsupported("a value ruamel refuses or types differently") from exc
 
 
-class _Frame:
-    """A collection being built: its value, the key awaiting its value (mappings), its anchor."""
-
-    __slots__ = ("anchor", "key", "value")
-
-    def __init__(self, value: Any, anchor: str | None) -> None:
-        self.value = value
-        self.anchor = anchor
-        self.key: str | None = None
-
-
-_NO_KEY = None
+_KEY = object()  # a mapping's slot in `pending` while it waits for a key
 
 
 def documents(text: str, *, max_values: int, max_depth: int) -> Iterator[tuple[int, int, dict[str, Any] | None]]:
@@ -136,57 +126,90 @@ def documents(text: str, *, max_values: int, max_depth: int) -> Iterator[tuple[i
     must then discard what was yielded and parse the whole text with ruamel.
     """
     parser = CParser(text)
+    get_event = parser.get_event
     index = 0
-    anchors: dict[str, tuple[Any, int, int]] = {}  # name -> (value, values inside, levels inside)
-    stack: list[_Frame] = []
-    count = 0
     line = 1
+    anchors: dict[str, tuple[Any, int, int]] = {}  # name -> (value, values inside, levels below)
+    # The open collections, innermost last: the collection, where its next value goes (_KEY: a
+    # mapping waiting for a key, None: a sequence, else the key), and its anchor.
+    containers: list[Any] = []
+    pending: list[Any] = []
+    anchored: list[str | None] = []
+    count = 0  # values so far in this document, aliases expanded (keys are not counted, as in load)
     root: Any = None
     try:
         while True:
             try:
-                event = parser.get_event()
+                event = get_event()
             except Exception as exc:  # libyaml's syntax errors: ruamel words and places them
                 raise Unsupported("syntax error") from exc
             kind = type(event)
             if kind is ScalarEvent:
                 if event.tag is not None:
                     raise Unsupported("explicit tag")
-                value: Any = plain_scalar(event.value) if event.implicit[0] else event.value
-                if not stack or type(stack[-1].value) is list or stack[-1].key is not _NO_KEY:
-                    count += 1  # a value; keys are not counted, as in load's limit
-            elif kind is MappingStartEvent or kind is SequenceStartEvent:
+                value: Any = event.value
+                if event.implicit[0] and value[:1] in _SPECIAL_FIRST:
+                    value = plain_scalar(value)
+                if event.anchor is not None:
+                    _remember(anchors, event.anchor, value, max_values)
+                if not containers:
+                    if value is not None:
+                        raise Unsupported("a document that is not a mapping")
+                    root = None
+                    continue
+                key = pending[-1]
+                if key is _KEY:
+                    if type(value) is not str:
+                        raise Unsupported("a mapping key that is not a string")
+                    if value in containers[-1]:
+                        raise Unsupported("duplicate key")
+                    pending[-1] = value
+                    continue
+                count += 1
+                if key is None:
+                    containers[-1].append(value)
+                else:
+                    containers[-1][key] = value
+                    pending[-1] = _KEY
+                continue
+            if kind is MappingStartEvent or kind is SequenceStartEvent:
                 if event.tag is not None:
                     raise Unsupported("explicit tag")
-                if not stack:
+                if not containers:
                     if kind is SequenceStartEvent:
                         raise Unsupported("a document that is not a mapping")
                     line = event.start_mark.line + 1
-                elif stack[-1].key is _NO_KEY and type(stack[-1].value) is dict:
+                elif pending[-1] is _KEY:
                     raise Unsupported("a collection as a mapping key")
-                if len(stack) >= max_depth:
+                elif len(containers) >= max_depth:
                     raise Unsupported("too deep")
                 count += 1
-                stack.append(_Frame({} if kind is MappingStartEvent else [], event.anchor))
+                if kind is MappingStartEvent:
+                    containers.append({})
+                    pending.append(_KEY)
+                else:
+                    containers.append([])
+                    pending.append(None)
+                anchored.append(event.anchor)
                 continue
-            elif kind is MappingEndEvent or kind is SequenceEndEvent:
-                frame = stack.pop()
-                value = frame.value
-                if frame.anchor is not None:
-                    _remember(anchors, frame.anchor, value, max_values)
-                    frame.anchor = None
+            if kind is MappingEndEvent or kind is SequenceEndEvent:
+                value = containers.pop()
+                pending.pop()
+                anchor = anchored.pop()
+                if anchor is not None:
+                    _remember(anchors, anchor, value, max_values)
+                if not containers:
+                    root = value
+                    continue
             elif kind is AliasEvent:
                 if event.anchor not in anchors:
                     raise Unsupported("undefined alias")
                 value, size, levels = anchors[event.anchor]
-                count += size
-                if len(stack) + levels > max_depth:
-                    raise Unsupported("too deep")
+                if not containers or len(containers) + levels > max_depth:
+                    raise Unsupported("an alias as the document, or too deep")
+                if pending[-1] is not _KEY:
+                    count += size
                 value = _copy(value)  # each use gets its own copy, as ruamel's tree -> plain conversion did
-                _add(stack, value, None, from_alias=True)
-                if count > max_values:
-                    raise Unsupported("too many values")
-                continue
             elif kind is DocumentStartEvent:
                 if event.version is not None or event.tags:
                     raise Unsupported("%YAML or %TAG directive")
@@ -198,42 +221,27 @@ def documents(text: str, *, max_values: int, max_depth: int) -> Iterator[tuple[i
             elif kind is DocumentEndEvent:
                 yield index, line, root
                 continue
-            elif kind is StreamStartEvent:
-                continue
             elif kind is StreamEndEvent:
                 return
-            else:  # pragma: no cover - libyaml has no other events
-                raise Unsupported(kind.__name__)
+            else:  # StreamStartEvent
+                continue
+            # A finished collection, or an alias's value, goes into its parent.
             if count > max_values:
                 raise Unsupported("too many values")
-            if not stack:  # the document's root
-                if kind is ScalarEvent and value is not None:
-                    raise Unsupported("a document that is not a mapping")
-                root = value
-                continue
-            anchor = event.anchor if kind is ScalarEvent else None
-            if anchor is not None:
-                _remember(anchors, anchor, value, max_values)
-            _add(stack, value, anchor, from_alias=False)
+            key = pending[-1]
+            if key is None:
+                containers[-1].append(value)
+            elif key is _KEY:
+                if type(value) is not str:
+                    raise Unsupported("a mapping key that is not a string")
+                if value in containers[-1]:
+                    raise Unsupported("duplicate key")
+                pending[-1] = value
+            else:
+                containers[-1][key] = value
+                pending[-1] = _KEY
     finally:
         parser.dispose()
-
-
-def _add(stack: list[_Frame], value: Any, anchor: str | None, *, from_alias: bool) -> None:
-    frame = stack[-1]
-    target = frame.value
-    if type(target) is list:
-        target.append(value)
-        return
-    if frame.key is _NO_KEY:
-        if type(value) is not str:
-            raise Unsupported("a mapping key that is not a string")
-        if value in target:
-            raise Unsupported("duplicate key")
-        frame.key = value
-        return
-    target[frame.key] = value
-    frame.key = _NO_KEY
 
 
 def _remember(anchors: dict[str, tuple[Any, int, int]], name: str, value: Any, max_values: int) -> None:
