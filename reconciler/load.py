@@ -96,7 +96,9 @@ def read_directory(
         for name in sorted(filenames):
             if name.startswith(".") or not name.lower().endswith(MANIFEST_SUFFIXES):
                 continue
-            file, problem = _read_file(here / name, _relative(here / name, real_root), real_root, max_file_bytes)
+            file, problem = _read_file(
+                here / name, _relative(here / name, real_root), real_root, max_file_bytes, walked=True
+            )
             files.extend([file] if file else [])
             problems.extend([problem] if problem else [])
     files.sort(key=lambda f: f.path)
@@ -286,14 +288,16 @@ def _syntax_error(path: str, index: int, exc: YAMLError) -> ManifestSyntaxError:
 
 
 def _read_file(
-    path: Path, rel: str, real_root: Path, max_file_bytes: int
+    path: Path, rel: str, real_root: Path, max_file_bytes: int, *, walked: bool = False
 ) -> tuple[ManifestFile | None, ConfigError | None]:
+    """`walked`: found by walking `real_root` without following directory symlinks, so only a
+    symlink can lead outside (resolving costs a stat per path component, for every file)."""
     if path.is_symlink():
         if not path.exists():
             return None, _refused(rel, "broken symlink")
         if not _inside(path, real_root):
             return None, _refused(rel, "symlink points outside the manifest root")
-    if not _inside(path, real_root):
+    elif not walked and not _inside(path, real_root):
         return None, _refused(rel, "file is outside the manifest root")
     if not path.is_file():  # a FIFO or device would block or never end
         return None, _refused(rel, "not a regular file")
