@@ -18,6 +18,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema._utils import equal, uniq  # jsonschema's own equality (1 != True) and uniqueness
 from referencing import Resource
+from referencing.jsonschema import DRAFT202012
 
 Check = Callable[[Any], bool]
 
@@ -39,7 +40,7 @@ def compile_validator(validator: Draft202012Validator) -> Check | None:
     registry = getattr(validator, "_registry", None)  # attrs field behind the `registry=` argument
     if registry is None:
         return None
-    resolver = registry.resolver_with_root(Resource.from_contents(validator.schema))
+    resolver = registry.resolver_with_root(Resource.from_contents(validator.schema, default_specification=DRAFT202012))
     try:
         return _Compiler().compile(validator.schema, resolver, root=True)
     except _Unsupported:

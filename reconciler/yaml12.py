@@ -119,12 +119,19 @@ def _typed_by_ruamel(value: str) -> Any:
 _KEY = object()  # a mapping's slot in `pending` while it waits for a key
 
 
+# Where libyaml (YAML 1.1) and ruamel (1.2) read the same characters differently: libyaml accepts a
+# tab after `:` (ruamel refuses it), and takes NEL, LS and PS for line breaks (1.2 does not).
+_DIVERGENT_CHARACTERS = re.compile("[\t\x85\u2028\u2029]")
+
+
 def documents(text: str, *, max_values: int, max_depth: int) -> Iterator[tuple[int, int, dict[str, Any] | None]]:
     """(1-based index, 1-based line of the content, body or None for an empty document) per document.
 
     Raises Unsupported for anything the ruamel path must handle (see the module docstring); the caller
     must then discard what was yielded and parse the whole text with ruamel.
     """
+    if _DIVERGENT_CHARACTERS.search(text):
+        raise Unsupported("tabs or YAML 1.1 line breaks")
     parser = CParser(text)
     get_event = parser.get_event
     index = 0

