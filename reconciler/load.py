@@ -10,6 +10,7 @@ import datetime
 import hashlib
 import os
 import re
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedBase, TaggedScalar
 from ruamel.yaml.constructor import DuplicateKeyError
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.error import MarkedYAMLError, YAMLError, YAMLFutureWarning, YAMLWarning
 
 from reconciler import yaml12
 from reconciler.errors import ConfigError, ManifestErrors, ManifestSyntaxError, SourceRef, format_path
@@ -27,6 +28,10 @@ MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 DEFAULT_MAX_FILE_BYTES = 1 << 20
 MAX_VALUES_PER_DOCUMENT = 100_000  # after aliases expand: refuses "billion laughs" documents
 _MAX_DEPTH = 100  # levels below a document's root
+# ruamel's warnings (a reused anchor, a %YAML 1.1 directive) quote the source lines around the place,
+# and a manifest line may hold a secret: they must not reach stderr or the logs.
+warnings.filterwarnings("ignore", category=YAMLWarning)
+warnings.filterwarnings("ignore", category=YAMLFutureWarning)
 # Explicit tags that name plain data (`!!map`, `!!str`, ...); anything else, e.g. `!!python/object`, is refused.
 _STANDARD_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("map", "omap", "seq", "str", "int", "float", "bool", "null")}
 

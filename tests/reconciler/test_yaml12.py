@@ -11,9 +11,13 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import os
 import re
+import subprocess
+import sys
 import threading
 import warnings
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -284,3 +288,17 @@ def test_mutated_manifests_read_or_fail_the_same(docs: list[Any], style: int, ed
 ]), max_size=10))
 def test_fragments_of_rare_syntax_read_the_same(lines: list[str]) -> None:
     assert_same("".join(lines))
+
+
+def test_ruamel_warnings_do_not_echo_manifest_lines() -> None:
+    """A reused anchor sends the file to ruamel, whose warning quotes the lines (a secret may be there)."""
+    code = (
+        "from reconciler.load import ManifestFile, parse_file\n"
+        "text = b'kind: Secret\\nmetadata: &a {name: s}\\ndata: &a {value: hunter2-s3cret}\\nx: *a\\n'\n"
+        "[doc] = parse_file(ManifestFile(path='s.yaml', data=text))\n"
+        "assert doc.body['x'] == {'value': 'hunter2-s3cret'}\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:].replace("hunter2-s3cret", "…")
+    assert "hunter2" not in done.stdout + done.stderr
