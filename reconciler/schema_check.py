@@ -270,3 +270,25 @@ def _scalar_checks(schema: Mapping[str, Any]) -> list[Check]:
         maximum = schema["maximum"]
         checks.append(lambda x: not _is_number(x) or not x > maximum)
     return checks
+
+
+def remembering(check: Check, *, limit: int = 200_000) -> Check:
+    """`check`, with each verdict kept per instance object: the next cycle's unchanged documents cost nothing.
+
+    Keyed by id() with the instance held, so no other object can take its id while the verdict is kept.
+    Sound only for instances nobody mutates afterwards: manifest bodies are never mutated (the parse
+    and decrypt caches already share them between revisions).
+    """
+    verdicts: dict[int, tuple[Any, bool]] = {}
+
+    def check_remembered(instance: Any) -> bool:
+        seen = verdicts.get(id(instance))
+        if seen is not None and seen[0] is instance:
+            return seen[1]
+        verdict = check(instance)
+        if len(verdicts) >= limit:
+            verdicts.clear()
+        verdicts[id(instance)] = (instance, verdict)
+        return verdict
+
+    return check_remembered

@@ -197,7 +197,8 @@ def _validators() -> dict[str, Draft202012Validator]:
 @functools.cache
 def _compiled_checks() -> dict[str, Callable[[Any], bool]]:
     """kind -> the compiled equivalent of its validator's is_valid, where schema_check covers the schema."""
-    return {kind: check for kind, v in _validators().items() if (check := schema_check.compile_validator(v))}
+    return {kind: schema_check.remembering(check)
+            for kind, v in _validators().items() if (check := schema_check.compile_validator(v))}
 
 
 _VALID_BODIES: set[tuple[str, str]] = set()
