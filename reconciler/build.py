@@ -6,8 +6,8 @@ Pure: Documents in, a Snapshot out. Run `validate.validate_all` first; this stag
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
 from proxy.snapshot import (
     AuthorizationMode,
@@ -54,9 +54,9 @@ def build_snapshot(documents: Iterable[Document], *, revision: str, source: str)
     for doc in documents:
         try:
             if doc.kind == "Service":
-                services[doc.name] = _service(doc)
+                services[doc.name] = _built_once(_service, doc)
             elif doc.kind == "User":
-                users[doc.name] = _user_remembered(doc)
+                users[doc.name] = _built_once(_user, doc)
             elif doc.kind == "Group":
                 groups[doc.name] = Group(name=doc.name, manifest=_manifest(doc),
                                          authorization=authorization_from_wire(_jsonable(_spec(doc).get("authorization"))))
@@ -189,20 +189,23 @@ def _user(doc: Document) -> User:
     )
 
 
-_USERS: dict[int, tuple[dict[str, Any], User]] = {}  # id(body) -> (body, its User); bodies are never mutated
+_BUILT: dict[tuple[str, int], tuple[dict[str, Any], Any]] = {}  # (kind, id(body)) -> (body, built)
+T = TypeVar("T")
 
 
-def _user_remembered(doc: Document) -> User:
-    """`_user`, built once per body object: the next cycle's 10,000 unchanged Users cost nothing (the
-    parse cache hands back the same bodies); the body is held, so its id() is not reused meanwhile."""
-    seen = _USERS.get(id(doc.body))
+def _built_once(build: Callable[[Document], T], doc: Document) -> T:
+    """`build(doc)`, once per body object: the next cycle's 10,000 unchanged Users cost nothing (the
+    parse cache hands back the same bodies, which nothing mutates). Only for builds that read
+    nothing but the body; the body is held, so its id() is not reused meanwhile."""
+    key = (doc.kind, id(doc.body))
+    seen = _BUILT.get(key)
     if seen is not None and seen[0] is doc.body:
-        return seen[1]
-    user = _user(doc)
-    if len(_USERS) >= 200_000:
-        _USERS.clear()
-    _USERS[id(doc.body)] = (doc.body, user)
-    return user
+        return seen[1]  # type: ignore[no-any-return]
+    built = build(doc)
+    if len(_BUILT) >= 200_000:
+        _BUILT.clear()
+    _BUILT[key] = (doc.body, built)
+    return built
 
 
 def _secret(doc: Document) -> Secret:
