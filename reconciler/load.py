@@ -158,7 +158,7 @@ def _parse_file(file: ManifestFile) -> list[Document]:
         raise ManifestErrors([_refused(file.path, f"not UTF-8 (byte {exc.start})")]) from None
     try:
         return _parse_with_libyaml(file.path, text)
-    except yaml12.Unsupported:
+    except Exception:  # noqa: BLE001 - Unsupported, or anything odd (a 5,000-digit int): ruamel decides
         return _parse_with_ruamel(file.path, text)
 
 

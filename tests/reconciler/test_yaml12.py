@@ -160,6 +160,7 @@ def test_merge_keys_keep_ruamels_meaning() -> None:
         "~\n---\n" + HEAD,
         "---\n---\n" + HEAD + "...\n",
         f"{HEAD}v: 2024-13-45\n",
+        f"{HEAD}v: {'1' * 5000}\nw: {'1' * 5000}.5\n",  # past Python's int-from-str digit limit
         f"{HEAD}v: \"unterminated\n",
         f"{HEAD}  bad: indent\n",
         "\ufeff" + HEAD,
