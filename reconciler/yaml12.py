@@ -19,11 +19,13 @@ nested file (`[[[[…`); the event loop here is iterative and stops at the depth
 
 from __future__ import annotations
 
+import datetime
 import functools
 import re
 from collections.abc import Iterator
 from typing import Any
 
+from ruamel.yaml.util import create_timestamp, timestamp_regexp
 from yaml import (
     AliasEvent,
     DocumentEndEvent,
@@ -43,8 +45,8 @@ class Unsupported(Exception):  # noqa: N818 - a signal to fall back, not an erro
 
 
 # ruamel.yaml's YAML 1.2 implicit resolvers (ruamel/yaml/resolver.py, version (1, 2)), in its order.
-# Values that only match these need ruamel's constructor (underscores, 0o/0x/0b, exponents, .inf,
-# timestamps): `_typed_by_ruamel` asks ruamel for them, so their meaning cannot drift.
+# Numbers beyond plain decimals (underscores, 0o/0x/0b, exponents, .inf) are rare: `_typed_by_ruamel`
+# asks ruamel for them, so their meaning cannot drift.
 _BOOL = {"true": True, "True": True, "TRUE": True, "false": False, "False": False, "FALSE": False}
 _NULL = frozenset(("", "~", "null", "Null", "NULL"))
 _FLOAT_12 = re.compile(
@@ -100,8 +102,21 @@ def plain_scalar(value: str) -> Any:
     if first == "=" and value == "=":
         raise Unsupported("the `=` value tag")
     if first.isdigit() and _TIMESTAMP.match(value):
-        return _typed_by_ruamel(value)
+        return _timestamp(value)
     return value
+
+
+def _timestamp(value: str) -> Any:
+    """A timestamp as ruamel's round-trip constructor builds it (with ruamel's own regexp and builder:
+    a repository may hold thousands, too many to ask ruamel one by one), as a plain date or datetime."""
+    match = timestamp_regexp.match(value)
+    if match is None:
+        raise Unsupported("a timestamp ruamel refuses")
+    moment = create_timestamp(**match.groupdict())  # ValueError for 2024-13-45: ruamel reports it
+    if isinstance(moment, datetime.datetime):
+        return datetime.datetime(moment.year, moment.month, moment.day, moment.hour, moment.minute,
+                                 moment.second, moment.microsecond, moment.tzinfo)
+    return datetime.date(moment.year, moment.month, moment.day)
 
 
 @functools.lru_cache(maxsize=4096)
