@@ -202,7 +202,7 @@ def _built_once(build: Callable[[Document], T], doc: Document) -> T:
     if seen is not None and seen[0] is doc.body:
         return seen[1]  # type: ignore[no-any-return]
     built = build(doc)
-    if len(_BUILT) >= 200_000:
+    if len(_BUILT) >= 100_000:  # stale bodies are let go all at once, as the schema verdicts are
         _BUILT.clear()
     _BUILT[key] = (doc.body, built)
     return built

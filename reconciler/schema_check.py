@@ -272,12 +272,13 @@ def _scalar_checks(schema: Mapping[str, Any]) -> list[Check]:
     return checks
 
 
-def remembering(check: Check, *, limit: int = 200_000) -> Check:
+def remembering(check: Check, *, limit: int = 100_000) -> Check:
     """`check`, with each verdict kept per instance object: the next cycle's unchanged documents cost nothing.
 
-    Keyed by id() with the instance held, so no other object can take its id while the verdict is kept.
-    Sound only for instances nobody mutates afterwards: manifest bodies are never mutated (the parse
-    and decrypt caches already share them between revisions).
+    Keyed by id() with the instance held, so no other object can take its id while the verdict is kept;
+    at `limit` entries all are dropped (old revisions' bodies are let go). Sound only for instances
+    nobody mutates afterwards: manifest bodies never are (the parse and decrypt caches already share
+    them between revisions).
     """
     verdicts: dict[int, tuple[Any, bool]] = {}
 
