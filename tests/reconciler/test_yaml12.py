@@ -321,3 +321,14 @@ def timestamps(draw: st.DrawFn) -> str:
 @given(timestamps())
 def test_timestamps_read_the_same(value: str) -> None:
     assert_same(f"{HEAD}v: {value}\nw: [{value}]\n")
+
+
+def test_real_manifests_take_the_libyaml_path() -> None:
+    """The examples (sops-encrypted Secrets included) never need ruamel: the fast path is the common path."""
+    root = Path(__file__).resolve().parents[2] / "examples-repo"
+    files, problems = load.read_directory(root)
+    assert files and not problems
+    for file in files:
+        text = file.data.decode("utf-8-sig")
+        assert [body for _, _, body in yaml12.documents(text, max_values=100_000, max_depth=100) if body]
+        assert_same(text)
