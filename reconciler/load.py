@@ -10,6 +10,8 @@ import datetime
 import hashlib
 import os
 import re
+import stat
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,13 +20,19 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedBase, TaggedScalar
 from ruamel.yaml.constructor import DuplicateKeyError
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.error import MarkedYAMLError, YAMLError, YAMLFutureWarning, YAMLWarning
 
+from reconciler import yaml12
 from reconciler.errors import ConfigError, ManifestErrors, ManifestSyntaxError, SourceRef, format_path
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 DEFAULT_MAX_FILE_BYTES = 1 << 20
 MAX_VALUES_PER_DOCUMENT = 100_000  # after aliases expand: refuses "billion laughs" documents
+_MAX_DEPTH = 100  # levels below a document's root
+# ruamel's warnings (a reused anchor, a %YAML 1.1 directive) quote the source lines around the place,
+# and a manifest line may hold a secret: they must not reach stderr or the logs.
+warnings.filterwarnings("ignore", category=YAMLWarning)
+warnings.filterwarnings("ignore", category=YAMLFutureWarning)
 # Explicit tags that name plain data (`!!map`, `!!str`, ...); anything else, e.g. `!!python/object`, is refused.
 _STANDARD_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("map", "omap", "seq", "str", "int", "float", "bool", "null")}
 
@@ -87,6 +95,7 @@ def read_directory(
     problems: list[ConfigError] = []
     for dirpath, dirnames, filenames in os.walk(real_root):
         here = Path(dirpath)
+        prefix = "" if here == real_root else _relative(here, real_root) + "/"
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for d in dirnames:
             if (here / d).is_symlink() and not _inside(here / d, real_root):
@@ -94,7 +103,8 @@ def read_directory(
         for name in sorted(filenames):
             if name.startswith(".") or not name.lower().endswith(MANIFEST_SUFFIXES):
                 continue
-            file, problem = _read_file(here / name, _relative(here / name, real_root), real_root, max_file_bytes)
+            read = _read_regular(os.path.join(dirpath, name), prefix + name, max_file_bytes)
+            file, problem = read or _read_file(here / name, prefix + name, real_root, max_file_bytes, walked=True)
             files.extend([file] if file else [])
             problems.extend([problem] if problem else [])
     files.sort(key=lambda f: f.path)
@@ -122,8 +132,7 @@ _PARSED_MAX_FILES = 50_000
 def parse_file(file: ManifestFile) -> list[Document]:
     """The documents in one file, from a cache keyed by path and content digest.
 
-    ruamel's YAML 1.2 round-trip parser costs ~2 ms per document, so a 10,000-User repository
-    takes seconds to parse; a commit usually changes a few files, and only those are parsed again.
+    A commit usually changes a few files, and only those are parsed again.
     Cached bodies are shared between revisions: stages build new values, they never mutate bodies.
     """
     key = (file.path, hashlib.sha256(file.data).digest())
@@ -138,13 +147,47 @@ def parse_file(file: ManifestFile) -> list[Document]:
 
 
 def _parse_file(file: ManifestFile) -> list[Document]:
-    """The documents in one file (empty documents are skipped but still counted)."""
+    """The documents in one file (empty documents are skipped but still counted).
+
+    libyaml reads the common shape (`yaml12`); whatever it does not type exactly as ruamel's YAML 1.2
+    loader would, and every file with an error, is parsed by ruamel, whose messages users know.
+    """
     try:
         text = file.data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise ManifestErrors([_refused(file.path, f"not UTF-8 (byte {exc.start})")]) from None
+    try:
+        return _parse_with_libyaml(file.path, text)
+    except Exception:  # noqa: BLE001 - Unsupported, or anything odd (a 5,000-digit int): ruamel decides
+        return _parse_with_ruamel(file.path, text)
+
+
+def _parse_with_libyaml(path: str, text: str) -> list[Document]:
+    return [
+        Document(file=path, index=index, line=line, kind=_kind_of(body), name=_name_of(body), body=body)
+        for index, line, body in yaml12.documents(text, max_values=MAX_VALUES_PER_DOCUMENT, max_depth=_MAX_DEPTH)
+        if body is not None
+    ]
+
+
+def ruamel_documents(text: str) -> list[Any]:
+    """ruamel's round-trip load of a whole stream (YAML 1.2; raises its own YAMLError)."""
+    return list(_ruamel().load_all(text))
+
+
+def plain_value(value: Any) -> Any:
+    """One ruamel value as plain Python, as documents hold it (for `yaml12`'s rare scalars)."""
+    return _plain(value, [], SourceRef(file=""), [0])
+
+
+def _ruamel() -> YAML:
     yaml = YAML(typ="rt", pure=True)  # rt: keeps line numbers; its default is YAML 1.2 ("on" stays a string)
     yaml.allow_duplicate_keys = False
+    return yaml
+
+
+def _parse_with_ruamel(path: str, text: str) -> list[Document]:
+    yaml = _ruamel()
     documents: list[Document] = []
     errors: list[ConfigError] = []
     index = 0
@@ -153,17 +196,17 @@ def _parse_file(file: ManifestFile) -> list[Document]:
             if raw is None:
                 continue
             try:
-                documents.append(_document(file.path, index, raw))
+                documents.append(_document(path, index, raw))
             except ManifestSyntaxError as exc:
                 errors.append(exc)
     except YAMLError as exc:
-        errors.append(_syntax_error(file.path, index + 1, exc))
+        errors.append(_syntax_error(path, index + 1, exc))
     except RecursionError:
-        errors.append(ManifestSyntaxError("nested too deeply", source=SourceRef(file=file.path, document=index + 1)))
+        errors.append(ManifestSyntaxError("nested too deeply", source=SourceRef(file=path, document=index + 1)))
     except (ValueError, TypeError, OverflowError) as exc:
         # ruamel's constructors raise these for `2024-13-45` or `!!int abc`; their text quotes the value.
         message = f"a value cannot be read ({type(exc).__name__}): check dates and explicit !!tags"
-        errors.append(ManifestSyntaxError(message, source=SourceRef(file=file.path, document=index + 1)))
+        errors.append(ManifestSyntaxError(message, source=SourceRef(file=path, document=index + 1)))
     if errors:
         raise ManifestErrors(errors)
     return documents
@@ -192,7 +235,7 @@ def _name_of(body: Mapping[str, Any]) -> str:
 def _plain(value: Any, path: list[str | int], source: SourceRef, count: list[int]) -> Any:
     """ruamel's round-trip types -> dict/list/str/int/float/bool/None/date(time), checking as we go."""
     count[0] += 1
-    if count[0] > MAX_VALUES_PER_DOCUMENT or len(path) > 100:
+    if count[0] > MAX_VALUES_PER_DOCUMENT or len(path) > _MAX_DEPTH:
         raise ManifestSyntaxError(
             f"document expands to more than {MAX_VALUES_PER_DOCUMENT} values or 100 levels (aliases?)", source=source
         )
@@ -250,15 +293,34 @@ def _syntax_error(path: str, index: int, exc: YAMLError) -> ManifestSyntaxError:
     return ManifestSyntaxError(f"{at}{problem}{context}", source=source)
 
 
+def _read_regular(path: str, rel: str, max_file_bytes: int) -> tuple[ManifestFile | None, ConfigError | None] | None:
+    """A walked regular file in three system calls; None for anything else (a symlink, a FIFO, an
+    error), which `_read_file` then examines and words. O_NOFOLLOW and O_NONBLOCK: a file swapped
+    for a symlink or a FIFO meanwhile is neither followed nor waited on."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    with open(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        data = fh.read(max_file_bytes + 1)
+    if len(data) > max_file_bytes:
+        return None, _refused(rel, f"larger than the {max_file_bytes}-byte limit")
+    return ManifestFile(path=rel, data=data), None
+
+
 def _read_file(
-    path: Path, rel: str, real_root: Path, max_file_bytes: int
+    path: Path, rel: str, real_root: Path, max_file_bytes: int, *, walked: bool = False
 ) -> tuple[ManifestFile | None, ConfigError | None]:
+    """`walked`: found by walking `real_root` without following directory symlinks, so only a
+    symlink can lead outside (resolving costs a stat per path component, for every file)."""
     if path.is_symlink():
         if not path.exists():
             return None, _refused(rel, "broken symlink")
         if not _inside(path, real_root):
             return None, _refused(rel, "symlink points outside the manifest root")
-    if not _inside(path, real_root):
+    elif not walked and not _inside(path, real_root):
         return None, _refused(rel, "file is outside the manifest root")
     if not path.is_file():  # a FIFO or device would block or never end
         return None, _refused(rel, "not a regular file")
