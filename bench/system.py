@@ -5,12 +5,19 @@ from __future__ import annotations
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from pgwarden.pgcluster import (  # noqa: F401  (re-exported: the bench's other modules import them from here)
+    ClusterError,
+    as_postgres_user,
+    clean_libpq_env,
+    find_bindir,
+    free_port,
+    give_to_postgres,
+)
 
 CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 INSTALL_HINT = "apt-get install postgresql pgbouncer"
@@ -31,22 +38,13 @@ class Binaries:
         return str(self.pg_bindir / name)
 
 
-def _pg_bindir() -> Path | None:
-    if env := os.environ.get("PGBIN"):
-        return Path(env)
-    if shutil.which("pg_config"):
-        done = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True)
-        if done.returncode == 0 and done.stdout.strip():
-            return Path(done.stdout.strip())
-    # Debian keeps the server binaries off PATH, one directory per major version.
-    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name), reverse=True)
-    return versions[0] if versions else None
-
-
 def find_binaries() -> Binaries:
     """Locate PostgreSQL's tools and pgbouncer; raise BenchSetupError naming the Debian packages if missing."""
     missing: list[str] = []
-    bindir = _pg_bindir()
+    try:
+        bindir: Path | None = find_bindir()
+    except ClusterError:
+        bindir = None
     for tool in ("initdb", "pg_ctl", "postgres", "psql", "pgbench"):
         if bindir is None or not (bindir / tool).is_file():
             missing.append(tool)
@@ -59,27 +57,6 @@ def find_binaries() -> Binaries:
     return Binaries(pg_bindir=bindir, pgbouncer=Path(pgbouncer))
 
 
-def as_postgres_user() -> dict[str, Any]:
-    """subprocess kwargs that run a program as the `postgres` OS user when we are root (the servers refuse root)."""
-    if os.geteuid() != 0:
-        return {}
-    return {"user": "postgres", "group": "postgres", "extra_groups": []}
-
-
-def give_to_postgres(*paths: Path) -> None:
-    """chown `paths` to the `postgres` OS user when we are root, so the servers we start can use them."""
-    if os.geteuid() == 0:
-        for path in paths:
-            shutil.chown(path, "postgres", "postgres")
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free on `host` right now (another process may still take it before we bind)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of process `pid` (all its threads), from /proc/<pid>/stat."""
     stat = Path(f"/proc/{pid}/stat").read_text()
@@ -87,13 +64,6 @@ def cpu_seconds(pid: int) -> float:
     fields = stat.rpartition(")")[2].split()
     utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
     return (utime + stime) / CLOCK_TICKS_PER_S
-
-
-def clean_libpq_env() -> dict[str, str]:
-    """os.environ without PG* variables, so an outer PGHOST or PGSSLMODE cannot steer our clients."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    env["LC_ALL"] = "C"
-    return env
 
 
 def _cpu_model() -> str:

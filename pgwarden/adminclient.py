@@ -1,13 +1,16 @@
-"""Talk to a running `pgwarden up`/`proxy` over its admin socket (found through --data-dir)."""
+"""Talk to a running `pgwarden up`/`proxy` over its admin socket: the one client for every admin-API call.
+
+Blocking on purpose (http.client over a unix socket): the CLI makes one call and exits, and the parent of
+`pgwarden up --workers N` calls its workers from synchronous code (ProxyServer.apply and session_list).
+"""
 
 from __future__ import annotations
 
-import asyncio
+import http.client
 import json
+import socket
 from pathlib import Path
 from typing import Any
-
-import aiohttp
 
 from pgwarden.datadir import ADMIN_SOCKET, default_data_dir
 
@@ -20,24 +23,54 @@ def socket_path(data_dir: Path | None, admin_socket: Path | None = None) -> Path
     return admin_socket or (data_dir or default_data_dir()) / ADMIN_SOCKET
 
 
-def call(path: Path, method: str, url: str, *, timeout_s: float = 10.0, json_body: Any = None) -> tuple[int, Any]:
-    """One request; returns (HTTP status, decoded JSON or text)."""
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path, timeout_s: float) -> None:
+        super().__init__("pgwarden", timeout=timeout_s)
+        self.socket_path = path
 
-    async def go() -> tuple[int, Any]:
-        connector = aiohttp.UnixConnector(path=str(path))
-        timeout = aiohttp.ClientTimeout(total=timeout_s)
-        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
-            async with http.request(method, f"http://pgwarden{url}", json=json_body) as resp:
-                text = await resp.text()
-                try:
-                    return resp.status, json.loads(text)
-                except ValueError:
-                    return resp.status, text
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(str(self.socket_path))
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
 
+
+def request(path: Path, method: str, url: str, *, timeout_s: float = 10.0, json_body: Any = None,
+            body: bytes | str | None = None) -> tuple[int, Any]:
+    """One request; returns (HTTP status, decoded JSON or text). Raises OSError if the socket cannot be reached.
+
+    `json_body` is sent encoded; `body` is sent as given (tests send malformed JSON this way).
+    """
+    if json_body is not None:
+        body = json.dumps(json_body)
+    data = body.encode() if isinstance(body, str) else body
+    connection = _UnixHTTPConnection(path, timeout_s)
     try:
-        return asyncio.run(go())
-    except (aiohttp.ClientConnectionError, FileNotFoundError, ConnectionRefusedError) as exc:
+        connection.request(method, url, body=data,
+                           headers={"Content-Type": "application/json"} if data is not None else {})
+        response = connection.getresponse()
+        text = response.read().decode(errors="replace")
+    finally:
+        connection.close()
+    try:
+        return response.status, json.loads(text)
+    except ValueError:
+        return response.status, text
+
+
+def call(path: Path, method: str, url: str, *, timeout_s: float = 10.0, json_body: Any = None,
+         body: bytes | str | None = None) -> tuple[int, Any]:
+    """`request`, with a socket that cannot be reached (none, refused, hung up, timed out) as AdminUnavailable."""
+    try:
+        return request(path, method, url, timeout_s=timeout_s, json_body=json_body, body=body)
+    except (FileNotFoundError, ConnectionError) as exc:
         raise AdminUnavailable(f"no pgwarden is running with admin socket {path}") from exc
+    except OSError as exc:
+        raise AdminUnavailable(f"cannot reach the admin socket {path}: {exc.strerror or exc}") from exc
 
 
 def add_target_options(parser: Any) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import git
 
+from pgwarden.pgcluster import Cluster, ClusterError, PortInUse, find_bindir
 from reconciler import decrypt, load
 from reconciler.sops import KeyRing, encrypt_secret_manifest
 
@@ -56,14 +57,16 @@ class DemoError(Exception):
 
 @dataclass(slots=True, kw_only=True)
 class DemoDatabase:
-    bindir: Path
-    directory: Path
-    port: int
+    """The demo's throwaway PostgreSQL; `stop()` stops it and deletes its data."""
+
+    cluster: Cluster
+
+    @property
+    def port(self) -> int:
+        return self.cluster.port
 
     def stop(self) -> None:
-        _run_as_postgres([str(self.bindir / "pg_ctl"), "-D", str(self.directory / "data"), "stop", "-m", "fast",
-                          "-w"], check=False)
-        shutil.rmtree(self.directory, ignore_errors=True)
+        self.cluster.destroy()
 
 
 @dataclass(slots=True, kw_only=True)
@@ -106,27 +109,6 @@ def start_identity_provider(data_dir: Path, redirect_uri: str, *, port: int = DE
     raise DemoError(f"the demo OpenID Provider did not answer on {sso.url} within {timeout_s:.0f} s")
 
 
-def _bindir() -> Path:
-    try:
-        out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError) as exc:
-        raise DemoError("PostgreSQL is not installed: the demo needs Debian's server binaries "
-                        "(apt-get install postgresql)") from exc
-    bindir = Path(out.stdout.strip())
-    if not (bindir / "initdb").exists():
-        raise DemoError(f"no initdb in {bindir}: install the server package (apt-get install postgresql)")
-    return bindir
-
-
-def _run_as_postgres(cmd: list[str], *, check: bool = True, stdin: str | None = None) -> str:
-    # initdb and postgres refuse to run as root; the Debian package creates the `postgres` user.
-    user = "postgres" if os.geteuid() == 0 else None
-    out = subprocess.run(cmd, capture_output=True, text=True, input=stdin, user=user, check=False)
-    if check and out.returncode != 0:
-        raise DemoError(f"{Path(cmd[0]).name} failed: {out.stderr.strip() or out.stdout.strip()}")
-    return out.stdout
-
-
 def demo_passwords(repo: Path) -> dict[str, str]:
     """Secret name → value, decrypted in memory with the repo's demo key."""
     keys = KeyRing.from_files(age_key_files=[repo / DEMO_KEY])
@@ -139,28 +121,24 @@ def demo_passwords(repo: Path) -> dict[str, str]:
 
 
 def start_database(passwords: dict[str, str], *, port: int = DEMO_PG_PORT) -> DemoDatabase:
-    """initdb + pg_ctl start on 127.0.0.1:port, then the seed's roles, database and grants."""
-    bindir = _bindir()
-    directory = Path(tempfile.mkdtemp(prefix="pgwarden-demo-pg-"))
-    data = directory / "data"
-    if os.geteuid() == 0:
-        shutil.chown(directory, "postgres", "postgres")
-    database = DemoDatabase(bindir=bindir, directory=directory, port=port)
+    """A throwaway PostgreSQL on 127.0.0.1:port (SCRAM over TCP), then the seed's roles, database and grants."""
     try:
-        _run_as_postgres([str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust",
-                          "--no-sync", "-E", "UTF8"])
-        (data / "pg_hba.conf").write_text(
-            "local all postgres trust\nhost all all 127.0.0.1/32 scram-sha-256\nhost all all ::1/128 scram-sha-256\n")
-        options = (f"-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={directory} "
-                   "-c fsync=off -c password_encryption=scram-sha-256")
-        started = subprocess.run(
-            [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(directory / "postgres.log"), "-o", options,
-             "-w", "start"], capture_output=True, text=True, user="postgres" if os.geteuid() == 0 else None)
-        if started.returncode != 0:
-            log = (directory / "postgres.log").read_text() if (directory / "postgres.log").exists() else ""
-            hint = f"is another demo (or something else) using port {port}?" if "in use" in log else log[-500:]
-            raise DemoError(f"the demo PostgreSQL did not start: {hint}")
-        _seed(database, passwords)
+        bindir = find_bindir()
+    except ClusterError as exc:
+        raise DemoError(f"the demo needs PostgreSQL: {exc}") from exc
+    cluster = Cluster(Path(tempfile.mkdtemp(prefix="pgwarden-demo-pg-")), bindir=bindir, port=port)
+    database = DemoDatabase(cluster=cluster)
+    try:
+        cluster.init()
+        cluster.start()
+        _seed(cluster, passwords)
+    except PortInUse as exc:
+        database.stop()
+        raise DemoError(f"the demo PostgreSQL did not start: is another demo (or something else) using port "
+                        f"{port}?") from exc
+    except ClusterError as exc:
+        database.stop()
+        raise DemoError(f"the demo PostgreSQL did not start: {exc}") from exc
     except BaseException:
         database.stop()
         raise
@@ -171,17 +149,15 @@ def _literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def _seed(database: DemoDatabase, passwords: dict[str, str]) -> None:
-    psql = [str(database.bindir / "psql"), "-h", str(database.directory), "-p", str(database.port), "-U",
-            "postgres", "-v", "ON_ERROR_STOP=1", "-qX"]
-    # Passwords travel on stdin, never on a command line another user could read.
-    _run_as_postgres([*psql, "-d", "postgres"], stdin=f"""
+def _seed(cluster: Cluster, passwords: dict[str, str]) -> None:
+    # Passwords travel on stdin (Cluster.psql), never on a command line another user could read.
+    cluster.psql(f"""
 ALTER ROLE postgres PASSWORD {_literal(passwords["my-pg-password"])};
 CREATE ROLE full_access LOGIN PASSWORD {_literal(passwords["full-access-password"])};
 CREATE ROLE read_only LOGIN PASSWORD {_literal(passwords["read-only-password"])};
 CREATE DATABASE my_db;
 """)
-    _run_as_postgres([*psql, "-d", "my_db"], stdin="""
+    cluster.psql("""
 CREATE TABLE items (id serial PRIMARY KEY, name text NOT NULL, created_at timestamptz DEFAULT now());
 INSERT INTO items (name) VALUES ('keyboard'), ('monitor'), ('coffee');
 GRANT ALL PRIVILEGES ON DATABASE my_db TO full_access;
@@ -191,7 +167,7 @@ GRANT ALL PRIVILEGES ON ALL SEQUENCES IN SCHEMA public TO full_access;
 GRANT CONNECT ON DATABASE my_db TO read_only;
 GRANT USAGE ON SCHEMA public TO read_only;
 GRANT SELECT ON ALL TABLES IN SCHEMA public TO read_only;
-""")
+""", database="my_db")
 
 
 def prepare_repo(data_dir: Path) -> tuple[Path, bool]:

@@ -23,17 +23,16 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import http.client
 import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+from pgwarden.adminclient import request
 from pgwarden.commands.proxy import options_from
 from pgwarden.datadir import ADMIN_SOCKET, fingerprint_key, prepare, state_key
 from pgwarden.output import error
@@ -81,37 +80,6 @@ def worker_admin_socket(admin_socket: Path, index: int) -> Path:
     return admin_socket.with_name(f"{admin_socket.stem}-{index}{admin_socket.suffix}")
 
 
-# --- a tiny blocking HTTP client for the workers' admin sockets ---------------------------------------------
-# Blocking on purpose: ProxyServer.apply and session_list are synchronous, and the parent relays no client
-# traffic; a call costs the parent's loop a few milliseconds (the worker's compile time for an apply).
-
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: Path, timeout: float) -> None:
-        super().__init__("pgwarden", timeout=timeout)
-        self.path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(str(self.path))
-        self.sock = sock
-
-
-def _request(path: Path, method: str, url: str, *, body: bytes | None = None,
-             timeout_s: float) -> tuple[int, Any]:
-    connection = _UnixHTTPConnection(path, timeout_s)
-    try:
-        connection.request(method, url, body=body, headers={"Content-Type": "application/json"} if body else {})
-        response = connection.getresponse()
-        text = response.read().decode(errors="replace")
-    finally:
-        connection.close()
-    try:
-        return response.status, json.loads(text)
-    except ValueError:
-        return response.status, {"error": text[:200]}
-
-
 class ControlServer(ProxyServer):
     """The parent's ProxyServer: never listens; applies snapshots to every worker and lists their sessions."""
 
@@ -141,7 +109,7 @@ class ControlServer(ProxyServer):
         generations: list[int] = []
         for index, path in enumerate(self.worker_sockets):
             try:
-                code, reply = _request(path, "PUT", "/v1/state", body=body, timeout_s=_APPLY_TIMEOUT_S)
+                code, reply = request(path, "PUT", "/v1/state", body=body, timeout_s=_APPLY_TIMEOUT_S)
             except OSError as exc:
                 code, reply = 0, {"error": f"unreachable on {path.name}: {exc.strerror or exc}"}
             if code != 200:
@@ -157,7 +125,7 @@ class ControlServer(ProxyServer):
         out: list[dict[str, Any]] = []
         for index, path in enumerate(self.worker_sockets):
             try:
-                code, body = _request(path, "GET", "/v1/sessions", timeout_s=_LIST_TIMEOUT_S)
+                code, body = request(path, "GET", "/v1/sessions", timeout_s=_LIST_TIMEOUT_S)
             except OSError as exc:
                 log.warning("worker %d did not list its sessions: %s", index, exc.strerror or exc)
                 continue

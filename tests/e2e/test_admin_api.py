@@ -6,21 +6,19 @@ import json
 import os
 import stat
 
-import aiohttp
 import psycopg
 import pytest
 
+from pgwarden.adminclient import call
 from proxy.snapshot import to_wire
 from reconciler.manifests import load_snapshot
 from tests.support.proxy_harness import ProxyHarness
 
 
 async def admin(proxy: ProxyHarness, method: str, path: str, body: object | None = None) -> tuple[int, dict]:
-    connector = aiohttp.UnixConnector(path=str(proxy.running.admin_socket))
-    async with aiohttp.ClientSession(connector=connector) as http:
-        data = None if body is None else (body if isinstance(body, str) else json.dumps(body))
-        async with http.request(method, f"http://pgwarden{path}", data=data) as resp:
-            return resp.status, await resp.json()
+    # Blocking is fine here: the harness's proxy runs on its own loop in another thread.
+    data = None if body is None else (body if isinstance(body, str) else json.dumps(body))
+    return call(proxy.running.admin_socket, method, path, body=data)
 
 
 async def test_socket_is_private(proxy: ProxyHarness) -> None:

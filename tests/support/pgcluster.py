@@ -1,4 +1,4 @@
-"""A throwaway PostgreSQL cluster for tests (initdb + pg_ctl, free port, TLS, seeded roles) and a test CA.
+"""The tests' PostgreSQL: a `pgwarden.pgcluster.Cluster` on a free port with TLS from a test CA and seeded roles.
 
 Modelled on asyncpg's `_testbase` TempCluster with `port='dynamic'`; see `TempCluster` for what it seeds.
 """
@@ -13,13 +13,11 @@ import re
 import secrets
 import shutil
 import signal
-import socket
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Self
+from typing import Self
 from urllib.parse import quote, urlencode
 
 from cryptography import x509
@@ -27,41 +25,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from pgwarden.pgcluster import Cluster, ClusterError, HostRule, ServerTls, free_port
+
+__all__ = ["SEEDED_ROLES", "ClusterError", "TempCluster", "free_port", "issue_cert", "make_test_ca", "reap_orphans"]
+
 SEEDED_ROLES = ("full_access", "read_only", "md5_user", "plain_user", "pgwarden_admin")
-_START_ATTEMPTS = 5
 _DIR_PREFIX = "pgwarden-pg-"
 _OWNER_FILE = "owner.pid"  # the test process that owns a cluster; see reap_orphans()
 _ORPHAN_MIN_AGE_S = 60
-_BIND_FAILURE = re.compile(r"could not (bind|create any TCP/IP sockets|create listen socket)")
-
-
-class ClusterError(RuntimeError):
-    """A PostgreSQL tool (initdb, pg_ctl, psql) failed while running the test cluster."""
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """Return a TCP port that is free on `host` now (another process may still take it: retry on bind errors)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def _is_port_free(host: str, port: int) -> bool:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-        return True
-
-
-def _has_ipv6_loopback() -> bool:
-    try:
-        return _is_port_free("::1", 0)
-    except OSError:
-        return False
 
 
 # --- test CA -------------------------------------------------------------------------------------------------
@@ -167,12 +138,18 @@ def issue_cert(
 
 # --- the cluster -------------------------------------------------------------------------------------------
 
-_HBA_LOCAL = "# Written by tests/support/pgcluster.py. First match wins.\nlocal all postgres trust\n"
-_HBA_HOST = """\
-host all md5_user   {net} md5
-host all plain_user {net} password
-host all all        {net} scram-sha-256
-"""
+# Each login method the proxy speaks upstream, by role; everyone else uses SCRAM.
+_HOST_RULES = (
+    HostRule(user="md5_user", method="md5"),
+    HostRule(user="plain_user", method="password"),
+    HostRule(user="all", method="scram-sha-256"),
+)
+_SETTINGS = {
+    "max_connections": "300",
+    # JIT and autovacuum make timing-sensitive tests flaky (asyncpg's _testbase turns JIT off for the same reason).
+    "autovacuum": "off",
+    "jit": "off",
+}
 
 _SEED_SQL = """\
 CREATE DATABASE my_db OWNER postgres;
@@ -229,42 +206,41 @@ def reap_orphans(temp_root: Path | None = None) -> None:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def _default_bindir() -> Path:
-    if env := os.environ.get("PGBIN"):
-        return Path(env)
-    out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, check=True)
-    return Path(out.stdout.strip())
-
-
 class TempCluster:
-    """A PostgreSQL cluster in its own temp dir on a free 127.0.0.1 port; `stop()` deletes everything.
+    """A PostgreSQL cluster in its own temp dir on a free 127.0.0.1 (and ::1) port; `stop()` deletes everything.
 
     Seeds databases `my_db` (table `items`) and `other_db`, and roles `full_access` (ALL on my_db),
     `read_only` (SELECT), `md5_user` (MD5-stored password, md5 auth), `plain_user` (password auth) and the
     superuser `pgwarden_admin`, each with a fresh random password in `passwords`. `postgres` has no password
-    and logs in only over the unix socket. Mutable: it tracks a running server.
+    and logs in only over the unix socket. The server speaks TLS with a certificate from a fresh test CA
+    (`ca_cert_path`). Mutable: it tracks a running server.
     """
 
-    host = "127.0.0.1"
+    host = Cluster.host
 
     def __init__(self, *, bindir: Path | None = None) -> None:
-        self.bindir = bindir or _default_bindir()
-        self.port = 0
         self.passwords = {role: secrets.token_urlsafe(24) for role in SEEDED_ROLES}
-        self._base = Path(tempfile.mkdtemp(prefix=_DIR_PREFIX))
-        (self._base / _OWNER_FILE).write_text(str(os.getpid()))
-        self.datadir = self._base / "data"
-        self.socket_dir = self._base / "sock"
-        self.log_path = self._base / "postgres.log"
-        tls = self._base / "tls"
+        base = Path(tempfile.mkdtemp(prefix=_DIR_PREFIX))
+        (base / _OWNER_FILE).write_text(str(os.getpid()))
+        tls = base / "tls"
         self.ca_cert_path, self.ca_key_path = tls / "ca.pem", tls / "ca.key"
         self.server_cert_path, self.server_key_path = tls / "server.pem", tls / "server.key"
-        # initdb, pg_ctl and postgres refuse to run as root; as root we run them as the `postgres` OS user.
-        self._as_owner: dict[str, Any] = {}
-        if os.geteuid() == 0:
-            self._as_owner = {"user": "postgres", "group": "postgres", "extra_groups": []}
-        self._is_ipv6 = False
+        self.cluster = Cluster(base, bindir=bindir, host_rules=_HOST_RULES, settings=_SETTINGS, is_dual_stack=True,
+                               tls=ServerTls(cert_path=self.server_cert_path, key_path=self.server_key_path,
+                                             ca_path=self.ca_cert_path))
         atexit.register(self.stop)
+
+    @property
+    def port(self) -> int:
+        return self.cluster.port
+
+    @property
+    def datadir(self) -> Path:
+        return self.cluster.datadir
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.cluster.socket_dir
 
     def __enter__(self) -> Self:
         self.start()
@@ -277,8 +253,12 @@ class TempCluster:
         """Create, configure, start and seed the cluster; on any failure clean up and re-raise."""
         reap_orphans()
         try:
-            self._create()
-            self._launch()
+            make_test_ca(self.ca_cert_path.parent)
+            # SAN is DNS localhost only, so verify-full to 127.0.0.1 fails on the host name (a test relies on it).
+            issue_cert((self.ca_cert_path, self.ca_key_path), self.ca_cert_path.parent, dns_names=["localhost"],
+                       name="server")
+            self.cluster.init()
+            self.cluster.start()
             self.psql(_SEED_SQL.format(**self.passwords), database="postgres")
         except BaseException:
             self.stop()
@@ -286,19 +266,16 @@ class TempCluster:
 
     def stop(self) -> None:
         """Stop the server (immediate: the data is thrown away) and remove the temp dir. Idempotent."""
-        if (self.datadir / "postmaster.pid").exists():
-            self._run_tool(["pg_ctl", "stop", "-D", str(self.datadir), "-m", "immediate", "-w"], check=False)
-        shutil.rmtree(self._base, ignore_errors=True)
+        self.cluster.destroy()
         atexit.unregister(self.stop)
 
     def halt(self) -> None:
         """Stop the server as an outage would (fast shutdown: sessions get FATAL 57P01), keeping the data."""
-        self._run_tool(["pg_ctl", "stop", "-D", str(self.datadir), "-m", "fast", "-w"])
+        self.cluster.stop(mode="fast")
 
     def resume(self) -> None:
         """Start a halted server again on the same port."""
-        self._run_tool(["pg_ctl", "start", "-D", str(self.datadir), "-l", str(self.log_path), "-w", "-t", "60",
-                        "-o", f"-p {self.port}"])
+        self.cluster.start()
 
     def dsn(self, role: str, database: str = "my_db", **params: str | int) -> str:
         """A libpq URI for `role` over TCP, password included (`postgres` gets the unix socket instead)."""
@@ -311,87 +288,6 @@ class TempCluster:
         return base + (f"?{query}" if query else "")
 
     def psql(self, sql: str, *, role: str = "postgres", database: str = "my_db") -> str:
-        """Run `sql` with psql (stdin, ON_ERROR_STOP) and return its unaligned stdout; raise ClusterError."""
-        env = self._clean_env()
-        if role == "postgres":
-            where = ["-h", str(self.socket_dir)]
-        else:
-            where, env["PGPASSWORD"] = ["-h", self.host], self.passwords[role]
-        cmd = ["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", *where, "-p", str(self.port),
-               "-U", role, "-d", database]
-        # The SQL goes through stdin so that passwords in it never show in `ps`.
-        done = subprocess.run(cmd, input=sql, capture_output=True, text=True, env=env)
-        if done.returncode != 0:
-            raise ClusterError(f"psql as {role} on {database} exited {done.returncode}: {done.stderr.strip()}")
-        return done.stdout
-
-    # --- internals ---
-
-    def _clean_env(self) -> dict[str, str]:
-        # An outer PGHOST/PGPORT/PGDATA must not steer our tools to another server.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-        env["LC_ALL"] = "C"
-        return env
-
-    def _run_tool(self, argv: list[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
-        cmd = [str(self.bindir / argv[0]), *argv[1:]]
-        done = subprocess.run(cmd, capture_output=True, text=True, env=self._clean_env(), cwd=self._base,
-                              **self._as_owner)
-        if check and done.returncode != 0:
-            raise ClusterError(f"{argv[0]} exited {done.returncode}: {done.stderr.strip() or done.stdout}")
-        return done
-
-    def _create(self) -> None:
-        tls = self.ca_cert_path.parent
-        make_test_ca(tls)
-        # SAN is DNS localhost only, so verify-full to 127.0.0.1 fails on the host name (a test relies on it).
-        issue_cert((self.ca_cert_path, self.ca_key_path), tls, dns_names=["localhost"], name="server")
-        self.socket_dir.mkdir()
-        if self._as_owner:
-            for path in (self._base, self.socket_dir, tls, self.server_cert_path, self.server_key_path):
-                shutil.chown(path, "postgres", "postgres")
-        self._run_tool(["initdb", "-D", str(self.datadir), "-U", "postgres", "-E", "UTF8", "--locale=C",
-                        "-A", "reject", "--no-sync", "--no-instructions"])
-        self._is_ipv6 = is_ipv6 = _has_ipv6_loopback()
-        nets = ["127.0.0.1/32", "::1/128"] if is_ipv6 else ["127.0.0.1/32"]
-        hba = _HBA_LOCAL + "".join(_HBA_HOST.format(net=net) for net in nets)
-        (self.datadir / "pg_hba.conf").write_text(hba)
-        settings = {
-            "listen_addresses": "'127.0.0.1, ::1'" if is_ipv6 else "'127.0.0.1'",
-            "unix_socket_directories": f"'{self.socket_dir}'",
-            "max_connections": "300",
-            "password_encryption": "'scram-sha-256'",
-            "ssl": "on",
-            "ssl_cert_file": f"'{self.server_cert_path}'",
-            "ssl_key_file": f"'{self.server_key_path}'",
-            "ssl_ca_file": f"'{self.ca_cert_path}'",
-            # Speed: the data is thrown away, so durability buys nothing.
-            "fsync": "off",
-            "synchronous_commit": "off",
-            "full_page_writes": "off",
-            "autovacuum": "off",
-            # JIT makes timing-sensitive tests flaky (asyncpg's _testbase turns it off for the same reason).
-            "jit": "off",
-            "lc_messages": "'C'",
-            "log_min_messages": "warning",
-        }
-        with (self.datadir / "postgresql.conf").open("a") as conf:
-            conf.write("\n# tests/support/pgcluster.py\n")
-            conf.writelines(f"{key} = {value}\n" for key, value in settings.items())
-
-    def _launch(self) -> None:
-        # A free port can be taken by a parallel test run before postgres binds it: retry with another.
-        for _ in range(_START_ATTEMPTS):
-            self.port = free_port(self.host)
-            if self._is_ipv6 and not _is_port_free("::1", self.port):
-                continue
-            done = self._run_tool(["pg_ctl", "start", "-D", str(self.datadir), "-l", str(self.log_path),
-                                   "-w", "-t", "60", "-o", f"-p {self.port}"], check=False)
-            if done.returncode == 0:
-                return
-            log = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-            if not _BIND_FAILURE.search(log):
-                raise ClusterError(f"pg_ctl start exited {done.returncode}: {done.stderr.strip()}\n{log}")
-            self.log_path.unlink(missing_ok=True)
-        raise ClusterError(f"no free port after {_START_ATTEMPTS} attempts")
-
+        """Run `sql` with psql as `role` and return its unaligned stdout; raise ClusterError."""
+        password = None if role == "postgres" else self.passwords[role]
+        return self.cluster.psql(sql, database=database, user=role, password=password)
