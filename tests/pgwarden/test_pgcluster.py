@@ -1,0 +1,66 @@
+"""The one throwaway PostgreSQL (pgwarden/pgcluster.py): fixed and free ports, halt and resume, cleanup."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pgwarden import demo
+from pgwarden.pgcluster import Cluster, PortInUse, free_port
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A 127.0.0.1 port another process listens on for the length of the test."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", free_port()))
+        sock.listen()
+        yield int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def base() -> Iterator[Path]:
+    """A fresh directory the cluster owns (as root, the `postgres` user could not enter pytest's tmp_path)."""
+    path = Path(tempfile.mkdtemp(prefix="pgwarden-cluster-test-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_a_stopped_cluster_starts_again_on_its_port_with_its_data(base: Path) -> None:
+    cluster = Cluster(base)
+    try:
+        cluster.init()
+        cluster.start()
+        port = cluster.port
+        cluster.psql("CREATE TABLE kept (n int); INSERT INTO kept VALUES (7);")
+        cluster.stop(mode="fast")
+        assert not (cluster.datadir / "postmaster.pid").exists()
+        cluster.start()
+        assert cluster.port == port
+        assert cluster.psql("SELECT n FROM kept").strip() == "7"
+    finally:
+        cluster.destroy()
+    assert not base.exists()
+
+
+def test_a_taken_fixed_port_is_reported_as_port_in_use(base: Path, taken_port: int) -> None:
+    cluster = Cluster(base, port=taken_port)
+    try:
+        cluster.init()
+        with pytest.raises(PortInUse, match=str(taken_port)):
+            cluster.start()
+    finally:
+        cluster.destroy()
+
+
+def test_the_demo_names_a_taken_port_and_leaves_nothing_behind(taken_port: int) -> None:
+    before = set(Path(tempfile.gettempdir()).glob("pgwarden-demo-pg-*"))
+    passwords = {"my-pg-password": "a", "full-access-password": "b", "read-only-password": "c"}
+    with pytest.raises(demo.DemoError, match=f"using port {taken_port}"):
+        demo.start_database(passwords, port=taken_port)
+    assert set(Path(tempfile.gettempdir()).glob("pgwarden-demo-pg-*")) == before
