@@ -218,8 +218,9 @@ class Cluster:
         where = ["-h", str(self.socket_dir)]
         if password is not None:
             where, env["PGPASSWORD"] = ["-h", self.host], password
-        cmd = [str(self.bindir / "psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", *where,
-               "-p", str(self.port), "-U", user, "-d", database]
+        # VERBOSITY=terse: an error names its position, never quotes the line (which may hold a password).
+        cmd = [str(self.bindir / "psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-v", "VERBOSITY=terse",
+               *where, "-p", str(self.port), "-U", user, "-d", database]
         # The SQL goes through stdin so that passwords in it never show in `ps`.
         done = subprocess.run(cmd, input=sql, capture_output=True, text=True, env=env)
         if done.returncode != 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import socket
 import tempfile
@@ -11,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from pgwarden import demo
-from pgwarden.pgcluster import Cluster, PortInUse, free_port
+from pgwarden.pgcluster import Cluster, ClusterError, PortInUse, free_port
+from tests.support.pgcluster import TempCluster
 
 
 @pytest.fixture
@@ -64,3 +66,12 @@ def test_the_demo_names_a_taken_port_and_leaves_nothing_behind(taken_port: int) 
     with pytest.raises(demo.DemoError, match=f"using port {taken_port}"):
         demo.start_database(passwords, port=taken_port)
     assert set(Path(tempfile.gettempdir()).glob("pgwarden-demo-pg-*")) == before
+
+
+def test_a_failing_statement_never_quotes_the_password_in_the_error(pg: TempCluster) -> None:
+    secret = secrets.token_urlsafe(24)
+    with pytest.raises(ClusterError) as caught:
+        pg.psql(f"CREATE ROLE leak_probe LOGIN PASSWORD '{secret}' NOT_AN_OPTION;")
+    assert "not_an_option" in str(caught.value)  # the error still says what went wrong
+    assert secret not in str(caught.value)
+    assert pg.psql("SELECT count(*) FROM pg_roles WHERE rolname = 'leak_probe'").strip() == "0"
