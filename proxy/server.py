@@ -7,15 +7,20 @@ session whose access the new snapshot removes is ended with a FATAL that says wh
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import logging
 import secrets
+import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from datetime import datetime, timedelta
 from typing import Any
 
 from proxy.audit.accesslog import AccessLog, SessionLog
-from proxy.errors import AccessDenied, AuthenticationFailed, SnapshotRejected
+from proxy.errors import AccessDenied, AuthenticationFailed, SnapshotRejected, SnapshotSuperseded
 from proxy.guardrails import TooManyConnections
 from proxy.identity.certs import ClientCertificateAuthority
 from proxy.identity.revocation_watch import STATE_OUTAGE_GRACE_S, RevocationWatch
@@ -36,6 +41,7 @@ PURGE_EVERY_S = 3600.0  # housekeeping of the state store: expired sessions and 
 PURGE_AFTER = timedelta(days=1)  # expired sessions stay listable (and auditable) this long
 LISTEN_BACKLOG = 1024  # the kernel caps it at net.core.somaxconn
 IDENTITY_RECHECK_S = 30.0  # sessions re-checked between yields to the loop, so the relay keeps moving
+COMPILE_SWITCH_INTERVAL_S = 0.0002  # while a reload compiles in a thread: how long the loop may wait for the GIL
 
 
 class ProxyServer:
@@ -62,6 +68,8 @@ class ProxyServer:
         self.default_service = default_service  # serves database names that name no service
         self.live = LiveSnapshot(snapshot or Snapshot(), generation=1)
         self.applied_at = time.time()
+        self._reloads_asked = 0  # tickets handed to apply/reload calls, in the order they were made
+        self._live_ticket = 0  # the ticket of the live snapshot: an older one never swaps in after it
         self.sessions: dict[str, ClientSession] = {}
         self._by_cancel_key: dict[tuple[int, int], ClientSession] = {}
         self._cancels: set[asyncio.Task[None]] = set()  # in flight; held so a closing client cannot drop them
@@ -106,12 +114,37 @@ class ProxyServer:
 
     # --- snapshots -----------------------------------------------------------------------
     def apply(self, snapshot: Snapshot) -> int:
-        """Compile and swap in `snapshot`; returns its generation. On error nothing changes."""
-        try:
-            live = LiveSnapshot(snapshot, generation=self.live.generation + 1)
-        except Exception as exc:
-            raise SnapshotRejected(f"snapshot rejected, generation {self.live.generation} stays live: {exc}") from exc
+        """Compile `snapshot` on this thread and swap it in; returns its generation. On error nothing changes.
+
+        For callers off the relay's loop, or tests; on the loop prefer `reload`, which compiles in a thread.
+        """
+        return self._swap(compile_snapshot(snapshot, self.live.generation), self._take_ticket())
+
+    async def reload(self, snapshot: Snapshot) -> int:
+        """Compile `snapshot` in a worker thread, then swap it in on the loop; returns its generation.
+
+        The loop only assigns one reference: sessions keep relaying while CEL and Policies compile. Reloads
+        are numbered when asked for; one that finishes compiling after a later one went live raises
+        SnapshotSuperseded instead of swapping an older state back in.
+        """
+        ticket = self._take_ticket()
+        live = await asyncio.to_thread(_compile_in_thread, snapshot, self.live.generation)
+        return self._swap(live, ticket)
+
+    def _take_ticket(self) -> int:
+        self._reloads_asked += 1
+        return self._reloads_asked
+
+    def _swap(self, live: LiveSnapshot, ticket: int) -> int:
+        """On the loop: make `live` the served snapshot (one assignment), then re-check sessions in batches."""
+        if ticket < self._live_ticket:
+            raise SnapshotSuperseded(
+                f"snapshot dropped: a reload asked for after it went live first (generation {self.live.generation})",
+                hint="the newer state stays live; apply again to serve this one")
+        # Numbered here, not when compiled: generations stay consecutive (`pgwarden up --workers` relies on it).
+        live.generation = self.live.generation + 1
         self.live = live
+        self._live_ticket = ticket
         self.applied_at = time.time()
         if self._revocation is not None and not self._revocation.done():
             self._revocation.cancel()
@@ -341,6 +374,66 @@ class ProxyServer:
             entry_id=f"{session.id}-0",
         )
 
+
+def compile_snapshot(snapshot: Snapshot, live_generation: int) -> LiveSnapshot:
+    """Compile a Snapshot for serving (routing CEL, Policies); pure, so it may run in any thread.
+
+    Raises SnapshotRejected naming `live_generation`, which stays live. The generation is set at the swap.
+    """
+    try:
+        return LiveSnapshot(snapshot, generation=0)
+    except Exception as exc:
+        raise SnapshotRejected(f"snapshot rejected, generation {live_generation} stays live: {exc}") from exc
+
+
+def _compile_in_thread(snapshot: Snapshot, live_generation: int) -> LiveSnapshot:
+    """`compile_snapshot` in a worker thread, in a window that keeps the loop thread moving (see _CompileWindow)."""
+    with _compile_window.opened():
+        return compile_snapshot(snapshot, live_generation)
+
+
+class _CompileWindow:
+    """Process-wide settings while any reload compiles in a thread; the last compile to finish restores them.
+
+    Two CPython habits would otherwise stall the loop thread while the compile thread runs:
+    - the GIL: a waiting thread takes it only after the switch interval (5 ms by default), so every loop
+      wake-up would wait up to that long; the interval is shortened to COMPILE_SWITCH_INTERVAL_S.
+    - the cyclic garbage collector: a compile allocates the new snapshot's objects (~140k for 900 routing
+      rules), which triggers collections of every generation, each holding the GIL for 100 ms or more on a
+      busy machine. Collection is paused during the compile, and the objects that survived it are frozen
+      (`gc.freeze`: the collector no longer scans them). A compiled snapshot holds no reference cycles
+      (tests/proxy/test_reload_off_loop.py checks it), so reference counting alone frees it when replaced.
+    Mutable and locked: overlapping reloads compile in different threads.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open = 0
+        self._saved_interval_s = 0.0
+        self._was_collecting = False
+
+    @contextlib.contextmanager
+    def opened(self) -> Iterator[None]:
+        with self._lock:
+            if self._open == 0:
+                self._saved_interval_s = sys.getswitchinterval()
+                sys.setswitchinterval(min(self._saved_interval_s, COMPILE_SWITCH_INTERVAL_S))
+                self._was_collecting = gc.isenabled()
+                gc.disable()
+            self._open += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._open -= 1
+                if self._open == 0:
+                    gc.freeze()
+                    if self._was_collecting:
+                        gc.enable()
+                    sys.setswitchinterval(self._saved_interval_s)
+
+
+_compile_window = _CompileWindow()
 
 def _retired_credential(session: IdentitySession, live: LiveSnapshot) -> str | None:
     """Why a client-credentials Session lost its Credential under `live` (its idp is the client_id), or None."""
