@@ -69,10 +69,11 @@ _LIST_TIMEOUT_S = 5.0
 
 
 def add_up_worker_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workers", type=_workers, default=1, metavar="N",
-                   help="proxy worker processes sharing the listening port via SO_REUSEPORT, one per core "
-                        "(default 1: one process). The reconciler, login pages and webhook stay in the parent, "
-                        "which pushes every revision to all workers, e.g. pgwarden up --repo URL --workers 2")
+    p.add_argument("--workers", type=_workers, default=1, metavar="N|auto",
+                   help="proxy worker processes sharing the listening port via SO_REUSEPORT; auto starts one per "
+                        "core this process may use (the production setting). Default 1: one process. The "
+                        "reconciler, login pages and webhook stay in the parent, which pushes every revision to "
+                        "all workers, e.g. pgwarden up --repo URL --workers auto")
     p.add_argument("--worker-slot", type=parse_slot, default=None, help=argparse.SUPPRESS)  # set by the parent
 
 
