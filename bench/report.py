@@ -143,8 +143,8 @@ def context_lines(report: BenchReport) -> list[str]:
     ]
     if TargetName.PGWARDEN_WORKERS in report.targets:
         lines.append(f"{TargetName.PGWARDEN_WORKERS} ({_SHORT[TargetName.PGWARDEN_WORKERS]}): pgwarden proxy "
-                     f"--workers {m.scaling_workers}, one process per core; pgbouncer is single-threaded; its CPU "
-                     "µs/txn is summed over the workers")
+                     f"--workers {m.scaling_workers}, one process per core (its CPU µs/txn is summed over the "
+                     "workers); pgbouncer is single-threaded")
     return lines
 
 

@@ -5,7 +5,6 @@ Database clients cannot reach it: it never listens on the proxy's TCP port.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 from pathlib import Path
@@ -16,7 +15,7 @@ from aiohttp import web
 from proxy import metrics
 from proxy.errors import PgwardenError, SnapshotRejected, SnapshotSuperseded
 from proxy.identity.store import utc_now
-from proxy.server import ProxyServer
+from proxy.server import ProxyServer, run_beside_relay
 from proxy.snapshot import Snapshot, from_wire, to_wire
 
 MAX_BODY_BYTES = 256 * 1024 * 1024
@@ -49,7 +48,7 @@ def build_app(server: ProxyServer) -> web.Application:
         body = await request.read()
         try:
             # Decoded and compiled in worker threads: a big snapshot must not stall the relay's loop.
-            snapshot = await asyncio.to_thread(_snapshot_from_json, body)
+            snapshot = await run_beside_relay(_snapshot_from_json, body)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             # The message names the field; it never echoes the body (which carries secrets).
             return _json({"error": f"malformed snapshot: {type(exc).__name__}: {exc}"}, status=400)

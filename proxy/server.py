@@ -14,10 +14,10 @@ import secrets
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from proxy.audit.accesslog import AccessLog, SessionLog
 from proxy.errors import AccessDenied, AuthenticationFailed, SnapshotRejected, SnapshotSuperseded
@@ -35,6 +35,7 @@ from proxy.snapshot import AuthorizationMode, Snapshot
 from proxy.upstream import send_cancel
 
 log = logging.getLogger("pgwarden.server")
+T = TypeVar("T")
 
 REVOCATION_BATCH = 200
 PURGE_EVERY_S = 3600.0  # housekeeping of the state store: expired sessions and device codes
@@ -387,53 +388,69 @@ def compile_snapshot(snapshot: Snapshot, live_generation: int) -> LiveSnapshot:
 
 
 def _compile_in_thread(snapshot: Snapshot, live_generation: int) -> LiveSnapshot:
-    """`compile_snapshot` in a worker thread, in a window that keeps the loop thread moving (see _CompileWindow)."""
-    with _compile_window.opened():
+    """`compile_snapshot` in a worker thread, in a window that keeps the loop thread moving (see _ThreadWindow)."""
+    with _thread_window.opened(is_compile=True):
         return compile_snapshot(snapshot, live_generation)
 
 
-class _CompileWindow:
-    """Process-wide settings while any reload compiles in a thread; the last compile to finish restores them.
+async def run_beside_relay(work: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """`asyncio.to_thread` for CPU work beside the relay (reading manifests, decoding a snapshot): the loop
+    thread gets the GIL back within COMPILE_SWITCH_INTERVAL_S instead of CPython's default 5 ms."""
+    def run() -> T:
+        with _thread_window.opened(is_compile=False):
+            return work(*args, **kwargs)
+    return await asyncio.to_thread(run)
 
-    Two CPython habits would otherwise stall the loop thread while the compile thread runs:
+
+class _ThreadWindow:
+    """Process-wide settings while CPU work runs in threads beside the relay; the last one out restores them.
+
+    Two CPython habits would otherwise stall the loop thread meanwhile:
     - the GIL: a waiting thread takes it only after the switch interval (5 ms by default), so every loop
       wake-up would wait up to that long; the interval is shortened to COMPILE_SWITCH_INTERVAL_S.
-    - the cyclic garbage collector: a compile allocates the new snapshot's objects (~140k for 900 routing
-      rules), which triggers collections of every generation, each holding the GIL for 100 ms or more on a
-      busy machine. Collection is paused during the compile, and the objects that survived it are frozen
-      (`gc.freeze`: the collector no longer scans them). A compiled snapshot holds no reference cycles
+    - the cyclic garbage collector (compiles only): a compile allocates the new snapshot's objects (~140k for
+      900 routing rules), which triggers collections of every generation, each holding the GIL for 100 ms or
+      more on a busy machine. Collection is paused during a compile, and the objects alive after it are
+      frozen (`gc.freeze`: the collector no longer scans them). A compiled snapshot holds no reference cycles
       (tests/proxy/test_reload_off_loop.py checks it), so reference counting alone frees it when replaced.
-    Mutable and locked: overlapping reloads compile in different threads.
+    Mutable and locked: overlapping reloads run in different threads.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._open = 0
+        self._threads = 0
+        self._compiles = 0
         self._saved_interval_s = 0.0
         self._was_collecting = False
 
     @contextlib.contextmanager
-    def opened(self) -> Iterator[None]:
+    def opened(self, *, is_compile: bool) -> Iterator[None]:
         with self._lock:
-            if self._open == 0:
+            if self._threads == 0:
                 self._saved_interval_s = sys.getswitchinterval()
                 sys.setswitchinterval(min(self._saved_interval_s, COMPILE_SWITCH_INTERVAL_S))
-                self._was_collecting = gc.isenabled()
-                gc.disable()
-            self._open += 1
+            self._threads += 1
+            if is_compile:
+                if self._compiles == 0:
+                    self._was_collecting = gc.isenabled()
+                    gc.disable()
+                self._compiles += 1
         try:
             yield
         finally:
             with self._lock:
-                self._open -= 1
-                if self._open == 0:
-                    gc.freeze()
-                    if self._was_collecting:
-                        gc.enable()
+                if is_compile:
+                    self._compiles -= 1
+                    if self._compiles == 0:
+                        gc.freeze()
+                        if self._was_collecting:
+                            gc.enable()
+                self._threads -= 1
+                if self._threads == 0:
                     sys.setswitchinterval(self._saved_interval_s)
 
 
-_compile_window = _CompileWindow()
+_thread_window = _ThreadWindow()
 
 def _retired_credential(session: IdentitySession, live: LiveSnapshot) -> str | None:
     """Why a client-credentials Session lost its Credential under `live` (its idp is the client_id), or None."""

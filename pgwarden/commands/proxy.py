@@ -20,7 +20,7 @@ from proxy.audit.normalize import QueryText
 from proxy.audit.otel import settings_from
 from proxy.identity.revocation_watch import STATE_OUTAGE_GRACE_S
 from proxy.preauth import PreAuthLimits
-from proxy.server import ProxyServer
+from proxy.server import ProxyServer, run_beside_relay
 from reconciler.errors import ConfigError, ManifestErrors
 from reconciler.manifests import load_snapshot
 from reconciler.sops import KeyRing, SopsError
@@ -195,7 +195,7 @@ class ManifestReloads:
         while True:
             self.is_asked_again = False
             try:
-                snapshot = await asyncio.to_thread(load_snapshot, self.manifests, keys=self.keys)
+                snapshot = await run_beside_relay(load_snapshot, self.manifests, keys=self.keys)
                 generation = await self.server.reload(snapshot)
                 log.warning("reloaded %s: generation %d", self.manifests, generation)
             except Exception as exc:  # noqa: BLE001 - report, keep serving the last good state

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import secrets
+import sys
 import threading
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
@@ -21,7 +22,7 @@ from proxy.errors import SnapshotRejected, SnapshotSuperseded
 from proxy.identity.sessions import SessionAuthority
 from proxy.identity.store_sqlite import SqliteStore
 from proxy.identity.tokens import TokenAuthority
-from proxy.server import ProxyServer, compile_snapshot
+from proxy.server import COMPILE_SWITCH_INTERVAL_S, ProxyServer, compile_snapshot, run_beside_relay
 from proxy.snapshot import (
     Authorization,
     Condition,
@@ -171,3 +172,10 @@ def test_a_compiled_snapshot_holds_no_reference_cycles() -> None:
         assert gc.collect() == 0  # nor does a snapshot once it is replaced
     finally:
         gc.enable()
+
+
+async def test_work_beside_the_relay_hands_the_gil_back_often_and_restores_the_interval() -> None:
+    before = sys.getswitchinterval()
+    during = await run_beside_relay(sys.getswitchinterval)
+    assert during == min(before, COMPILE_SWITCH_INTERVAL_S) < before
+    assert sys.getswitchinterval() == before
