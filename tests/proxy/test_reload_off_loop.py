@@ -177,5 +177,5 @@ def test_a_compiled_snapshot_holds_no_reference_cycles() -> None:
 async def test_work_beside_the_relay_hands_the_gil_back_often_and_restores_the_interval() -> None:
     before = sys.getswitchinterval()
     during = await run_beside_relay(sys.getswitchinterval)
-    assert during == min(before, COMPILE_SWITCH_INTERVAL_S) < before
+    assert during == pytest.approx(COMPILE_SWITCH_INTERVAL_S) and during < before
     assert sys.getswitchinterval() == before
