@@ -37,7 +37,9 @@ Choosing a service: the TLS SNI host name's first label (e.g. host=my-db.localho
 database name: dbname=my-db, or dbname=my-db/other_db to also ask for a database; with
 --default-service, any other database name goes to that service unchanged.
 Secrets may be plain text here (local development) or sops-encrypted (give the keys).
-Send SIGHUP to re-read the manifests; a bad edit is reported and the running state is kept.
+Send SIGHUP to re-read the manifests; a bad edit is reported and the running state is kept. The
+manifests are read and compiled beside the relay (worker threads); sessions keep running meanwhile.
+In production run one worker process per core, sharing the port: --workers auto.
 """
 
 
