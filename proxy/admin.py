@@ -15,7 +15,8 @@ from aiohttp import web
 from proxy import metrics
 from proxy.errors import PgwardenError, SnapshotRejected, SnapshotSuperseded
 from proxy.identity.store import utc_now
-from proxy.server import ProxyServer, run_beside_relay
+from proxy.offload import run_beside_relay
+from proxy.server import ProxyServer
 from proxy.snapshot import Snapshot, from_wire, to_wire
 
 MAX_BODY_BYTES = 256 * 1024 * 1024

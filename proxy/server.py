@@ -7,17 +7,12 @@ session whose access the new snapshot removes is ended with a FATAL that says wh
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gc
 import logging
 import secrets
-import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 from proxy.audit.accesslog import AccessLog, SessionLog
 from proxy.errors import AccessDenied, AuthenticationFailed, SnapshotRejected, SnapshotSuperseded
@@ -27,6 +22,7 @@ from proxy.identity.revocation_watch import STATE_OUTAGE_GRACE_S, RevocationWatc
 from proxy.identity.sessions import SessionAuthority
 from proxy.identity.store import AuthMethod, IdentitySession, StateStoreError, utc_now
 from proxy.metrics import ProxyMetrics
+from proxy.offload import compile_window
 from proxy.pgwire.errors import PgwardenError
 from proxy.preauth import PreAuthLimits, PreAuthRegistry
 from proxy.routing import ConnectRequest, LiveSnapshot, Route
@@ -35,14 +31,12 @@ from proxy.snapshot import AuthorizationMode, Snapshot
 from proxy.upstream import send_cancel
 
 log = logging.getLogger("pgwarden.server")
-T = TypeVar("T")
 
 REVOCATION_BATCH = 200
 PURGE_EVERY_S = 3600.0  # housekeeping of the state store: expired sessions and device codes
 PURGE_AFTER = timedelta(days=1)  # expired sessions stay listable (and auditable) this long
 LISTEN_BACKLOG = 1024  # the kernel caps it at net.core.somaxconn
 IDENTITY_RECHECK_S = 30.0  # sessions re-checked between yields to the loop, so the relay keeps moving
-COMPILE_SWITCH_INTERVAL_S = 0.0002  # while a reload compiles in a thread: how long the loop may wait for the GIL
 
 
 class ProxyServer:
@@ -388,69 +382,10 @@ def compile_snapshot(snapshot: Snapshot, live_generation: int) -> LiveSnapshot:
 
 
 def _compile_in_thread(snapshot: Snapshot, live_generation: int) -> LiveSnapshot:
-    """`compile_snapshot` in a worker thread, in a window that keeps the loop thread moving (see _ThreadWindow)."""
-    with _thread_window.opened(is_compile=True):
+    """`compile_snapshot` in a worker thread, in a window that keeps the loop thread moving (proxy/offload.py)."""
+    with compile_window():
         return compile_snapshot(snapshot, live_generation)
 
-
-async def run_beside_relay(work: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-    """`asyncio.to_thread` for CPU work beside the relay (reading manifests, decoding a snapshot): the loop
-    thread gets the GIL back within COMPILE_SWITCH_INTERVAL_S instead of CPython's default 5 ms."""
-    def run() -> T:
-        with _thread_window.opened(is_compile=False):
-            return work(*args, **kwargs)
-    return await asyncio.to_thread(run)
-
-
-class _ThreadWindow:
-    """Process-wide settings while CPU work runs in threads beside the relay; the last one out restores them.
-
-    Two CPython habits would otherwise stall the loop thread meanwhile:
-    - the GIL: a waiting thread takes it only after the switch interval (5 ms by default), so every loop
-      wake-up would wait up to that long; the interval is shortened to COMPILE_SWITCH_INTERVAL_S.
-    - the cyclic garbage collector (compiles only): a compile allocates the new snapshot's objects (~140k for
-      900 routing rules), which triggers collections of every generation, each holding the GIL for 100 ms or
-      more on a busy machine. Collection is paused during a compile, and the objects alive after it are
-      frozen (`gc.freeze`: the collector no longer scans them). A compiled snapshot holds no reference cycles
-      (tests/proxy/test_reload_off_loop.py checks it), so reference counting alone frees it when replaced.
-    Mutable and locked: overlapping reloads run in different threads.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._threads = 0
-        self._compiles = 0
-        self._saved_interval_s = 0.0
-        self._was_collecting = False
-
-    @contextlib.contextmanager
-    def opened(self, *, is_compile: bool) -> Iterator[None]:
-        with self._lock:
-            if self._threads == 0:
-                self._saved_interval_s = sys.getswitchinterval()
-                sys.setswitchinterval(min(self._saved_interval_s, COMPILE_SWITCH_INTERVAL_S))
-            self._threads += 1
-            if is_compile:
-                if self._compiles == 0:
-                    self._was_collecting = gc.isenabled()
-                    gc.disable()
-                self._compiles += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                if is_compile:
-                    self._compiles -= 1
-                    if self._compiles == 0:
-                        gc.freeze()
-                        if self._was_collecting:
-                            gc.enable()
-                self._threads -= 1
-                if self._threads == 0:
-                    sys.setswitchinterval(self._saved_interval_s)
-
-
-_thread_window = _ThreadWindow()
 
 def _retired_credential(session: IdentitySession, live: LiveSnapshot) -> str | None:
     """Why a client-credentials Session lost its Credential under `live` (its idp is the client_id), or None."""

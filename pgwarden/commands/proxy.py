@@ -19,8 +19,9 @@ from pgwarden.workers import add_worker_options, announce_ready, is_parent, run_
 from proxy.audit.normalize import QueryText
 from proxy.audit.otel import settings_from
 from proxy.identity.revocation_watch import STATE_OUTAGE_GRACE_S
+from proxy.offload import run_beside_relay
 from proxy.preauth import PreAuthLimits
-from proxy.server import ProxyServer, run_beside_relay
+from proxy.server import ProxyServer
 from reconciler.errors import ConfigError, ManifestErrors
 from reconciler.manifests import load_snapshot
 from reconciler.sops import KeyRing, SopsError

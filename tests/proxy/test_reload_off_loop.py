@@ -22,7 +22,8 @@ from proxy.errors import SnapshotRejected, SnapshotSuperseded
 from proxy.identity.sessions import SessionAuthority
 from proxy.identity.store_sqlite import SqliteStore
 from proxy.identity.tokens import TokenAuthority
-from proxy.server import COMPILE_SWITCH_INTERVAL_S, ProxyServer, compile_snapshot, run_beside_relay
+from proxy.offload import COMPILE_SWITCH_INTERVAL_S, run_beside_relay
+from proxy.server import ProxyServer, compile_snapshot
 from proxy.snapshot import (
     Authorization,
     Condition,
