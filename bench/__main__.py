@@ -22,8 +22,9 @@ DEFAULT_OUT = Path(__file__).resolve().parent.parent / "docs" / "bench"
 
 DESCRIPTION = """\
 Run pgbench (select-only and TPC-B-like; simple, extended and prepared protocol; 1, 8 and 32 clients;
-and `connect`, a new connection per transaction) against six targets in one run: PostgreSQL directly
-(plain and TLS), pgbouncer (plain and client TLS), pgwarden (TLS, access log on) and pgwarden+policy
+and `connect`, a new connection per transaction) against seven targets in one run: PostgreSQL directly
+(plain and TLS), pgbouncer (plain and client TLS), pgwarden (TLS, access log on; one process, and
+pgwarden-workers with --workers 2 to show how it scales with cores) and pgwarden+policy
 (every query authorized against a read-only Policy; skipped with a note if this build lacks the policy
 engine). Then reloads under load: pgbench on pgwarden while SIGHUP swaps two manifest revisions.
 Runs are interleaved across targets; the tables show the median of the repeats with their spread,
@@ -86,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-out", action="store_true", help="print the tables only; write nothing under --out")
     p.add_argument("--pgwarden-workers", type=_positive_int, metavar="N",
                    help="run both pgwarden targets with `pgwarden proxy --workers N` (default 1), e.g. 2")
+    p.add_argument("--scaling-workers", type=int, metavar="N",
+                   help="the pgwarden-workers target runs `pgwarden proxy --workers N` beside the single process "
+                        "(default 2; 0 leaves the target out), e.g. --scaling-workers 4 on a 4-core machine")
     p.add_argument("--scale", type=int, metavar="N", help="pgbench -i scale factor (default 10; quick 1)")
     p.add_argument("--warmup", type=int, metavar="S", help="untimed seconds per target before the first cell")
     p.add_argument("--json", type=Path, metavar="PATH", help="also write every run and the summaries as JSON")
@@ -102,14 +106,16 @@ def matrix_from(args: argparse.Namespace) -> Matrix:
         clients = args.clients or sorted({c.clients for c in base.cells})
         cells = build_cells(scripts, modes, clients)
     overrides = {"duration_s": args.duration, "repeats": args.repeats, "scale": args.scale,
-                 "warmup_s": args.warmup, "reloads": args.reloads, "pgwarden_workers": args.pgwarden_workers}
+                 "warmup_s": args.warmup, "reloads": args.reloads, "pgwarden_workers": args.pgwarden_workers,
+                 "scaling_workers": args.scaling_workers}
     return dataclasses.replace(base, cells=cells, **{k: v for k, v in overrides.items() if v is not None})
 
 
 def preset_name(args: argparse.Namespace) -> str:
     """`quick` or `full` when the preset ran as is, else `custom`: names the files under --out."""
     is_custom = any(getattr(args, k) is not None for k in ("duration", "repeats", "clients", "modes", "scripts",
-                                                            "scale", "warmup", "reloads", "pgwarden_workers"))
+                                                            "scale", "warmup", "reloads", "pgwarden_workers",
+                                                            "scaling_workers"))
     return "custom" if is_custom else "quick" if args.quick else "full"
 
 
@@ -120,8 +126,9 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     matrix = matrix_from(args)
-    if matrix.duration_s <= 0 or matrix.repeats <= 0 or matrix.reloads < 0:
-        print("bench: --duration and --repeats must be positive, --reloads zero or more", file=sys.stderr)
+    if matrix.duration_s <= 0 or matrix.repeats <= 0 or matrix.reloads < 0 or matrix.scaling_workers < 0:
+        print("bench: --duration and --repeats must be positive, --reloads and --scaling-workers zero or more",
+              file=sys.stderr)
         return 2
 
     def progress(line: str) -> None:
@@ -132,8 +139,9 @@ def main(argv: list[str] | None = None) -> int:
         binaries = find_binaries()
         if not args.no_out:
             check_chart_support()
-        progress(f"bench: {len(matrix.cells)} cells x {matrix.repeats} repeats x 6 targets x {matrix.duration_s} s "
-                 f"= about {matrix.estimated_s(6) / 60:.1f} min of pgbench, plus setup")
+        targets = 7 if matrix.scaling_workers else 6
+        progress(f"bench: {len(matrix.cells)} cells x {matrix.repeats} repeats x {targets} targets x "
+                 f"{matrix.duration_s} s = about {matrix.estimated_s(targets) / 60:.1f} min of pgbench, plus setup")
         report = run_bench(matrix, binaries, progress)
     except BenchSetupError as exc:
         print(f"bench: could not run: {exc}", file=sys.stderr)

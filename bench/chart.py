@@ -21,7 +21,7 @@ from bench.targets import TargetName  # noqa: E402
 
 # One colour per target, stable across runs so charts compare at a glance.
 _COLOURS = {"direct": "#4c72b0", "direct+tls": "#8da0cb", "pgbouncer": "#dd8452", "pgbouncer+tls": "#f2b880",
-            "pgwarden": "#55a868", "pgwarden+policy": "#2f6b3f"}
+            "pgwarden": "#55a868", "pgwarden-workers": "#9bd3a8", "pgwarden+policy": "#2f6b3f"}
 
 
 def _bars(stats: list[Stat | None]) -> tuple[list[float], list[list[float]]]:

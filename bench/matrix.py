@@ -71,6 +71,9 @@ class Matrix:
     scale: int = 10  # pgbench -i -s
     warmup_s: int = 2  # one untimed run per target before the first cell
     pgwarden_workers: int = 1  # `pgwarden proxy --workers N` for both pgwarden targets
+    # A third pgwarden target, `pgwarden-workers`, with `--workers N` beside the single process (0: none), so one
+    # run shows how TPS scales from 1 to N cores next to pgbouncer, which is single-threaded.
+    scaling_workers: int = 2
     # Reloads under load (bench/reloads.py): per repeat, one quiet run and one with `reloads` SIGHUPs.
     reloads: int = 0  # 0 skips the scenario
     reload_clients: int = 8
@@ -94,7 +97,7 @@ def build_cells(scripts: list[Script], modes: list[Mode], clients: list[int]) ->
 ALL_MODES = [Mode.SIMPLE, Mode.EXTENDED, Mode.PREPARED]
 
 # The goals: select-only at 1, 8 and 32 clients in every protocol, TPC-B-like at 8, and the
-# connection set-up rate; 13 cells x 6 targets x 3 repeats x 10 s is about 40 minutes.
+# connection set-up rate; 13 cells x 7 targets x 3 repeats x 10 s is about 45 minutes.
 FULL = Matrix(
     cells=(build_cells([Script.SELECT_ONLY], ALL_MODES, [1, 8, 32]) + build_cells([Script.TPCB], ALL_MODES, [8])
            + build_cells([Script.CONNECT], [Mode.SIMPLE], [8])),

@@ -15,10 +15,13 @@ from typing import Any
 from bench.results import BenchReport, CellSummary, Stat
 from bench.targets import TargetName
 
-SUBJECTS = (TargetName.PGWARDEN, TargetName.PGWARDEN_POLICY)  # whose ratios and added latency we report
-_SHORT = {TargetName.PGWARDEN: "pgw", TargetName.PGWARDEN_POLICY: "pgw+pol", TargetName.PGBOUNCER: "pgb",
-          TargetName.PGBOUNCER_TLS: "pgb+tls", TargetName.DIRECT: "direct", TargetName.DIRECT_TLS: "direct+tls"}
-_PROXIES = (TargetName.PGWARDEN, TargetName.PGWARDEN_POLICY, TargetName.PGBOUNCER, TargetName.PGBOUNCER_TLS)
+# whose ratios and added latency we report
+SUBJECTS = (TargetName.PGWARDEN, TargetName.PGWARDEN_WORKERS, TargetName.PGWARDEN_POLICY)
+_SHORT = {TargetName.PGWARDEN: "pgw", TargetName.PGWARDEN_WORKERS: "pgw-wk", TargetName.PGWARDEN_POLICY: "pgw+pol",
+          TargetName.PGBOUNCER: "pgb", TargetName.PGBOUNCER_TLS: "pgb+tls", TargetName.DIRECT: "direct",
+          TargetName.DIRECT_TLS: "direct+tls"}
+_PROXIES = (TargetName.PGWARDEN, TargetName.PGWARDEN_WORKERS, TargetName.PGWARDEN_POLICY, TargetName.PGBOUNCER,
+            TargetName.PGBOUNCER_TLS)
 _RATIO_ORDER = (TargetName.PGBOUNCER, TargetName.PGBOUNCER_TLS, TargetName.DIRECT, TargetName.DIRECT_TLS)
 _LATENCY_BASELINE = TargetName.DIRECT
 
@@ -132,12 +135,17 @@ def context_lines(report: BenchReport) -> list[str]:
     """When, where and how: the lines above every table."""
     m = report.matrix
     repeats = f"median of {m.repeats} runs ±half their range" if m.repeats > 1 else "1 run, no spread"
-    return [
+    lines = [
         f"pgwarden bench, {report.started_at}, commit {report.commit}, took {report.elapsed_s / 60:.1f} min",
         f"machine: {report.machine.describe()}",
         f"pgbench -j {m.threads}, -T {m.duration_s}, scale {m.scale}; runs interleaved across targets; {repeats}; "
         f"pgwarden {'--workers ' + str(m.pgwarden_workers) if m.pgwarden_workers > 1 else 'single process'}",
     ]
+    if TargetName.PGWARDEN_WORKERS in report.targets:
+        lines.append(f"{TargetName.PGWARDEN_WORKERS} ({_SHORT[TargetName.PGWARDEN_WORKERS]}): pgwarden proxy "
+                     f"--workers {m.scaling_workers}, one process per core (its CPU µs/txn is summed over the "
+                     "workers); pgbouncer is single-threaded")
+    return lines
 
 
 def reload_lines(report: BenchReport) -> list[str]:

@@ -84,6 +84,11 @@ def _start_targets(binaries: Binaries, matrix: Matrix, work: Path, stack: contex
     warden = start_pgwarden(cluster, work / "pgwarden", workers=matrix.pgwarden_workers)
     stack.callback(warden.stop)
     targets.append(pgwarden_target(warden, work / "pgwarden"))
+    if matrix.scaling_workers:
+        base = work / "pgwarden-workers"
+        scaling = start_pgwarden(cluster, base, workers=matrix.scaling_workers, name=TargetName.PGWARDEN_WORKERS)
+        stack.callback(scaling.stop)
+        targets.append(pgwarden_target(scaling, base, name=TargetName.PGWARDEN_WORKERS))
     for target in targets:
         check_target(binaries, target)
     if (policy := _start_policy_target(binaries, matrix, cluster, work, stack, say, notes)) is not None:

@@ -1,4 +1,4 @@
-"""The five things pgbench talks to, and starting the two proxies: pgbouncer (plain, TLS) and pgwarden.
+"""The things pgbench talks to, and starting the two proxies: pgbouncer (plain, TLS) and pgwarden.
 
 Every proxy logs in to PostgreSQL without TLS, so the targets differ only in what sits in front.
 """
@@ -35,6 +35,7 @@ class TargetName(StrEnum):
     PGBOUNCER = "pgbouncer"
     PGBOUNCER_TLS = "pgbouncer+tls"
     PGWARDEN = "pgwarden"
+    PGWARDEN_WORKERS = "pgwarden-workers"  # `pgwarden proxy --workers N` (Matrix.scaling_workers), beside one process
     PGWARDEN_POLICY = "pgwarden+policy"
 
 
@@ -264,7 +265,8 @@ def _pgwarden(*args: str) -> list[str]:
     return [sys.executable, "-m", "pgwarden", *args]
 
 
-def start_pgwarden(cluster: BenchCluster, base: Path, *, is_policy: bool = False, workers: int = 1) -> ServerProcess:
+def start_pgwarden(cluster: BenchCluster, base: Path, *, is_policy: bool = False, workers: int = 1,
+                   name: TargetName | None = None) -> ServerProcess:
     """`python -m pgwarden proxy` on a free port with an access log file, as a user would run it.
 
     With `is_policy`, the Service authorizes every query against the Policy in _POLICY_MANIFESTS; raises
@@ -282,7 +284,7 @@ def start_pgwarden(cluster: BenchCluster, base: Path, *, is_policy: bool = False
     with ready_path.open("wb") as out, log.open("wb") as err:
         popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=REPO_ROOT,
                                  env=clean_libpq_env(), start_new_session=True)
-    process = ServerProcess(TargetName.PGWARDEN_POLICY if is_policy else TargetName.PGWARDEN, popen, log)
+    process = ServerProcess(name or (TargetName.PGWARDEN_POLICY if is_policy else TargetName.PGWARDEN), popen, log)
 
     def is_ready() -> bool:
         text = ready_path.read_text(errors="replace")

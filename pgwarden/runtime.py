@@ -167,5 +167,6 @@ class EmbeddedTarget:
     def current(self) -> Snapshot:
         return self._bound().live.snapshot
 
-    def swap(self, snapshot: Snapshot) -> int:
-        return self._bound().apply(snapshot)
+    async def swap(self, snapshot: Snapshot) -> int:
+        """Compile in a worker thread, swap on the loop (ProxyServer.reload)."""
+        return await self._bound().reload(snapshot)

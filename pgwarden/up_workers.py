@@ -7,7 +7,7 @@ How it works (docs/performance.md, "pgwarden up --workers N"):
 - It reserves the proxy port with SO_REUSEPORT (pgwarden/workers.py) and starts N workers, each
   `pgwarden up … --worker-slot I/N`: a WorkerServer on the shared port with an empty snapshot, its admin API
   on DATA_DIR/admin-I.sock. The keys exist before any worker starts (the parent created them), so none race.
-- `ControlServer.apply` is the one way a snapshot goes live (the reconciler's apply and PUT /v1/state both
+- `ControlServer.reload` is the one way a snapshot goes live (the reconciler's apply and PUT /v1/state both
   end there): it PUTs the snapshot to every worker's admin socket in index order and swaps its own copy only
   when all accepted. Worker 0 compiles first, so a snapshot the proxy refuses is refused before any worker
   changes. All workers start at generation 1 and move together, so they serve the same generation.
@@ -68,10 +68,11 @@ _LIST_TIMEOUT_S = 5.0
 
 
 def add_up_worker_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workers", type=_workers, default=1, metavar="N",
-                   help="proxy worker processes sharing the listening port via SO_REUSEPORT, one per core "
-                        "(default 1: one process). The reconciler, login pages and webhook stay in the parent, "
-                        "which pushes every revision to all workers, e.g. pgwarden up --repo URL --workers 2")
+    p.add_argument("--workers", type=_workers, default=1, metavar="N|auto",
+                   help="proxy worker processes sharing the listening port via SO_REUSEPORT; auto starts one per "
+                        "core this process may use (the production setting). Default 1: one process. The "
+                        "reconciler, login pages and webhook stay in the parent, which pushes every revision to "
+                        "all workers, e.g. pgwarden up --repo URL --workers auto")
     p.add_argument("--worker-slot", type=parse_slot, default=None, help=argparse.SUPPRESS)  # set by the parent
 
 
@@ -87,6 +88,7 @@ class ControlServer(ProxyServer):
         super().__init__(**kwargs)
         self.worker_sockets = worker_sockets
         self.worker_pids: list[int] = []  # set once every worker is ready (and handles SIGUSR1)
+        self._pushing = asyncio.Lock()  # reloads reach the workers one after another
 
     async def revoke_identity_sessions(self, session_ids: list[str], *, reason: str) -> int:
         """The admin API revoked these Sessions in the store: make every worker re-check its connections now.
@@ -104,6 +106,20 @@ class ControlServer(ProxyServer):
         return ending
 
     def apply(self, snapshot: Snapshot) -> int:
+        generations = self._push_to_workers(snapshot)
+        return self._generation_after(generations, super().apply(snapshot))
+
+    async def reload(self, snapshot: Snapshot) -> int:
+        """As `apply`, with the workers' round trips in a thread: the parent's loop keeps serving logins meanwhile.
+
+        One reload at a time (a lock), so two overlapping ones reach every worker in the same order.
+        """
+        async with self._pushing:
+            generations = await asyncio.to_thread(self._push_to_workers, snapshot)
+            return self._generation_after(generations, await super().reload(snapshot))
+
+    def _push_to_workers(self, snapshot: Snapshot) -> list[int]:
+        """PUT `snapshot` to every worker in index order; the generations they took it as. Raises on a refusal."""
         body = json.dumps(to_wire(snapshot, fingerprint_key=self.fingerprint_key, include_secrets=True),
                           default=str).encode()
         generations: list[int] = []
@@ -116,7 +132,10 @@ class ControlServer(ProxyServer):
                 reason = reply.get("error", f"HTTP {code}") if isinstance(reply, dict) else f"HTTP {code}"
                 raise SnapshotRejected(_refusal(index, reason, generations, self.live.generation))
             generations.append(int(reply["generation"]))
-        generation = super().apply(snapshot)
+        return generations
+
+    @staticmethod
+    def _generation_after(generations: list[int], generation: int) -> int:
         if set(generations) != {generation}:  # only after a worker failed mid-apply before (it is then named)
             log.warning("workers serve generations %s, the parent %d", generations, generation)
         return generations[0] if generations else generation

@@ -75,16 +75,31 @@ def parse_slot(text: str) -> WorkerSlot:
     return WorkerSlot(index=int(index), count=int(count))
 
 
+MAX_WORKERS = 64
+
+
+def cores_available() -> int:
+    """The cores this process may run on (its CPU affinity, so a container's or taskset's limit counts)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
 def _workers(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 64:
-        raise argparse.ArgumentTypeError(f"invalid worker count {text!r}: use 1 to 64")
+    """`--workers`: a count from 1 to 64, or `auto` for one per available core (at most 64)."""
+    if text.strip().lower() == "auto":
+        return max(1, min(cores_available(), MAX_WORKERS))
+    if not text.isdigit() or not 1 <= int(text) <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"invalid worker count {text!r}: use 1 to {MAX_WORKERS}, or auto")
     return int(text)
 
 
 def add_worker_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workers", type=_workers, default=1, metavar="N",
-                   help="worker processes sharing the listening port via SO_REUSEPORT, one per core "
-                        "(default 1), e.g. --workers 2; SIGHUP reloads all of them")
+    p.add_argument("--workers", type=_workers, default=1, metavar="N|auto",
+                   help="worker processes sharing the listening port via SO_REUSEPORT; auto starts one per "
+                        "core this process may use (the production setting: one process relays on one core). "
+                        "Default 1, e.g. --workers auto; SIGHUP reloads all of them")
     p.add_argument("--worker-slot", type=parse_slot, default=None, help=argparse.SUPPRESS)  # set by the parent
 
 

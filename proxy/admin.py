@@ -13,10 +13,11 @@ from typing import Any
 from aiohttp import web
 
 from proxy import metrics
-from proxy.errors import PgwardenError, SnapshotRejected
+from proxy.errors import PgwardenError, SnapshotRejected, SnapshotSuperseded
 from proxy.identity.store import utc_now
+from proxy.offload import run_beside_relay
 from proxy.server import ProxyServer
-from proxy.snapshot import from_wire, to_wire
+from proxy.snapshot import Snapshot, from_wire, to_wire
 
 MAX_BODY_BYTES = 256 * 1024 * 1024
 MAX_TOKEN_TTL_S = 30 * 86400
@@ -25,6 +26,10 @@ MAX_TOKEN_TTL_S = 30 * 86400
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(text=json.dumps(data, indent=2, default=str), status=status,
                         content_type="application/json")
+
+
+def _snapshot_from_json(body: bytes) -> Snapshot:
+    return from_wire(json.loads(body))
 
 
 def build_app(server: ProxyServer) -> web.Application:
@@ -41,13 +46,17 @@ def build_app(server: ProxyServer) -> web.Application:
         return _json(body)
 
     async def put_state(request: web.Request) -> web.Response:
+        body = await request.read()
         try:
-            snapshot = from_wire(await request.json())
+            # Decoded and compiled in worker threads: a big snapshot must not stall the relay's loop.
+            snapshot = await run_beside_relay(_snapshot_from_json, body)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             # The message names the field; it never echoes the body (which carries secrets).
             return _json({"error": f"malformed snapshot: {type(exc).__name__}: {exc}"}, status=400)
         try:
-            generation = server.apply(snapshot)
+            generation = await server.reload(snapshot)
+        except SnapshotSuperseded as exc:
+            return _json({"error": exc.message}, status=409)
         except SnapshotRejected as exc:
             return _json({"error": exc.message}, status=422)
         return _json({"generation": generation, "revision": snapshot.revision})

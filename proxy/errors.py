@@ -7,6 +7,7 @@ PgwardenError
 ├── AccessDenied            42501; names the policy rule that decided
 ├── UpstreamUnavailable     08006
 └── SnapshotRejected        the admin API refused a snapshot; nothing changed
+    └── SnapshotSuperseded  a newer reload went live while this one compiled; it is dropped
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ __all__ = [
     "PgwardenError",
     "ProtocolViolation",
     "SnapshotRejected",
+    "SnapshotSuperseded",
     "UnknownService",
     "UpstreamUnavailable",
 ]
@@ -52,3 +54,7 @@ class SnapshotRejected(PgwardenError):
     """A snapshot could not be applied; the previous one stays live."""
 
     sqlstate = "XX000"
+
+
+class SnapshotSuperseded(SnapshotRejected):
+    """A reload asked for later went live while this one compiled: swapping it in now would go back in time."""

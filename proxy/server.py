@@ -15,13 +15,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from proxy.audit.accesslog import AccessLog, SessionLog
-from proxy.errors import AccessDenied, AuthenticationFailed, SnapshotRejected
+from proxy.errors import AccessDenied, AuthenticationFailed, SnapshotRejected, SnapshotSuperseded
 from proxy.guardrails import TooManyConnections
 from proxy.identity.certs import ClientCertificateAuthority
 from proxy.identity.revocation_watch import STATE_OUTAGE_GRACE_S, RevocationWatch
 from proxy.identity.sessions import SessionAuthority
 from proxy.identity.store import AuthMethod, IdentitySession, StateStoreError, utc_now
 from proxy.metrics import ProxyMetrics
+from proxy.offload import compile_window
 from proxy.pgwire.errors import PgwardenError
 from proxy.preauth import PreAuthLimits, PreAuthRegistry
 from proxy.routing import ConnectRequest, LiveSnapshot, Route
@@ -62,6 +63,8 @@ class ProxyServer:
         self.default_service = default_service  # serves database names that name no service
         self.live = LiveSnapshot(snapshot or Snapshot(), generation=1)
         self.applied_at = time.time()
+        self._reloads_asked = 0  # tickets handed to apply/reload calls, in the order they were made
+        self._live_ticket = 0  # the ticket of the live snapshot: an older one never swaps in after it
         self.sessions: dict[str, ClientSession] = {}
         self._by_cancel_key: dict[tuple[int, int], ClientSession] = {}
         self._cancels: set[asyncio.Task[None]] = set()  # in flight; held so a closing client cannot drop them
@@ -106,12 +109,37 @@ class ProxyServer:
 
     # --- snapshots -----------------------------------------------------------------------
     def apply(self, snapshot: Snapshot) -> int:
-        """Compile and swap in `snapshot`; returns its generation. On error nothing changes."""
-        try:
-            live = LiveSnapshot(snapshot, generation=self.live.generation + 1)
-        except Exception as exc:
-            raise SnapshotRejected(f"snapshot rejected, generation {self.live.generation} stays live: {exc}") from exc
+        """Compile `snapshot` on this thread and swap it in; returns its generation. On error nothing changes.
+
+        For callers off the relay's loop, or tests; on the loop prefer `reload`, which compiles in a thread.
+        """
+        return self._swap(compile_snapshot(snapshot, self.live.generation), self._take_ticket())
+
+    async def reload(self, snapshot: Snapshot) -> int:
+        """Compile `snapshot` in a worker thread, then swap it in on the loop; returns its generation.
+
+        The loop only assigns one reference: sessions keep relaying while CEL and Policies compile. Reloads
+        are numbered when asked for; one that finishes compiling after a later one went live raises
+        SnapshotSuperseded instead of swapping an older state back in.
+        """
+        ticket = self._take_ticket()
+        live = await asyncio.to_thread(_compile_in_thread, snapshot, self.live.generation)
+        return self._swap(live, ticket)
+
+    def _take_ticket(self) -> int:
+        self._reloads_asked += 1
+        return self._reloads_asked
+
+    def _swap(self, live: LiveSnapshot, ticket: int) -> int:
+        """On the loop: make `live` the served snapshot (one assignment), then re-check sessions in batches."""
+        if ticket < self._live_ticket:
+            raise SnapshotSuperseded(
+                f"snapshot dropped: a reload asked for after it went live first (generation {self.live.generation})",
+                hint="the newer state stays live; apply again to serve this one")
+        # Numbered here, not when compiled: generations stay consecutive (`pgwarden up --workers` relies on it).
+        live.generation = self.live.generation + 1
         self.live = live
+        self._live_ticket = ticket
         self.applied_at = time.time()
         if self._revocation is not None and not self._revocation.done():
             self._revocation.cancel()
@@ -340,6 +368,23 @@ class ProxyServer:
                                                 "applicationName": request.application_name}},
             entry_id=f"{session.id}-0",
         )
+
+
+def compile_snapshot(snapshot: Snapshot, live_generation: int) -> LiveSnapshot:
+    """Compile a Snapshot for serving (routing CEL, Policies); pure, so it may run in any thread.
+
+    Raises SnapshotRejected naming `live_generation`, which stays live. The generation is set at the swap.
+    """
+    try:
+        return LiveSnapshot(snapshot, generation=0)
+    except Exception as exc:
+        raise SnapshotRejected(f"snapshot rejected, generation {live_generation} stays live: {exc}") from exc
+
+
+def _compile_in_thread(snapshot: Snapshot, live_generation: int) -> LiveSnapshot:
+    """`compile_snapshot` in a worker thread, in a window that keeps the loop thread moving (proxy/offload.py)."""
+    with compile_window():
+        return compile_snapshot(snapshot, live_generation)
 
 
 def _retired_credential(session: IdentitySession, live: LiveSnapshot) -> str | None:

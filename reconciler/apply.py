@@ -18,8 +18,10 @@ KINDS = ("Service", "User", "Group", "Secret", "IdentityProvider", "Credential",
 class LiveTarget(Protocol):
     def current(self) -> Snapshot: ...
 
-    def swap(self, snapshot: Snapshot) -> int:
-        """Make `snapshot` live atomically; returns its generation. Raises on refusal, changing nothing."""
+    async def swap(self, snapshot: Snapshot) -> int:
+        """Make `snapshot` live atomically; returns its generation. Raises on refusal, changing nothing.
+
+        A coroutine: the proxy compiles the snapshot off its event loop before the one-reference swap."""
         ...
 
 
@@ -67,10 +69,10 @@ def plan(desired: Snapshot, live: Snapshot, previous_inventory: list[str], *, al
     return Plan(snapshot=snapshot, inventory=inventory, pruned=sorted(pruned), kept=sorted(kept))
 
 
-def changes(target: LiveTarget, the_plan: Plan) -> int:
+async def changes(target: LiveTarget, the_plan: Plan) -> int:
     """Swap the planned snapshot in and return the live generation."""
     try:
-        return target.swap(the_plan.snapshot)
+        return await target.swap(the_plan.snapshot)
     except Exception as exc:
         raise ReconcileError(f"the proxy refused the snapshot: {exc}", reason=Reason.APPLY_FAILED,
                              terminal=False) from exc
@@ -86,7 +88,7 @@ class InMemoryTarget:
     def current(self) -> Snapshot:
         return self.snapshot
 
-    def swap(self, snapshot: Snapshot) -> int:
+    async def swap(self, snapshot: Snapshot) -> int:
         self.snapshot = snapshot
         self.generation += 1
         return self.generation

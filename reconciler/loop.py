@@ -107,7 +107,7 @@ class Reconciler:
                 # What this apply changes, secrets compared by fingerprint only (never shown).
                 changeset = diff.diff_snapshots(to_wire(live, fingerprint_key=self._fingerprint_key),
                                                 the_plan.snapshot, fingerprint_key=self._fingerprint_key)
-                generation = apply.changes(self.target, the_plan)
+                generation = await apply.changes(self.target, the_plan)
             except Exception as exc:  # noqa: BLE001 - every failure is classified and kept in status
                 if isinstance(exc, UntrustedRevision):
                     revision_id = exc.revision  # refused before a Revision existed

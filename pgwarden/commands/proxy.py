@@ -19,7 +19,9 @@ from pgwarden.workers import add_worker_options, announce_ready, is_parent, run_
 from proxy.audit.normalize import QueryText
 from proxy.audit.otel import settings_from
 from proxy.identity.revocation_watch import STATE_OUTAGE_GRACE_S
+from proxy.offload import run_beside_relay
 from proxy.preauth import PreAuthLimits
+from proxy.server import ProxyServer
 from reconciler.errors import ConfigError, ManifestErrors
 from reconciler.manifests import load_snapshot
 from reconciler.sops import KeyRing, SopsError
@@ -36,7 +38,9 @@ Choosing a service: the TLS SNI host name's first label (e.g. host=my-db.localho
 database name: dbname=my-db, or dbname=my-db/other_db to also ask for a database; with
 --default-service, any other database name goes to that service unchanged.
 Secrets may be plain text here (local development) or sops-encrypted (give the keys).
-Send SIGHUP to re-read the manifests; a bad edit is reported and the running state is kept.
+Send SIGHUP to re-read the manifests; a bad edit is reported and the running state is kept. The
+manifests are read and compiled beside the relay (worker threads); sessions keep running meanwhile.
+In production run one worker process per core, sharing the port: --workers auto.
 """
 
 
@@ -168,6 +172,42 @@ def options_from(args: argparse.Namespace) -> ProxyOptions:
                         otlp=settings_from(args.otlp_endpoint, args.otlp_protocol, dict(args.otlp_header), os.environ))
 
 
+class ManifestReloads:
+    """SIGHUP: re-read the manifest directory and compile it in a worker thread; the loop only swaps.
+
+    One reload runs at a time, so the directory is always read in signal order; SIGHUPs that arrive during a
+    reload are folded into one more pass, which reads the directory after all of them.
+    Mutable: it holds the running reload and whether another was asked for meanwhile.
+    """
+
+    def __init__(self, server: ProxyServer, manifests: Path, keys: KeyRing | None) -> None:
+        self.server = server
+        self.manifests = manifests
+        self.keys = keys
+        self.running: asyncio.Task[None] | None = None
+        self.is_asked_again = False
+
+    def request(self) -> None:
+        """The SIGHUP handler: start a reload, or ask the running one for another pass."""
+        if self.running is not None and not self.running.done():
+            self.is_asked_again = True
+            return
+        self.running = asyncio.get_running_loop().create_task(self._reload_until_current())
+
+    async def _reload_until_current(self) -> None:
+        while True:
+            self.is_asked_again = False
+            try:
+                snapshot = await run_beside_relay(load_snapshot, self.manifests, keys=self.keys)
+                generation = await self.server.reload(snapshot)
+                log.warning("reloaded %s: generation %d", self.manifests, generation)
+            except Exception as exc:  # noqa: BLE001 - report, keep serving the last good state
+                log.error("reload of %s failed, keeping generation %d:\n%s",
+                          self.manifests, self.server.live.generation, exc)
+            if not self.is_asked_again:
+                return
+
+
 def run_proxy(args: argparse.Namespace) -> int:
     if (args.tls_cert is None) != (args.tls_key is None):
         error("--tls-cert and --tls-key go together")
@@ -201,15 +241,8 @@ def _serve_manifests(args: argparse.Namespace, keys: KeyRing | None) -> int:
         running = await start_proxy(options, snapshot, server_factory=factory)
         announce_ready(running.ready_line(), is_to_stderr=args.access_log == "-")
 
-        def reload() -> None:
-            try:
-                generation = running.server.apply(load_snapshot(args.manifests, keys=keys))
-                log.warning("reloaded %s: generation %d", args.manifests, generation)
-            except Exception as exc:  # noqa: BLE001 - report, keep serving the last good state
-                log.error("reload of %s failed, keeping generation %d:\n%s",
-                          args.manifests, running.server.live.generation, exc)
-
-        await serve_until_signal(running, on_reload=lambda: asyncio.get_running_loop().call_soon(reload))
+        reloads = ManifestReloads(running.server, args.manifests, keys)
+        await serve_until_signal(running, on_reload=reloads.request)
 
     try:
         run(main)

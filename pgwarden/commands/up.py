@@ -43,7 +43,7 @@ examples:
   pgwarden up --demo                       # throwaway PostgreSQL + examples-repo/ as a local Git repo
   pgwarden up --repo https://git.example.com/acme/db-access.git --ref main --path prod \\
               --age-key-file /etc/pgwarden/age.key --http-listen 0.0.0.0:8080 \\
-              --public-url https://pgwarden.example.com
+              --public-url https://pgwarden.example.com --workers auto   # production: a worker per core
 
 People sign in at PUBLIC-URL/login (IdentityProvider manifests), or with
 `pgwarden login --cluster PUBLIC-URL`; identity providers redirect back to PUBLIC-URL/login/... (OIDC:

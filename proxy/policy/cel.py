@@ -176,7 +176,9 @@ def compile_expression(expr: str, *, variables: frozenset[str] = frozenset()) ->
         raise CelCompileError("nested too deeply", expression=expr) from err
     compiled = CompiledExpression(expr, MeteredRunner(_ENV, ast, _FUNCTIONS, charges))
     if len(_CACHE) >= _MAX_CACHED:
-        del _CACHE[next(iter(_CACHE))]  # dicts keep insertion order: drop the oldest
+        # Dicts keep insertion order: drop the oldest. pop(…, None): a reload compiles in a worker thread
+        # while the loop may compile (logins), so another thread may have dropped that key already.
+        _CACHE.pop(next(iter(_CACHE), None), None)  # type: ignore[arg-type]
     _CACHE[key] = compiled
     return compiled
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import os
 import secrets
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from pgwarden.__main__ import build_parser
 from pgwarden.workers import WorkerSlot, admin_socket_for, parse_slot
 
 EDGES = [-(2**31), -1, 0, 1, 2**31 - 1, 2**31 - 2]
@@ -36,3 +40,30 @@ def test_worker_zero_keeps_the_admin_socket_the_cli_looks_for() -> None:
     path = Path("/data/admin.sock")
     assert admin_socket_for(WorkerSlot(index=0, count=2), path) == path
     assert admin_socket_for(WorkerSlot(index=1, count=2), path) == Path("/data/admin-1.sock")
+
+
+@pytest.mark.parametrize("command", ["proxy", "up"])
+def test_workers_auto_starts_one_per_available_core(command: str) -> None:
+    """`--workers auto` counts the cores this process may run on (its affinity), for both commands."""
+    parse = build_parser(command).parse_args
+    base = [command, "--manifests", "m"] if command == "proxy" else [command, "--repo", "r"]
+    assert parse([*base, "--workers", "auto"]).workers == len(os.sched_getaffinity(0))
+    assert parse([*base, "--workers", "3"]).workers == 3
+    assert parse(base).workers == 1  # a single process stays the default
+
+
+@pytest.mark.parametrize("bad", ["0", "65", "two", "-1", ""])
+def test_a_bad_worker_count_is_refused(bad: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser("proxy").parse_args(["proxy", "--manifests", "m", "--workers", bad])
+    assert "use 1 to 64, or auto" in capsys.readouterr().err
+
+
+def test_workers_auto_follows_the_cpu_affinity() -> None:
+    """Under `taskset -c 0` (or a container's cpuset) auto means one worker: a single process."""
+    code = ("import os; os.sched_setaffinity(0, {0}); from pgwarden.__main__ import build_parser; "
+            "print(build_parser('proxy').parse_args(['proxy', '--manifests', 'm', '--workers', 'auto']).workers)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "1"

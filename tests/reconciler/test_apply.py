@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from proxy.snapshot import Group, Secret, SecretValue, Snapshot, User
@@ -34,5 +36,5 @@ def test_empty_desired_state_is_refused_unless_allowed() -> None:
 def test_swap_reports_generation() -> None:
     target = InMemoryTarget()
     the_plan = plan(snap(["alice"]), target.current(), [])
-    assert changes(target, the_plan) == 2
+    assert asyncio.run(changes(target, the_plan)) == 2
     assert target.current() is the_plan.snapshot
