@@ -36,10 +36,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from identity.store.base import utc_now
 from pgwarden.datadir import ADMIN_SOCKET
 from pgwarden.output import error
 from pgwarden.runtime import ProxyOptions
-from proxy.identity.store import utc_now
 from proxy.server import ProxyServer
 
 log = logging.getLogger("pgwarden")

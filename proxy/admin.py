@@ -12,9 +12,9 @@ from typing import Any
 
 from aiohttp import web
 
+from identity.store.base import utc_now
 from proxy import metrics
 from proxy.errors import PgwardenError, SnapshotRejected
-from proxy.identity.store import utc_now
 from proxy.server import ProxyServer
 from proxy.snapshot import from_wire, to_wire
 

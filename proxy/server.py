@@ -14,13 +14,13 @@ from dataclasses import asdict
 from datetime import datetime, timedelta
 from typing import Any
 
+from identity.certs import ClientCertificateAuthority
+from identity.revocation_watch import STATE_OUTAGE_GRACE_S, RevocationWatch
+from identity.sessions import SessionAuthority
+from identity.store.base import AuthMethod, IdentitySession, StateStoreError, utc_now
 from proxy.audit.accesslog import AccessLog, SessionLog
 from proxy.errors import AccessDenied, AuthenticationFailed, SnapshotRejected
 from proxy.guardrails import TooManyConnections
-from proxy.identity.certs import ClientCertificateAuthority
-from proxy.identity.revocation_watch import STATE_OUTAGE_GRACE_S, RevocationWatch
-from proxy.identity.sessions import SessionAuthority
-from proxy.identity.store import AuthMethod, IdentitySession, StateStoreError, utc_now
 from proxy.metrics import ProxyMetrics
 from proxy.pgwire.errors import PgwardenError
 from proxy.preauth import PreAuthLimits, PreAuthRegistry
@@ -264,7 +264,7 @@ class ProxyServer:
         """End connections whose Session was revoked elsewhere or expired, through store outages.
 
         Revocations normally arrive at once through the store's notices (every replica of a shared
-        PostgreSQL store hears them); proxy/identity/revocation_watch.py keeps that feed alive, re-checks
+        PostgreSQL store hears them); identity/revocation_watch.py keeps that feed alive, re-checks
         on reconnect and periodically, and ends sessions after `state_outage_grace_s` without a store.
         """
         watch = RevocationWatch(

@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
+from identity.certs import verify_client_certificate
+from identity.sessions import Identity
 from proxy.audit.accesslog import SessionLog
 from proxy.connection import TLS_RECORD_PAYLOAD, PgConnection
 from proxy.errors import AccessDenied, AuthenticationFailed, UnknownService
@@ -28,8 +30,6 @@ from proxy.guardrails import (
     locked_settings,
     rail_denied,
 )
-from proxy.identity.certs import verify_client_certificate
-from proxy.identity.sessions import Identity
 from proxy.pgwire import messages as m
 from proxy.pgwire.denials import ResponseFilter
 from proxy.pgwire.encodings import decode_text, python_codec
