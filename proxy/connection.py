@@ -42,7 +42,7 @@ def _read_buffer() -> memoryview:
 
 
 class PgConnection(asyncio.BufferedProtocol):
-    """One socket. Subclasses override `on_relay_data` for the hot path."""
+    """One socket. `start_relay` picks, once, what each relayed chunk goes to: `on_relay_data` unless told."""
 
     def __init__(self, *, whose: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  bounded: bool = False) -> None:
@@ -52,6 +52,7 @@ class PgConnection(asyncio.BufferedProtocol):
         self.reader = MessageReader(max_message_bytes=max_message_bytes, whose=whose, bounded=bounded)
         self.peer: PgConnection | None = None  # set when relaying
         self.is_relaying = False
+        self.relay_data: Callable[[bytes], None] = self.on_relay_data  # the relay chosen in start_relay
         self.is_closed = False
         self.bytes_received = 0
         self._waiter: asyncio.Future[None] | None = None
@@ -76,7 +77,7 @@ class PgConnection(asyncio.BufferedProtocol):
     def data_received(self, data: bytes) -> None:
         self.bytes_received += len(data)
         if self.is_relaying:
-            self.on_relay_data(data)
+            self.relay_data(data)
             return
         self.reader.feed(data)
         self._wake()
@@ -156,13 +157,17 @@ class PgConnection(asyncio.BufferedProtocol):
             self.transport.abort()
 
     # --- relay phase ---------------------------------------------------------------------
-    def start_relay(self, peer: PgConnection) -> None:
-        """Forward every later chunk to `peer`; bytes already buffered go first."""
+    def start_relay(self, peer: PgConnection, on_data: Callable[[bytes], None] | None = None) -> None:
+        """Forward every later chunk to `peer` through `on_data` (default `on_relay_data`); buffered bytes go first.
+
+        Chosen once: the relay is a plain bound method call per chunk, with no test of which relay is on."""
         self.peer = peer
+        if on_data is not None:
+            self.relay_data = on_data
         self.is_relaying = True
         rest = self.reader.take_rest()
         if rest:
-            self.on_relay_data(rest)
+            self.relay_data(rest)
 
     def on_relay_data(self, data: bytes) -> None:
         peer = self.peer
