@@ -2,7 +2,7 @@
 
 `PlainRelay` forwards each chunk untouched and hands Query/Parse to the access log. `GatedRelay` (authorization
 mode ALL) sends every request through `proxy.policy.enforce.RequestGate` before it goes upstream, and with the
-readOnly rail keeps one request cycle in flight at a time. Either one's `on_data` is the client side's relay.
+readOnly rail keeps one request cycle in flight at a time. Either one is the client side's `PgConnection.relay`.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
+from proxy.audit.accesslog import SessionLog
 from proxy.errors import AccessDenied
 from proxy.guardrails import TRANSACTION_END_KINDS, CycleSplitter, TransactionEndWatch, rail_denied
 from proxy.pgwire import messages as m
@@ -46,7 +47,10 @@ class RelayedSession(Protocol):
     @property
     def config_name(self) -> str: ...
 
-    def log_statements(self, found: list[tuple[int, bytes]]) -> None: ...
+    @property
+    def log(self) -> SessionLog | None: ...
+
+    def log_statement(self, type_byte: int, body: bytes) -> None: ...
 
     def terminate(self, reason: PgwardenError) -> None: ...
 
@@ -56,14 +60,15 @@ class RelayedSession(Protocol):
 class PlainRelay:
     """No per-query checks: every chunk goes upstream untouched; Query and Parse are logged."""
 
-    __slots__ = ("_scanner", "_session", "_upstream")
+    __slots__ = ("_log", "_scanner", "_session", "_upstream")
 
     def __init__(self, session: RelayedSession, upstream: asyncio.Transport) -> None:
         self._session = session
         self._upstream = upstream
+        self._log = session.log  # set before the relay starts, never changed after
         self._scanner = FrameScanner(_CLIENT_INSPECT, whose="client")
 
-    def on_data(self, data: bytes) -> None:
+    def on_relay_data(self, data: bytes) -> None:
         """The hot path: frame, forward, log."""
         try:
             found = self._scanner.scan(data)
@@ -71,8 +76,10 @@ class PlainRelay:
             self._session.end_now(exc)
             return
         self._upstream.write(data)
-        if found:
-            self._session.log_statements(found)
+        if found and self._log is not None:
+            log_statement = self._session.log_statement
+            for type_byte, body in found:
+                log_statement(type_byte, body)
 
 
 class GatedRelay:
@@ -101,7 +108,7 @@ class GatedRelay:
         """The gate holds more client bytes than it keeps: the client is not read until they go on."""
         return self._is_paused_by_gate
 
-    def on_data(self, data: bytes) -> None:
+    def on_relay_data(self, data: bytes) -> None:
         if self._session.pending_termination is not None:
             return  # ending (a guard rail was broken, or access revoked): nothing more goes upstream
         if self._cycles is not None:

@@ -14,14 +14,13 @@ import logging
 import secrets
 import ssl
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 from identity.certs import verify_client_certificate
 from identity.sessions import Identity, SessionAuthority
 from proxy.audit.accesslog import AccessLog, SessionLog
-from proxy.connection import TLS_RECORD_PAYLOAD, PgConnection
+from proxy.connection import TLS_RECORD_PAYLOAD, PgConnection, Relay
 from proxy.errors import AccessDenied, AuthenticationFailed, UnknownService
 from proxy.guardrails import Lock, keeps_rail, locked_settings, rail_denied
 from proxy.metrics import ProxyMetrics
@@ -89,26 +88,12 @@ class UpstreamSide(PgConnection):
         self.denials = ResponseFilter(_SERVER_INSPECT_GATED, max_message_bytes=UPSTREAM_MAX_MESSAGE_BYTES)
         return self.denials
 
-    def start_relay(self, peer: PgConnection, on_data: Callable[[bytes], None] | None = None) -> None:
+    def start_relay(self, peer: PgConnection, relay: Relay | None = None) -> None:
         """Relay to the client: through the denial filter when per-query checks are on, else the scanner."""
-        super().start_relay(peer, on_data or (self.on_filtered_data if self.denials is not None else None))
-
-    def on_filtered_data(self, data: bytes) -> None:
-        session = self.session
-        assert session is not None and self.denials is not None
-        try:
-            out, found = self.denials.scan(data)
-        except ProtocolViolation as exc:
-            session.end_now(exc)
-            return
-        if out is None:
-            session.write(data)
-        elif out:
-            session.write_pieces(out)
-        if found:
-            session.on_replies(found)
-        if session.pending_termination is not None and self.denials.is_at_boundary:
-            session.finish_termination()
+        if relay is None and self.denials is not None:
+            assert self.session is not None
+            relay = FilteredReplies(self.session, self.denials)
+        super().start_relay(peer, relay)
 
     def on_relay_data(self, data: bytes) -> None:
         session = self.session
@@ -133,6 +118,33 @@ class UpstreamSide(PgConnection):
     def on_closed(self) -> None:
         if self.session is not None:
             self.session.on_upstream_closed()
+
+
+class FilteredReplies:
+    """The upstream side's relay with per-query checks: replies to denial stand-ins are hidden
+    (proxy/pgwire/denials.py); the rest goes to the client as the plain path sends it."""
+
+    __slots__ = ("_denials", "_session")
+
+    def __init__(self, session: ClientSession, denials: ResponseFilter) -> None:
+        self._session = session
+        self._denials = denials
+
+    def on_relay_data(self, data: bytes) -> None:
+        session = self._session
+        try:
+            out, found = self._denials.scan(data)
+        except ProtocolViolation as exc:
+            session.end_now(exc)
+            return
+        if out is None:
+            session.write(data)
+        elif out:
+            session.write_pieces(out)
+        if found:
+            session.on_replies(found)
+        if session.pending_termination is not None and self._denials.is_at_boundary:
+            session.finish_termination()
 
 
 class ClientSession(PgConnection):
@@ -435,7 +447,7 @@ class ClientSession(PgConnection):
             relay = PlainRelay(self, upstream.transport)
         self._relay = relay
         upstream.start_relay(self)
-        self.start_relay(upstream, relay.on_data)
+        self.start_relay(upstream, relay)
 
     # --- relay ---------------------------------------------------------------------------
     @property
@@ -447,12 +459,6 @@ class ClientSession(PgConnection):
     def is_held_by_gate(self) -> bool:
         """The gate holds more client bytes than it keeps: the client is not read until they go on."""
         return self._gate is not None and self._gate.is_held_by_gate
-
-    def log_statements(self, found: list[tuple[int, bytes]]) -> None:
-        """Query and Parse messages the plain relay saw, into the access log."""
-        if self.log is not None:
-            for type_byte, body in found:
-                self._log_statement(type_byte, body)
 
     def _session_policy(self, live: LiveSnapshot) -> SessionPolicy | None:
         """The per-query policy under `live`, or None when this session's config is not in mode ALL."""
@@ -500,7 +506,8 @@ class ClientSession(PgConnection):
         if self._gate is not None:
             self._gate.on_replies(found)
 
-    def _log_statement(self, type_byte: int, body: bytes) -> None:
+    def log_statement(self, type_byte: int, body: bytes) -> None:
+        """A Query or Parse the plain relay saw, into the access log (decoded in the client's encoding)."""
         assert self.log is not None
         if type_byte == m.QUERY:
             self.log.statement("QUERY", decode_text(body, self._codec))
