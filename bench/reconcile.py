@@ -24,10 +24,10 @@ from typing import TypeVar
 import pyrage
 import uvloop
 
+from identity.sessions import SessionAuthority
+from identity.store.sqlite import SqliteStore
+from identity.tokens import TokenAuthority
 from proxy.audit.accesslog import AccessLog, AccessLogWriter
-from proxy.identity.sessions import SessionAuthority
-from proxy.identity.store_sqlite import SqliteStore
-from proxy.identity.tokens import TokenAuthority
 from proxy.server import ProxyServer
 from reconciler import build, decrypt, load, validate
 from reconciler.sops import KeyRing, encrypt_secret_manifest

@@ -24,11 +24,11 @@ from pathlib import Path
 import uvloop
 
 from bench.reconcile import generate
+from identity.sessions import SessionAuthority
+from identity.store.sqlite import SqliteStore
+from identity.tokens import TokenAuthority
 from pgwarden.commands.proxy import ManifestReloads
 from proxy.audit.accesslog import AccessLog, AccessLogWriter
-from proxy.identity.sessions import SessionAuthority
-from proxy.identity.store_sqlite import SqliteStore
-from proxy.identity.tokens import TokenAuthority
 from proxy.server import ProxyServer
 from reconciler.manifests import load_snapshot
 

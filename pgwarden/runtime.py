@@ -13,16 +13,16 @@ from pathlib import Path
 
 from aiohttp import web
 
+from identity.certs import ClientCertificateAuthority
+from identity.revocation_watch import STATE_OUTAGE_GRACE_S
+from identity.sessions import SessionAuthority
+from identity.store.opening import open_store
+from identity.tokens import TokenAuthority
 from pgwarden.datadir import ADMIN_SOCKET, fingerprint_key, prepare, state_key
 from proxy.admin import add_metrics_route, build_app, start_admin
 from proxy.audit.accesslog import AccessLog, AccessLogWriter
 from proxy.audit.normalize import QueryText
 from proxy.audit.otel import OtelAccessLogSink, OtlpSettings
-from proxy.identity.certs import ClientCertificateAuthority
-from proxy.identity.revocation_watch import STATE_OUTAGE_GRACE_S
-from proxy.identity.sessions import SessionAuthority
-from proxy.identity.store_open import open_store
-from proxy.identity.tokens import TokenAuthority
 from proxy.preauth import PreAuthLimits
 from proxy.server import ProxyServer
 from proxy.snapshot import Snapshot

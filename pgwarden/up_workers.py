@@ -32,6 +32,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from identity.certs import ClientCertificateAuthority
+from identity.sessions import SessionAuthority
+from identity.store.opening import open_store
+from identity.tokens import TokenAuthority
 from pgwarden.adminclient import request
 from pgwarden.commands.proxy import options_from
 from pgwarden.datadir import ADMIN_SOCKET, fingerprint_key, prepare, state_key
@@ -51,10 +55,6 @@ from pgwarden.workers import (
 from proxy.admin import add_metrics_route, build_app, start_admin
 from proxy.audit.accesslog import AccessLog, AccessLogWriter
 from proxy.errors import SnapshotRejected
-from proxy.identity.certs import ClientCertificateAuthority
-from proxy.identity.sessions import SessionAuthority
-from proxy.identity.store_open import open_store
-from proxy.identity.tokens import TokenAuthority
 from proxy.server import ProxyServer
 from proxy.snapshot import Snapshot, to_wire
 from proxy.tls import ServerCertificate, ensure_local_certificate, server_context

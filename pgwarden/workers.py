@@ -36,10 +36,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from identity.store.base import utc_now
 from pgwarden.datadir import ADMIN_SOCKET
 from pgwarden.output import error
 from pgwarden.runtime import ProxyOptions
-from proxy.identity.store import utc_now
+from proxy.metrics import ProxyMetrics
+from proxy.registry import RegisteredSession, SessionRegistry
 from proxy.server import ProxyServer
 
 log = logging.getLogger("pgwarden")
@@ -118,11 +120,45 @@ def admin_socket_for(slot: WorkerSlot | None, admin_socket: Path) -> Path:
     return admin_socket.with_name(f"{admin_socket.stem}-{slot.index}{admin_socket.suffix}")
 
 
+class WorkerRegistry(SessionRegistry):
+    """A worker's sessions: cancel keys name the worker, and a cancel for a sibling's session is forwarded to it."""
+
+    def __init__(self, metrics: ProxyMetrics, *, slot: WorkerSlot, data_dir: Path) -> None:
+        super().__init__(metrics)
+        self.slot = slot
+        self.data_dir = data_dir
+
+    def register(self, session: RegisteredSession, user: str, generation: int) -> tuple[int, int]:
+        process_id, secret_key = super().register(session, user, generation)
+        by_key = self.by_cancel_key  # re-filed under a key that names this worker
+        tagged = self.slot.tag(secret_key)
+        while tagged != secret_key and (process_id, tagged) in by_key:
+            tagged = self.slot.tag(secrets.randbits(32) - 2**31)
+        by_key[(process_id, tagged)] = by_key.pop((process_id, secret_key))
+        return process_id, tagged
+
+    async def cancel(self, process_id: int, secret_key: int) -> None:
+        owner = self.slot.owner_of(secret_key)
+        if owner == self.slot.index:
+            await super().cancel(process_id, secret_key)
+            return
+        # Like PostgreSQL, a cancel gets no reply: a vanished owner is logged, never reported to the sender.
+        try:
+            _, writer = await asyncio.open_unix_connection(str(cancel_socket(self.data_dir, owner)))
+            writer.write(_CANCEL.pack(process_id, secret_key))
+            await writer.drain()
+            writer.close()
+            await writer.wait_closed()
+            log.info("worker %d: forwarded a cancel request to worker %d", self.slot.index, owner)
+        except OSError as exc:
+            log.warning("worker %d: could not forward a cancel request to worker %d: %s", self.slot.index, owner, exc)
+
+
 class WorkerServer(ProxyServer):
     """A ProxyServer that shares its port and routes cancel requests to the worker owning the session."""
 
     def __init__(self, *, slot: WorkerSlot, data_dir: Path, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+        super().__init__(registry_factory=functools.partial(WorkerRegistry, slot=slot, data_dir=data_dir), **kwargs)
         self.slot = slot
         self.data_dir = data_dir
         self._cancel_server: asyncio.AbstractServer | None = None
@@ -141,41 +177,16 @@ class WorkerServer(ProxyServer):
             cancel_socket(self.data_dir, self.slot.index).unlink(missing_ok=True)
         await super().close()
 
-    def register(self, session: Any, user: str, generation: int) -> tuple[int, int]:
-        process_id, secret_key = super().register(session, user, generation)
-        by_key = self._by_cancel_key  # re-filed under a key that names this worker
-        tagged = self.slot.tag(secret_key)
-        while tagged != secret_key and (process_id, tagged) in by_key:
-            tagged = self.slot.tag(secrets.randbits(32) - 2**31)
-        by_key[(process_id, tagged)] = by_key.pop((process_id, secret_key))
-        return process_id, tagged
-
     async def recheck_identity_sessions(self) -> int:
         """One pass of the 30 s identity re-check, now: `pgwarden up --workers N` asks for it (SIGUSR1) after a
         revocation, because the SQLite store's notices do not cross processes. Returns connections ended."""
         ended, now = 0, utc_now()
-        for sid in list(self._by_identity):
+        for sid in self.registry.identity_session_ids():
             session = await self.identity.store.get_session(sid)
             if session is None or not session.is_active(now):
                 state = "gone" if session is None else session.state(now).lower()
                 ended += await self.revoke_identity_sessions([sid], reason=f"session {sid} is {state}")
         return ended
-
-    async def cancel(self, process_id: int, secret_key: int) -> None:
-        owner = self.slot.owner_of(secret_key)
-        if owner == self.slot.index:
-            await super().cancel(process_id, secret_key)
-            return
-        # Like PostgreSQL, a cancel gets no reply: a vanished owner is logged, never reported to the sender.
-        try:
-            _, writer = await asyncio.open_unix_connection(str(cancel_socket(self.data_dir, owner)))
-            writer.write(_CANCEL.pack(process_id, secret_key))
-            await writer.drain()
-            writer.close()
-            await writer.wait_closed()
-            log.info("worker %d: forwarded a cancel request to worker %d", self.slot.index, owner)
-        except OSError as exc:
-            log.warning("worker %d: could not forward a cancel request to worker %d: %s", self.slot.index, owner, exc)
 
 
 class _CancelInbox(asyncio.Protocol):

@@ -12,9 +12,9 @@ from typing import Any
 
 from aiohttp import web
 
+from identity.store.base import utc_now
 from proxy import metrics
 from proxy.errors import PgwardenError, SnapshotRejected, SnapshotSuperseded
-from proxy.identity.store import utc_now
 from proxy.offload import run_beside_relay
 from proxy.server import ProxyServer
 from proxy.snapshot import Snapshot, from_wire, to_wire

@@ -18,7 +18,7 @@ import asyncio
 import socket
 import threading
 from collections.abc import Callable
-from typing import TypeVar, cast
+from typing import Protocol, TypeVar, cast
 
 from proxy.pgwire.framing import DEFAULT_MAX_MESSAGE_BYTES, MessageReader
 
@@ -41,8 +41,15 @@ def _read_buffer() -> memoryview:
     return view
 
 
+class Relay(Protocol):
+    """Where a connection's relayed chunks go; chosen once, when the relay starts."""
+
+    def on_relay_data(self, data: bytes) -> None: ...
+
+
 class PgConnection(asyncio.BufferedProtocol):
-    """One socket. Subclasses override `on_relay_data` for the hot path."""
+    """One socket. Relayed chunks go to `self.relay.on_relay_data`: the connection itself unless `start_relay`
+    is given another relay (proxy/relay.py), so the choice is made once and each chunk is one method call."""
 
     def __init__(self, *, whose: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  bounded: bool = False) -> None:
@@ -52,6 +59,7 @@ class PgConnection(asyncio.BufferedProtocol):
         self.reader = MessageReader(max_message_bytes=max_message_bytes, whose=whose, bounded=bounded)
         self.peer: PgConnection | None = None  # set when relaying
         self.is_relaying = False
+        self.relay: Relay = self  # where relayed chunks go; chosen in start_relay
         self.is_closed = False
         self.bytes_received = 0
         self._waiter: asyncio.Future[None] | None = None
@@ -76,7 +84,7 @@ class PgConnection(asyncio.BufferedProtocol):
     def data_received(self, data: bytes) -> None:
         self.bytes_received += len(data)
         if self.is_relaying:
-            self.on_relay_data(data)
+            self.relay.on_relay_data(data)
             return
         self.reader.feed(data)
         self._wake()
@@ -156,13 +164,15 @@ class PgConnection(asyncio.BufferedProtocol):
             self.transport.abort()
 
     # --- relay phase ---------------------------------------------------------------------
-    def start_relay(self, peer: PgConnection) -> None:
-        """Forward every later chunk to `peer`; bytes already buffered go first."""
+    def start_relay(self, peer: PgConnection, relay: Relay | None = None) -> None:
+        """Forward every later chunk to `peer` through `relay` (default: this connection); buffered bytes go first."""
         self.peer = peer
+        if relay is not None:
+            self.relay = relay
         self.is_relaying = True
         rest = self.reader.take_rest()
         if rest:
-            self.on_relay_data(rest)
+            self.relay.on_relay_data(rest)
 
     def on_relay_data(self, data: bytes) -> None:
         peer = self.peer

@@ -8,17 +8,15 @@ access-log sinks at scrape time.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
+from typing import Any, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
+from proxy.audit.accesslog import AccessLog
 from proxy.errors import AccessDenied, AuthenticationFailed, UnknownService, UpstreamUnavailable
 from proxy.pgwire.errors import PgwardenError
-
-if TYPE_CHECKING:
-    from proxy.server import ProxyServer
 
 # Per-query decisions are meant to cost microseconds (cached) up to a millisecond (a CEL evaluation).
 DECISION_BUCKETS_S = (1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 2.5e-2, 0.1)
@@ -77,14 +75,38 @@ class ProxyMetrics:
             self.upstream_errors += 1
 
 
+class Generation(Protocol):
+    @property
+    def generation(self) -> int: ...
+
+
+class ObservedProxy(Protocol):
+    """What the collector reads of a running proxy (proxy/server.py's ProxyServer): no import of the server."""
+
+    @property
+    def metrics(self) -> ProxyMetrics: ...
+
+    @property
+    def live(self) -> Generation: ...
+
+    @property
+    def sessions(self) -> Mapping[str, Any]: ...
+
+    @property
+    def preauth(self) -> Sized: ...
+
+    @property
+    def access_log(self) -> AccessLog: ...
+
+
 class ProxyCollector:
     """Yields the proxy's series from a running server; `skip` leaves out names another collector already serves."""
 
-    def __init__(self, server: ProxyServer | Callable[[], ProxyServer | None], *, skip: Iterable[str] = ()) -> None:
+    def __init__(self, server: ObservedProxy | Callable[[], ObservedProxy | None], *, skip: Iterable[str] = ()) -> None:
         self._server = server
         self._skip = frozenset(skip)
 
-    def _bound(self) -> ProxyServer | None:
+    def _bound(self) -> ObservedProxy | None:
         return self._server() if callable(self._server) else self._server
 
     def collect(self) -> Iterator[Metric]:
@@ -95,7 +117,7 @@ class ProxyCollector:
         yield from families
 
 
-def _families(server: ProxyServer) -> Iterator[Metric]:
+def _families(server: ObservedProxy) -> Iterator[Metric]:
     m = server.metrics
     yield _gauge("pgwarden_sessions_open", "Client sessions relaying now", len(server.sessions))
     yield _gauge("pgwarden_live_generation", "Generation of the live snapshot (each reload adds one)",
@@ -148,7 +170,7 @@ def _decision_histogram(m: ProxyMetrics) -> HistogramMetricFamily:
                                  buckets=buckets, sum_value=m.decision_sum_s)
 
 
-def render(server: ProxyServer) -> bytes:
+def render(server: ObservedProxy) -> bytes:
     """The Prometheus text exposition of one proxy (the admin socket's GET /metrics)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ProxyCollector(server))  # type: ignore[arg-type]

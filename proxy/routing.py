@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from identity.store.base import IdentitySession
 from proxy.errors import AccessDenied, AuthenticationFailed, UnknownService
-from proxy.identity.store import IdentitySession
 from proxy.policy.cel import CompiledCondition, ConditionError, compile_condition, to_cel
 from proxy.policy.cel_cost import decision_budget
 from proxy.policy.engine import NO_POLICY, Decision, PolicySet, SessionPolicy

@@ -1,9 +1,10 @@
-"""One client session: startup, TLS, token check, routing, upstream login, then the relay.
+"""One client session: startup, TLS, token check, routing, upstream login, then a plain or a gated relay.
 
-The relay forwards each chunk untouched. The client side is scanned for Query/Parse (access log);
-the server side for ReadyForQuery (transaction state, and a safe point to inject a FATAL). With
-per-query checks (mode ALL) the client side goes through `proxy.policy.enforce.RequestGate` instead.
-Errors we raise become one ErrorResponse in `_refuse`, then the connection closes.
+The relay forwards each chunk untouched. The client side goes through the relay chosen once at connect
+(proxy/relay.py): plain, scanned for Query/Parse (access log), or gated by `proxy.policy.enforce.RequestGate`
+(mode ALL). The server side is scanned for ReadyForQuery (transaction state, and a safe point to inject a FATAL).
+A session is given its collaborators (`SessionCollaborators`), never the server. Errors we raise become one
+ErrorResponse in `_refuse`, then the connection closes.
 """
 
 from __future__ import annotations
@@ -14,34 +15,26 @@ import secrets
 import ssl
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol, cast
 
-from proxy.audit.accesslog import SessionLog
-from proxy.connection import TLS_RECORD_PAYLOAD, PgConnection
+from identity.certs import verify_client_certificate
+from identity.sessions import Identity, SessionAuthority
+from proxy.audit.accesslog import AccessLog, SessionLog
+from proxy.connection import TLS_RECORD_PAYLOAD, PgConnection, Relay
 from proxy.errors import AccessDenied, AuthenticationFailed, UnknownService
-from proxy.guardrails import (
-    TRANSACTION_END_KINDS,
-    CycleSplitter,
-    Lock,
-    TransactionEndWatch,
-    keeps_rail,
-    locked_settings,
-    rail_denied,
-)
-from proxy.identity.certs import verify_client_certificate
-from proxy.identity.sessions import Identity
+from proxy.guardrails import Lock, keeps_rail, locked_settings, rail_denied
+from proxy.metrics import ProxyMetrics
 from proxy.pgwire import messages as m
 from proxy.pgwire.denials import ResponseFilter
 from proxy.pgwire.encodings import decode_text, python_codec
 from proxy.pgwire.errors import PgwardenError, ProtocolViolation
 from proxy.pgwire.framing import DEFAULT_MAX_MESSAGE_BYTES, FrameScanner, MessageTooLarge
-from proxy.policy.classify import classify
 from proxy.policy.enforce import DecisionLike, DenyAll, RequestGate, ResponseSummaries, SessionPolicy
+from proxy.preauth import PreAuthRegistry
+from proxy.registry import ConnectionSlot, SessionInfo, SessionRegistry
+from proxy.relay import GatedRelay, PlainRelay
 from proxy.routing import ConnectRequest, LiveSnapshot, Route
 from proxy.upstream import UPSTREAM_MAX_MESSAGE_BYTES, UpstreamLogin, open_upstream
-
-if TYPE_CHECKING:
-    from proxy.server import ProxyServer
 
 log = logging.getLogger("pgwarden.session")
 
@@ -49,27 +42,31 @@ STARTUP_TIMEOUT_S = 60.0  # whole startup incl. upstream login; before the clien
 TERMINATE_GRACE_S = 2.0
 CLOSE_GRACE_S = 5.0
 TLS_SHUTDOWN_TIMEOUT_S = 2.0  # asyncio's default of 30 s keeps dead sessions' sockets around
-_CLIENT_INSPECT = frozenset({m.QUERY, m.PARSE})
 _SERVER_INSPECT = frozenset({m.READY_FOR_QUERY, m.PARAMETER_STATUS})
 _COPY_IN = frozenset(b"GW")  # CopyInResponse, CopyBothResponse
 # for response summaries, and the readOnly rail's one-cycle hold (_COPY_IN)
 _SERVER_INSPECT_GATED = _SERVER_INSPECT | {m.COMMAND_COMPLETE, m.ERROR_RESPONSE} | _COPY_IN
-HELD_BYTES_MAX = 1 << 20  # readOnly rail: client bytes held behind a cycle in flight before reading pauses
 
 
-@dataclass(slots=True, kw_only=True)
-class SessionInfo:
-    """What `GET /v1/sessions` shows about a live session."""
+class LiveSource(Protocol):
+    """Holds the live snapshot; a reload assigns a new one (read it once per message, no locks)."""
 
-    id: str
-    user: str
-    service: str
-    config: str
-    upstream_user: str
-    upstream_database: str
-    client_address: str
-    started_at: float
-    generation: int
+    @property
+    def live(self) -> LiveSnapshot: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionCollaborators:
+    """What a client session uses of the process serving it, and no more (the server builds one)."""
+
+    registry: SessionRegistry  # live sessions, cancel keys, identity index, connection slots
+    snapshots: LiveSource  # the live snapshot, read at connect and by the gate after a reload
+    access_log: AccessLog
+    metrics: ProxyMetrics
+    identity: SessionAuthority  # verifies access tokens; its store verifies client certificates
+    preauth: PreAuthRegistry  # the caps on clients that have not authenticated yet
+    tls_context: Any
+    default_service: str | None = None  # serves database names that name no service
 
 
 class UpstreamSide(PgConnection):
@@ -89,25 +86,14 @@ class UpstreamSide(PgConnection):
     def filter_denials(self) -> ResponseFilter:
         """Per-query checks are on: hide the extra replies to denial stand-ins (proxy/pgwire/denials.py)."""
         self.denials = ResponseFilter(_SERVER_INSPECT_GATED, max_message_bytes=UPSTREAM_MAX_MESSAGE_BYTES)
-        self.on_relay_data = self._on_filtered_data  # type: ignore[method-assign]
         return self.denials
 
-    def _on_filtered_data(self, data: bytes) -> None:
-        session = self.session
-        assert session is not None and self.denials is not None
-        try:
-            out, found = self.denials.scan(data)
-        except ProtocolViolation as exc:
-            session.end_now(exc)
-            return
-        if out is None:
-            session.write(data)
-        elif out:
-            session.write_pieces(out)
-        if found:
-            session.on_replies(found)
-        if session.pending_termination is not None and self.denials.is_at_boundary:
-            session.finish_termination()
+    def start_relay(self, peer: PgConnection, relay: Relay | None = None) -> None:
+        """Relay to the client: through the denial filter when per-query checks are on, else the scanner."""
+        if relay is None and self.denials is not None:
+            assert self.session is not None
+            relay = FilteredReplies(self.session, self.denials)
+        super().start_relay(peer, relay)
 
     def on_relay_data(self, data: bytes) -> None:
         session = self.session
@@ -134,13 +120,40 @@ class UpstreamSide(PgConnection):
             self.session.on_upstream_closed()
 
 
+class FilteredReplies:
+    """The upstream side's relay with per-query checks: replies to denial stand-ins are hidden
+    (proxy/pgwire/denials.py); the rest goes to the client as the plain path sends it."""
+
+    __slots__ = ("_denials", "_session")
+
+    def __init__(self, session: ClientSession, denials: ResponseFilter) -> None:
+        self._session = session
+        self._denials = denials
+
+    def on_relay_data(self, data: bytes) -> None:
+        session = self._session
+        try:
+            out, found = self._denials.scan(data)
+        except ProtocolViolation as exc:
+            session.end_now(exc)
+            return
+        if out is None:
+            session.write(data)
+        elif out:
+            session.write_pieces(out)
+        if found:
+            session.on_replies(found)
+        if session.pending_termination is not None and self._denials.is_at_boundary:
+            session.finish_termination()
+
+
 class ClientSession(PgConnection):
     """The client socket, and the session it belongs to."""
 
-    def __init__(self, server: ProxyServer) -> None:
+    def __init__(self, parts: SessionCollaborators) -> None:
         # Until the client authenticates, the pre-auth caps apply (proxy/preauth.py); then the relay's own.
-        super().__init__(whose="client", max_message_bytes=server.preauth.limits.max_message_bytes, bounded=True)
-        self.server = server
+        super().__init__(whose="client", max_message_bytes=parts.preauth.limits.max_message_bytes, bounded=True)
+        self.parts = parts
         self.id = secrets.token_hex(8)
         self.info: SessionInfo | None = None
         self.route: Route | None = None
@@ -155,9 +168,9 @@ class ClientSession(PgConnection):
         self.identity: Identity | None = None  # the token's claims and its identity Session
         self.is_tls = False
         self._codec = "utf-8"
-        self._scanner = FrameScanner(_CLIENT_INSPECT, whose="client")
-        self._gate: RequestGate | None = None  # per-query checks (authorization mode ALL), else None
-        self._is_paused_by_gate = False  # the gate holds too many client bytes: the client is not read
+        self._relay: PlainRelay | GatedRelay | None = None  # chosen once, when the relay starts
+        self._gate: GatedRelay | None = None  # the same relay when it is gated (authorization mode ALL)
+        self._cycle_watch: GatedRelay | None = None  # the same again when the readOnly rail holds cycles
         self._policy: SessionPolicy | None = None
         self._policy_live: LiveSnapshot | None = None  # the snapshot `_policy` was built from
         self._summaries: ResponseSummaries | None = None  # decisions awaiting the upstream's answer
@@ -167,26 +180,40 @@ class ClientSession(PgConnection):
         self._claimed: tuple[str, str] = ("", "")  # (user, service) once known, for refusal logs
         self._deadline: asyncio.Timeout | None = None
         self.is_authenticated = False
-        self.connection_slot: tuple[str, str, str] | None = None  # counted by a maxConnectionsPerUser rail
+        self.connection_slot: ConnectionSlot | None = None  # counted by a maxConnectionsPerUser rail
         self._watched: dict[bytes, Lock] = {}  # ParameterStatus name -> the guard rail it must keep
-        self._cycles: CycleSplitter | None = None  # readOnly rail: one request cycle upstream at a time
-        self._held = bytearray()  # client bytes behind the cycle in flight
-        self._answered = 0  # ReadyForQuery messages from the upstream, to compare with the gate's cycles sent
-        self._is_copying_in = False  # the upstream waits for CopyData: nothing may be held
-        self._is_held_full = False  # reading paused until the held bytes drain
-        self._ends: TransactionEndWatch | None = None  # readOnly rail: nothing may follow a COMMIT before Sync
+
+    @property
+    def codec(self) -> str:
+        """The Python codec of the client_encoding the server reported last."""
+        return self._codec
+
+    @property
+    def config_name(self) -> str:
+        assert self.route is not None
+        return self.route.config.name
+
+    @property
+    def client_address(self) -> str:
+        """host:port of the client, for the access log and the session list."""
+        if self.transport is None:
+            return ""
+        peer = self.transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            return f"{peer[0]}:{peer[1]}"
+        return str(peer or "")
 
     # --- lifecycle -----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self.server.connections.add(self)
+        self.parts.registry.connections.add(self)
         peer = transport.get_extra_info("peername")
-        self.server.preauth.admit(self, str(peer[0]) if isinstance(peer, tuple) and peer else "")
+        self.parts.preauth.admit(self, str(peer[0]) if isinstance(peer, tuple) and peer else "")
         self._task = asyncio.get_running_loop().create_task(self._serve())
 
     def on_closed(self) -> None:
-        self.server.connections.discard(self)
-        self.server.preauth.authenticated(self)
+        self.parts.registry.connections.discard(self)
+        self.parts.preauth.authenticated(self)
         if self.upstream is not None:
             self.upstream.close()
         if self._task is not None and not self._task.done() and not self.is_relaying:
@@ -204,14 +231,14 @@ class ClientSession(PgConnection):
         connection_lost never reaches us; forget the connection here."""
         if not self.is_closed:
             self.is_closed = True
-            self.server.connections.discard(self)
-            self.server.preauth.authenticated(self)
+            self.parts.registry.connections.discard(self)
+            self.parts.preauth.authenticated(self)
             self._end()
 
     def _authenticated(self) -> None:
         """The client proved who it is: out of the pre-auth caps, back to the post-login message limit."""
         self.is_authenticated = True
-        self.server.preauth.authenticated(self)
+        self.parts.preauth.authenticated(self)
         self.reader.relax(DEFAULT_MAX_MESSAGE_BYTES)
         if self._deadline is not None:  # the upstream login still has the rest of STARTUP_TIMEOUT_S
             loop = asyncio.get_running_loop()
@@ -234,7 +261,7 @@ class ClientSession(PgConnection):
         if self._ended:
             return
         self._ended = True
-        self.server.forget(self)
+        self.parts.registry.forget(self)
         if self._summaries is not None:
             self._summaries.flush()  # decisions whose answer never came are logged without one
         if self.log is not None and self.upstream is not None:
@@ -251,23 +278,23 @@ class ClientSession(PgConnection):
     # --- startup -------------------------------------------------------------------------
     async def _serve(self) -> None:
         try:
-            async with asyncio.timeout(self.server.preauth.limits.timeout_s) as self._deadline:
+            async with asyncio.timeout(self.parts.preauth.limits.timeout_s) as self._deadline:
                 startup = await self._read_startup()
                 if startup is None:
                     return
                 await self._establish(startup)
         except MessageTooLarge as exc:
             if not self.is_authenticated:
-                self.server.metrics.preauth_oversize += 1
+                self.parts.metrics.preauth_oversize += 1
             self._refuse(exc)  # not logged per connection: counted (pgwarden_preauth_refused_total)
         except PgwardenError as exc:
             self._log_refusal(exc)
             self._refuse(exc)
         except TimeoutError:
             if not self.is_authenticated:
-                self.server.metrics.preauth_timeouts += 1
+                self.parts.metrics.preauth_timeouts += 1
                 self._refuse(AuthenticationFailed(
-                    f"authentication did not complete within {self.server.preauth.limits.timeout_s:g} s"))
+                    f"authentication did not complete within {self.parts.preauth.limits.timeout_s:g} s"))
             else:
                 self._refuse(AuthenticationFailed("startup did not complete in time"))
         except (ConnectionError, asyncio.CancelledError):  # reset, or aborted (shed) during the TLS handshake
@@ -286,8 +313,8 @@ class ClientSession(PgConnection):
                 self.write(b"S")
                 assert self.transport is not None
                 try:
-                    tls = await loop.start_tls(self.transport, self, self.server.tls_context, server_side=True,
-                                               ssl_handshake_timeout=self.server.preauth.limits.timeout_s,
+                    tls = await loop.start_tls(self.transport, self, self.parts.tls_context, server_side=True,
+                                               ssl_handshake_timeout=self.parts.preauth.limits.timeout_s,
                                                ssl_shutdown_timeout=TLS_SHUTDOWN_TIMEOUT_S)
                 except ssl.SSLError as exc:
                     # e.g. a client certificate that is expired or not from the client CA: the client
@@ -310,7 +337,7 @@ class ClientSession(PgConnection):
             elif isinstance(packet, m.GSSENCRequest):
                 self.write(b"N")  # no GSSAPI encryption; the client goes on with SSL or plain
             elif isinstance(packet, m.CancelRequest):
-                self.server.start_cancel(packet.process_id, packet.secret_key)
+                self.parts.registry.start_cancel(packet.process_id, packet.secret_key)
                 self.close()
                 return None
             else:
@@ -324,7 +351,7 @@ class ClientSession(PgConnection):
         der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
         if not der:
             return None
-        return await verify_client_certificate(der, self.server.identity.store)
+        return await verify_client_certificate(der, self.parts.identity.store)
 
     def sni_service(self) -> str | None:
         if not self.is_tls or self.transport is None:
@@ -344,7 +371,7 @@ class ClientSession(PgConnection):
             db = rest if service == sni else ("" if database == sni else database)
             return sni, ConnectRequest(user=user, database=db, application_name=app)
         service, _, db = database.partition("/")
-        default = self.server.default_service
+        default = self.parts.default_service
         if default and service not in live.snapshot.services:
             # A single-service deployment: any database name goes to the default service.
             return default, ConnectRequest(user=user, database=database, application_name=app)
@@ -372,16 +399,16 @@ class ClientSession(PgConnection):
             if type_byte != m.PASSWORD:
                 raise ProtocolViolation(f"expected a password message, got {chr(type_byte)!r}")
             token = body.rstrip(b"\x00").decode("utf-8", "replace")
-            identity = await self.server.identity.verify(token)
+            identity = await self.parts.identity.verify(token)
         self._authenticated()
         self.identity = identity
-        live = self.server.live
+        live = self.parts.snapshots.live
         service_name, request = self._select(live, params)
         self.request = request
         self._claimed = (identity.user, service_name)
         route = live.route(identity.user, service_name, request, identity_session=identity.session)
         self.route = route
-        self.server.take_connection_slot(self, identity.user, route)
+        self.parts.registry.take_connection_slot(self, identity.user, route)
         self._policy_live = live
         self._policy = self._session_policy(live)  # before login: a policy that cannot be built refuses
         self.upstream = UpstreamSide()
@@ -393,142 +420,45 @@ class ClientSession(PgConnection):
         # must keep their rail's value; a report of any other ends the session (see on_server_messages).
         rails = locked_settings(route.config.postgres.guard_rails)
         self._watched = {name.encode(): lock for name, lock in rails.items()}
-        self.process_id, self.secret_key = self.server.register(self, identity.user, live.generation)
+        self.process_id, self.secret_key = self.parts.registry.register(self, identity.user, live.generation)
         self._codec = python_codec(login.parameters.get("client_encoding", params.get("client_encoding", "UTF8")))
         out = [m.encode_authentication(m.AUTH_OK), *login.parameter_status,
                m.encode_backend_key_data(self.process_id, self.secret_key), m.encode_ready_for_query(b"I")]
         self.write_pieces(out)
-        self.log = self.server.session_log(self, identity.user, route, request)
+        self.log = self._session_log(identity.user, route)
         self.log.event({"type": "SESSION_START", "start": {
             "user": route.upstream_user, "database": route.upstream_database,
             "requestedUser": request.user, "requestedDatabase": request.database,
             "applicationName": request.application_name, "authMechanism": login.auth_mechanism,
             "upstreamTLS": login.is_tls,
         }})
+        assert upstream.transport is not None
+        relay: PlainRelay | GatedRelay
         if self._policy is not None:
             self._summaries = ResponseSummaries(self._write_decision)
-            self._gate = RequestGate(policy=self._current_policy, codec=lambda: self._codec,
-                                     responses=upstream.filter_denials(), on_decision=self._log_decision,
-                                     on_ready_requested=self._summaries.ready_requested,
-                                     parameters=login.parameters)
-            self.on_relay_data = self._on_gated_data  # type: ignore[method-assign]
-            if route.config.postgres.guard_rails.read_only:
-                self._cycles = CycleSplitter()
-                self._ends = TransactionEndWatch(self._ends_transaction)
+            gate = RequestGate(policy=self._current_policy, codec=lambda: self._codec,
+                               responses=upstream.filter_denials(), on_decision=self._log_decision,
+                               on_ready_requested=self._summaries.ready_requested, parameters=login.parameters)
+            relay = self._gate = GatedRelay(self, upstream, gate,
+                                            is_read_only=route.config.postgres.guard_rails.read_only)
+            if relay.holds_cycles:
+                self._cycle_watch = relay
+        else:
+            relay = PlainRelay(self, upstream.transport)
+        self._relay = relay
         upstream.start_relay(self)
-        self.start_relay(upstream)
+        self.start_relay(upstream, relay)
 
-    # --- relay (hot path) ----------------------------------------------------------------
-    def on_relay_data(self, data: bytes) -> None:
-        try:
-            found = self._scanner.scan(data)
-        except ProtocolViolation as exc:
-            self.end_now(exc)
-            return
-        upstream = self.upstream
-        assert upstream is not None and upstream.transport is not None
-        upstream.transport.write(data)
-        if found and self.log is not None:
-            for type_byte, body in found:
-                self._log_statement(type_byte, body)
-
+    # --- relay ---------------------------------------------------------------------------
     @property
     def has_query_checks(self) -> bool:
         """Per-query checks are on; chosen at connect (a reload that turns mode ALL on needs a reconnect)."""
         return self._gate is not None
 
-    def _on_gated_data(self, data: bytes) -> None:
-        """The relay with per-query checks: every request is decided before it goes upstream."""
-        assert self._gate is not None
-        if self.pending_termination is not None:
-            return  # ending (a guard rail was broken, or access revoked): nothing more goes upstream
-        if self._cycles is not None:
-            if not self._held and self._gate.ready_requested <= self._answered:  # the usual: one whole cycle
-                cut = self._cycles.cut(data)
-                if cut is None or cut == len(data):
-                    self._forward_gated(data)
-                    return
-                self._forward_gated(data[:cut])
-                data = data[cut:]
-            self._held += data
-            self._release_held()
-            return
-        self._forward_gated(data)
-
-    def _forward_gated(self, data: bytes) -> None:
-        assert self._gate is not None
-        if self._ends is not None and (what := self._ends.violation(data)) is not None:
-            assert self.route is not None
-            self.terminate(AccessDenied(
-                f"session ended: {rail_denied(what, 'readOnly', self.route.config.name)}",
-                detail="it could run in a new transaction that an earlier statement may have made read-write",
-                hint="end each extended-protocol batch with Sync before anything else (drivers do)"))
-            return
-        try:
-            out = self._gate.feed(data)
-        except ProtocolViolation as exc:
-            self.end_now(exc)
-            return
-        upstream = self.upstream
-        assert upstream is not None and upstream.transport is not None
-        if out:
-            upstream.transport.writelines(out)
-        if self._gate.is_backlog_full and self.transport is not None:
-            self.transport.pause_reading()  # held until the upstream answers; resumed in _on_gate_ready
-            self._is_paused_by_gate = True
-
     @property
     def is_held_by_gate(self) -> bool:
         """The gate holds more client bytes than it keeps: the client is not read until they go on."""
-        return self._is_paused_by_gate
-
-    def _on_gate_ready(self) -> None:
-        """The upstream answered a request: held client bytes may go on now."""
-        assert self._gate is not None
-        try:
-            out = self._gate.on_ready_for_query()
-        except ProtocolViolation as exc:
-            self.end_now(exc)
-            return
-        upstream = self.upstream
-        if out and upstream is not None and upstream.transport is not None and not upstream.is_closed:
-            upstream.transport.writelines(out)
-        if self._is_paused_by_gate and not self._gate.is_backlog_full:
-            self._is_paused_by_gate = False
-            if self.transport is not None and not self.is_closed and not (upstream and upstream.is_write_paused):
-                self.transport.resume_reading()
-
-    def _release_held(self) -> None:
-        """readOnly rail: forward held client bytes up to the next cycle end while no cycle is in flight."""
-        assert self._gate is not None and self._cycles is not None
-        held = self._held
-        while held and self.pending_termination is None and (
-                self._gate.ready_requested <= self._answered or self._is_copying_in):
-            cut = self._cycles.cut(held)
-            end = len(held) if cut is None else cut
-            chunk = bytes(held[:end])
-            del held[:end]
-            self._forward_gated(chunk)
-        if self.transport is None or self.is_closed:
-            return
-        if len(held) > HELD_BYTES_MAX and not self._is_held_full:
-            self._is_held_full = True
-            self.transport.pause_reading()  # a client that pipelines far ahead waits for the server
-        elif len(held) <= HELD_BYTES_MAX and self._is_held_full:
-            self._is_held_full = False
-            self.transport.resume_reading()
-
-    def _ends_transaction(self, query: bytes) -> bool:
-        return not TRANSACTION_END_KINDS.isdisjoint(classify(decode_text(query, self._codec)).kinds)
-
-    def _on_cycle_reply(self, type_byte: int) -> None:
-        if type_byte == m.READY_FOR_QUERY:
-            self._answered += 1
-            self._is_copying_in = False
-        else:  # CopyInResponse / CopyBothResponse: the server waits for the client's CopyData
-            self._is_copying_in = True
-        if self._held:
-            self._release_held()
+        return self._gate is not None and self._gate.is_held_by_gate
 
     def _session_policy(self, live: LiveSnapshot) -> SessionPolicy | None:
         """The per-query policy under `live`, or None when this session's config is not in mode ALL."""
@@ -540,7 +470,7 @@ class ClientSession(PgConnection):
                                    config=config, request=self.request)
 
     def _current_policy(self) -> SessionPolicy | None:
-        live = self.server.live
+        live = self.parts.snapshots.live
         if live is not self._policy_live:  # a reload: decide from the next request on under the new policies
             self._policy_live = live
             try:
@@ -557,7 +487,7 @@ class ClientSession(PgConnection):
             if self.log is not None and kind in ("QUERY", "PARSE"):
                 self.log.statement(kind, str(request["query"]), None if kind == "QUERY" else str(request["name"]))
             return
-        self.server.metrics.query_decided(decision.allowed, seconds)
+        self.parts.metrics.query_decided(decision.allowed, seconds)
         if self._summaries is not None:
             self._summaries.decided(kind, request, decision)
 
@@ -573,15 +503,11 @@ class ClientSession(PgConnection):
         self.on_server_messages(found)
         if self._summaries is not None:
             self._summaries.on_replies(found)
-        gate = self._gate
-        if gate is not None:
-            for type_byte, body in found:
-                if type_byte == m.PARAMETER_STATUS:
-                    gate.on_parameter_status(body)
-                elif type_byte == m.READY_FOR_QUERY:
-                    self._on_gate_ready()
+        if self._gate is not None:
+            self._gate.on_replies(found)
 
-    def _log_statement(self, type_byte: int, body: bytes) -> None:
+    def log_statement(self, type_byte: int, body: bytes) -> None:
+        """A Query or Parse the plain relay saw, into the access log (decoded in the client's encoding)."""
         assert self.log is not None
         if type_byte == m.QUERY:
             self.log.statement("QUERY", decode_text(body, self._codec))
@@ -594,10 +520,10 @@ class ClientSession(PgConnection):
         for type_byte, body in found:
             if type_byte == m.READY_FOR_QUERY:
                 self.transaction_status = body[:1]
-                if self._cycles is not None:
-                    self._on_cycle_reply(type_byte)
-            elif type_byte in _COPY_IN and self._cycles is not None:
-                self._on_cycle_reply(type_byte)
+                if self._cycle_watch is not None:
+                    self._cycle_watch.on_cycle_reply(type_byte)
+            elif type_byte in _COPY_IN and self._cycle_watch is not None:
+                self._cycle_watch.on_cycle_reply(type_byte)
             elif body.startswith(b"client_encoding\x00"):
                 self._codec = python_codec(body[16:].rstrip(b"\x00").decode("ascii", "replace"))
             elif self._watched and type_byte == m.PARAMETER_STATUS:
@@ -616,13 +542,33 @@ class ClientSession(PgConnection):
         log.warning("session %s: %s", self.id, reason.message)
         self.terminate(reason)
 
+    # --- access log ----------------------------------------------------------------------
+    def _session_log(self, user: str, route: Route) -> SessionLog:
+        return self.parts.access_log.session(self.id, {
+            "connectionID": self.id, "user": user, "service": route.service.name,
+            "config": route.config.name, "status": "ALLOWED", "reason": route.reason,
+            "upstreamUser": route.upstream_user, "upstreamDatabase": route.upstream_database,
+            "generation": self.parts.snapshots.live.generation, "clientAddress": self.client_address,
+        })
+
+    def _log_denied(self, user: str, service: str, request: ConnectRequest, exc: PgwardenError) -> None:
+        self.parts.metrics.session_refused(exc)
+        self.parts.access_log.event(
+            {"connectionID": self.id, "user": user, "service": service, "status": "DENIED",
+             "reason": exc.message, "sqlstate": exc.sqlstate, "clientAddress": self.client_address},
+            {"type": "SESSION_START", "start": {"requestedUser": request.user,
+                                                "requestedDatabase": request.database,
+                                                "applicationName": request.application_name}},
+            entry_id=f"{self.id}-0",
+        )
+
     # --- ending --------------------------------------------------------------------------
     def _log_refusal(self, exc: PgwardenError) -> None:
         if self.log is not None:
             return  # the session had started; SESSION_END tells the rest
         user, service = self._claimed
         request = self.request or ConnectRequest(user="", database="")
-        self.server.log_denied(self, user, service, request, exc)
+        self._log_denied(user, service, request, exc)
 
     def _refuse(self, exc: PgwardenError) -> None:
         """Send one FATAL ErrorResponse for an error before the relay started, then close."""

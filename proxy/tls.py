@@ -103,7 +103,7 @@ def server_context(cert: ServerCertificate, *, client_ca: Path | None = None) ->
     if client_ca is not None:
         # Optional: token clients send none. A presented one must chain to the client CA only and carry the
         # clientAuth EKU (OpenSSL's ssl_client purpose), or the handshake fails. Validity dates are checked
-        # after the handshake (proxy/identity/certs.py), because asyncio drops the TLS alert of a failed
+        # after the handshake (identity/certs.py), because asyncio drops the TLS alert of a failed
         # handshake and the client would see only "server closed the connection"; a FATAL says "expired".
         ctx.load_verify_locations(cafile=client_ca)
         ctx.verify_mode = ssl.CERT_OPTIONAL

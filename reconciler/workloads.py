@@ -12,13 +12,13 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from proxy.identity.workload_mapping import CelCompileError, compile_claims_expression
+from identity.workload_mapping import CelCompileError, compile_claims_expression
 from proxy.snapshot import Credential, Secret, UserType, hash_client_secret
 from reconciler.errors import ConfigError, DanglingReference, InvalidExpression, SchemaViolation, format_path
 from reconciler.load import Document
 
 MIN_SECRET_BYTES = 24  # with a generated secret, >= 128 bits: what makes an unkeyed fast hash safe to keep
-MAX_SESSION_TTL_S = 12 * 3600  # as long as a workload assertion's session (proxy/identity/exchange.py)
+MAX_SESSION_TTL_S = 12 * 3600  # as long as a workload assertion's session (identity/web/exchange.py)
 DEFAULT_SESSION_TTL_S = 3600
 _TTL = re.compile(r"^([1-9][0-9]{0,5})(s|m|h)$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600}

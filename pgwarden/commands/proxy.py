@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from identity.revocation_watch import STATE_OUTAGE_GRACE_S
 from pgwarden.addresses import parse_listen
 from pgwarden.datadir import default_data_dir
 from pgwarden.keys import add_key_options, load_keyring
@@ -18,7 +19,6 @@ from pgwarden.state_dsn import add_state_options, state_from
 from pgwarden.workers import add_worker_options, announce_ready, is_parent, run_workers, worker_setup
 from proxy.audit.normalize import QueryText
 from proxy.audit.otel import settings_from
-from proxy.identity.revocation_watch import STATE_OUTAGE_GRACE_S
 from proxy.offload import run_beside_relay
 from proxy.preauth import PreAuthLimits
 from proxy.server import ProxyServer

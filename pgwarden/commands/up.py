@@ -16,6 +16,9 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from identity.web.app import build_auth_server, canonical_login_host
+from identity.web.exchange import add_exchange_routes
+from identity.web.limits import HttpLimits, RateLimit, limit_app, start_limited_site
 from pgwarden import demo
 from pgwarden.commands.proxy import add_proxy_options, options_from, parse_listen
 from pgwarden.datadir import default_data_dir, prepare
@@ -23,9 +26,6 @@ from pgwarden.keys import load_keyring
 from pgwarden.output import error
 from pgwarden.runtime import EmbeddedTarget, RunningProxy, run, serve_until_signal, start_proxy
 from pgwarden.up_workers import add_up_worker_options, run_up_worker, serve_with_workers
-from proxy.identity.exchange import add_exchange_routes
-from proxy.identity.web.app import build_auth_server, canonical_login_host
-from proxy.identity.web.limits import HttpLimits, RateLimit, limit_app, start_limited_site
 from proxy.metrics import ProxyCollector
 from proxy.server import ProxyServer
 from proxy.snapshot import Snapshot
@@ -97,7 +97,7 @@ _HTTP = HttpLimits()
 
 
 def add_http_limit_options(p: argparse.ArgumentParser) -> None:
-    """Limits of the --http-listen listener (proxy/identity/web/limits.py)."""
+    """Limits of the --http-listen listener (identity/web/limits.py)."""
     g = p.add_argument_group("limits of the HTTP listener")
     g.add_argument("--http-idle-timeout", type=float, default=_HTTP.idle_timeout_s, metavar="SECONDS",
                    help="close a connection idle this long, or that has not sent a whole request's headers within "

@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from proxy.identity.web.limits import HttpLimits
+from identity.web.limits import HttpLimits
 from tests.adversarial.preauth_support import raise_own_fd_limit, rss_kib
 from tests.support.peers import OIDC_CLIENT_SECRET, follow_login
 from tests.support.sso import SsoCluster, assert_no_secrets, start_sso_cluster

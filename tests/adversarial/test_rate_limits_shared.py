@@ -15,11 +15,11 @@ import pyotp
 import pytest
 from aiohttp import web
 
-from proxy.identity.web.app import build_auth_server
-from proxy.identity.web.device import MAX_WRONG_CODES
-from proxy.identity.web.flow import AuthServer
-from proxy.identity.web.limits import HttpLimits, RateLimit, limit_app, start_limited_site
-from proxy.identity.web.totp import MAX_FAILURES_PER_USER, TotpMethod
+from identity.web.app import build_auth_server
+from identity.web.device import MAX_WRONG_CODES
+from identity.web.flow import AuthServer
+from identity.web.limits import HttpLimits, RateLimit, limit_app, start_limited_site
+from identity.web.totp import MAX_FAILURES_PER_USER, TotpMethod
 from proxy.snapshot import SecretValue
 from tests.support.proxy_harness import ProxyHarness, start_harness
 

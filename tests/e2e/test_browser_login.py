@@ -20,8 +20,8 @@ import aiohttp
 import psycopg
 import pytest
 
-from proxy.identity.store import AssuranceLevel
-from proxy.identity.web.oidc_login import assurance_level
+from identity.providers.oidc.login import assurance_level
+from identity.store.base import AssuranceLevel
 from proxy.snapshot import IdentityProvider
 from tests.support.peers import OIDC_CLIENT_SECRET, REPO, follow_login
 from tests.support.pgcluster import free_port

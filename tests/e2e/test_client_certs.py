@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from proxy.identity.exchange import add_exchange_routes
+from identity.web.exchange import add_exchange_routes
 from tests.support.pgcluster import free_port
 from tests.support.proxy_harness import ProxyHarness
 

@@ -23,8 +23,8 @@ import psycopg
 import pytest
 from aiohttp import web
 
+from identity.web.exchange import add_exchange_routes
 from pgwarden.credentials import token_expires_at
-from proxy.identity.exchange import add_exchange_routes
 from tests.support.gitops import ManifestRepo, UpProcess
 from tests.support.peers import WORKLOAD_AUDIENCE, start_workload_issuer
 from tests.support.pgcluster import free_port

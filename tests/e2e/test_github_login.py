@@ -22,9 +22,9 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
-from proxy.identity.store import AssuranceLevel, AuthMethod
-from proxy.identity.web.flow import WEB_COOKIE, AuthServer
-from proxy.identity.web.github_login import GitHubLogin
+from identity.providers.github import GitHubLogin
+from identity.store.base import AssuranceLevel, AuthMethod
+from identity.web.flow import WEB_COOKIE, AuthServer
 from tests.conftest import LeakGuard
 from tests.support.fake_github import FakeGitHub, GitHubUser
 from tests.support.proxy_harness import ProxyHarness, write_manifests

@@ -8,7 +8,7 @@ import sys
 import psycopg
 import pytest
 
-from proxy.identity.store import utc_now
+from identity.store.base import utc_now
 from tests.support.proxy_harness import ProxyHarness
 
 PGWARDEN = [sys.executable, "-m", "pgwarden"]

@@ -14,9 +14,9 @@ from urllib.parse import urlencode
 import psycopg
 import pytest
 
-from proxy.identity.store import AssuranceLevel, AuthMethod, utc_now
-from proxy.identity.web.flow import FLOW_COOKIE, WEB_COOKIE
-from proxy.identity.web.passkeys import user_handle
+from identity.store.base import AssuranceLevel, AuthMethod, utc_now
+from identity.web.flow import FLOW_COOKIE, WEB_COOKIE
+from identity.web.passkeys import user_handle
 from tests.support.chromium import Chromium, Page
 from tests.support.second_factors import AuthSite, start_auth_site
 

@@ -22,7 +22,7 @@ import psycopg
 import pytest
 from ruamel.yaml import YAML
 
-from proxy.identity.store import AssuranceLevel, AuthMethod
+from identity.store.base import AssuranceLevel, AuthMethod
 from proxy.policy import timefns
 from proxy.snapshot import Snapshot
 from reconciler import build, load, validate

@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from proxy.identity.store import AuthMethod, utc_now
+from identity.store.base import AuthMethod, utc_now
 from tests.support.proxy_harness import MANIFESTS, ProxyHarness, start_harness, write_manifests
 
 CLIENT_SECRET = secrets.token_hex(24)  # never expected in any output

@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from proxy.identity.tokens import TokenAuthority
+from identity.tokens import TokenAuthority
 from tests.support.proxy_harness import ProxyHarness
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from proxy.identity.store import utc_now
+from identity.store.base import utc_now
 from tests.support.proxy_harness import ProxyHarness, start_harness
 
 

@@ -21,9 +21,9 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
-from proxy.identity.store import AssuranceLevel, AuthMethod
-from proxy.identity.web.flow import WEB_COOKIE, AuthServer
-from proxy.identity.web.saml_login import SamlLogin, clear_metadata_cache
+from identity.providers.saml import SamlLogin, clear_metadata_cache
+from identity.store.base import AssuranceLevel, AuthMethod
+from identity.web.flow import WEB_COOKIE, AuthServer
 from tests.support.peers import Peer, _Forms, start_saml_idp
 from tests.support.proxy_harness import ProxyHarness, write_manifests
 

@@ -18,8 +18,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from proxy.identity.store import REVOCATION_CHANNEL, utc_now
-from proxy.identity.store_postgres import LISTEN_APPLICATION_NAME
+from identity.store.base import REVOCATION_CHANNEL, utc_now
+from identity.store.postgres import LISTEN_APPLICATION_NAME
 from tests.support.pgcluster import TempCluster
 from tests.support.proxy_harness import ProxyHarness, start_harness
 

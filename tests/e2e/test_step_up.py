@@ -18,8 +18,8 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
-from proxy.identity.store import AssuranceLevel, AuthMethod
-from proxy.identity.web.flow import FLOW_COOKIE, WEB_COOKIE
+from identity.store.base import AssuranceLevel, AuthMethod
+from identity.web.flow import FLOW_COOKIE, WEB_COOKIE
 from tests.support.chromium import Chromium
 from tests.support.peers import Peer, follow_login, start_oidc_provider
 from tests.support.pgcluster import free_port

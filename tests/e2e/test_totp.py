@@ -13,9 +13,9 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from proxy.identity.store import AssuranceLevel, AuthMethod
-from proxy.identity.web.account import Account
-from proxy.identity.web.flow import WEB_COOKIE
+from identity.store.base import AssuranceLevel, AuthMethod
+from identity.web.account import Account
+from identity.web.flow import WEB_COOKIE
 from tests.support.second_factors import (
     AuthSite,
     csrf,

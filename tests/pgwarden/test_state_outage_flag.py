@@ -6,8 +6,8 @@ import argparse
 
 import pytest
 
+from identity.revocation_watch import STATE_OUTAGE_GRACE_S
 from pgwarden.commands.proxy import add_proxy_options, options_from, parse_grace
-from proxy.identity.revocation_watch import STATE_OUTAGE_GRACE_S
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("90", 90.0), ("90s", 90.0), ("5m", 300.0), ("1h", 3600.0)])

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.identity.store import AssuranceLevel, AuthMethod, IdentitySession, utc_now
+from identity.store.base import AssuranceLevel, AuthMethod, IdentitySession, utc_now
 from proxy.policy import classify as classify_module
 from proxy.policy import timefns
 from proxy.policy.classify import classify

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from identity.store.base import AssuranceLevel, AuthMethod, IdentitySession, utc_now
 from proxy.errors import AccessDenied
-from proxy.identity.store import AssuranceLevel, AuthMethod, IdentitySession, utc_now
 from proxy.policy.engine import Decision
 from proxy.routing import ConnectRequest, LiveSnapshot
 from proxy.snapshot import (

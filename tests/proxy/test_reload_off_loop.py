@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
+from identity.sessions import SessionAuthority
+from identity.store.sqlite import SqliteStore
+from identity.tokens import TokenAuthority
 from proxy.audit.accesslog import AccessLog, AccessLogWriter
 from proxy.errors import SnapshotRejected, SnapshotSuperseded
-from proxy.identity.sessions import SessionAuthority
-from proxy.identity.store_sqlite import SqliteStore
-from proxy.identity.tokens import TokenAuthority
 from proxy.offload import COMPILE_SWITCH_INTERVAL_S, compile_window, run_beside_relay
 from proxy.server import ProxyServer, compile_snapshot
 from proxy.snapshot import (

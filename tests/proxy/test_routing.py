@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from proxy.identity.store import AssuranceLevel, AuthMethod, IdentitySession, utc_now
+from identity.store.base import AssuranceLevel, AuthMethod, IdentitySession, utc_now
 from proxy.routing import ConnectRequest, LiveSnapshot
 from proxy.snapshot import (
     Condition,

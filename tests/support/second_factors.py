@@ -24,10 +24,10 @@ import pyotp
 from aiohttp import web
 from yarl import URL
 
-from proxy.identity.sessions import Identity
-from proxy.identity.store import AssuranceLevel, AuthMethod
-from proxy.identity.web.app import build_auth_server
-from proxy.identity.web.flow import FLOW_COOKIE, WEB_COOKIE, AuthServer, LoginFlow, LoginResult
+from identity.sessions import Identity
+from identity.store.base import AssuranceLevel, AuthMethod
+from identity.web.app import build_auth_server
+from identity.web.flow import FLOW_COOKIE, WEB_COOKIE, AuthServer, LoginFlow, LoginResult
 from tests.support.peers import OIDC_CLIENT_ID, OIDC_CLIENT_SECRET
 from tests.support.proxy_harness import ProxyHarness, start_harness
 

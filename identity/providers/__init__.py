@@ -1,0 +1,1 @@
+"""Logins through identity providers: OpenID Connect (`oidc/`), GitHub (OAuth, `github`) and SAML (`saml`)."""

@@ -1,0 +1,447 @@
+"""The seam every login method plugs into.
+
+A browser login is a LoginFlow: created at GET /login (by the CLI's browser hand-off, the device page, or a
+person who just opened the page), carried through one provider's redirect dance, and finished by
+`AuthServer.finish_login(request, flow, LoginResult(...))`, which creates the Session and hands its credential
+to whoever started the flow:
+
+- the CLI (`pgwarden login`): a one-time code sent to its loopback `redirect_uri`, redeemed at
+  POST /v1/auth/cli/token with the PKCE verifier only that CLI knows (so the code in the URL is worthless alone);
+- a device (RFC 8628): the device code is approved and the device's next poll gets the token;
+- the browser itself (`next`): an HttpOnly cookie holding the access token, for account pages such as passkeys.
+
+A flow that asks for AAL2 and whose first factor gave AAL1 is parked (`flow.pending`) and sent to
+/login/second-factor, where passkey or TOTP finishes it at AAL2.
+
+Flows live in memory for FLOW_TTL_S: they are seconds-long browser round trips and a replica restart only costs
+the person a click. At most MAX_FLOWS exist; one more evicts the least recently used (a flow moves to the back each
+time a step of it is served), so a flood of anonymous GET /login costs bounded memory and cannot block a person
+who starts, or is in the middle of, a login. (Not yet shared across replicas: a flow must come back to the replica
+that started it, as with sticky sessions.) Sessions, device codes, passkeys and TOTP secrets live in the state store.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import ipaddress
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from urllib.parse import urlencode, urlsplit
+
+from aiohttp import web
+
+from identity.errors import IdentityError
+from identity.host import IdentityHost
+from identity.mapping import map_identity
+from identity.sessions import Identity
+from identity.store.base import AssuranceLevel, AuthMethod
+from identity.web.pages import e, error_page, page, redirect
+from proxy.pgwire.errors import PgwardenError
+from proxy.snapshot import IdentityProvider, User, UserType
+
+log = logging.getLogger("pgwarden.identity")
+
+FLOW_TTL_S = 600
+CODE_TTL_S = 120
+MAX_FLOWS = 10_000  # a flood of GET /login must not grow memory without bound: the least recently used go
+EVICTION_LOG_INTERVAL_S = 10.0
+DEFAULT_SESSION_TTL_S = 8 * 3600
+MAX_SESSION_TTL_S = 7 * 24 * 3600
+FLOW_COOKIE = "pgw_flow"
+WEB_COOKIE = "pgw_web"
+HUMAN_PROVIDER_TYPES = ("oidc", "github", "saml")
+
+
+class LoginRefused(IdentityError):
+    """A login that cannot finish: the page shows `message` and `hint`; the log says why."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoginResult:
+    """What a login method proved: which User (already mapped and checked), how, and how strongly."""
+
+    user: str
+    idp: str  # the IdentityProvider's name, or "passkey" / "totp" for pgwarden's own authenticators
+    method: AuthMethod
+    aal: AssuranceLevel = AssuranceLevel.AAL1
+    claims: Mapping[str, Any] = field(default_factory=dict)  # kept on the Session as attrs; never secrets
+
+
+@dataclass(slots=True, kw_only=True)
+class LoginFlow:
+    id: str
+    created: float
+    redirect_uri: str = ""  # CLI loopback redirect
+    state: str = ""  # the CLI's state, echoed back on the redirect
+    code_challenge: str = ""  # the CLI's PKCE S256 challenge
+    user_code: str = ""  # device flow: the user code this login approves
+    next: str = ""  # browser-only flow: a local path to land on, with the web cookie set
+    want_aal: AssuranceLevel = AssuranceLevel.AAL1
+    ttl_s: int = DEFAULT_SESSION_TTL_S
+    pending: LoginResult | None = None  # first factor done, second factor still to come
+    data: dict[str, Any] = field(default_factory=dict)  # per-method scratch: OIDC nonce/verifier, SAML request id…
+
+    def is_expired(self, now: float) -> bool:
+        return now - self.created > FLOW_TTL_S
+
+
+class ProviderHandler(Protocol):
+    """One kind of IdentityProvider (`type`): oidc, github or saml."""
+
+    type_name: str
+
+    def add_routes(self, app: web.Application, auth: AuthServer) -> None:
+        """The method's own routes (callbacks, metadata). Paths start with /login/<type_name>/."""
+
+    async def start(self, request: web.Request, auth: AuthServer, provider: IdentityProvider,
+                    flow: LoginFlow) -> web.StreamResponse:
+        """Send the browser to the provider (usually a 302)."""
+
+
+class Pages(Protocol):
+    """A module of the auth server that is not an identity provider (device page, passkeys, TOTP, /account)."""
+
+    def add_routes(self, app: web.Application, auth: AuthServer) -> None: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SecondFactor:
+    """A way to finish a parked flow at AAL2 (passkey, TOTP): a label and the page that does it."""
+
+    name: str
+    label: str
+    path: str  # GET path; `?flow=ID` is appended
+    available: Callable[[str], Awaitable[bool]]  # does this user have it enrolled?
+
+
+@dataclass(slots=True)
+class _IssuedCode:
+    token: str
+    body: dict[str, Any]
+    code_challenge: str
+    expires: float
+
+
+class AuthServer:
+    """Login pages and the finish of every login, bound to one IdentityHost (its snapshot, tokens and store)."""
+
+    def __init__(self, host: IdentityHost, *, public_url: str,
+                 cluster_info: Callable[[], dict[str, Any]] | None = None) -> None:
+        self.host = host
+        self.public_url = public_url.rstrip("/")
+        self.cluster_info = cluster_info or (lambda: {})
+        self.handlers: dict[str, ProviderHandler] = {}
+        self.pages: list[Pages] = []
+        self.second_factors: list[SecondFactor] = []
+        self.first_factor_links: list[tuple[str, str]] = []  # (label, path) e.g. passkey sign-in without SSO
+        self._flows: dict[str, LoginFlow] = {}  # least recently used first
+        self._codes: dict[str, _IssuedCode] = {}
+        self.evicted_flows = 0
+        self._evictions_unlogged = 0
+        self._evictions_logged_at = 0.0
+
+    # --- registration -------------------------------------------------------------------------------
+
+    def register(self, handler: ProviderHandler) -> None:
+        """An IdentityProvider type (oidc, github, saml): /login/idp/{name} starts it."""
+        self.handlers[handler.type_name] = handler
+
+    def add_pages(self, pages: Pages) -> None:
+        """Routes of a method that is not an identity provider (device flow, passkeys, TOTP, /account)."""
+        self.pages.append(pages)
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_get("/login", self._login_page)
+        app.router.add_get("/login/second-factor", self._second_factor_page)
+        app.router.add_get("/login/idp/{idp}", self._start_provider)
+        app.router.add_post("/v1/auth/cli/token", self._redeem_code)
+        app.router.add_get("/v1/auth/cluster", self._cluster)
+        for module in [*self.handlers.values(), *self.pages]:
+            module.add_routes(app, self)
+
+    # --- flows --------------------------------------------------------------------------------------
+
+    def new_flow(self, **fields: Any) -> LoginFlow:
+        now = time.monotonic()
+        self._make_room(now)
+        flow = LoginFlow(id=secrets.token_urlsafe(24), created=now, **fields)
+        self._flows[flow.id] = flow
+        return flow
+
+    def flow(self, request: web.Request, flow_id: str | None = None) -> LoginFlow:
+        """The flow named by `flow_id` (default: the `flow` query parameter), bound to this browser's cookie.
+
+        The cookie check stops login CSRF: a flow someone else started cannot be finished in your browser.
+        """
+        flow_id = flow_id or request.query.get("flow", "")
+        flow = self._flows.pop(flow_id, None)
+        if flow is None or flow.is_expired(time.monotonic()):
+            raise LoginRefused("this login has expired or is unknown", hint="start again from the login page")
+        self._flows[flow_id] = flow  # back to the end: most recently used, last to be evicted
+        cookie = request.cookies.get(FLOW_COOKIE, "")
+        if not hmac.compare_digest(cookie.encode(), flow.id.encode()):
+            raise LoginRefused("this login was started in another browser",
+                               hint="start again from the login page in this browser")
+        return flow
+
+    def drop_flow(self, flow: LoginFlow) -> None:
+        self._flows.pop(flow.id, None)
+
+    def _make_room(self, now: float) -> None:
+        """Drop expired flows from the front, then the least recently used while the table is full."""
+        flows = self._flows
+        evicted = 0
+        while flows:
+            oldest = next(iter(flows.values()))
+            if not oldest.is_expired(now):
+                if len(flows) < MAX_FLOWS:
+                    break
+                evicted += 1
+            del flows[oldest.id]
+        if evicted:
+            self.evicted_flows += evicted
+            self._evictions_unlogged += evicted
+            if now - self._evictions_logged_at >= EVICTION_LOG_INTERVAL_S:
+                log.warning("login flows: %d unfinished login(s) evicted, least recently used first (%d at most)",
+                            self._evictions_unlogged, MAX_FLOWS)
+                self._evictions_unlogged, self._evictions_logged_at = 0, now
+
+    def _expire(self, now: float) -> None:
+        for key in [k for k, f in self._flows.items() if f.is_expired(now)]:
+            del self._flows[key]
+        for key in [k for k, c in self._codes.items() if c.expires < now]:
+            del self._codes[key]
+
+    # --- identities ---------------------------------------------------------------------------------
+
+    def provider(self, name: str, type_name: str) -> IdentityProvider:
+        provider = self.host.live.snapshot.identity_providers.get(name)
+        if provider is None or provider.type != type_name:
+            raise LoginRefused(f"there is no {type_name} identity provider named {name!r}")
+        if provider.is_disabled:
+            raise LoginRefused(f"logins through {name!r} are disabled", hint="ask your administrator")
+        return provider
+
+    def provider_spec(self, provider: IdentityProvider) -> dict[str, Any]:
+        """spec.<type> of the provider's manifest (plain data; secrets by reference only)."""
+        return dict(provider.manifest.get("spec", {}).get(provider.type, {}))
+
+    def secret_value(self, ref: Mapping[str, Any] | None, *, what: str) -> str:
+        """Plaintext of a `{fromSecret: NAME}` reference, for use in memory only — never log or show it."""
+        name = (ref or {}).get("fromSecret")
+        secret = self.host.live.snapshot.secrets.get(str(name)) if name else None
+        if secret is None:
+            raise LoginRefused(f"{what} is not configured", hint="the administrator must add its Secret")
+        return secret.value.reveal()
+
+    def map_user(self, provider: IdentityProvider, claims: Mapping[str, Any], identifier_claim: str) -> User:
+        """The enabled HUMAN User these verified claims belong to, or LoginRefused saying why (and logged)."""
+        users = self.host.live.snapshot.users
+        name = map_identity(claims, provider.name, identifier_claim, users)
+        user = users.get(name) if name else None
+        if user is None:
+            identifier = claims.get(identifier_claim)
+            log.warning("login refused: identity %r of %s maps to no User", identifier, provider.name)
+            raise LoginRefused(f"your {provider.display_name or provider.name} account ({identifier}) is not "
+                               "linked to any pgwarden user",
+                               hint="ask your administrator to add it to a User's spec.authentication.identities")
+        if user.is_disabled:
+            log.warning("login refused: user %s is disabled", user.name)
+            raise LoginRefused(f"user {user.name} is disabled")
+        if user.type != UserType.HUMAN:
+            log.warning("login refused: user %s is a WORKLOAD user; browser logins are for people", user.name)
+            raise LoginRefused(f"user {user.name} is a workload and cannot log in through a browser")
+        return user
+
+    async def web_identity(self, request: web.Request) -> Identity | None:
+        """Who this browser is signed in as (the WEB_COOKIE from a `next` flow), or None."""
+        token = request.cookies.get(WEB_COOKIE)
+        if not token:
+            return None
+        try:
+            return await self.host.identity.verify(token)
+        except PgwardenError:
+            return None
+
+    # --- finishing ----------------------------------------------------------------------------------
+
+    async def finish_login(self, request: web.Request, flow: LoginFlow, result: LoginResult) -> web.StreamResponse:
+        """Create the Session for `result` and deliver its credential to whoever started `flow`."""
+        if result.aal < flow.want_aal:
+            flow.pending = result
+            return redirect(f"/login/second-factor?{urlencode({'flow': flow.id})}")
+        self.drop_flow(flow)
+        session, token = await self.host.identity.issue_token(
+            result.user, ttl_s=flow.ttl_s, method=result.method, aal=result.aal, idp=result.idp,
+            attrs={"claims": _plain(result.claims)} if result.claims else None,
+        )
+        log.info("login: user %s via %s (%s, %s), session %s", result.user, result.idp, result.method,
+                 result.aal, session.id)
+        body = {"token": token, "user": session.user, "session": session.id, "method": str(session.method),
+                "aal": str(session.aal), "expiresAt": session.expires_at.isoformat(), **self.cluster_info()}
+        if flow.redirect_uri:
+            code = secrets.token_urlsafe(32)
+            self._codes[code] = _IssuedCode(token=token, body=body, code_challenge=flow.code_challenge,
+                                            expires=time.monotonic() + CODE_TTL_S)
+            target = f"{flow.redirect_uri}?{urlencode({'code': code, 'state': flow.state})}"
+            return _clear_flow_cookie(redirect(target))
+        if flow.user_code:
+            approved = await self.host.identity.store.approve_device_code(flow.user_code, session.id)
+            if not approved:
+                await self.host.identity.store.revoke_session(session.id, session.created_at)
+                raise LoginRefused("this device code has expired or was already used",
+                                   hint="run the login command on your device again")
+            return _clear_flow_cookie(page("Device signed in", f"<p>Signed in as <b>{e(session.user)}</b>. "
+                                           "Return to your terminal; you can close this window.</p>"))
+        response: web.StreamResponse
+        if flow.next:
+            response = redirect(flow.next)
+        else:
+            response = page("Signed in", f"<p>Signed in as <b>{e(session.user)}</b> "
+                                         f"({e(session.method)}, {e(session.aal)}). You can close this window.</p>")
+        response.set_cookie(WEB_COOKIE, token, httponly=True, samesite="Lax", max_age=flow.ttl_s,
+                            secure=self.public_url.startswith("https://"), path="/")
+        return _clear_flow_cookie(response)
+
+    def refuse(self, exc: IdentityError | str, *, status: int = 403) -> web.Response:
+        """The clear page for a login that cannot go on; `exc` is already logged by whoever raised it."""
+        if isinstance(exc, str):
+            return error_page("Sign-in refused", exc, status=status)
+        return error_page("Sign-in refused", exc.message, status=status, hint=exc.hint or "")
+
+    # --- routes -------------------------------------------------------------------------------------
+
+    async def _login_page(self, request: web.Request) -> web.StreamResponse:
+        q = request.query
+        try:
+            fields = _flow_fields_from_query(q)
+            flow = self.new_flow(**fields)
+        except LoginRefused as exc:
+            return self.refuse(exc, status=400)
+        providers = [p for p in self.host.live.snapshot.identity_providers.values()
+                     if p.type in HUMAN_PROVIDER_TYPES and not p.is_disabled]
+        if q.get("idp"):
+            response: web.StreamResponse = redirect(f"/login/idp/{q['idp']}?{urlencode({'flow': flow.id})}")
+        else:
+            links = "".join(
+                f"<a class=button href='/login/idp/{e(p.name)}?flow={e(flow.id)}'>"
+                f"{e(p.display_name or f'Sign in with {p.name}')}</a>" for p in sorted(providers, key=lambda p: p.name)
+            )
+            links += "".join(f"<a class=button href='{e(path)}?flow={e(flow.id)}'>{e(label)}</a>"
+                             for label, path in self.first_factor_links)
+            if not links:
+                links = "<p>No sign-in method is configured: add an IdentityProvider manifest.</p>"
+            response = page("Sign in to pgwarden", f"<nav aria-label='sign-in methods'>{links}</nav>")
+        response.set_cookie(FLOW_COOKIE, flow.id, httponly=True, samesite="Lax", max_age=FLOW_TTL_S, path="/login",
+                            secure=self.public_url.startswith("https://"))
+        return response
+
+    async def _start_provider(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["idp"]
+        try:
+            flow = self.flow(request)
+            provider = self.host.live.snapshot.identity_providers.get(name)
+            if provider is None or provider.type not in self.handlers:
+                raise LoginRefused(f"there is no sign-in method named {name!r}")
+            provider = self.provider(name, provider.type)
+            return await self.handlers[provider.type].start(request, self, provider, flow)
+        except IdentityError as exc:
+            return self.refuse(exc)
+
+    async def _second_factor_page(self, request: web.Request) -> web.StreamResponse:
+        try:
+            flow = self.flow(request)
+        except LoginRefused as exc:
+            return self.refuse(exc)
+        if flow.pending is None:
+            return self.refuse("sign in with your identity provider first")
+        links = ""
+        for factor in self.second_factors:
+            if await factor.available(flow.pending.user):
+                links += f"<a class=button href='{e(factor.path)}?flow={e(flow.id)}'>{e(factor.label)}</a>"
+        if not links:
+            log.warning("login of %s needs AAL2 but the user has no passkey or TOTP", flow.pending.user)
+            return self.refuse(f"this sign-in needs a second factor, and {flow.pending.user} has none enrolled",
+                               status=403)
+        return page("Confirm it's you", f"<p>Signed in as <b>{e(flow.pending.user)}</b>. "
+                                        f"This sign-in needs a second factor.</p><nav>{links}</nav>")
+
+    async def _redeem_code(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+            code, verifier = str(body["code"]), str(body["codeVerifier"])
+        except (ValueError, KeyError, TypeError):
+            return web.json_response({"error": 'expected {"code": CODE, "codeVerifier": VERIFIER}'}, status=400)
+        self._expire(time.monotonic())
+        issued = self._codes.pop(code, None)
+        if issued is None:
+            return web.json_response({"error": "unknown, used or expired login code"}, status=400)
+        if not hmac.compare_digest(s256(verifier), issued.code_challenge):
+            log.warning("login code presented with the wrong PKCE verifier")
+            return web.json_response({"error": "the code verifier does not match"}, status=400)
+        return web.json_response(issued.body)
+
+    async def _cluster(self, _: web.Request) -> web.Response:
+        return web.json_response(self.cluster_info())
+
+
+def s256(verifier: str) -> str:
+    return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+
+
+def is_loopback_redirect(uri: str) -> bool:
+    """Only http://127.0.0.1|[::1]|localhost:PORT/… may receive a login code (RFC 8252 §7.3)."""
+    try:
+        parts = urlsplit(uri)
+        if parts.scheme != "http" or parts.port is None or parts.query or parts.fragment:
+            return False
+        host = parts.hostname or ""
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _flow_fields_from_query(q: Mapping[str, str]) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    if q.get("redirect_uri"):
+        if not is_loopback_redirect(q["redirect_uri"]):
+            raise LoginRefused("redirect_uri must be a loopback http URL with a port (the pgwarden CLI's)")
+        if q.get("code_challenge_method", "S256") != "S256" or len(q.get("code_challenge", "")) < 43:
+            raise LoginRefused("a CLI login needs code_challenge (S256)")
+        fields.update(redirect_uri=q["redirect_uri"], state=q.get("state", "")[:256],
+                      code_challenge=q["code_challenge"])
+    if q.get("next"):
+        nxt = q["next"]
+        # A local path only: "//host", or a backslash (browsers read it as "/"), would leave the site.
+        if not nxt.startswith("/") or nxt.startswith("//") or "\\" in nxt or not nxt.isprintable():
+            raise LoginRefused("next must be a path on this server")
+        fields["next"] = nxt
+    if q.get("aal"):
+        try:
+            fields["want_aal"] = AssuranceLevel[q["aal"].upper()]
+        except KeyError:
+            raise LoginRefused("aal must be AAL1 or AAL2") from None
+    if q.get("ttl"):
+        try:
+            fields["ttl_s"] = max(60, min(int(q["ttl"]), MAX_SESSION_TTL_S))
+        except ValueError:
+            raise LoginRefused("ttl must be a number of seconds") from None
+    return fields
+
+
+def _clear_flow_cookie(response: web.StreamResponse) -> web.StreamResponse:
+    response.del_cookie(FLOW_COOKIE, path="/login")
+    return response
+
+
+def _plain(claims: Mapping[str, Any]) -> dict[str, Any]:
+    """Claims safe to keep on a Session: JSON scalars and lists of them, no token material."""
+    dropped = {"access_token", "id_token", "refresh_token", "at_hash", "c_hash", "nonce"}
+    return {k: v for k, v in claims.items()
+            if k not in dropped and isinstance(v, str | int | float | bool | list) and len(str(v)) < 2048}
