@@ -120,7 +120,7 @@ class Stages:
 
 
 def cycle(root: Path, keys: KeyRing | None, stages: Stages, revision: str) -> object:
-    """The reconcile loop's pure stages (manifests.load_snapshot), each timed."""
+    """The reconcile loop's pure stages (directory.load_snapshot), each timed."""
     files, problems = stages.run("read", lambda: load.read_directory(root))
     documents = stages.run("parse (YAML 1.2)", lambda: load.parse_files(files, problems))
     documents = stages.run("decrypt (sops, age)",

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from proxy.audit.accesslog import AccessLog, SessionLog
-from proxy.errors import AccessDenied, AuthenticationFailed, SnapshotRejected
+from proxy.errors import AccessDenied, AuthenticationFailed, SnapshotInvalid
 from proxy.guardrails import TooManyConnections
 from proxy.identity.certs import ClientCertificateAuthority
 from proxy.identity.revocation_watch import STATE_OUTAGE_GRACE_S, RevocationWatch
@@ -110,7 +110,7 @@ class ProxyServer:
         try:
             live = LiveSnapshot(snapshot, generation=self.live.generation + 1)
         except Exception as exc:
-            raise SnapshotRejected(f"snapshot rejected, generation {self.live.generation} stays live: {exc}") from exc
+            raise SnapshotInvalid(f"snapshot rejected, generation {self.live.generation} stays live: {exc}") from exc
         self.live = live
         self.applied_at = time.time()
         if self._revocation is not None and not self._revocation.done():

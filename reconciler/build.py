@@ -35,7 +35,7 @@ from proxy.snapshot import (
     condition_from_wire,
     policy_from_spec,
 )
-from reconciler.errors import ConfigError, DecryptionFailed, ManifestErrors
+from reconciler.errors import ConfigError, DecryptionFailed, UnbuildableManifests
 from reconciler.load import Document
 from reconciler.workloads import build_credential
 
@@ -47,7 +47,7 @@ _REPLACED_WHOLE = {("postgres", "tls", "ca")}
 
 
 def build_snapshot(documents: Iterable[Document], *, revision: str, source: str) -> Snapshot:
-    """The Snapshot for these documents. Raises ManifestErrors if a document cannot be built."""
+    """The Snapshot for these documents. Raises UnbuildableManifests if a document cannot be built."""
     services: dict[str, Service] = {}
     users: dict[str, User] = {}
     groups: dict[str, Group] = {}
@@ -89,7 +89,7 @@ def build_snapshot(documents: Iterable[Document], *, revision: str, source: str)
         except (KeyError, TypeError, ValueError) as exc:
             problems.append(ConfigError(f"cannot build Credential: {type(exc).__name__}", source=doc.source()))
     if problems:
-        raise ManifestErrors(problems)
+        raise UnbuildableManifests(problems)
     return Snapshot(revision=revision, source=source, services=services, users=users, groups=groups, secrets=secrets,
                     identity_providers=providers, credentials=credentials, policies=policies)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from reconciler import load
-from reconciler.errors import ConfigError, DecryptionFailed, ManifestErrors
+from reconciler.errors import ConfigError, DecryptionFailed, UndecryptableSecrets
 from reconciler.load import Document
 from reconciler.sops import KeyRing, SopsError, decrypt_documents, is_sops_document
 
@@ -100,5 +100,5 @@ def _secrets(
         )
         out.extend(load.with_body(d, body) for d, body in zip(docs, plain, strict=True))
     if problems:
-        raise ManifestErrors(problems)
+        raise UndecryptableSecrets(problems)
     return out

@@ -23,7 +23,14 @@ from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError, YAMLError, YAMLFutureWarning, YAMLWarning
 
 from reconciler import yaml12
-from reconciler.errors import ConfigError, ManifestErrors, ManifestSyntaxError, SourceRef, format_path
+from reconciler.errors import (
+    ConfigError,
+    ManifestErrors,
+    ManifestSyntaxError,
+    SourceRef,
+    UnreadableManifests,
+    format_path,
+)
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 DEFAULT_MAX_FILE_BYTES = 1 << 20
@@ -61,6 +68,16 @@ class ManifestFile:
     data: bytes
 
 
+def directory_revision(files: Iterable[ManifestFile]) -> str:
+    """`dir:` + 12 hex digits of a SHA-256 over each file's path and bytes, in path order."""
+    digest = hashlib.sha256()
+    for file in sorted(files, key=lambda f: f.path):
+        # Length-prefix both parts so moving bytes between a name and a body changes the digest.
+        name = file.path.encode()
+        digest.update(len(name).to_bytes(8, "big") + name + len(file.data).to_bytes(8, "big") + file.data)
+    return "dir:" + digest.hexdigest()[:12]
+
+
 def with_body(document: Document, body: dict[str, Any]) -> Document:
     """The same document with a new body (e.g. decrypted); kind and name are read again."""
     return replace(document, body=body, kind=_kind_of(body), name=_name_of(body))
@@ -90,7 +107,7 @@ def read_directory(
     """
     real_root = root.resolve()
     if not real_root.is_dir():
-        raise ManifestErrors([ManifestSyntaxError("not a directory", source=SourceRef(file=str(root)))])
+        raise UnreadableManifests([ManifestSyntaxError("not a directory", source=SourceRef(file=str(root)))])
     files: list[ManifestFile] = []
     problems: list[ConfigError] = []
     for dirpath, dirnames, filenames in os.walk(real_root):
@@ -121,7 +138,7 @@ def parse_files(files: Iterable[ManifestFile], problems: Iterable[ConfigError] =
         except ManifestErrors as exc:
             errors.extend(exc.errors)
     if errors:
-        raise ManifestErrors(errors)
+        raise UnreadableManifests(errors)
     return documents
 
 
@@ -155,7 +172,7 @@ def _parse_file(file: ManifestFile) -> list[Document]:
     try:
         text = file.data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise ManifestErrors([_refused(file.path, f"not UTF-8 (byte {exc.start})")]) from None
+        raise UnreadableManifests([_refused(file.path, f"not UTF-8 (byte {exc.start})")]) from None
     try:
         return _parse_with_libyaml(file.path, text)
     except Exception:  # noqa: BLE001 - Unsupported, or anything odd (a 5,000-digit int): ruamel decides
@@ -208,7 +225,7 @@ def _parse_with_ruamel(path: str, text: str) -> list[Document]:
         message = f"a value cannot be read ({type(exc).__name__}): check dates and explicit !!tags"
         errors.append(ManifestSyntaxError(message, source=SourceRef(file=path, document=index + 1)))
     if errors:
-        raise ManifestErrors(errors)
+        raise UnreadableManifests(errors)
     return documents
 
 

@@ -1,6 +1,6 @@
 """Check Documents before building: JSON Schema per kind, then references, names and CEL.
 
-Every check collects all its problems; `validate_all` reports every one of them together.
+Every check returns all its problems; `validate_all` raises them together as one InvalidManifests.
 Messages are written here, never copied from jsonschema, so no field value is ever echoed.
 """
 
@@ -27,7 +27,7 @@ from reconciler.errors import (
     DanglingReference,
     DuplicateName,
     InvalidExpression,
-    ManifestErrors,
+    InvalidManifests,
     SchemaViolation,
     format_path,
 )
@@ -38,22 +38,20 @@ MAX_CONDITION_DEPTH = 16  # Octelium's limit (admin/policy.go)
 
 
 def validate_all(documents: Sequence[Document]) -> None:
-    """Run every check; raise one ManifestErrors with everything found."""
-    problems = _collect(against_schemas, documents)
-    for check in (references, unique_names, expressions, policies, upstream_login_safety, guard_rails):
-        problems.extend(_collect(check, documents))
+    """Run every check; raise one InvalidManifests with everything found."""
+    checks = (against_schemas, references, unique_names, expressions, policies, upstream_login_safety, guard_rails)
+    problems = [problem for check in checks for problem in check(documents)]
     if problems:
-        raise ManifestErrors(problems)
+        raise InvalidManifests(problems)
 
 
-def against_schemas(documents: Sequence[Document]) -> None:
+def against_schemas(documents: Sequence[Document]) -> list[ConfigError]:
     """Each document against the JSON Schema in schemas/ whose `kind` const matches its kind."""
     problems = [p for doc in documents for p in _schema_problems(doc)]
-    if problems:
-        raise ManifestErrors(problems)
+    return problems
 
 
-def references(documents: Sequence[Document]) -> None:
+def references(documents: Sequence[Document]) -> list[ConfigError]:
     """Every fromSecret, configName, parent and group names something that exists; no parent loops.
 
     Documents that failed their schema are checked too, as far as their shape allows.
@@ -79,8 +77,7 @@ def references(documents: Sequence[Document]) -> None:
             problems.extend(workloads.identity_token_user_problems(doc, documents))
         elif doc.kind == "Credential":
             problems.extend(workloads.credential_problems(doc, documents, names))
-    if problems:
-        raise ManifestErrors(problems)
+    return problems
 
 
 IDENTITY_PROVIDER_TYPES = ("oidc", "github", "saml", "oidcIdentityToken")
@@ -109,7 +106,7 @@ def _identity_references(
     return problems
 
 
-def unique_names(documents: Sequence[Document]) -> None:
+def unique_names(documents: Sequence[Document]) -> list[ConfigError]:
     """No two documents of one kind share metadata.name."""
     first: dict[tuple[str, str], Document] = {}
     problems: list[ConfigError] = []
@@ -124,11 +121,10 @@ def unique_names(documents: Sequence[Document]) -> None:
                     source=doc.source("metadata.name"),
                 )
             )
-    if problems:
-        raise ManifestErrors(problems)
+    return problems
 
 
-def expressions(documents: Sequence[Document]) -> None:
+def expressions(documents: Sequence[Document]) -> list[ConfigError]:
     """Every CEL expression compiles, and conditions nest at most 16 deep."""
     problems: list[ConfigError] = []
     for doc in documents:
@@ -140,11 +136,10 @@ def expressions(documents: Sequence[Document]) -> None:
         for i, rule in enumerate(_list(_get(doc.body, "spec", "dynamicConfig", "rules"))):
             path: list[str | int] = ["spec", "dynamicConfig", "rules", i, "condition"]
             problems.extend(_condition_problems(doc, _get(rule, "condition"), path))
-    if problems:
-        raise ManifestErrors(problems)
+    return problems
 
 
-def policies(documents: Sequence[Document]) -> None:
+def policies(documents: Sequence[Document]) -> list[ConfigError]:
     """Policy rules (in Policy documents and inlinePolicies): CEL compiles, nesting is bounded, rule names
     are unique per Policy; every `spec.authorization.policies` entry names a Policy."""
     known = {doc.name for doc in documents if doc.kind == "Policy" and doc.name}
@@ -160,8 +155,7 @@ def policies(documents: Sequence[Document]) -> None:
             for i, inline in enumerate(_list(_get(authorization, "inlinePolicies"))):
                 path: list[str | int] = ["spec", "authorization", "inlinePolicies", i, "spec"]
                 problems.extend(_policy_spec_problems(doc, _get(inline, "spec"), path))
-    if problems:
-        raise ManifestErrors(problems)
+    return problems
 
 
 def _policy_spec_problems(doc: Document, spec: Any, path: list[str | int]) -> list[ConfigError]:
@@ -178,7 +172,7 @@ def _policy_spec_problems(doc: Document, spec: Any, path: list[str | int]) -> li
     return problems
 
 
-def guard_rails(documents: Sequence[Document]) -> None:
+def guard_rails(documents: Sequence[Document]) -> list[ConfigError]:
     """Each config's guardRails, with its parents merged in: durations in range, schema names PostgreSQL keeps
     whole, and authorization mode ALL wherever a rail locks a setting.
 
@@ -196,8 +190,7 @@ def guard_rails(documents: Sequence[Document]) -> None:
             continue  # a dangling or looping parent: `references` reports it
         for name, config, path in _service_configs(spec):
             problems.extend(_guard_rail_problems(doc, path, config, merged.get(name, {})))
-    if problems:
-        raise ManifestErrors(problems)
+    return problems
 
 
 def _guard_rail_problems(doc: Document, path: str, own: Mapping[str, Any], merged: Mapping[str, Any]
@@ -254,7 +247,7 @@ def _validators() -> dict[str, Draft202012Validator]:
 _VERIFYING_SSL_MODES = (SSLMode.VERIFY_CA.name, SSLMode.VERIFY_FULL.name)
 
 
-def upstream_login_safety(documents: Sequence[Document]) -> None:
+def upstream_login_safety(documents: Sequence[Document]) -> list[ConfigError]:
     """A config names MD5, PASSWORD or TRUST in postgres.auth.mechanisms only with sslMode VERIFY_CA or
     VERIFY_FULL (after merging its parent chain): without a verified server, whoever answers at the
     upstream address would get the password, a replayable hash, or the session."""
@@ -285,8 +278,7 @@ def upstream_login_safety(documents: Sequence[Document]) -> None:
                 f"VERIFY_CA or VERIFY_FULL (config {name!r} has {ssl_mode})",
                 source=doc.source(where),
             ))
-    if problems:
-        raise ManifestErrors(problems)
+    return problems
 
 
 @functools.cache
@@ -552,10 +544,3 @@ def _condition_problems(doc: Document, condition: Any, path: list[str | int], *,
             problems.extend(_condition_problems(doc, child, [*path, key, "of", i], attrs=attrs))
     return problems
 
-
-def _collect(check: Callable[[Sequence[Document]], None], documents: Sequence[Document]) -> list[ConfigError]:
-    try:
-        check(documents)
-    except ManifestErrors as exc:
-        return list(exc.errors)
-    return []

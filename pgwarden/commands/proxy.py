@@ -20,8 +20,8 @@ from proxy.audit.normalize import QueryText
 from proxy.audit.otel import settings_from
 from proxy.identity.revocation_watch import STATE_OUTAGE_GRACE_S
 from proxy.preauth import PreAuthLimits
+from reconciler.directory import load_snapshot
 from reconciler.errors import ConfigError, ManifestErrors
-from reconciler.manifests import load_snapshot
 from reconciler.sops import KeyRing, SopsError
 
 log = logging.getLogger("pgwarden")
