@@ -93,7 +93,11 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
     def connect(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
-        sock.connect(str(self.path))
+        try:
+            sock.connect(str(self.path))
+        except OSError:
+            sock.close()  # a worker that is down must not leak a socket per apply attempt
+            raise
         self.sock = sock
 
 

@@ -82,7 +82,7 @@ def build_credential(doc: Document, secrets: Mapping[str, Secret], *, manifest: 
     if secret is None:
         raise DanglingReference(f"no Secret named {secret_name!r}", source=where)
     # Counted here, not in validate: only the build stage always sees the decrypted value (`pgwarden validate`
-    # checks manifests without keys). Either way the revision is refused with ValidationFailed.
+    # checks manifests without keys), so the loop reports it as BuildFailed.
     if len(secret.value.reveal().encode("utf-8")) < MIN_SECRET_BYTES:
         raise ConfigError(
             f"the client secret in Secret {secret_name!r} is shorter than {MIN_SECRET_BYTES} bytes",
