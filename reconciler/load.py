@@ -83,14 +83,18 @@ def with_body(document: Document, body: dict[str, Any]) -> Document:
     return replace(document, body=body, kind=_kind_of(body), name=_name_of(body))
 
 
-def load_directory(root: Path, *, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> list[Document]:
-    """Every document under `root`. Raises ManifestErrors listing every file problem at once."""
+def load_directory(root: Path, *, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+                   parser: Parser | None = None) -> list[Document]:
+    """Every document under `root`. Raises UnreadableManifests listing every file problem at once.
+
+    Pass the same `parser` each time to reuse what unchanged files parsed to (the reconcile loop does).
+    """
     files, problems = read_directory(root, max_file_bytes=max_file_bytes)
-    return parse_files(files, problems)
+    return (parser or Parser()).parse_files(files, problems)
 
 
 def load_file(path: Path, root: Path, *, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> list[Document]:
-    """The documents of one file inside `root`. Raises ManifestErrors."""
+    """The documents of one file inside `root`. Raises UnreadableManifests."""
     real_root = root.resolve()
     path = path.parent.resolve() / path.name  # resolve the directories, keep a final symlink to check
     file, problem = _read_file(path, _relative(path, real_root), real_root, max_file_bytes)
@@ -129,38 +133,52 @@ def read_directory(
 
 
 def parse_files(files: Iterable[ManifestFile], problems: Iterable[ConfigError] = ()) -> list[Document]:
-    """Parse every file; raise ManifestErrors with `problems` plus every parse problem, if any."""
-    errors = list(problems)
-    documents: list[Document] = []
-    for file in files:
-        try:
-            documents.extend(parse_file(file))
-        except ManifestErrors as exc:
-            errors.extend(exc.errors)
-    if errors:
-        raise UnreadableManifests(errors)
-    return documents
-
-
-_PARSED: dict[tuple[str, bytes], tuple[Document, ...]] = {}
-_PARSED_MAX_FILES = 50_000
+    """Parse every file; raise UnreadableManifests with `problems` plus every parse problem, if any."""
+    return Parser().parse_files(files, problems)
 
 
 def parse_file(file: ManifestFile) -> list[Document]:
-    """The documents in one file, from a cache keyed by path and content digest.
+    """The documents in one file (empty documents are skipped but still counted). Raises ManifestErrors."""
+    return _parse_file(file)
 
-    A commit usually changes a few files, and only those are parsed again.
-    Cached bodies are shared between revisions: stages build new values, they never mutate bodies.
+
+class Parser:
+    """The load stage with a memory: a file whose path and bytes it parsed before is not parsed again.
+
+    Mutable on purpose (the cache); one lives as long as the reconcile loop that owns it. A commit
+    usually changes a few files, and only those are parsed again. Cached bodies are shared between
+    revisions: stages build new values and never mutate bodies (the decrypt, validate and build caches
+    rely on seeing the very same body objects for unchanged files).
     """
-    key = (file.path, hashlib.sha256(file.data).digest())
-    cached = _PARSED.get(key)
-    if cached is not None:
-        return list(cached)
-    documents = _parse_file(file)
-    if len(_PARSED) >= _PARSED_MAX_FILES:
-        _PARSED.pop(next(iter(_PARSED)))
-    _PARSED[key] = tuple(documents)
-    return documents
+
+    def __init__(self, *, max_files: int = 50_000) -> None:
+        self._parsed: dict[tuple[str, bytes], tuple[Document, ...]] = {}
+        self._max_files = max_files
+
+    def parse_files(self, files: Iterable[ManifestFile], problems: Iterable[ConfigError] = ()) -> list[Document]:
+        """Parse every file; raise UnreadableManifests with `problems` plus every parse problem, if any."""
+        errors = list(problems)
+        documents: list[Document] = []
+        for file in files:
+            try:
+                documents.extend(self.parse_file(file))
+            except ManifestErrors as exc:
+                errors.extend(exc.errors)
+        if errors:
+            raise UnreadableManifests(errors)
+        return documents
+
+    def parse_file(self, file: ManifestFile) -> list[Document]:
+        """The documents in one file, reused when its path and content digest were parsed before."""
+        key = (file.path, hashlib.sha256(file.data).digest())
+        cached = self._parsed.get(key)
+        if cached is not None:
+            return list(cached)
+        documents = _parse_file(file)
+        if len(self._parsed) >= self._max_files:
+            self._parsed.pop(next(iter(self._parsed)))  # dicts keep insertion order: the oldest goes
+        self._parsed[key] = tuple(documents)
+        return documents
 
 
 def _parse_file(file: ManifestFile) -> list[Document]:

@@ -56,6 +56,11 @@ class Reconciler:
         self._retry: asyncio.TimerHandle | None = None
         self.applied = asyncio.Event()  # set after each successful apply (tests and `up` wait on it)
         self._fingerprint_key = secrets.token_bytes(32)  # in-process only: compares live and desired
+        # The pure stages' memories: what unchanged files parsed, decrypted, validated and built to is reused.
+        self._parser = load.Parser()
+        self._decryptor = decrypt.Decryptor()
+        self._verdicts = validate.SchemaVerdicts()
+        self._builder = build.Builder()
 
     # --- control -------------------------------------------------------------------------
     def suspend(self) -> None:
@@ -128,12 +133,12 @@ class Reconciler:
     def _desired(self, revision: Revision) -> Snapshot:
         """The pure stages, in order, in a worker thread; each raises its own ManifestErrors subclass."""
         files, refused = load.read_directory(revision.root)
-        documents = load.parse_files(files, refused)  # UnreadableManifests
-        documents = decrypt.secrets(documents, self.keys,  # UndecryptableSecrets; plaintext only in memory
-                                    allow_plaintext=self.options.allow_plaintext_secrets)
-        validate.validate_all(documents)  # InvalidManifests
+        documents = self._parser.parse_files(files, refused)  # UnreadableManifests
+        documents = self._decryptor.secrets(documents, self.keys,  # UndecryptableSecrets; plaintext only in memory
+                                            allow_plaintext=self.options.allow_plaintext_secrets)
+        validate.validate_all(documents, verdicts=self._verdicts)  # InvalidManifests
         return build.build_snapshot(documents, revision=revision.id,  # UnbuildableManifests
-                                    source=self.source.describe())
+                                    source=self.source.describe(), builder=self._builder)
 
     async def _probe(self, snapshot: Snapshot) -> None:
         results = await health.check(snapshot)

@@ -37,27 +37,35 @@ SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas"
 MAX_CONDITION_DEPTH = 16  # Octelium's limit (admin/policy.go)
 
 
-def validate_all(documents: Sequence[Document]) -> None:
-    """Run every check; raise one InvalidManifests with everything found."""
-    checks = (against_schemas, references, unique_names, expressions, policies, upstream_login_safety, guard_rails)
-    problems = [problem for check in checks for problem in check(documents)]
+def validate_all(documents: Sequence[Document], *, verdicts: SchemaVerdicts | None = None) -> None:
+    """Run every check; raise one InvalidManifests with everything found.
+
+    Pass the same `verdicts` each time to reuse the schema verdicts of unchanged bodies (the loop does).
+    """
+    v = verdicts or SchemaVerdicts()
+    problems = [*against_schemas(documents, verdicts=v), *references(documents, verdicts=v), *unique_names(documents),
+                *expressions(documents), *policies(documents), *upstream_login_safety(documents, verdicts=v),
+                *guard_rails(documents, verdicts=v)]
     if problems:
         raise InvalidManifests(problems)
 
 
-def against_schemas(documents: Sequence[Document]) -> list[ConfigError]:
+def against_schemas(documents: Sequence[Document], *, verdicts: SchemaVerdicts | None = None
+                    ) -> list[ConfigError]:
     """Each document against the JSON Schema in schemas/ whose `kind` const matches its kind."""
-    problems = [p for doc in documents for p in _schema_problems(doc)]
+    v = verdicts or SchemaVerdicts()
+    problems = [p for doc in documents for p in _schema_problems(doc, v)]
     return problems
 
 
-def references(documents: Sequence[Document]) -> list[ConfigError]:
+def references(documents: Sequence[Document], *, verdicts: SchemaVerdicts | None = None
+               ) -> list[ConfigError]:
     """Every fromSecret, configName, parent and group names something that exists; no parent loops.
 
     Documents that failed their schema are checked too, as far as their shape allows.
     """
     names = _names_by_kind(documents)
-    valid = {id(doc) for doc in _schema_valid(documents)}
+    valid = {id(doc) for doc in _schema_valid(documents, verdicts or SchemaVerdicts())}
     claimed: dict[tuple[str, str], str] = {}  # (identityProvider, identifier) -> User
     problems: list[ConfigError] = []
     for doc in documents:
@@ -172,7 +180,8 @@ def _policy_spec_problems(doc: Document, spec: Any, path: list[str | int]) -> li
     return problems
 
 
-def guard_rails(documents: Sequence[Document]) -> list[ConfigError]:
+def guard_rails(documents: Sequence[Document], *, verdicts: SchemaVerdicts | None = None
+                ) -> list[ConfigError]:
     """Each config's guardRails, with its parents merged in: durations in range, schema names PostgreSQL keeps
     whole, and authorization mode ALL wherever a rail locks a setting.
 
@@ -180,7 +189,7 @@ def guard_rails(documents: Sequence[Document]) -> list[ConfigError]:
     gate keeps a client's SET / set_config() from undoing a rail; a manifest must show that gate is on.
     """
     problems: list[ConfigError] = []
-    for doc in _schema_valid(documents):
+    for doc in _schema_valid(documents, verdicts or SchemaVerdicts()):
         if doc.kind != "Service":
             continue
         spec = _get(doc.body, "spec")
@@ -247,12 +256,13 @@ def _validators() -> dict[str, Draft202012Validator]:
 _VERIFYING_SSL_MODES = (SSLMode.VERIFY_CA.name, SSLMode.VERIFY_FULL.name)
 
 
-def upstream_login_safety(documents: Sequence[Document]) -> list[ConfigError]:
+def upstream_login_safety(documents: Sequence[Document], *, verdicts: SchemaVerdicts | None = None
+                          ) -> list[ConfigError]:
     """A config names MD5, PASSWORD or TRUST in postgres.auth.mechanisms only with sslMode VERIFY_CA or
     VERIFY_FULL (after merging its parent chain): without a verified server, whoever answers at the
     upstream address would get the password, a replayable hash, or the session."""
     problems: list[ConfigError] = []
-    for doc in _schema_valid(documents):
+    for doc in _schema_valid(documents, verdicts or SchemaVerdicts()):
         if doc.kind != "Service":
             continue
         try:
@@ -283,41 +293,42 @@ def upstream_login_safety(documents: Sequence[Document]) -> list[ConfigError]:
 
 @functools.cache
 def _compiled_checks() -> dict[str, Callable[[Any], bool]]:
-    """kind -> the compiled equivalent of its validator's is_valid, where schema_check covers the schema."""
-    return {kind: schema_check.remembering(check)
-            for kind, v in _validators().items() if (check := schema_check.compile_validator(v))}
+    """kind -> the compiled equivalent of its validator's is_valid, where schema_check covers the schema.
+    Cached for the process: it depends only on the files in schemas/."""
+    return {kind: check for kind, v in _validators().items() if (check := schema_check.compile_validator(v))}
 
 
-_VALID_BODIES: set[tuple[str, str]] = set()
-_VALID_BODIES_MAX = 100_000
+class SchemaVerdicts:
+    """Whether a document matches its kind's schema, remembered: a 10,000-User repository re-validates in
+    a blink when one file changed. Mutable on purpose (the memory); owned by the reconcile loop."""
 
+    def __init__(self, *, max_bodies: int = 100_000) -> None:
+        # Compiled checks remember their verdict per body object (the Parser shares unchanged bodies).
+        self._compiled = {kind: schema_check.remembering(check) for kind, check in _compiled_checks().items()}
+        self._valid_bodies: set[tuple[str, str]] = set()  # by content, for schemas only jsonschema can check
+        self._max_bodies = max_bodies
 
-def _body_key(doc: Document) -> tuple[str, str]:
-    return doc.kind, json.dumps(doc.body, sort_keys=True, default=str)
-
-
-def _is_schema_valid(doc: Document) -> bool:
-    """Schema validity, remembered by content: a 10,000-User repository re-validates in a blink
-    when one file changed (jsonschema costs ~0.3 ms a document; the key costs ~30 µs)."""
-    validators = _validators()
-    if doc.kind not in validators:
-        return False
-    if (compiled := _compiled_checks().get(doc.kind)) is not None:
-        return compiled(doc.body)  # a few µs: cheaper than the cache key below
-    key = _body_key(doc)
-    if key in _VALID_BODIES:
+    def is_valid(self, doc: Document) -> bool:
+        validators = _validators()
+        if doc.kind not in validators:
+            return False
+        if (compiled := self._compiled.get(doc.kind)) is not None:
+            return compiled(doc.body)  # a few µs: cheaper than the content key below
+        # jsonschema costs ~0.3 ms a document; the key costs ~30 µs.
+        key = (doc.kind, json.dumps(doc.body, sort_keys=True, default=str))
+        if key in self._valid_bodies:
+            return True
+        if not validators[doc.kind].is_valid(doc.body):
+            return False
+        if len(self._valid_bodies) >= self._max_bodies:
+            self._valid_bodies.clear()
+        self._valid_bodies.add(key)
         return True
-    if not validators[doc.kind].is_valid(doc.body):
-        return False
-    if len(_VALID_BODIES) >= _VALID_BODIES_MAX:
-        _VALID_BODIES.clear()
-    _VALID_BODIES.add(key)
-    return True
 
 
-def _schema_problems(doc: Document) -> list[ConfigError]:
+def _schema_problems(doc: Document, verdicts: SchemaVerdicts) -> list[ConfigError]:
     validators = _validators()
-    if _is_schema_valid(doc):
+    if verdicts.is_valid(doc):
         return []
     if doc.kind not in validators:
         what = f"unknown kind {doc.kind!r}" if doc.kind else "missing or not a string"
@@ -326,8 +337,8 @@ def _schema_problems(doc: Document) -> list[ConfigError]:
     return [SchemaViolation(message, source=doc.source(path)) for e in errors for path, message in _describe(e)]
 
 
-def _schema_valid(documents: Iterable[Document]) -> Iterator[Document]:
-    return (d for d in documents if _is_schema_valid(d))
+def _schema_valid(documents: Iterable[Document], verdicts: SchemaVerdicts) -> Iterator[Document]:
+    return (d for d in documents if verdicts.is_valid(d))
 
 
 _JSON_TYPES = {
