@@ -26,6 +26,7 @@ Messages name the place, never the value: nothing here may echo a Secret's data.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -86,6 +87,17 @@ class SchemaViolation(ConfigError):
 
 class DanglingReference(ConfigError):
     """A reference to something that is not defined (or a `parent` chain that loops)."""
+
+    @classmethod
+    def to(cls, kind: str, name: str, known: Iterable[str], *, source: SourceRef) -> DanglingReference:
+        """`no Group named 'admin' (did you mean 'admins'?)`: names are manifest names, never secret values."""
+        return cls(f"no {kind} named {name!r}{suggestion(name, known)}", source=source)
+
+
+def suggestion(name: str, known: Iterable[str]) -> str:
+    """` (did you mean 'x'?)` for the closest of `known`, or ""."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 class DuplicateName(ConfigError):

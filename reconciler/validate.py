@@ -6,7 +6,6 @@ Messages are written here, never copied from jsonschema, so no field value is ev
 
 from __future__ import annotations
 
-import difflib
 import functools
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -18,23 +17,23 @@ from jsonschema.exceptions import ValidationError
 from referencing import Registry, Resource
 
 from proxy.guardrails import parse_duration_ms, schema_name_problem
-from proxy.policy.cel import CelCompileError, check_cost_with, compile_expression
+from proxy.policy.cel import check_cost_with, compile_expression
 from proxy.snapshot import AuthMechanism, SSLMode, Upstream
 from reconciler import build, schema_check, workloads
 from reconciler.build import merged_configs
+from reconciler.conditions import condition_problems
 from reconciler.errors import (
     ConfigError,
     DanglingReference,
     DuplicateName,
-    InvalidExpression,
     InvalidManifests,
     SchemaViolation,
     format_path,
+    suggestion,
 )
 from reconciler.load import Document
 
 SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas"
-MAX_CONDITION_DEPTH = 16  # Octelium's limit (admin/policy.go)
 
 
 def validate_all(documents: Sequence[Document], *, verdicts: SchemaVerdicts | None = None) -> None:
@@ -74,14 +73,15 @@ def references(documents: Sequence[Document], *, verdicts: SchemaVerdicts | None
         elif doc.kind == "User":
             for i, group in enumerate(_list(_get(doc.body, "spec", "groups"))):
                 if isinstance(group, str) and group not in names["Group"]:
-                    problems.append(_dangling(doc, f"spec.groups[{i}]", "Group", group, names["Group"]))
+                    problems.append(DanglingReference.to("Group", group, names["Group"],
+                                                         source=doc.source(f"spec.groups[{i}]")))
             problems.extend(_identity_references(doc, names, claimed))
         elif doc.kind == "IdentityProvider":
             for method in IDENTITY_PROVIDER_TYPES:
                 secret = _str(_get(doc.body, "spec", method, "clientSecret", "fromSecret"))
                 if secret is not None and secret not in names["Secret"]:
                     path = f"spec.{method}.clientSecret.fromSecret"
-                    problems.append(_dangling(doc, path, "Secret", secret, names["Secret"]))
+                    problems.append(DanglingReference.to("Secret", secret, names["Secret"], source=doc.source(path)))
             problems.extend(workloads.identity_token_user_problems(doc, documents))
         elif doc.kind == "Credential":
             problems.extend(workloads.credential_problems(doc, documents, names))
@@ -102,7 +102,8 @@ def _identity_references(
         identifier = _str(_get(identity, "identifier"))
         path = f"spec.authentication.identities[{i}]"
         if provider is not None and provider not in known:
-            problems.append(_dangling(doc, f"{path}.identityProvider", "IdentityProvider", provider, known))
+            problems.append(DanglingReference.to("IdentityProvider", provider, known,
+                                                 source=doc.source(f"{path}.identityProvider")))
         if provider is None or identifier is None:
             continue
         owner = claimed.setdefault((provider, identifier), doc.name)
@@ -138,7 +139,8 @@ def expressions(documents: Sequence[Document]) -> list[ConfigError]:
     for doc in documents:
         if doc.kind == "IdentityProvider":  # CEL over ctx.claims, evaluated at every login
             for i, rule in enumerate(_list(_get(doc.body, "spec", "aalRules"))):
-                problems.extend(_condition_problems(doc, _get(rule, "condition"), ["spec", "aalRules", i, "condition"]))
+                where: list[str | int] = ["spec", "aalRules", i, "condition"]
+                problems.extend(_condition_problems(doc, _get(rule, "condition"), where))
         if doc.kind != "Service":
             continue
         for i, rule in enumerate(_list(_get(doc.body, "spec", "dynamicConfig", "rules"))):
@@ -159,7 +161,8 @@ def policies(documents: Sequence[Document]) -> list[ConfigError]:
             authorization = _get(doc.body, "spec", "authorization")
             for i, name in enumerate(_list(_get(authorization, "policies"))):
                 if isinstance(name, str) and name not in known:
-                    problems.append(_dangling(doc, f"spec.authorization.policies[{i}]", "Policy", name, known))
+                    problems.append(DanglingReference.to("Policy", name, known,
+                                                         source=doc.source(f"spec.authorization.policies[{i}]")))
             for i, inline in enumerate(_list(_get(authorization, "inlinePolicies"))):
                 path: list[str | int] = ["spec", "authorization", "inlinePolicies", i, "spec"]
                 problems.extend(_policy_spec_problems(doc, _get(inline, "spec"), path))
@@ -375,7 +378,7 @@ def _describe(error: ValidationError) -> list[tuple[str, str]]:
         allowed = sorted(schema.get("properties", {}))
         extra = [k for k in instance if k not in allowed] if isinstance(instance, dict) else []
         hint = f"; expected one of: {', '.join(allowed)}" if allowed else ""
-        return [(format_path([*parts, k]), f"unknown field{_suggest(k, allowed)}{hint}") for k in extra]
+        return [(format_path([*parts, k]), f"unknown field{suggestion(k, allowed)}{hint}") for k in extra]
     if keyword in ("minProperties", "maxProperties") and schema.get("maxProperties") == 1:
         return [(here, f"set exactly one of: {', '.join(schema.get('properties', {}))}")]
     if keyword == "type":
@@ -428,15 +431,6 @@ def _names_by_kind(documents: Iterable[Document]) -> dict[str, set[str]]:
     return names
 
 
-def _suggest(name: str, known: Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(known), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _dangling(doc: Document, path: str, kind: str, name: str, known: Iterable[str]) -> DanglingReference:
-    return DanglingReference(f"no {kind} named {name!r}{_suggest(name, known)}", source=doc.source(path))
-
-
 def _service_configs(spec: Any) -> list[tuple[str, dict[str, Any], str]]:
     """(name, config, path) for the default config and each named dynamic config, in manifest order."""
     found = [("default", spec["config"], "spec.config")] if isinstance(_get(spec, "config"), dict) else []
@@ -463,10 +457,11 @@ def _service_references(doc: Document, names: Mapping[str, set[str]], *, is_vali
     for name, config, path in _service_configs(spec):
         for ref_path, secret in _secret_refs(config):
             if secret not in names["Secret"]:
-                problems.append(_dangling(doc, f"{path}.{ref_path}", "Secret", secret, names["Secret"]))
+                problems.append(DanglingReference.to("Secret", secret, names["Secret"],
+                                                     source=doc.source(f"{path}.{ref_path}")))
         parent = _str(config.get("parent"))
         if parent is not None and parent not in configs:
-            problems.append(_dangling(doc, f"{path}.parent", "config", parent, configs))
+            problems.append(DanglingReference.to("config", parent, configs, source=doc.source(f"{path}.parent")))
         if is_valid:  # otherwise the schema errors already say what is wrong with the upstream
             problems.extend(_upstream_problems(doc, name, path, configs))
     problems.extend(_parent_cycles(doc, configs))
@@ -474,7 +469,7 @@ def _service_references(doc: Document, names: Mapping[str, set[str]], *, is_vali
         config_name = _str(_get(rule, "configName"))
         if config_name is not None and config_name not in configs:
             path = f"spec.dynamicConfig.rules[{i}].configName"
-            problems.append(_dangling(doc, path, "config", config_name, configs))
+            problems.append(DanglingReference.to("config", config_name, configs, source=doc.source(path)))
     return problems
 
 
@@ -534,24 +529,10 @@ def _parent_cycles(doc: Document, configs: Mapping[str, Any]) -> list[ConfigErro
 def _condition_problems(doc: Document, condition: Any, path: list[str | int], *, attrs: Any = None
                         ) -> list[ConfigError]:
     """CEL problems under `condition`; a Policy's `attrs` lets the cost check count its lists' real sizes."""
-    if not isinstance(condition, dict):
-        return []  # the schema reports it
-    if path.count("of") >= MAX_CONDITION_DEPTH:
-        where = doc.source(format_path(path))
-        return [SchemaViolation(f"conditions nest more than {MAX_CONDITION_DEPTH} levels", source=where)]
-    problems: list[ConfigError] = []
-    for key in ("match", "not"):
-        expression = _str(condition.get(key))
-        if expression is None:
-            continue
-        try:
-            compile_expression(expression)
-            if isinstance(attrs, dict) and "attrs" in expression:
-                check_cost_with(expression, attrs=attrs)
-        except CelCompileError as exc:
-            problems.append(InvalidExpression(f"invalid CEL: {exc}", source=doc.source(format_path([*path, key]))))
-    for key in ("all", "any", "none"):
-        for i, child in enumerate(_list(_get(condition, key, "of"))):
-            problems.extend(_condition_problems(doc, child, [*path, key, "of", i], attrs=attrs))
-    return problems
 
+    def check(expression: str) -> None:
+        compile_expression(expression)
+        if isinstance(attrs, dict) and "attrs" in expression:
+            check_cost_with(expression, attrs=attrs)
+
+    return condition_problems(doc, condition, path, check=check)
