@@ -6,42 +6,31 @@ Error messages never quote the source text: a broken line may hold a secret.
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import os
 import re
 import stat
-import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedBase, TaggedScalar
+from ruamel.yaml.comments import CommentedBase
 from ruamel.yaml.constructor import DuplicateKeyError
-from ruamel.yaml.error import MarkedYAMLError, YAMLError, YAMLFutureWarning, YAMLWarning
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
-from reconciler import yaml12
+from reconciler import yaml12, yaml_ruamel
 from reconciler.errors import (
     ConfigError,
     ManifestErrors,
     ManifestSyntaxError,
     SourceRef,
     UnreadableManifests,
-    format_path,
 )
+from reconciler.yaml_ruamel import MAX_DEPTH, MAX_VALUES_PER_DOCUMENT
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 DEFAULT_MAX_FILE_BYTES = 1 << 20
-MAX_VALUES_PER_DOCUMENT = 100_000  # after aliases expand: refuses "billion laughs" documents
-_MAX_DEPTH = 100  # levels below a document's root
-# ruamel's warnings (a reused anchor, a %YAML 1.1 directive) quote the source lines around the place,
-# and a manifest line may hold a secret: they must not reach stderr or the logs.
-warnings.filterwarnings("ignore", category=YAMLWarning)
-warnings.filterwarnings("ignore", category=YAMLFutureWarning)
-# Explicit tags that name plain data (`!!map`, `!!str`, ...); anything else, e.g. `!!python/object`, is refused.
-_STANDARD_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("map", "omap", "seq", "str", "int", "float", "bool", "null")}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -200,29 +189,13 @@ def _parse_file(file: ManifestFile) -> list[Document]:
 def _parse_with_libyaml(path: str, text: str) -> list[Document]:
     return [
         Document(file=path, index=index, line=line, kind=_kind_of(body), name=_name_of(body), body=body)
-        for index, line, body in yaml12.documents(text, max_values=MAX_VALUES_PER_DOCUMENT, max_depth=_MAX_DEPTH)
+        for index, line, body in yaml12.documents(text, max_values=MAX_VALUES_PER_DOCUMENT, max_depth=MAX_DEPTH)
         if body is not None
     ]
 
 
-def ruamel_documents(text: str) -> list[Any]:
-    """ruamel's round-trip load of a whole stream (YAML 1.2; raises its own YAMLError)."""
-    return list(_ruamel().load_all(text))
-
-
-def plain_value(value: Any) -> Any:
-    """One ruamel value as plain Python, as documents hold it (for `yaml12`'s rare scalars)."""
-    return _plain(value, [], SourceRef(file=""), [0])
-
-
-def _ruamel() -> YAML:
-    yaml = YAML(typ="rt", pure=True)  # rt: keeps line numbers; its default is YAML 1.2 ("on" stays a string)
-    yaml.allow_duplicate_keys = False
-    return yaml
-
-
 def _parse_with_ruamel(path: str, text: str) -> list[Document]:
-    yaml = _ruamel()
+    yaml = yaml_ruamel.new_loader()
     documents: list[Document] = []
     errors: list[ConfigError] = []
     index = 0
@@ -252,7 +225,7 @@ def _document(path: str, index: int, raw: Any) -> Document:
     if not isinstance(raw, Mapping):
         raise ManifestSyntaxError("a document must be a mapping (kind, metadata, spec)", source=source)
     line = raw.lc.line + 1 if isinstance(raw, CommentedBase) else 1
-    body = _plain(raw, [], source, [0])
+    body = yaml_ruamel.to_plain(raw, [], source, [0])
     return Document(file=path, index=index, line=line, kind=_kind_of(body), name=_name_of(body), body=body)
 
 
@@ -265,45 +238,6 @@ def _name_of(body: Mapping[str, Any]) -> str:
     metadata = body.get("metadata")
     name = metadata.get("name") if isinstance(metadata, Mapping) else None
     return name if isinstance(name, str) else ""
-
-
-def _plain(value: Any, path: list[str | int], source: SourceRef, count: list[int]) -> Any:
-    """ruamel's round-trip types -> dict/list/str/int/float/bool/None/date(time), checking as we go."""
-    count[0] += 1
-    if count[0] > MAX_VALUES_PER_DOCUMENT or len(path) > _MAX_DEPTH:
-        raise ManifestSyntaxError(
-            f"document expands to more than {MAX_VALUES_PER_DOCUMENT} values or 100 levels (aliases?)", source=source
-        )
-    where = replace(source, path=format_path(path))
-    tag = getattr(getattr(value, "tag", None), "value", None)
-    if isinstance(value, TaggedScalar) and tag == "tag:yaml.org,2002:str":
-        return str(value.value)  # `!!str 1`: ruamel keeps the tag, the meaning is just a string
-    if isinstance(value, TaggedScalar) or (tag is not None and tag not in _STANDARD_TAGS):
-        raise ManifestSyntaxError(f"YAML tag {tag!r} is not supported", source=where)
-    if isinstance(value, Mapping):
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise ManifestSyntaxError("mapping keys must be strings", source=where)
-            out[key] = _plain(item, [*path, key], source, count)
-        return out
-    if isinstance(value, list):
-        return [_plain(item, [*path, i], source, count) for i, item in enumerate(value)]
-    if isinstance(value, bool) or value is None:
-        return value
-    if isinstance(value, str):
-        return str(value)
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float):
-        return float(value)
-    if isinstance(value, datetime.datetime):
-        return datetime.datetime(  # drop ruamel's TimeStamp subclass, keep the instant
-            value.year, value.month, value.day, value.hour, value.minute, value.second, value.microsecond, value.tzinfo
-        )
-    if isinstance(value, datetime.date):
-        return datetime.date(value.year, value.month, value.day)
-    raise ManifestSyntaxError(f"YAML {type(value).__name__} values (binary, sets) are not supported", source=where)
 
 
 _DUPLICATE_KEY = re.compile(r'found duplicate key "(?P<key>.*?)" with value')
