@@ -28,7 +28,8 @@ from reconciler.errors import (
 )
 from reconciler.source import SourceError, UntrustedRevision
 
-__all__ = ["Condition", "ConditionType", "Failure", "Reason", "ReconcileError", "Status", "classify"]
+__all__ = ["Attempt", "Condition", "ConditionStatus", "ConditionType", "Failure", "Reason", "ReconcileError", "Result",
+           "Status", "classify"]
 
 HISTORY = 5
 
@@ -67,6 +68,13 @@ class ConditionStatus(StrEnum):
     TRUE = "True"
     FALSE = "False"
     UNKNOWN = "Unknown"
+
+
+class Result(StrEnum):
+    """How one reconcile attempt ended."""
+
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
 
 
 # Most specific class first: the first match decides the reason.
@@ -118,8 +126,8 @@ class Attempt:
     revision: str
     started_at: float
     duration_s: float
-    result: str  # "Succeeded" | "Failed"
-    reason: str
+    result: Result
+    reason: Reason
     message: str
     errors: list[str] = field(default_factory=list)
     changes: list[str] = field(default_factory=list)  # "changed Service/my-db"; never a value
@@ -177,7 +185,7 @@ class Status:
         self.conditions.pop(ConditionType.STALLED, None)
         self.counters["succeeded"] += 1
         self.history.appendleft(Attempt(revision=revision, started_at=started, duration_s=time.time() - started,
-                                        result="Succeeded", reason=Reason.RECONCILIATION_SUCCEEDED.value,
+                                        result=Result.SUCCEEDED, reason=Reason.RECONCILIATION_SUCCEEDED,
                                         message=message, changes=list(changes or [])))
 
     def failed(self, revision: str, started: float, error: Failure, *, retry_at: float | None) -> None:
@@ -194,7 +202,7 @@ class Status:
         self.next_retry_at = retry_at
         self.counters["failed"] += 1
         self.history.appendleft(Attempt(revision=revision, started_at=started, duration_s=time.time() - started,
-                                        result="Failed", reason=error.reason.value, message=error.message,
+                                        result=Result.FAILED, reason=error.reason, message=error.message,
                                         errors=list(error.errors)))
 
     @property
