@@ -143,14 +143,26 @@ class Stages:
         return result
 
 
-def cycle(root: Path, keys: KeyRing | None, stages: Stages, revision: str) -> object:
-    """The reconcile loop's pure stages (manifests.load_snapshot), each timed."""
+class Memory:
+    """What a Reconciler keeps between cycles (reconciler/loop.py): each pure stage's reuse cache."""
+
+    def __init__(self) -> None:
+        self.parser = load.Parser()
+        self.decryptor = decrypt.Decryptor()
+        self.verdicts = validate.SchemaVerdicts()
+        self.builder = build.Builder()
+
+
+def cycle(root: Path, keys: KeyRing | None, stages: Stages, revision: str, memory: Memory) -> object:
+    """The reconcile loop's pure stages (Reconciler._desired), each timed."""
     files, problems = stages.run("read", lambda: load.read_directory(root))
-    documents = stages.run("parse (YAML 1.2)", lambda: load.parse_files(files, problems))
+    documents = stages.run("parse (YAML 1.2)", lambda: memory.parser.parse_files(files, problems))
     documents = stages.run("decrypt (sops, age)",
-                           lambda: decrypt.secrets(documents, keys, allow_plaintext=keys is None))
-    stages.run("validate (schemas, references, CEL)", lambda: validate.validate_all(documents))
-    return stages.run("build snapshot", lambda: build.build_snapshot(documents, revision=revision, source=str(root)))
+                           lambda: memory.decryptor.secrets(documents, keys, allow_plaintext=keys is None))
+    stages.run("validate (schemas, references, CEL)",
+               lambda: validate.validate_all(documents, verdicts=memory.verdicts))
+    return stages.run("build snapshot", lambda: build.build_snapshot(documents, revision=revision, source=str(root),
+                                                                     builder=memory.builder))
 
 
 def main() -> None:
@@ -172,7 +184,8 @@ def main() -> None:
         print(f"generated {args.services} Services, {args.users} Users, {2 * args.services} {secrets} Secrets "
               f"in {time.perf_counter() - t0:.1f} s")
         stages = Stages()
-        snapshot = cycle(root, keys, stages, "bench")
+        memory = Memory()
+        snapshot = cycle(root, keys, stages, "bench", memory)
 
         async def apply() -> list[tuple[str, SwapStall]]:
             store = await SqliteStore(root / "state.db", encryption_key=b"k" * 32).open()
@@ -197,7 +210,7 @@ def main() -> None:
         # A second cycle after a commit that touches one Service: unchanged files come from the caches.
         (root / "services" / "svc-0.yaml").write_text(SERVICE.format(i=0, team=1))
         incremental = Stages()
-        cycle(root, keys, incremental, "bench-2")
+        cycle(root, keys, incremental, "bench-2", memory)
         print(f"{'stage':<40} {'wall s':>8} {'cpu s':>8}")
         for stage, seconds in stages.wall.items():
             print(f"{stage:<40} {seconds:8.2f} {stages.cpu[stage]:8.2f}")

@@ -30,7 +30,7 @@ from identity.tokens import TokenAuthority
 from pgwarden.commands.proxy import ManifestReloads
 from proxy.audit.accesslog import AccessLog, AccessLogWriter
 from proxy.server import ProxyServer
-from reconciler.manifests import load_snapshot
+from reconciler.directory import load_snapshot
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -54,7 +54,7 @@ from pgwarden.workers import (
 )
 from proxy.admin import add_metrics_route, build_app, start_admin
 from proxy.audit.accesslog import AccessLog, AccessLogWriter
-from proxy.errors import SnapshotRejected
+from proxy.errors import SnapshotInvalid, WorkerUnreachable
 from proxy.server import ProxyServer
 from proxy.snapshot import Snapshot, to_wire
 from proxy.tls import ServerCertificate, ensure_local_certificate, server_context
@@ -130,7 +130,10 @@ class ControlServer(ProxyServer):
                 code, reply = 0, {"error": f"unreachable on {path.name}: {exc.strerror or exc}"}
             if code != 200:
                 reason = reply.get("error", f"HTTP {code}") if isinstance(reply, dict) else f"HTTP {code}"
-                raise SnapshotRejected(_refusal(index, reason, generations, self.live.generation))
+                # 400/422: the worker read the snapshot and cannot compile it, and never will; anything else
+                # (unreachable, a timeout, a 5xx) may pass on the next attempt.
+                refused = SnapshotInvalid if code in (400, 422) else WorkerUnreachable
+                raise refused(_refusal(index, reason, generations, self.live.generation))
             generations.append(int(reply["generation"]))
         return generations
 

@@ -7,6 +7,8 @@ PgwardenError
 ├── AccessDenied            42501; names the policy rule that decided
 ├── UpstreamUnavailable     08006
 └── SnapshotRejected        the admin API refused a snapshot; nothing changed
+    ├── SnapshotInvalid     it cannot be compiled: the same snapshot is always refused
+    ├── WorkerUnreachable   a worker could not be asked: a retry may succeed
     └── SnapshotSuperseded  a newer reload went live while this one compiled; it is dropped
 """
 
@@ -19,10 +21,12 @@ __all__ = [
     "AuthenticationFailed",
     "PgwardenError",
     "ProtocolViolation",
+    "SnapshotInvalid",
     "SnapshotRejected",
     "SnapshotSuperseded",
     "UnknownService",
     "UpstreamUnavailable",
+    "WorkerUnreachable",
 ]
 
 
@@ -54,6 +58,14 @@ class SnapshotRejected(PgwardenError):
     """A snapshot could not be applied; the previous one stays live."""
 
     sqlstate = "XX000"
+
+
+class SnapshotInvalid(SnapshotRejected):
+    """The snapshot cannot be compiled (a rule, a policy); applying it again would fail the same way."""
+
+
+class WorkerUnreachable(SnapshotRejected):
+    """A worker process could not be reached or did not answer; a later apply may succeed."""
 
 
 class SnapshotSuperseded(SnapshotRejected):

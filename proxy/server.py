@@ -20,7 +20,7 @@ from identity.revocation_watch import STATE_OUTAGE_GRACE_S, RevocationWatch
 from identity.sessions import SessionAuthority
 from identity.store.base import AuthMethod, IdentitySession, StateStoreError, utc_now
 from proxy.audit.accesslog import AccessLog
-from proxy.errors import AccessDenied, AuthenticationFailed, SnapshotRejected, SnapshotSuperseded
+from proxy.errors import AccessDenied, AuthenticationFailed, SnapshotInvalid, SnapshotSuperseded
 from proxy.metrics import ProxyMetrics
 from proxy.offload import compile_window
 from proxy.pgwire.errors import PgwardenError
@@ -265,7 +265,7 @@ def compile_snapshot(snapshot: Snapshot, live_generation: int) -> LiveSnapshot:
     try:
         return LiveSnapshot(snapshot, generation=0)
     except Exception as exc:
-        raise SnapshotRejected(f"snapshot rejected, generation {live_generation} stays live: {exc}") from exc
+        raise SnapshotInvalid(f"snapshot rejected, generation {live_generation} stays live: {exc}") from exc
 
 
 def _compile_in_thread(snapshot: Snapshot, live_generation: int) -> LiveSnapshot:

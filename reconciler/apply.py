@@ -9,8 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+from proxy.errors import SnapshotInvalid
 from proxy.snapshot import Snapshot
-from reconciler.status import Reason, ReconcileError
+from reconciler.errors import EmptyRevisionRefused, SnapshotRefused, TargetUnavailable
 
 KINDS = ("Service", "User", "Group", "Secret", "IdentityProvider", "Credential", "Policy")
 
@@ -19,7 +20,8 @@ class LiveTarget(Protocol):
     def current(self) -> Snapshot: ...
 
     async def swap(self, snapshot: Snapshot) -> int:
-        """Make `snapshot` live atomically; returns its generation. Raises on refusal, changing nothing.
+        """Make `snapshot` live atomically; returns its generation. Raises on refusal, changing nothing:
+        `proxy.errors.SnapshotInvalid` when the snapshot itself cannot be compiled.
 
         A coroutine: the proxy compiles the snapshot off its event loop before the one-reference swap."""
         ...
@@ -44,10 +46,8 @@ def plan(desired: Snapshot, live: Snapshot, previous_inventory: list[str], *, al
     """Desired objects win; live objects not in our inventory are kept; ours that vanished are pruned."""
     desired_objects = _names(desired)
     if not allow_empty and not any(desired_objects.values()):
-        raise ReconcileError(
-            "the revision has no objects: refusing to remove everything (set allowEmpty to allow it)",
-            reason=Reason.PRUNE_FAILED, terminal=True,
-        )
+        raise EmptyRevisionRefused(
+            "the revision has no objects: refusing to remove everything (set allowEmpty to allow it)")
     owned = set(previous_inventory)
     merged = {kind: dict(objects) for kind, objects in desired_objects.items()}
     pruned: list[str] = []
@@ -70,12 +70,16 @@ def plan(desired: Snapshot, live: Snapshot, previous_inventory: list[str], *, al
 
 
 async def changes(target: LiveTarget, the_plan: Plan) -> int:
-    """Swap the planned snapshot in and return the live generation."""
+    """Swap the planned snapshot in and return the live generation.
+
+    Raises SnapshotRefused (terminal) when the proxy cannot compile it, TargetUnavailable otherwise.
+    """
     try:
         return await target.swap(the_plan.snapshot)
-    except Exception as exc:
-        raise ReconcileError(f"the proxy refused the snapshot: {exc}", reason=Reason.APPLY_FAILED,
-                             terminal=False) from exc
+    except SnapshotInvalid as exc:  # the same snapshot would be refused again: wait for a new revision
+        raise SnapshotRefused(f"the proxy refused the snapshot: {exc}") from exc
+    except Exception as exc:  # a worker down, a socket timeout: the next attempt may succeed
+        raise TargetUnavailable(f"the proxy refused the snapshot: {exc}") from exc
 
 
 class InMemoryTarget:

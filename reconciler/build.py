@@ -35,7 +35,7 @@ from proxy.snapshot import (
     condition_from_wire,
     policy_from_spec,
 )
-from reconciler.errors import ConfigError, DecryptionFailed, ManifestErrors
+from reconciler.errors import ConfigError, DecryptionFailed, UnbuildableManifests
 from reconciler.load import Document
 from reconciler.workloads import build_credential
 
@@ -46,8 +46,13 @@ DEFAULT_CONFIG = "default"  # the name `spec.config` goes by, as in Octelium
 _REPLACED_WHOLE = {("postgres", "tls", "ca")}
 
 
-def build_snapshot(documents: Iterable[Document], *, revision: str, source: str) -> Snapshot:
-    """The Snapshot for these documents. Raises ManifestErrors if a document cannot be built."""
+def build_snapshot(documents: Iterable[Document], *, revision: str, source: str,
+                   builder: Builder | None = None) -> Snapshot:
+    """The Snapshot for these documents. Raises UnbuildableManifests if a document cannot be built.
+
+    Pass the same `builder` each time to reuse what unchanged documents built (the reconcile loop does).
+    """
+    built_once = (builder or Builder()).built_once
     services: dict[str, Service] = {}
     users: dict[str, User] = {}
     groups: dict[str, Group] = {}
@@ -59,9 +64,9 @@ def build_snapshot(documents: Iterable[Document], *, revision: str, source: str)
     for doc in documents:
         try:
             if doc.kind == "Service":
-                services[doc.name] = _built_once(_service, doc)
+                services[doc.name] = built_once(_service, doc)
             elif doc.kind == "User":
-                users[doc.name] = _built_once(_user, doc)
+                users[doc.name] = built_once(_user, doc)
             elif doc.kind == "Group":
                 groups[doc.name] = Group(name=doc.name, manifest=_manifest(doc),
                                          authorization=authorization_from_wire(_jsonable(_spec(doc).get("authorization"))))
@@ -89,7 +94,7 @@ def build_snapshot(documents: Iterable[Document], *, revision: str, source: str)
         except (KeyError, TypeError, ValueError) as exc:
             problems.append(ConfigError(f"cannot build Credential: {type(exc).__name__}", source=doc.source()))
     if problems:
-        raise ManifestErrors(problems)
+        raise UnbuildableManifests(problems)
     return Snapshot(revision=revision, source=source, services=services, users=users, groups=groups, secrets=secrets,
                     identity_providers=providers, credentials=credentials, policies=policies)
 
@@ -212,23 +217,30 @@ def _user(doc: Document) -> User:
     )
 
 
-_BUILT: dict[tuple[str, int], tuple[dict[str, Any], Any]] = {}  # (kind, id(body)) -> (body, built)
 T = TypeVar("T")
 
 
-def _built_once(build: Callable[[Document], T], doc: Document) -> T:
-    """`build(doc)`, once per body object: the next cycle's 10,000 unchanged Users cost nothing (the
-    parse cache hands back the same bodies, which nothing mutates). Only for builds that read
-    nothing but the body; the body is held, so its id() is not reused meanwhile."""
-    key = (doc.kind, id(doc.body))
-    seen = _BUILT.get(key)
-    if seen is not None and seen[0] is doc.body:
-        return seen[1]  # type: ignore[no-any-return]
-    built = build(doc)
-    if len(_BUILT) >= 100_000:  # stale bodies are let go all at once, as the schema verdicts are
-        _BUILT.clear()
-    _BUILT[key] = (doc.body, built)
-    return built
+class Builder:
+    """Remembers what each body object built, so the next cycle's 10,000 unchanged Users cost nothing
+    (the load stage's Parser hands back the same bodies, which nothing mutates). Mutable on purpose;
+    owned by the reconcile loop."""
+
+    def __init__(self, *, max_entries: int = 100_000) -> None:
+        self._built: dict[tuple[str, int], tuple[dict[str, Any], Any]] = {}  # (kind, id(body)) -> (body, built)
+        self._max_entries = max_entries
+
+    def built_once(self, build: Callable[[Document], T], doc: Document) -> T:
+        """`build(doc)`, once per body object. Only for builds that read nothing but the body; the body
+        is held, so its id() is not reused meanwhile."""
+        key = (doc.kind, id(doc.body))
+        seen = self._built.get(key)
+        if seen is not None and seen[0] is doc.body:
+            return seen[1]  # type: ignore[no-any-return]
+        built = build(doc)
+        if len(self._built) >= self._max_entries:  # stale bodies are let go all at once
+            self._built.clear()
+        self._built[key] = (doc.body, built)
+        return built
 
 
 def _secret(doc: Document) -> Secret:

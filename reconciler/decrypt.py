@@ -3,7 +3,7 @@
 sops binds one data key and one MAC to a whole file, so every document of a file is decrypted
 together. Plaintext Secrets in Git are refused unless the source allows them (local development).
 
-A file whose parsed documents and keys are those of the last call is not decrypted again: a commit
+A `Decryptor` does not decrypt again a file whose parsed documents and keys are those of its last call: a commit
 usually changes a few files, and decrypting 2,000 Secret files costs ~0.7 s (an age unwrap and a MAC
 each; a PGP slot spawns gpg). The result is what the live snapshot already holds, so nothing is
 revealed that was not already in memory.
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from reconciler import load
-from reconciler.errors import ConfigError, DecryptionFailed, ManifestErrors
+from reconciler.errors import ConfigError, DecryptionFailed, UndecryptableSecrets
 from reconciler.load import Document
 from reconciler.sops import KeyRing, SopsError, decrypt_documents, is_sops_document
 
@@ -44,21 +44,31 @@ class _Decrypted:
         )
 
 
-_LAST: dict[str, _Decrypted] = {}  # file -> its decryption in the last call (replaced by each call)
-
-
 def secrets(documents: Sequence[Document], keys: KeyRing | None, *, allow_plaintext: bool = False) -> list[Document]:
-    """Every document with encrypted files decrypted; raises ManifestErrors naming each failure."""
-    global _LAST
-    decrypted: dict[str, _Decrypted] = {}
-    try:
-        return _secrets(documents, keys, allow_plaintext, decrypted)
-    finally:
-        _LAST = decrypted
+    """Every document with encrypted files decrypted; raises UndecryptableSecrets naming each failure."""
+    return Decryptor().secrets(documents, keys, allow_plaintext=allow_plaintext)
+
+
+class Decryptor:
+    """The decrypt stage with a memory of its last call: a file whose parsed bodies and keys come back
+    unchanged is not decrypted again. Mutable on purpose; owned by the reconcile loop."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, _Decrypted] = {}  # file -> its decryption in the last call
+
+    def secrets(self, documents: Sequence[Document], keys: KeyRing | None, *,
+                allow_plaintext: bool = False) -> list[Document]:
+        """Every document with encrypted files decrypted; raises UndecryptableSecrets naming each failure."""
+        decrypted: dict[str, _Decrypted] = {}
+        try:
+            return _secrets(documents, keys, allow_plaintext, self._last, decrypted)
+        finally:
+            self._last = decrypted  # only files of this call are kept: plaintext of removed files is let go
 
 
 def _secrets(
-    documents: Sequence[Document], keys: KeyRing | None, allow_plaintext: bool, decrypted: dict[str, _Decrypted]
+    documents: Sequence[Document], keys: KeyRing | None, allow_plaintext: bool,
+    last_call: dict[str, _Decrypted], decrypted: dict[str, _Decrypted],
 ) -> list[Document]:
     by_file: dict[str, list[Document]] = {}
     for doc in documents:
@@ -82,7 +92,7 @@ def _secrets(
                 hint="give pgwarden an age key (--age-key-file or SOPS_AGE_KEY_FILE) that is a recipient",
             ))
             continue
-        last = _LAST.get(file)
+        last = last_call.get(file)
         if last is not None and last.serves(docs, keys):
             decrypted[file] = last
             out.extend(load.with_body(d, body) for d, body in zip(docs, last.plain, strict=True))
@@ -100,5 +110,5 @@ def _secrets(
         )
         out.extend(load.with_body(d, body) for d, body in zip(docs, plain, strict=True))
     if problems:
-        raise ManifestErrors(problems)
+        raise UndecryptableSecrets(problems)
     return out

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from dataclasses import dataclass
+from enum import StrEnum
 
 from proxy.connection import PgConnection
 from proxy.pgwire import messages as m
@@ -28,11 +30,36 @@ PROBE_MAX_MESSAGE_BYTES = 1 << 20
 _PROBE_PARAMETERS = {"application_name": "pgwarden-health-probe"}
 
 
-async def probe_config(service: Service, config: ServiceConfig, snapshot: Snapshot) -> str:
-    """"ok", "skipped: …" or the reason the login failed (never the password)."""
+class Outcome(StrEnum):
+    OK = "ok"
+    SKIPPED = "skipped"  # nothing to probe with: not a failure
+    LOGIN_FAILED = "login failed"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProbeResult:
+    """One config's probe; str() is what status shows ("ok", "skipped: …", "login failed: …")."""
+
+    outcome: Outcome
+    detail: str = ""  # why, never the password
+
+    @property
+    def is_degraded(self) -> bool:
+        return self.outcome is Outcome.LOGIN_FAILED
+
+    def __str__(self) -> str:
+        return f"{self.outcome.value}: {self.detail}" if self.detail else self.outcome.value
+
+
+OK = ProbeResult(outcome=Outcome.OK)
+
+
+async def probe_config(service: Service, config: ServiceConfig, snapshot: Snapshot) -> ProbeResult:
+    """Log in as the config's role and run SELECT 1; a failure says why (never the password)."""
     pg = config.postgres
     if not pg.user:
-        return "skipped: the config forwards the client's user, so there is no role to probe with"
+        return ProbeResult(outcome=Outcome.SKIPPED,
+                           detail="the config forwards the client's user, so there is no role to probe with")
     route = Route(service=service, config=config, reason="health probe", upstream_user=pg.user,
                   upstream_database=pg.database or pg.user)
     try:
@@ -45,10 +72,11 @@ async def probe_config(service: Service, config: ServiceConfig, snapshot: Snapsh
                 login.connection.write(m.encode_terminate())
                 login.connection.close()
     except PgwardenError as exc:
-        return f"login failed: {_redacted(exc.message, config, snapshot)}"
+        return ProbeResult(outcome=Outcome.LOGIN_FAILED, detail=_redacted(exc.message, config, snapshot))
     except (OSError, TimeoutError, ssl.SSLError) as exc:
-        return f"login failed: {_redacted(str(exc) or type(exc).__name__, config, snapshot)}"
-    return "ok"
+        detail = _redacted(str(exc) or type(exc).__name__, config, snapshot)
+        return ProbeResult(outcome=Outcome.LOGIN_FAILED, detail=detail)
+    return OK
 
 
 def _probe_connection() -> PgConnection:
@@ -77,17 +105,27 @@ def _redacted(text: str, config: ServiceConfig, snapshot: Snapshot) -> str:
     return text
 
 
-async def probe(snapshot: Snapshot) -> dict[str, dict[str, str]]:
+async def check(snapshot: Snapshot) -> dict[str, dict[str, ProbeResult]]:
     """service -> config -> result, probing at most PROBE_CONCURRENCY upstreams at once."""
     gate = asyncio.Semaphore(PROBE_CONCURRENCY)
 
-    async def one(service: Service, config: ServiceConfig) -> str:
+    async def one(service: Service, config: ServiceConfig) -> ProbeResult:
         async with gate:
             return await probe_config(service, config, snapshot)
 
     jobs = {(s.name, c.name): asyncio.ensure_future(one(s, c))
             for s in snapshot.services.values() for c in s.configs.values()}
-    results: dict[str, dict[str, str]] = {}
+    results: dict[str, dict[str, ProbeResult]] = {}
     for (service, config), job in jobs.items():
         results.setdefault(service, {})[config] = await job
     return results
+
+
+def as_text(results: dict[str, dict[str, ProbeResult]]) -> dict[str, dict[str, str]]:
+    """service -> config -> the text status shows."""
+    return {service: {config: str(r) for config, r in configs.items()} for service, configs in results.items()}
+
+
+async def probe(snapshot: Snapshot) -> dict[str, dict[str, str]]:
+    """`check`, as the text status shows ("ok", "skipped: …", "login failed: …")."""
+    return as_text(await check(snapshot))

@@ -6,35 +6,31 @@ Error messages never quote the source text: a broken line may hold a secret.
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import os
 import re
 import stat
-import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedBase, TaggedScalar
+from ruamel.yaml.comments import CommentedBase
 from ruamel.yaml.constructor import DuplicateKeyError
-from ruamel.yaml.error import MarkedYAMLError, YAMLError, YAMLFutureWarning, YAMLWarning
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
-from reconciler import yaml12
-from reconciler.errors import ConfigError, ManifestErrors, ManifestSyntaxError, SourceRef, format_path
+from reconciler import yaml12, yaml_ruamel
+from reconciler.errors import (
+    ConfigError,
+    ManifestErrors,
+    ManifestSyntaxError,
+    SourceRef,
+    UnreadableManifests,
+)
+from reconciler.yaml_ruamel import MAX_DEPTH, MAX_VALUES_PER_DOCUMENT
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 DEFAULT_MAX_FILE_BYTES = 1 << 20
-MAX_VALUES_PER_DOCUMENT = 100_000  # after aliases expand: refuses "billion laughs" documents
-_MAX_DEPTH = 100  # levels below a document's root
-# ruamel's warnings (a reused anchor, a %YAML 1.1 directive) quote the source lines around the place,
-# and a manifest line may hold a secret: they must not reach stderr or the logs.
-warnings.filterwarnings("ignore", category=YAMLWarning)
-warnings.filterwarnings("ignore", category=YAMLFutureWarning)
-# Explicit tags that name plain data (`!!map`, `!!str`, ...); anything else, e.g. `!!python/object`, is refused.
-_STANDARD_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("map", "omap", "seq", "str", "int", "float", "bool", "null")}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -61,19 +57,33 @@ class ManifestFile:
     data: bytes
 
 
+def directory_revision(files: Iterable[ManifestFile]) -> str:
+    """`dir:` + 12 hex digits of a SHA-256 over each file's path and bytes, in path order."""
+    digest = hashlib.sha256()
+    for file in sorted(files, key=lambda f: f.path):
+        # Length-prefix both parts so moving bytes between a name and a body changes the digest.
+        name = file.path.encode()
+        digest.update(len(name).to_bytes(8, "big") + name + len(file.data).to_bytes(8, "big") + file.data)
+    return "dir:" + digest.hexdigest()[:12]
+
+
 def with_body(document: Document, body: dict[str, Any]) -> Document:
     """The same document with a new body (e.g. decrypted); kind and name are read again."""
     return replace(document, body=body, kind=_kind_of(body), name=_name_of(body))
 
 
-def load_directory(root: Path, *, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> list[Document]:
-    """Every document under `root`. Raises ManifestErrors listing every file problem at once."""
+def load_directory(root: Path, *, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+                   parser: Parser | None = None) -> list[Document]:
+    """Every document under `root`. Raises UnreadableManifests listing every file problem at once.
+
+    Pass the same `parser` each time to reuse what unchanged files parsed to (the reconcile loop does).
+    """
     files, problems = read_directory(root, max_file_bytes=max_file_bytes)
-    return parse_files(files, problems)
+    return (parser or Parser()).parse_files(files, problems)
 
 
 def load_file(path: Path, root: Path, *, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> list[Document]:
-    """The documents of one file inside `root`. Raises ManifestErrors."""
+    """The documents of one file inside `root`. Raises UnreadableManifests."""
     real_root = root.resolve()
     path = path.parent.resolve() / path.name  # resolve the directories, keep a final symlink to check
     file, problem = _read_file(path, _relative(path, real_root), real_root, max_file_bytes)
@@ -90,7 +100,7 @@ def read_directory(
     """
     real_root = root.resolve()
     if not real_root.is_dir():
-        raise ManifestErrors([ManifestSyntaxError("not a directory", source=SourceRef(file=str(root)))])
+        raise UnreadableManifests([ManifestSyntaxError("not a directory", source=SourceRef(file=str(root)))])
     files: list[ManifestFile] = []
     problems: list[ConfigError] = []
     for dirpath, dirnames, filenames in os.walk(real_root):
@@ -112,38 +122,52 @@ def read_directory(
 
 
 def parse_files(files: Iterable[ManifestFile], problems: Iterable[ConfigError] = ()) -> list[Document]:
-    """Parse every file; raise ManifestErrors with `problems` plus every parse problem, if any."""
-    errors = list(problems)
-    documents: list[Document] = []
-    for file in files:
-        try:
-            documents.extend(parse_file(file))
-        except ManifestErrors as exc:
-            errors.extend(exc.errors)
-    if errors:
-        raise ManifestErrors(errors)
-    return documents
-
-
-_PARSED: dict[tuple[str, bytes], tuple[Document, ...]] = {}
-_PARSED_MAX_FILES = 50_000
+    """Parse every file; raise UnreadableManifests with `problems` plus every parse problem, if any."""
+    return Parser().parse_files(files, problems)
 
 
 def parse_file(file: ManifestFile) -> list[Document]:
-    """The documents in one file, from a cache keyed by path and content digest.
+    """The documents in one file (empty documents are skipped but still counted). Raises ManifestErrors."""
+    return _parse_file(file)
 
-    A commit usually changes a few files, and only those are parsed again.
-    Cached bodies are shared between revisions: stages build new values, they never mutate bodies.
+
+class Parser:
+    """The load stage with a memory: a file whose path and bytes it parsed before is not parsed again.
+
+    Mutable on purpose (the cache); one lives as long as the reconcile loop that owns it. A commit
+    usually changes a few files, and only those are parsed again. Cached bodies are shared between
+    revisions: stages build new values and never mutate bodies (the decrypt, validate and build caches
+    rely on seeing the very same body objects for unchanged files).
     """
-    key = (file.path, hashlib.sha256(file.data).digest())
-    cached = _PARSED.get(key)
-    if cached is not None:
-        return list(cached)
-    documents = _parse_file(file)
-    if len(_PARSED) >= _PARSED_MAX_FILES:
-        _PARSED.pop(next(iter(_PARSED)))
-    _PARSED[key] = tuple(documents)
-    return documents
+
+    def __init__(self, *, max_files: int = 50_000) -> None:
+        self._parsed: dict[tuple[str, bytes], tuple[Document, ...]] = {}
+        self._max_files = max_files
+
+    def parse_files(self, files: Iterable[ManifestFile], problems: Iterable[ConfigError] = ()) -> list[Document]:
+        """Parse every file; raise UnreadableManifests with `problems` plus every parse problem, if any."""
+        errors = list(problems)
+        documents: list[Document] = []
+        for file in files:
+            try:
+                documents.extend(self.parse_file(file))
+            except ManifestErrors as exc:
+                errors.extend(exc.errors)
+        if errors:
+            raise UnreadableManifests(errors)
+        return documents
+
+    def parse_file(self, file: ManifestFile) -> list[Document]:
+        """The documents in one file, reused when its path and content digest were parsed before."""
+        key = (file.path, hashlib.sha256(file.data).digest())
+        cached = self._parsed.get(key)
+        if cached is not None:
+            return list(cached)
+        documents = _parse_file(file)
+        if len(self._parsed) >= self._max_files:
+            self._parsed.pop(next(iter(self._parsed)))  # dicts keep insertion order: the oldest goes
+        self._parsed[key] = tuple(documents)
+        return documents
 
 
 def _parse_file(file: ManifestFile) -> list[Document]:
@@ -155,7 +179,7 @@ def _parse_file(file: ManifestFile) -> list[Document]:
     try:
         text = file.data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise ManifestErrors([_refused(file.path, f"not UTF-8 (byte {exc.start})")]) from None
+        raise UnreadableManifests([_refused(file.path, f"not UTF-8 (byte {exc.start})")]) from None
     try:
         return _parse_with_libyaml(file.path, text)
     except Exception:  # noqa: BLE001 - Unsupported, or anything odd (a 5,000-digit int): ruamel decides
@@ -165,29 +189,13 @@ def _parse_file(file: ManifestFile) -> list[Document]:
 def _parse_with_libyaml(path: str, text: str) -> list[Document]:
     return [
         Document(file=path, index=index, line=line, kind=_kind_of(body), name=_name_of(body), body=body)
-        for index, line, body in yaml12.documents(text, max_values=MAX_VALUES_PER_DOCUMENT, max_depth=_MAX_DEPTH)
+        for index, line, body in yaml12.documents(text, max_values=MAX_VALUES_PER_DOCUMENT, max_depth=MAX_DEPTH)
         if body is not None
     ]
 
 
-def ruamel_documents(text: str) -> list[Any]:
-    """ruamel's round-trip load of a whole stream (YAML 1.2; raises its own YAMLError)."""
-    return list(_ruamel().load_all(text))
-
-
-def plain_value(value: Any) -> Any:
-    """One ruamel value as plain Python, as documents hold it (for `yaml12`'s rare scalars)."""
-    return _plain(value, [], SourceRef(file=""), [0])
-
-
-def _ruamel() -> YAML:
-    yaml = YAML(typ="rt", pure=True)  # rt: keeps line numbers; its default is YAML 1.2 ("on" stays a string)
-    yaml.allow_duplicate_keys = False
-    return yaml
-
-
 def _parse_with_ruamel(path: str, text: str) -> list[Document]:
-    yaml = _ruamel()
+    yaml = yaml_ruamel.new_loader()
     documents: list[Document] = []
     errors: list[ConfigError] = []
     index = 0
@@ -208,7 +216,7 @@ def _parse_with_ruamel(path: str, text: str) -> list[Document]:
         message = f"a value cannot be read ({type(exc).__name__}): check dates and explicit !!tags"
         errors.append(ManifestSyntaxError(message, source=SourceRef(file=path, document=index + 1)))
     if errors:
-        raise ManifestErrors(errors)
+        raise UnreadableManifests(errors)
     return documents
 
 
@@ -217,7 +225,7 @@ def _document(path: str, index: int, raw: Any) -> Document:
     if not isinstance(raw, Mapping):
         raise ManifestSyntaxError("a document must be a mapping (kind, metadata, spec)", source=source)
     line = raw.lc.line + 1 if isinstance(raw, CommentedBase) else 1
-    body = _plain(raw, [], source, [0])
+    body = yaml_ruamel.to_plain(raw, [], source, [0])
     return Document(file=path, index=index, line=line, kind=_kind_of(body), name=_name_of(body), body=body)
 
 
@@ -230,45 +238,6 @@ def _name_of(body: Mapping[str, Any]) -> str:
     metadata = body.get("metadata")
     name = metadata.get("name") if isinstance(metadata, Mapping) else None
     return name if isinstance(name, str) else ""
-
-
-def _plain(value: Any, path: list[str | int], source: SourceRef, count: list[int]) -> Any:
-    """ruamel's round-trip types -> dict/list/str/int/float/bool/None/date(time), checking as we go."""
-    count[0] += 1
-    if count[0] > MAX_VALUES_PER_DOCUMENT or len(path) > _MAX_DEPTH:
-        raise ManifestSyntaxError(
-            f"document expands to more than {MAX_VALUES_PER_DOCUMENT} values or 100 levels (aliases?)", source=source
-        )
-    where = replace(source, path=format_path(path))
-    tag = getattr(getattr(value, "tag", None), "value", None)
-    if isinstance(value, TaggedScalar) and tag == "tag:yaml.org,2002:str":
-        return str(value.value)  # `!!str 1`: ruamel keeps the tag, the meaning is just a string
-    if isinstance(value, TaggedScalar) or (tag is not None and tag not in _STANDARD_TAGS):
-        raise ManifestSyntaxError(f"YAML tag {tag!r} is not supported", source=where)
-    if isinstance(value, Mapping):
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise ManifestSyntaxError("mapping keys must be strings", source=where)
-            out[key] = _plain(item, [*path, key], source, count)
-        return out
-    if isinstance(value, list):
-        return [_plain(item, [*path, i], source, count) for i, item in enumerate(value)]
-    if isinstance(value, bool) or value is None:
-        return value
-    if isinstance(value, str):
-        return str(value)
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float):
-        return float(value)
-    if isinstance(value, datetime.datetime):
-        return datetime.datetime(  # drop ruamel's TimeStamp subclass, keep the instant
-            value.year, value.month, value.day, value.hour, value.minute, value.second, value.microsecond, value.tzinfo
-        )
-    if isinstance(value, datetime.date):
-        return datetime.date(value.year, value.month, value.day)
-    raise ManifestSyntaxError(f"YAML {type(value).__name__} values (binary, sets) are not supported", source=where)
 
 
 _DUPLICATE_KEY = re.compile(r'found duplicate key "(?P<key>.*?)" with value')

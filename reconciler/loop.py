@@ -1,8 +1,9 @@
-"""The reconcile loop: fetch → load → decrypt → validate → build → apply → prune → health.
+"""The reconcile loop: fetch → load → decrypt → validate → build → diff → apply → prune → health.
 
-Level-based: each run compares the revision's desired state with what is live. A bad revision is
-terminal (Stalled until a new one); an outage is retried with capped exponential backoff. Either
-way the last good snapshot stays live, and prune never runs after an error.
+Only this module knows the order. Each stage raises its own error (`reconciler.errors`); `status.classify`
+maps it to a condition. Level-based: each run compares the revision's desired state with what is live.
+A bad revision is terminal (Stalled until a new one); an outage is retried with capped exponential
+backoff. Either way the last good snapshot stays live, and prune never runs after an error.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from proxy.snapshot import Snapshot, to_wire
-from reconciler import apply, diff, health, manifests
+from reconciler import apply, build, decrypt, diff, health, load, validate
 from reconciler.sops import KeyRing
 from reconciler.source import GitSource, Revision, UntrustedRevision
-from reconciler.status import Reason, ReconcileError, Status, classify
+from reconciler.status import ConditionStatus, ConditionType, Failure, Reason, Status, classify
 
 log = logging.getLogger("pgwarden.reconciler")
 
@@ -55,16 +56,22 @@ class Reconciler:
         self._retry: asyncio.TimerHandle | None = None
         self.applied = asyncio.Event()  # set after each successful apply (tests and `up` wait on it)
         self._fingerprint_key = secrets.token_bytes(32)  # in-process only: compares live and desired
+        # The pure stages' memories: what unchanged files parsed, decrypted, validated and built to is reused.
+        self._parser = load.Parser()
+        self._decryptor = decrypt.Decryptor()
+        self._verdicts = validate.SchemaVerdicts()
+        self._builder = build.Builder()
 
     # --- control -------------------------------------------------------------------------
     def suspend(self) -> None:
         self.status.suspended = True
-        self.status.set_condition("Suspended", "True", Reason.SUSPENDED, "reconciliation is suspended")
+        self.status.set_condition(ConditionType.SUSPENDED, ConditionStatus.TRUE, Reason.SUSPENDED,
+                                  "reconciliation is suspended")
         self._save()
 
     def resume(self) -> None:
         self.status.suspended = False
-        self.status.conditions.pop("Suspended", None)
+        self.status.conditions.pop(ConditionType.SUSPENDED, None)
         self._save()
         self.source.trigger()
 
@@ -91,7 +98,6 @@ class Reconciler:
         async with self._lock:
             started = time.time()
             revision_id = self._last_revision.id if self._last_revision else ""
-            stage = Reason.ARTIFACT_FAILED
             try:
                 revision = await self.source.fetch() if fetch or self._last_revision is None else self._last_revision
                 revision_id = revision.id
@@ -99,19 +105,17 @@ class Reconciler:
                     return False  # same bad revision: wait for a new commit (or an explicit request)
                 self._last_revision = revision
                 self.status.started(revision_id)
-                stage = Reason.VALIDATION_FAILED
-                desired = await asyncio.to_thread(self._desired, revision)
-                stage = Reason.APPLY_FAILED
+                desired = await asyncio.to_thread(self._desired, revision)  # load, decrypt, validate, build
                 live = self.target.current()
                 the_plan = apply.plan(desired, live, self.status.inventory, allow_empty=self.options.allow_empty)
                 # What this apply changes, secrets compared by fingerprint only (never shown).
                 changeset = diff.diff_snapshots(to_wire(live, fingerprint_key=self._fingerprint_key),
                                                 the_plan.snapshot, fingerprint_key=self._fingerprint_key)
-                generation = await apply.changes(self.target, the_plan)
+                generation = await apply.changes(self.target, the_plan)  # the swap prunes what the plan dropped
             except Exception as exc:  # noqa: BLE001 - every failure is classified and kept in status
                 if isinstance(exc, UntrustedRevision):
                     revision_id = exc.revision  # refused before a Revision existed
-                self._fail(revision_id, started, classify(exc, stage=stage))
+                self._fail(revision_id, started, classify(exc))
                 return False
             self._failures = 0
             self._stalled_on = None
@@ -127,27 +131,29 @@ class Reconciler:
         return True
 
     def _desired(self, revision: Revision) -> Snapshot:
-        """Pure stages, in a worker thread: load, decrypt (memory only), validate, build."""
-        return manifests.load_snapshot(revision.root, revision=revision.id, source=self.source.describe(),
-                                       keys=self.keys, allow_plaintext_secrets=self.options.allow_plaintext_secrets)
+        """The pure stages, in order, in a worker thread; each raises its own ManifestErrors subclass."""
+        files, refused = load.read_directory(revision.root)
+        documents = self._parser.parse_files(files, refused)  # UnreadableManifests
+        documents = self._decryptor.secrets(documents, self.keys,  # UndecryptableSecrets; plaintext only in memory
+                                            allow_plaintext=self.options.allow_plaintext_secrets)
+        validate.validate_all(documents, verdicts=self._verdicts)  # InvalidManifests
+        return build.build_snapshot(documents, revision=revision.id,  # UnbuildableManifests
+                                    source=self.source.describe(), builder=self._builder)
 
     async def _probe(self, snapshot: Snapshot) -> None:
-        results = await health.probe(snapshot)
-        self.status.health = results
-        degraded = {
-            service for service, configs in results.items()
-            if any(v != "ok" and not v.startswith("skipped") for v in configs.values())
-        }
+        results = await health.check(snapshot)
+        self.status.health = health.as_text(results)
+        degraded = {service for service, configs in results.items() if any(r.is_degraded for r in configs.values())}
         if degraded:
             names = ", ".join(sorted(degraded))
-            self.status.set_condition("Healthy", "False", Reason.HEALTH_CHECK_FAILED,
+            self.status.set_condition(ConditionType.HEALTHY, ConditionStatus.FALSE, Reason.HEALTH_CHECK_FAILED,
                                       f"upstream login failed for: {names}")
         else:
-            self.status.set_condition("Healthy", "True", Reason.RECONCILIATION_SUCCEEDED,
+            self.status.set_condition(ConditionType.HEALTHY, ConditionStatus.TRUE, Reason.RECONCILIATION_SUCCEEDED,
                                       "every upstream config accepted its login")
         self._save()
 
-    def _fail(self, revision_id: str, started: float, error: ReconcileError) -> None:
+    def _fail(self, revision_id: str, started: float, error: Failure) -> None:
         retry_at = None
         if error.is_terminal:
             self._stalled_on = revision_id

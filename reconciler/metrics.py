@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from reconciler.status import Status
+from reconciler.status import Reason, Status
 
 
 class ReconcilerMetrics:
@@ -38,7 +38,7 @@ class ReconcilerMetrics:
         for attempt in reversed(new):
             self.duration.observe(attempt.duration_s)
             self.results.labels(result=attempt.result, reason=attempt.reason).inc()
-            if attempt.reason == "DecryptionFailed":
+            if attempt.reason == Reason.DECRYPTION_FAILED:
                 self.decryption_failures.inc()
         if self._status.last_applied_at:
             self.last_applied.set(self._status.last_applied_at)

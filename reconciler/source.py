@@ -23,10 +23,8 @@ from pathlib import Path, PurePosixPath
 import git
 import watchfiles
 
-from proxy.errors import PgwardenError
 from reconciler import load
-from reconciler.errors import ManifestErrors, ManifestSyntaxError, SourceRef
-from reconciler.manifests import directory_revision
+from reconciler.errors import ManifestSyntaxError, ReconcileError, SourceRef, Terminal, UnreadableManifests
 
 log = logging.getLogger("pgwarden.source")
 
@@ -52,11 +50,11 @@ _SIGNATURE_PROBLEM = {
 _GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GCM_INTERACTIVE": "never"}
 
 
-class SourceError(PgwardenError):
+class SourceError(ReconcileError):
     """Transient: the source could not be fetched (network, timeout, credentials, missing ref). Retried."""
 
 
-class UntrustedRevision(PgwardenError):
+class UntrustedRevision(Terminal, ReconcileError):
     """Terminal: the commit is unsigned or not signed by a trusted key. Stalled until a new revision."""
 
     def __init__(self, message: str, *, revision: str, commit: str, hint: str | None = None) -> None:
@@ -213,7 +211,7 @@ class GitSource:
             raise SourceError(f"cannot read {base}: not a directory", hint="create it, or fix the source path")
         root = _root(base, self.spec.path)
         files, _ = load.read_directory(root)  # refused files are reported again by the load stage
-        return Revision(id=directory_revision(files), commit=None, ref=None, root=root)
+        return Revision(id=load.directory_revision(files), commit=None, ref=None, root=root)
 
     def _mirror(self) -> Path:
         """A bare repository under the cache whose `origin` is the source (a local work tree as file://)."""
@@ -459,7 +457,7 @@ def _root(base: Path, path: str) -> Path:
     root = base / path
     if not root.resolve().is_relative_to(base.resolve()):  # load would follow it and read wherever it points
         escape = ManifestSyntaxError("symlink points outside the repository", source=SourceRef(file=path))
-        raise ManifestErrors([escape])
+        raise UnreadableManifests([escape])
     return root
 
 

@@ -14,10 +14,22 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from proxy.pgwire.errors import PgwardenError
+from proxy.errors import PgwardenError
 from proxy.snapshot import Snapshot
-from reconciler.errors import ConfigError, DecryptionFailed, ManifestErrors
-from reconciler.source import UntrustedRevision
+from reconciler.errors import (
+    EmptyRevisionRefused,
+    ManifestErrors,
+    ReconcileError,
+    SnapshotRefused,
+    TargetUnavailable,
+    UnbuildableManifests,
+    UndecryptableSecrets,
+    UnreadableManifests,
+)
+from reconciler.source import SourceError, UntrustedRevision
+
+__all__ = ["Attempt", "Condition", "ConditionStatus", "ConditionType", "Failure", "Reason", "ReconcileError", "Result",
+           "Status", "classify"]
 
 HISTORY = 5
 
@@ -27,49 +39,84 @@ class Reason(StrEnum):
 
     PROGRESSING = "Progressing"
     RECONCILIATION_SUCCEEDED = "ReconciliationSucceeded"
+    RECONCILIATION_FAILED = "ReconciliationFailed"  # an error no stage names: a bug, retried
     ARTIFACT_FAILED = "ArtifactFailed"
     VERIFICATION_FAILED = "VerificationFailed"
     VALIDATION_FAILED = "ValidationFailed"
     DECRYPTION_FAILED = "DecryptionFailed"
     BUILD_FAILED = "BuildFailed"
+    EMPTY_REVISION_REFUSED = "EmptyRevisionRefused"
     APPLY_FAILED = "ApplyFailed"
     PRUNE_FAILED = "PruneFailed"
     HEALTH_CHECK_FAILED = "HealthCheckFailed"
     SUSPENDED = "Suspended"
 
 
-class ReconcileError(PgwardenError):
-    """A stage failed. `terminal` errors wait for a new revision; others are retried with backoff."""
+class ConditionType(StrEnum):
+    """The conditions a status carries (Flux's kstatus shape, plus Healthy and Suspended)."""
 
-    def __init__(self, message: str, *, reason: Reason, terminal: bool, errors: list[str] | None = None) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.is_terminal = terminal
-        self.errors = errors or [message]
+    READY = "Ready"
+    RECONCILING = "Reconciling"
+    STALLED = "Stalled"
+    HEALTHY = "Healthy"
+    SUSPENDED = "Suspended"
 
 
-def classify(exc: BaseException, *, stage: Reason) -> ReconcileError:
-    """Map any stage failure to a ReconcileError: the one place that decides reason and retry."""
+class ConditionStatus(StrEnum):
+    """A condition's status, as Kubernetes spells it."""
+
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class Result(StrEnum):
+    """How one reconcile attempt ended."""
+
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+# Most specific class first: the first match decides the reason.
+_REASONS: tuple[tuple[type[ReconcileError], Reason], ...] = (
+    (UntrustedRevision, Reason.VERIFICATION_FAILED),
+    (SourceError, Reason.ARTIFACT_FAILED),
+    (UnreadableManifests, Reason.VALIDATION_FAILED),
+    (UndecryptableSecrets, Reason.DECRYPTION_FAILED),
+    (UnbuildableManifests, Reason.BUILD_FAILED),
+    (ManifestErrors, Reason.VALIDATION_FAILED),  # InvalidManifests, and review's mix of checks
+    (EmptyRevisionRefused, Reason.EMPTY_REVISION_REFUSED),
+    (SnapshotRefused, Reason.APPLY_FAILED),
+    (TargetUnavailable, Reason.APPLY_FAILED),
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Failure:
+    """A failed cycle as status records it: its reason, whether it is terminal, what to show."""
+
+    reason: Reason
+    is_terminal: bool
+    message: str
+    errors: list[str]
+
+
+def classify(exc: BaseException) -> Failure:
+    """Map any stage failure to its reason and retry policy: the one place that decides them."""
     if isinstance(exc, ReconcileError):
-        return exc
-    if isinstance(exc, UntrustedRevision):
-        return ReconcileError(exc.message, reason=Reason.VERIFICATION_FAILED, terminal=True)
-    if isinstance(exc, ManifestErrors):
-        decryption = [e for e in exc.errors if isinstance(e, DecryptionFailed)]
-        reason = Reason.DECRYPTION_FAILED if decryption else Reason.VALIDATION_FAILED
-        lines = [str(e) for e in exc.errors]
-        return ReconcileError(f"{len(lines)} problem(s) in the manifests", reason=reason, terminal=True, errors=lines)
-    if isinstance(exc, ConfigError):
-        return ReconcileError(str(exc), reason=Reason.VALIDATION_FAILED, terminal=True)
+        reason = next((r for cls, r in _REASONS if isinstance(exc, cls)), Reason.RECONCILIATION_FAILED)
+        return Failure(reason=reason, is_terminal=exc.is_terminal, message=exc.message, errors=exc.errors_text)
+    # Not one of ours: a bug or a library error no stage translated. Retried; its text names no value
+    # (stages translate anything that could quote a manifest).
     message = exc.message if isinstance(exc, PgwardenError) else f"{type(exc).__name__}: {exc}"
-    return ReconcileError(message, reason=stage, terminal=False)
+    return Failure(reason=Reason.RECONCILIATION_FAILED, is_terminal=False, message=message, errors=[message])
 
 
 @dataclass(slots=True, kw_only=True)
 class Condition:
-    type: str
-    status: str  # "True" | "False" | "Unknown"
-    reason: str
+    type: ConditionType
+    status: ConditionStatus
+    reason: Reason
     message: str
     last_transition_time: float = field(default_factory=time.time)
 
@@ -79,8 +126,8 @@ class Attempt:
     revision: str
     started_at: float
     duration_s: float
-    result: str  # "Succeeded" | "Failed"
-    reason: str
+    result: Result
+    reason: Reason
     message: str
     errors: list[str] = field(default_factory=list)
     changes: list[str] = field(default_factory=list)  # "changed Service/my-db"; never a value
@@ -99,24 +146,25 @@ class Status:
     last_applied_at: float | None = None
     generation: int = 0
     next_retry_at: float | None = None
-    conditions: dict[str, Condition] = field(default_factory=dict)
+    conditions: dict[ConditionType, Condition] = field(default_factory=dict)
     history: deque[Attempt] = field(default_factory=lambda: deque(maxlen=HISTORY))
     objects: dict[str, list[str]] = field(default_factory=dict)
     health: dict[str, dict[str, str]] = field(default_factory=dict)  # service -> config -> "ok" | message
     inventory: list[str] = field(default_factory=list)  # "Kind/name" applied from this source
     counters: dict[str, int] = field(default_factory=lambda: {"succeeded": 0, "failed": 0})
 
-    def set_condition(self, type_: str, status: str, reason: Reason, message: str) -> None:
+    def set_condition(self, type_: ConditionType, status: ConditionStatus, reason: Reason, message: str) -> None:
         old = self.conditions.get(type_)
         changed = old is None or old.status != status
         self.conditions[type_] = Condition(
-            type=type_, status=status, reason=reason.value, message=message,
+            type=type_, status=status, reason=reason, message=message,
             last_transition_time=time.time() if changed or old is None else old.last_transition_time,
         )
 
     def started(self, revision: str) -> None:
         self.last_attempted_revision = revision
-        self.set_condition("Reconciling", "True", Reason.PROGRESSING, f"reconciling revision {revision}")
+        self.set_condition(ConditionType.RECONCILING, ConditionStatus.TRUE, Reason.PROGRESSING,
+                           f"reconciling revision {revision}")
 
     def succeeded(self, revision: str, started: float, snapshot: Snapshot, generation: int,
                   inventory: list[str], changes: list[str] | None = None) -> None:
@@ -132,34 +180,35 @@ class Status:
             "Credential": sorted(snapshot.credentials), "Policy": sorted(snapshot.policies),
         }
         message = f"applied revision {revision} (generation {generation})"
-        self.set_condition("Ready", "True", Reason.RECONCILIATION_SUCCEEDED, message)
-        self.conditions.pop("Reconciling", None)
-        self.conditions.pop("Stalled", None)
+        self.set_condition(ConditionType.READY, ConditionStatus.TRUE, Reason.RECONCILIATION_SUCCEEDED, message)
+        self.conditions.pop(ConditionType.RECONCILING, None)
+        self.conditions.pop(ConditionType.STALLED, None)
         self.counters["succeeded"] += 1
         self.history.appendleft(Attempt(revision=revision, started_at=started, duration_s=time.time() - started,
-                                        result="Succeeded", reason=Reason.RECONCILIATION_SUCCEEDED.value,
+                                        result=Result.SUCCEEDED, reason=Reason.RECONCILIATION_SUCCEEDED,
                                         message=message, changes=list(changes or [])))
 
-    def failed(self, revision: str, started: float, error: ReconcileError, *, retry_at: float | None) -> None:
+    def failed(self, revision: str, started: float, error: Failure, *, retry_at: float | None) -> None:
         message = f"revision {revision or '(unknown)'}: {error.message}"
-        self.set_condition("Ready", "False", error.reason, message)
+        self.set_condition(ConditionType.READY, ConditionStatus.FALSE, error.reason, message)
         if error.is_terminal:
-            self.set_condition("Stalled", "True", error.reason, message + "; waiting for a new revision")
-            self.conditions.pop("Reconciling", None)
+            self.set_condition(ConditionType.STALLED, ConditionStatus.TRUE, error.reason,
+                               message + "; waiting for a new revision")
+            self.conditions.pop(ConditionType.RECONCILING, None)
         else:
-            self.conditions.pop("Stalled", None)
-            self.set_condition("Reconciling", "True", Reason.PROGRESSING,
+            self.conditions.pop(ConditionType.STALLED, None)
+            self.set_condition(ConditionType.RECONCILING, ConditionStatus.TRUE, Reason.PROGRESSING,
                                f"retrying after {error.reason.value}: {error.message}")
         self.next_retry_at = retry_at
         self.counters["failed"] += 1
         self.history.appendleft(Attempt(revision=revision, started_at=started, duration_s=time.time() - started,
-                                        result="Failed", reason=error.reason.value, message=error.message,
+                                        result=Result.FAILED, reason=error.reason, message=error.message,
                                         errors=list(error.errors)))
 
     @property
     def is_ready(self) -> bool:
-        ready = self.conditions.get("Ready")
-        return ready is not None and ready.status == "True"
+        ready = self.conditions.get(ConditionType.READY)
+        return ready is not None and ready.status == ConditionStatus.TRUE
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

@@ -1,12 +1,11 @@
 """Check Documents before building: JSON Schema per kind, then references, names and CEL.
 
-Every check collects all its problems; `validate_all` reports every one of them together.
+Every check returns all its problems; `validate_all` raises them together as one InvalidManifests.
 Messages are written here, never copied from jsonschema, so no field value is ever echoed.
 """
 
 from __future__ import annotations
 
-import difflib
 import functools
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -18,48 +17,54 @@ from jsonschema.exceptions import ValidationError
 from referencing import Registry, Resource
 
 from proxy.guardrails import parse_duration_ms, schema_name_problem
-from proxy.policy.cel import CelCompileError, check_cost_with, compile_expression
+from proxy.policy.cel import check_cost_with, compile_expression
 from proxy.snapshot import AuthMechanism, SSLMode, Upstream
 from reconciler import build, schema_check, workloads
 from reconciler.build import merged_configs
+from reconciler.conditions import condition_problems
 from reconciler.errors import (
     ConfigError,
     DanglingReference,
     DuplicateName,
-    InvalidExpression,
-    ManifestErrors,
+    InvalidManifests,
     SchemaViolation,
     format_path,
+    suggestion,
 )
 from reconciler.load import Document
 
 SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas"
-MAX_CONDITION_DEPTH = 16  # Octelium's limit (admin/policy.go)
 
 
-def validate_all(documents: Sequence[Document]) -> None:
-    """Run every check; raise one ManifestErrors with everything found."""
-    problems = _collect(against_schemas, documents)
-    for check in (references, unique_names, expressions, policies, upstream_login_safety, guard_rails):
-        problems.extend(_collect(check, documents))
+def validate_all(documents: Sequence[Document], *, verdicts: SchemaVerdicts | None = None) -> None:
+    """Run every check; raise one InvalidManifests with everything found.
+
+    Pass the same `verdicts` each time to reuse the schema verdicts of unchanged bodies (the loop does).
+    """
+    v = verdicts or SchemaVerdicts()
+    problems = [*against_schemas(documents, verdicts=v), *references(documents, verdicts=v), *unique_names(documents),
+                *expressions(documents), *policies(documents), *upstream_login_safety(documents, verdicts=v),
+                *guard_rails(documents, verdicts=v)]
     if problems:
-        raise ManifestErrors(problems)
+        raise InvalidManifests(problems)
 
 
-def against_schemas(documents: Sequence[Document]) -> None:
+def against_schemas(documents: Sequence[Document], *, verdicts: SchemaVerdicts | None = None
+                    ) -> list[ConfigError]:
     """Each document against the JSON Schema in schemas/ whose `kind` const matches its kind."""
-    problems = [p for doc in documents for p in _schema_problems(doc)]
-    if problems:
-        raise ManifestErrors(problems)
+    v = verdicts or SchemaVerdicts()
+    problems = [p for doc in documents for p in _schema_problems(doc, v)]
+    return problems
 
 
-def references(documents: Sequence[Document]) -> None:
+def references(documents: Sequence[Document], *, verdicts: SchemaVerdicts | None = None
+               ) -> list[ConfigError]:
     """Every fromSecret, configName, parent and group names something that exists; no parent loops.
 
     Documents that failed their schema are checked too, as far as their shape allows.
     """
     names = _names_by_kind(documents)
-    valid = {id(doc) for doc in _schema_valid(documents)}
+    valid = {id(doc) for doc in _schema_valid(documents, verdicts or SchemaVerdicts())}
     claimed: dict[tuple[str, str], str] = {}  # (identityProvider, identifier) -> User
     problems: list[ConfigError] = []
     for doc in documents:
@@ -68,19 +73,19 @@ def references(documents: Sequence[Document]) -> None:
         elif doc.kind == "User":
             for i, group in enumerate(_list(_get(doc.body, "spec", "groups"))):
                 if isinstance(group, str) and group not in names["Group"]:
-                    problems.append(_dangling(doc, f"spec.groups[{i}]", "Group", group, names["Group"]))
+                    problems.append(DanglingReference.to("Group", group, names["Group"],
+                                                         source=doc.source(f"spec.groups[{i}]")))
             problems.extend(_identity_references(doc, names, claimed))
         elif doc.kind == "IdentityProvider":
             for method in IDENTITY_PROVIDER_TYPES:
                 secret = _str(_get(doc.body, "spec", method, "clientSecret", "fromSecret"))
                 if secret is not None and secret not in names["Secret"]:
                     path = f"spec.{method}.clientSecret.fromSecret"
-                    problems.append(_dangling(doc, path, "Secret", secret, names["Secret"]))
+                    problems.append(DanglingReference.to("Secret", secret, names["Secret"], source=doc.source(path)))
             problems.extend(workloads.identity_token_user_problems(doc, documents))
         elif doc.kind == "Credential":
             problems.extend(workloads.credential_problems(doc, documents, names))
-    if problems:
-        raise ManifestErrors(problems)
+    return problems
 
 
 IDENTITY_PROVIDER_TYPES = ("oidc", "github", "saml", "oidcIdentityToken")
@@ -97,7 +102,8 @@ def _identity_references(
         identifier = _str(_get(identity, "identifier"))
         path = f"spec.authentication.identities[{i}]"
         if provider is not None and provider not in known:
-            problems.append(_dangling(doc, f"{path}.identityProvider", "IdentityProvider", provider, known))
+            problems.append(DanglingReference.to("IdentityProvider", provider, known,
+                                                 source=doc.source(f"{path}.identityProvider")))
         if provider is None or identifier is None:
             continue
         owner = claimed.setdefault((provider, identifier), doc.name)
@@ -109,7 +115,7 @@ def _identity_references(
     return problems
 
 
-def unique_names(documents: Sequence[Document]) -> None:
+def unique_names(documents: Sequence[Document]) -> list[ConfigError]:
     """No two documents of one kind share metadata.name."""
     first: dict[tuple[str, str], Document] = {}
     problems: list[ConfigError] = []
@@ -124,27 +130,26 @@ def unique_names(documents: Sequence[Document]) -> None:
                     source=doc.source("metadata.name"),
                 )
             )
-    if problems:
-        raise ManifestErrors(problems)
+    return problems
 
 
-def expressions(documents: Sequence[Document]) -> None:
+def expressions(documents: Sequence[Document]) -> list[ConfigError]:
     """Every CEL expression compiles, and conditions nest at most 16 deep."""
     problems: list[ConfigError] = []
     for doc in documents:
         if doc.kind == "IdentityProvider":  # CEL over ctx.claims, evaluated at every login
             for i, rule in enumerate(_list(_get(doc.body, "spec", "aalRules"))):
-                problems.extend(_condition_problems(doc, _get(rule, "condition"), ["spec", "aalRules", i, "condition"]))
+                where: list[str | int] = ["spec", "aalRules", i, "condition"]
+                problems.extend(_condition_problems(doc, _get(rule, "condition"), where))
         if doc.kind != "Service":
             continue
         for i, rule in enumerate(_list(_get(doc.body, "spec", "dynamicConfig", "rules"))):
             path: list[str | int] = ["spec", "dynamicConfig", "rules", i, "condition"]
             problems.extend(_condition_problems(doc, _get(rule, "condition"), path))
-    if problems:
-        raise ManifestErrors(problems)
+    return problems
 
 
-def policies(documents: Sequence[Document]) -> None:
+def policies(documents: Sequence[Document]) -> list[ConfigError]:
     """Policy rules (in Policy documents and inlinePolicies): CEL compiles, nesting is bounded, rule names
     are unique per Policy; every `spec.authorization.policies` entry names a Policy."""
     known = {doc.name for doc in documents if doc.kind == "Policy" and doc.name}
@@ -156,12 +161,12 @@ def policies(documents: Sequence[Document]) -> None:
             authorization = _get(doc.body, "spec", "authorization")
             for i, name in enumerate(_list(_get(authorization, "policies"))):
                 if isinstance(name, str) and name not in known:
-                    problems.append(_dangling(doc, f"spec.authorization.policies[{i}]", "Policy", name, known))
+                    problems.append(DanglingReference.to("Policy", name, known,
+                                                         source=doc.source(f"spec.authorization.policies[{i}]")))
             for i, inline in enumerate(_list(_get(authorization, "inlinePolicies"))):
                 path: list[str | int] = ["spec", "authorization", "inlinePolicies", i, "spec"]
                 problems.extend(_policy_spec_problems(doc, _get(inline, "spec"), path))
-    if problems:
-        raise ManifestErrors(problems)
+    return problems
 
 
 def _policy_spec_problems(doc: Document, spec: Any, path: list[str | int]) -> list[ConfigError]:
@@ -178,7 +183,8 @@ def _policy_spec_problems(doc: Document, spec: Any, path: list[str | int]) -> li
     return problems
 
 
-def guard_rails(documents: Sequence[Document]) -> None:
+def guard_rails(documents: Sequence[Document], *, verdicts: SchemaVerdicts | None = None
+                ) -> list[ConfigError]:
     """Each config's guardRails, with its parents merged in: durations in range, schema names PostgreSQL keeps
     whole, and authorization mode ALL wherever a rail locks a setting.
 
@@ -186,7 +192,7 @@ def guard_rails(documents: Sequence[Document]) -> None:
     gate keeps a client's SET / set_config() from undoing a rail; a manifest must show that gate is on.
     """
     problems: list[ConfigError] = []
-    for doc in _schema_valid(documents):
+    for doc in _schema_valid(documents, verdicts or SchemaVerdicts()):
         if doc.kind != "Service":
             continue
         spec = _get(doc.body, "spec")
@@ -196,8 +202,7 @@ def guard_rails(documents: Sequence[Document]) -> None:
             continue  # a dangling or looping parent: `references` reports it
         for name, config, path in _service_configs(spec):
             problems.extend(_guard_rail_problems(doc, path, config, merged.get(name, {})))
-    if problems:
-        raise ManifestErrors(problems)
+    return problems
 
 
 def _guard_rail_problems(doc: Document, path: str, own: Mapping[str, Any], merged: Mapping[str, Any]
@@ -254,12 +259,13 @@ def _validators() -> dict[str, Draft202012Validator]:
 _VERIFYING_SSL_MODES = (SSLMode.VERIFY_CA.name, SSLMode.VERIFY_FULL.name)
 
 
-def upstream_login_safety(documents: Sequence[Document]) -> None:
+def upstream_login_safety(documents: Sequence[Document], *, verdicts: SchemaVerdicts | None = None
+                          ) -> list[ConfigError]:
     """A config names MD5, PASSWORD or TRUST in postgres.auth.mechanisms only with sslMode VERIFY_CA or
     VERIFY_FULL (after merging its parent chain): without a verified server, whoever answers at the
     upstream address would get the password, a replayable hash, or the session."""
     problems: list[ConfigError] = []
-    for doc in _schema_valid(documents):
+    for doc in _schema_valid(documents, verdicts or SchemaVerdicts()):
         if doc.kind != "Service":
             continue
         try:
@@ -285,47 +291,47 @@ def upstream_login_safety(documents: Sequence[Document]) -> None:
                 f"VERIFY_CA or VERIFY_FULL (config {name!r} has {ssl_mode})",
                 source=doc.source(where),
             ))
-    if problems:
-        raise ManifestErrors(problems)
+    return problems
 
 
 @functools.cache
 def _compiled_checks() -> dict[str, Callable[[Any], bool]]:
-    """kind -> the compiled equivalent of its validator's is_valid, where schema_check covers the schema."""
-    return {kind: schema_check.remembering(check)
-            for kind, v in _validators().items() if (check := schema_check.compile_validator(v))}
+    """kind -> the compiled equivalent of its validator's is_valid, where schema_check covers the schema.
+    Cached for the process: it depends only on the files in schemas/."""
+    return {kind: check for kind, v in _validators().items() if (check := schema_check.compile_validator(v))}
 
 
-_VALID_BODIES: set[tuple[str, str]] = set()
-_VALID_BODIES_MAX = 100_000
+class SchemaVerdicts:
+    """Whether a document matches its kind's schema, remembered: a 10,000-User repository re-validates in
+    a blink when one file changed. Mutable on purpose (the memory); owned by the reconcile loop."""
 
+    def __init__(self, *, max_bodies: int = 100_000) -> None:
+        # Compiled checks remember their verdict per body object (the Parser shares unchanged bodies).
+        self._compiled = {kind: schema_check.remembering(check) for kind, check in _compiled_checks().items()}
+        self._valid_bodies: set[tuple[str, str]] = set()  # by content, for schemas only jsonschema can check
+        self._max_bodies = max_bodies
 
-def _body_key(doc: Document) -> tuple[str, str]:
-    return doc.kind, json.dumps(doc.body, sort_keys=True, default=str)
-
-
-def _is_schema_valid(doc: Document) -> bool:
-    """Schema validity, remembered by content: a 10,000-User repository re-validates in a blink
-    when one file changed (jsonschema costs ~0.3 ms a document; the key costs ~30 µs)."""
-    validators = _validators()
-    if doc.kind not in validators:
-        return False
-    if (compiled := _compiled_checks().get(doc.kind)) is not None:
-        return compiled(doc.body)  # a few µs: cheaper than the cache key below
-    key = _body_key(doc)
-    if key in _VALID_BODIES:
+    def is_valid(self, doc: Document) -> bool:
+        validators = _validators()
+        if doc.kind not in validators:
+            return False
+        if (compiled := self._compiled.get(doc.kind)) is not None:
+            return compiled(doc.body)  # a few µs: cheaper than the content key below
+        # jsonschema costs ~0.3 ms a document; the key costs ~30 µs.
+        key = (doc.kind, json.dumps(doc.body, sort_keys=True, default=str))
+        if key in self._valid_bodies:
+            return True
+        if not validators[doc.kind].is_valid(doc.body):
+            return False
+        if len(self._valid_bodies) >= self._max_bodies:
+            self._valid_bodies.clear()
+        self._valid_bodies.add(key)
         return True
-    if not validators[doc.kind].is_valid(doc.body):
-        return False
-    if len(_VALID_BODIES) >= _VALID_BODIES_MAX:
-        _VALID_BODIES.clear()
-    _VALID_BODIES.add(key)
-    return True
 
 
-def _schema_problems(doc: Document) -> list[ConfigError]:
+def _schema_problems(doc: Document, verdicts: SchemaVerdicts) -> list[ConfigError]:
     validators = _validators()
-    if _is_schema_valid(doc):
+    if verdicts.is_valid(doc):
         return []
     if doc.kind not in validators:
         what = f"unknown kind {doc.kind!r}" if doc.kind else "missing or not a string"
@@ -334,8 +340,8 @@ def _schema_problems(doc: Document) -> list[ConfigError]:
     return [SchemaViolation(message, source=doc.source(path)) for e in errors for path, message in _describe(e)]
 
 
-def _schema_valid(documents: Iterable[Document]) -> Iterator[Document]:
-    return (d for d in documents if _is_schema_valid(d))
+def _schema_valid(documents: Iterable[Document], verdicts: SchemaVerdicts) -> Iterator[Document]:
+    return (d for d in documents if verdicts.is_valid(d))
 
 
 _JSON_TYPES = {
@@ -372,7 +378,7 @@ def _describe(error: ValidationError) -> list[tuple[str, str]]:
         allowed = sorted(schema.get("properties", {}))
         extra = [k for k in instance if k not in allowed] if isinstance(instance, dict) else []
         hint = f"; expected one of: {', '.join(allowed)}" if allowed else ""
-        return [(format_path([*parts, k]), f"unknown field{_suggest(k, allowed)}{hint}") for k in extra]
+        return [(format_path([*parts, k]), f"unknown field{suggestion(k, allowed)}{hint}") for k in extra]
     if keyword in ("minProperties", "maxProperties") and schema.get("maxProperties") == 1:
         return [(here, f"set exactly one of: {', '.join(schema.get('properties', {}))}")]
     if keyword == "type":
@@ -425,15 +431,6 @@ def _names_by_kind(documents: Iterable[Document]) -> dict[str, set[str]]:
     return names
 
 
-def _suggest(name: str, known: Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(known), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _dangling(doc: Document, path: str, kind: str, name: str, known: Iterable[str]) -> DanglingReference:
-    return DanglingReference(f"no {kind} named {name!r}{_suggest(name, known)}", source=doc.source(path))
-
-
 def _service_configs(spec: Any) -> list[tuple[str, dict[str, Any], str]]:
     """(name, config, path) for the default config and each named dynamic config, in manifest order."""
     found = [("default", spec["config"], "spec.config")] if isinstance(_get(spec, "config"), dict) else []
@@ -460,10 +457,11 @@ def _service_references(doc: Document, names: Mapping[str, set[str]], *, is_vali
     for name, config, path in _service_configs(spec):
         for ref_path, secret in _secret_refs(config):
             if secret not in names["Secret"]:
-                problems.append(_dangling(doc, f"{path}.{ref_path}", "Secret", secret, names["Secret"]))
+                problems.append(DanglingReference.to("Secret", secret, names["Secret"],
+                                                     source=doc.source(f"{path}.{ref_path}")))
         parent = _str(config.get("parent"))
         if parent is not None and parent not in configs:
-            problems.append(_dangling(doc, f"{path}.parent", "config", parent, configs))
+            problems.append(DanglingReference.to("config", parent, configs, source=doc.source(f"{path}.parent")))
         if is_valid:  # otherwise the schema errors already say what is wrong with the upstream
             problems.extend(_upstream_problems(doc, name, path, configs))
     problems.extend(_parent_cycles(doc, configs))
@@ -471,7 +469,7 @@ def _service_references(doc: Document, names: Mapping[str, set[str]], *, is_vali
         config_name = _str(_get(rule, "configName"))
         if config_name is not None and config_name not in configs:
             path = f"spec.dynamicConfig.rules[{i}].configName"
-            problems.append(_dangling(doc, path, "config", config_name, configs))
+            problems.append(DanglingReference.to("config", config_name, configs, source=doc.source(path)))
     return problems
 
 
@@ -531,31 +529,10 @@ def _parent_cycles(doc: Document, configs: Mapping[str, Any]) -> list[ConfigErro
 def _condition_problems(doc: Document, condition: Any, path: list[str | int], *, attrs: Any = None
                         ) -> list[ConfigError]:
     """CEL problems under `condition`; a Policy's `attrs` lets the cost check count its lists' real sizes."""
-    if not isinstance(condition, dict):
-        return []  # the schema reports it
-    if path.count("of") >= MAX_CONDITION_DEPTH:
-        where = doc.source(format_path(path))
-        return [SchemaViolation(f"conditions nest more than {MAX_CONDITION_DEPTH} levels", source=where)]
-    problems: list[ConfigError] = []
-    for key in ("match", "not"):
-        expression = _str(condition.get(key))
-        if expression is None:
-            continue
-        try:
-            compile_expression(expression)
-            if isinstance(attrs, dict) and "attrs" in expression:
-                check_cost_with(expression, attrs=attrs)
-        except CelCompileError as exc:
-            problems.append(InvalidExpression(f"invalid CEL: {exc}", source=doc.source(format_path([*path, key]))))
-    for key in ("all", "any", "none"):
-        for i, child in enumerate(_list(_get(condition, key, "of"))):
-            problems.extend(_condition_problems(doc, child, [*path, key, "of", i], attrs=attrs))
-    return problems
 
+    def check(expression: str) -> None:
+        compile_expression(expression)
+        if isinstance(attrs, dict) and "attrs" in expression:
+            check_cost_with(expression, attrs=attrs)
 
-def _collect(check: Callable[[Sequence[Document]], None], documents: Sequence[Document]) -> list[ConfigError]:
-    try:
-        check(documents)
-    except ManifestErrors as exc:
-        return list(exc.errors)
-    return []
+    return condition_problems(doc, condition, path, check=check)

@@ -7,14 +7,14 @@ Called from `validate.references` and `build.build_snapshot`; like them, pure an
 from __future__ import annotations
 
 import datetime
-import difflib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from identity.workload_mapping import CelCompileError, compile_claims_expression
+from identity.workload_mapping import compile_claims_expression
 from proxy.snapshot import Credential, Secret, UserType, hash_client_secret
-from reconciler.errors import ConfigError, DanglingReference, InvalidExpression, SchemaViolation, format_path
+from reconciler.conditions import condition_problems
+from reconciler.errors import ConfigError, DanglingReference, SchemaViolation, format_path
 from reconciler.load import Document
 
 MIN_SECRET_BYTES = 24  # with a generated secret, >= 128 bits: what makes an unkeyed fast hash safe to keep
@@ -22,7 +22,6 @@ MAX_SESSION_TTL_S = 12 * 3600  # as long as a workload assertion's session (iden
 DEFAULT_SESSION_TTL_S = 3600
 _TTL = re.compile(r"^([1-9][0-9]{0,5})(s|m|h)$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600}
-_MAX_CONDITION_DEPTH = 16
 
 
 def credential_problems(
@@ -38,7 +37,8 @@ def credential_problems(
         problems.extend(_workload_user_problems(doc, "spec.user", user, _user_types(documents), "a Credential"))
     secret = spec.get("secret", {}).get("fromSecret") if isinstance(spec.get("secret"), dict) else None
     if isinstance(secret, str) and secret not in names.get("Secret", set()):
-        problems.append(_dangling(doc, "spec.secret.fromSecret", "Secret", secret, names.get("Secret", set())))
+        problems.append(DanglingReference.to("Secret", secret, names.get("Secret", set()),
+                                             source=doc.source("spec.secret.fromSecret")))
     ttl = spec.get("sessionTTL")
     if isinstance(ttl, str) and _TTL.match(ttl) and parse_ttl_s(ttl) > MAX_SESSION_TTL_S:
         problems.append(SchemaViolation(f"must be at most {MAX_SESSION_TTL_S // 3600}h",
@@ -66,7 +66,8 @@ def identity_token_user_problems(doc: Document, documents: Sequence[Document]) -
         if isinstance(user, str):
             problems.extend(_workload_user_problems(doc, format_path([*path, "user"]), user, types,
                                                     "a workload identity mapping"))
-        problems.extend(_condition_problems(doc, entry.get("condition"), [*path, "condition"]))
+        problems.extend(condition_problems(doc, entry.get("condition"), [*path, "condition"],
+                                           check=compile_claims_expression))
     return problems
 
 
@@ -82,7 +83,7 @@ def build_credential(doc: Document, secrets: Mapping[str, Secret], *, manifest: 
     if secret is None:
         raise DanglingReference(f"no Secret named {secret_name!r}", source=where)
     # Counted here, not in validate: only the build stage always sees the decrypted value (`pgwarden validate`
-    # checks manifests without keys). Either way the revision is refused with ValidationFailed.
+    # checks manifests without keys), so the loop reports it as BuildFailed.
     if len(secret.value.reveal().encode("utf-8")) < MIN_SECRET_BYTES:
         raise ConfigError(
             f"the client secret in Secret {secret_name!r} is shorter than {MIN_SECRET_BYTES} bytes",
@@ -131,37 +132,9 @@ def _user_types(documents: Iterable[Document]) -> dict[str, str]:
 def _workload_user_problems(doc: Document, path: str, user: str, types: Mapping[str, str],
                             what: str) -> list[ConfigError]:
     if user not in types:
-        return [_dangling(doc, path, "User", user, types)]
+        return [DanglingReference.to("User", user, types, source=doc.source(path))]
     if types[user] != UserType.WORKLOAD.value:
         return [DanglingReference(f"User {user!r} is {types[user]}, but {what} may only name a WORKLOAD User",
                                   source=doc.source(path), hint=f"set spec.type: WORKLOAD on User {user!r}, "
                                                                 "or name a workload")]
     return []
-
-
-def _condition_problems(doc: Document, condition: Any, path: list[str | int]) -> list[ConfigError]:
-    if not isinstance(condition, dict):
-        return []
-    if path.count("of") >= _MAX_CONDITION_DEPTH:
-        return [SchemaViolation(f"conditions nest more than {_MAX_CONDITION_DEPTH} levels",
-                                source=doc.source(format_path(path)))]
-    problems: list[ConfigError] = []
-    for key in ("match", "not"):
-        expression = condition.get(key)
-        if not isinstance(expression, str):
-            continue
-        try:
-            compile_claims_expression(expression)
-        except CelCompileError as exc:
-            problems.append(InvalidExpression(f"invalid CEL: {exc}", source=doc.source(format_path([*path, key]))))
-    for key in ("all", "any", "none"):
-        children = condition.get(key, {}).get("of") if isinstance(condition.get(key), dict) else None
-        for i, child in enumerate(children if isinstance(children, list) else ()):
-            problems.extend(_condition_problems(doc, child, [*path, key, "of", i]))
-    return problems
-
-
-def _dangling(doc: Document, path: str, kind: str, name: str, known: Iterable[str]) -> DanglingReference:
-    close = difflib.get_close_matches(name, list(known), n=1)
-    suggestion = f" (did you mean {close[0]!r}?)" if close else ""
-    return DanglingReference(f"no {kind} named {name!r}{suggestion}", source=doc.source(path))

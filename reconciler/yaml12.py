@@ -39,6 +39,8 @@ from yaml import (
 )
 from yaml._yaml import CParser
 
+from reconciler import yaml_ruamel
+
 
 class Unsupported(Exception):  # noqa: N818 - a signal to fall back, not an error to report
     """This stream needs the ruamel path (for its error message or a rare construct's meaning)."""
@@ -121,12 +123,10 @@ def _timestamp(value: str) -> Any:
 
 @functools.lru_cache(maxsize=4096)
 def _typed_by_ruamel(value: str) -> Any:
-    """The rare numeric and timestamp forms, typed by ruamel itself (as load's `_plain` converts them)."""
-    from reconciler import load  # load imports this module
-
+    """The rare numeric and timestamp forms, typed by ruamel itself (as `yaml_ruamel.to_plain` converts them)."""
     try:
-        [document] = load.ruamel_documents(f"v: {value}\n")
-        return load.plain_value(document["v"])
+        [document] = yaml_ruamel.ruamel_documents(f"v: {value}\n")
+        return yaml_ruamel.plain_value(document["v"])
     except Exception as exc:  # `_`, `2024-13-45`, ...: the file's ruamel parse reports it
         raise Unsupported("a value ruamel refuses or types differently") from exc
 

@@ -9,9 +9,9 @@ from pathlib import Path
 from pgwarden.commands.validate import add_plaintext_option, count, distinct_hints, problem_lines
 from pgwarden.output import error
 from reconciler.diff import diff_documents, render_markdown, render_text
-from reconciler.documents import load_for_review
 from reconciler.errors import ManifestErrors
-from reconciler.gitrev import DEFAULT_BASE, RevisionError, parse_revision, read_revision
+from reconciler.git_tree import DEFAULT_BASE, GitTreeError, parse_tree, read_tree
+from reconciler.review import load_for_review
 
 EXIT_NO_CHANGES, EXIT_CHANGES, EXIT_COULD_NOT_RUN = 0, 1, 2
 
@@ -87,8 +87,8 @@ def run_diff(args: argparse.Namespace) -> int:
         error(f"no such file or directory: {args.path}", hint="give the directory that holds your manifests")
         return EXIT_COULD_NOT_RUN
     try:
-        revision = read_revision(args.path, args.against)
-    except RevisionError as exc:
+        revision = read_tree(args.path, args.against)
+    except GitTreeError as exc:
         error(exc.message, hint=exc.hint)
         return EXIT_COULD_NOT_RUN
     where = f"{revision.ref} ({revision.short})"
@@ -100,7 +100,7 @@ def run_diff(args: argparse.Namespace) -> int:
                 args.path, exc, f"fix them first; `pgwarden validate {args.path}` lists the same problems")
         return EXIT_COULD_NOT_RUN
     try:
-        before = parse_revision(revision)
+        before = parse_tree(revision)
     except ManifestErrors as exc:
         _report(f"cannot diff: {args.path} at {where} cannot be read ({count(len(exc.errors), 'problem')})",
                 args.path, exc, "compare against another revision with --against REF")

@@ -22,8 +22,8 @@ from proxy.audit.otel import settings_from
 from proxy.offload import run_beside_relay
 from proxy.preauth import PreAuthLimits
 from proxy.server import ProxyServer
+from reconciler.directory import load_snapshot
 from reconciler.errors import ConfigError, ManifestErrors
-from reconciler.manifests import load_snapshot
 from reconciler.sops import KeyRing, SopsError
 
 log = logging.getLogger("pgwarden")

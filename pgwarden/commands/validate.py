@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import TextIO
 
 from pgwarden.output import error
-from reconciler.documents import count_kinds, load_for_review
 from reconciler.errors import ConfigError, ManifestErrors
+from reconciler.review import count_kinds, load_for_review
 
 EXIT_OK, EXIT_FINDINGS, EXIT_COULD_NOT_RUN = 0, 1, 2
 

@@ -17,12 +17,12 @@ from reconciler.sops.encrypt import dump_yaml, encrypt_documents, encrypt_secret
 from reconciler.sops.errors import (
     BackendError,
     DataKeyUnavailable,
-    DecryptionFailed,
     EncryptionFailed,
     KeyConfigError,
     MacMismatch,
     NotASopsFile,
     SlotFailure,
+    SopsDecryptionError,
     SopsError,
     SopsFormatError,
 )
@@ -35,7 +35,7 @@ __all__ = [
     "OUTPUT_TYPES",
     "BackendError",
     "DataKeyUnavailable",
-    "DecryptionFailed",
+    "SopsDecryptionError",
     "EncryptionFailed",
     "EncryptionRule",
     "KeyConfigError",

@@ -20,7 +20,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from ruamel.yaml.scalarbool import ScalarBoolean
 
-from reconciler.sops.errors import DecryptionFailed, EncryptionFailed, SopsFormatError
+from reconciler.sops.errors import EncryptionFailed, SopsDecryptionError, SopsFormatError
 
 # Go: ^ENC\[AES256_GCM,data:(.+),iv:(.+),tag:(.+),type:(.+)\]; base64 never holds a comma.
 _ENC = re.compile(r"ENC\[AES256_GCM,data:([^,]*),iv:([^,]+),tag:([^,]+),type:([a-z]+)\]")
@@ -59,7 +59,7 @@ def decrypt_value(text: str, key: bytes, aad: str) -> Any:
 
     Raises:
         SopsFormatError: `text` is not in the ENC[...] grammar.
-        DecryptionFailed: the tag does not verify (wrong key, tampered or moved value).
+        SopsDecryptionError: the tag does not verify (wrong key, tampered or moved value).
     """
     if text == "":
         return ""  # sops stores empty strings unencrypted
@@ -75,7 +75,7 @@ def decrypt_value(text: str, key: bytes, aad: str) -> Any:
     try:
         plaintext = AESGCM(key).decrypt(iv, data + tag, aad.encode())
     except InvalidTag:
-        raise DecryptionFailed(
+        raise SopsDecryptionError(
             "value does not authenticate: wrong data key, tampered value, or value moved from another key"
         ) from None
     return decode_plaintext(plaintext, match.group(4))

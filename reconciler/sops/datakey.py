@@ -18,9 +18,9 @@ from reconciler.sops import gpg, shamir
 from reconciler.sops.cipher import DATA_KEY_BYTES
 from reconciler.sops.errors import (
     DataKeyUnavailable,
-    DecryptionFailed,
     EncryptionFailed,
     SlotFailure,
+    SopsDecryptionError,
     SopsError,
     shorten_recipient,
 )
@@ -74,7 +74,7 @@ def open_data_key(metadata: Metadata, keys: KeyRing, *, file: str | None) -> byt
     try:
         return shamir.combine(shares)
     except SopsError as exc:
-        raise DecryptionFailed(exc.reason, file=file, key_path="sops.key_groups") from None
+        raise SopsDecryptionError(exc.reason, file=file, key_path="sops.key_groups") from None
 
 
 def _open_group(

@@ -4,7 +4,7 @@ SopsError                      every error this package raises on purpose
 ├── NotASopsFile               the document has no `sops` metadata block
 ├── SopsFormatError            the file, an ENC[...] string or the metadata block is malformed
 ├── KeyConfigError             a key file, keyring, recipient or .sops.yaml could not be used
-├── DecryptionFailed           a value, the MAC or the data key could not be authenticated
+├── SopsDecryptionError        a value, the MAC or the data key could not be authenticated
 │   ├── MacMismatch            the MAC is missing or does not match the decrypted values
 │   └── DataKeyUnavailable     no key slot (or too few Shamir groups) opened the data key
 ├── EncryptionFailed           a value or the data key could not be encrypted
@@ -68,11 +68,11 @@ class KeyConfigError(SopsError):
     """A key file, keyring, recipient or `.sops.yaml` rule could not be used."""
 
 
-class DecryptionFailed(SopsError):
+class SopsDecryptionError(SopsError):
     """A value, the MAC or the data key could not be decrypted and authenticated."""
 
 
-class MacMismatch(DecryptionFailed):
+class MacMismatch(SopsDecryptionError):
     """The file's MAC is missing or does not match its values: it was edited after encryption."""
 
 
@@ -90,7 +90,7 @@ class SlotFailure:
         return f"{group}{self.kind} {shorten_recipient(self.recipient)}: {self.reason}"
 
 
-class DataKeyUnavailable(DecryptionFailed):
+class DataKeyUnavailable(SopsDecryptionError):
     """No key slot opened the data key (or fewer Shamir groups than the threshold did)."""
 
     def __init__(

@@ -10,7 +10,7 @@ import os
 import shutil
 import subprocess
 
-from reconciler.sops.errors import BackendError, DecryptionFailed, MacMismatch
+from reconciler.sops.errors import BackendError, MacMismatch, SopsDecryptionError
 from reconciler.sops.keys import KeyRing
 
 _TIMEOUT_S = 120
@@ -56,7 +56,7 @@ def decrypt_with_go_sops(
         raise MacMismatch(f"sops reports a MAC problem (exit {code})", file=file, key_path="sops.mac")
     if code == _EXIT_COULD_NOT_RETRIEVE_KEY:
         detail = done.stderr.decode("utf-8", errors="replace").strip()[:2000]
-        raise DecryptionFailed(f"sops could not retrieve the data key:\n{detail}", file=file, key_path="sops")
+        raise SopsDecryptionError(f"sops could not retrieve the data key:\n{detail}", file=file, key_path="sops")
     if code in _EXIT_DECRYPTING:
-        raise DecryptionFailed(f"sops: {_EXIT_DECRYPTING[code]} (exit {code})", file=file)
+        raise SopsDecryptionError(f"sops: {_EXIT_DECRYPTING[code]} (exit {code})", file=file)
     raise BackendError(f"sops exited with status {code}", file=file)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from reconciler.sops.cipher import Comment, decrypt_value, encrypt_value, is_encrypted_string
-from reconciler.sops.errors import DecryptionFailed, EncryptionFailed, SopsError, SopsFormatError
+from reconciler.sops.errors import EncryptionFailed, SopsDecryptionError, SopsError, SopsFormatError
 from reconciler.sops.mac import MacHasher
 from reconciler.sops.metadata import EncryptionRule
 
@@ -108,7 +108,7 @@ class _Decrypt(_Walk):
         if is_encrypted:
             if not isinstance(value, str):
                 reason = f"value should be encrypted but is a plain {type(value).__name__}"
-                raise self.fail(DecryptionFailed, reason, shown)
+                raise self.fail(SopsDecryptionError, reason, shown)
             try:
                 plain = decrypt_value(value, self.key, ":".join(aad) + ":")
             except SopsError as exc:

@@ -19,7 +19,7 @@ import pytest
 
 from proxy.snapshot import AuthMechanism
 from reconciler import health
-from reconciler.manifests import load_snapshot
+from reconciler.directory import load_snapshot
 from tests.conftest import LeakGuard
 from tests.support.hostile_upstream import BEHAVIOURS, HostileUpstream, hostile_upstreams, md5_answers
 from tests.support.proxy_harness import MANIFESTS, ProxyHarness, start_harness

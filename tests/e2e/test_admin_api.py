@@ -11,7 +11,7 @@ import pytest
 
 from pgwarden.adminclient import call
 from proxy.snapshot import to_wire
-from reconciler.manifests import load_snapshot
+from reconciler.directory import load_snapshot
 from tests.support.proxy_harness import ProxyHarness
 
 

@@ -190,7 +190,7 @@ def test_removed_objects_are_pruned_and_empty_revision_refused(up: UpProcess, re
     empty = repo.commit("delete everything")
     _trigger(up)
     status = up.wait_attempted(empty)
-    assert status["history"][0]["reason"] == "PruneFailed"
+    assert status["history"][0]["reason"] == "EmptyRevisionRefused"  # issue 14: not a prune failure
     assert status["objects"]["Service"] == ["my-db"]  # still live
 
 

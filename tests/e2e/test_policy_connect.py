@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from reconciler.manifests import load_snapshot
+from reconciler.directory import load_snapshot
 from tests.support.proxy_harness import MANIFESTS, ProxyHarness, start_harness, write_manifests
 
 GUARDED = """

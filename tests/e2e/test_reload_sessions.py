@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from reconciler.manifests import load_snapshot
+from reconciler.directory import load_snapshot
 from tests.support.proxy_harness import MANIFESTS, ProxyHarness, write_manifests
 
 

@@ -10,8 +10,8 @@ import pytest
 from proxy.routing import LiveSnapshot
 from proxy.snapshot import PolicyEffect, from_wire, to_wire
 from reconciler.apply import InMemoryTarget, plan
+from reconciler.directory import load_snapshot
 from reconciler.errors import ConfigError, DanglingReference, DuplicateName, InvalidExpression, ManifestErrors
-from reconciler.manifests import load_snapshot
 
 BASE = """\
 kind: Service

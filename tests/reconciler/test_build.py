@@ -24,9 +24,9 @@ from proxy.snapshot import (
     to_wire,
 )
 from reconciler.build import build_snapshot, merged_configs
+from reconciler.directory import load_snapshot
 from reconciler.errors import DecryptionFailed, ManifestErrors
 from reconciler.load import Document, load_directory
-from reconciler.manifests import load_snapshot
 from reconciler.validate import validate_all
 
 WriteTree = Callable[[dict[str, str]], Path]  # the `write_tree` fixture in conftest.py

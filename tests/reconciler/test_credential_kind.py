@@ -12,9 +12,9 @@ import pytest
 from proxy.snapshot import Snapshot, from_wire, to_wire
 from reconciler.apply import plan
 from reconciler.diff import diff_snapshots, render_text
-from reconciler.documents import load_for_review
+from reconciler.directory import load_snapshot
 from reconciler.errors import ManifestErrors
-from reconciler.manifests import load_snapshot
+from reconciler.review import load_for_review
 from reconciler.status import Status
 
 CLIENT_SECRET = "Zq3s9VbPq7Xw2LmN8rT4yH6uJ1kE5oAc"  # 32 bytes

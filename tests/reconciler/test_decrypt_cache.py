@@ -36,8 +36,14 @@ def write_secret(root: Path, name: str, value: str, identity: Any) -> None:
     (root / f"{name}.yaml").write_text(encrypt_secret_manifest(name, value, age_recipients=[str(identity.to_public())]))
 
 
+# What the reconcile loop keeps between cycles.
+PARSER = load.Parser()
+DECRYPTOR = decrypt.Decryptor()
+
+
 def values(root: Path, keys: KeyRing) -> dict[str, str]:
-    return {d.name: d.body["data"]["value"] for d in decrypt.secrets(load.load_directory(root), keys)}
+    documents = load.load_directory(root, parser=PARSER)
+    return {d.name: d.body["data"]["value"] for d in DECRYPTOR.secrets(documents, keys)}
 
 
 def test_unchanged_files_are_not_decrypted_again(tmp_path: Path, identity: Any, calls: list[str]) -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from proxy.snapshot import from_wire, to_wire
+from reconciler.directory import load_snapshot
 from reconciler.errors import ManifestErrors
-from reconciler.manifests import load_snapshot
 
 PROVIDERS = """\
 kind: IdentityProvider

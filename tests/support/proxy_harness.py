@@ -18,7 +18,7 @@ import uvloop
 
 from pgwarden.runtime import ProxyOptions, RunningProxy, start_proxy
 from proxy.snapshot import Snapshot
-from reconciler.manifests import load_snapshot
+from reconciler.directory import load_snapshot
 
 MANIFESTS = """\
 kind: Service

@@ -9,7 +9,7 @@ from itertools import combinations
 import pytest
 from ruamel.yaml import YAML
 
-from reconciler.sops import DecryptionFailed, SopsFormatError, shamir
+from reconciler.sops import SopsDecryptionError, SopsFormatError, shamir
 from reconciler.sops.cipher import (
     Comment,
     decrypt_value,
@@ -78,7 +78,7 @@ def test_comment_and_bytes_round_trip() -> None:
 
 def test_the_key_path_is_bound_as_aad() -> None:
     encrypted = encrypt_value("s3cr3t-aad", KEY, "app:password:")
-    with pytest.raises(DecryptionFailed) as caught:
+    with pytest.raises(SopsDecryptionError) as caught:
         decrypt_value(encrypted, KEY, "app:user:")
     assert "s3cr3t-aad" not in str(caught.value) and encrypted not in str(caught.value)
 

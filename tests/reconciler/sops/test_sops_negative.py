@@ -10,10 +10,10 @@ from sops_corpus import CORPUS, FLUX_AGE, KEYS, PGP_KEY_1, SopsLeakGuard
 
 from reconciler.sops import (
     DataKeyUnavailable,
-    DecryptionFailed,
     KeyRing,
     MacMismatch,
     NotASopsFile,
+    SopsDecryptionError,
     SopsError,
     SopsFormatError,
     decrypt_document,
@@ -92,7 +92,7 @@ def test_tampered_value_is_refused_naming_its_key_path(
     value = ciphertext_of(TYPES, "user")
     data = value.split("data:")[1].split(",")[0]
     forged = value.replace(data, ("A" if data[0] != "A" else "B") + data[1:])
-    error = refused(edited(tmp_path, TYPES, value, forged), flux_age_keys, sops_leak_guard, DecryptionFailed)
+    error = refused(edited(tmp_path, TYPES, value, forged), flux_age_keys, sops_leak_guard, SopsDecryptionError)
     assert not isinstance(error, MacMismatch)
     assert error.key_path == "nested.user"
     assert str(error).startswith(f"{tmp_path / 'types.yaml'}, nested.user: ")
@@ -105,7 +105,7 @@ def test_value_moved_to_another_key_does_not_decrypt(
     password, user = ciphertext_of(TYPES, "password"), ciphertext_of(TYPES, "user")
     path = edited(tmp_path, TYPES, password, "SWAP")
     path.write_text(path.read_text().replace(user, password).replace("SWAP", user))
-    error = refused(path, flux_age_keys, sops_leak_guard, DecryptionFailed)
+    error = refused(path, flux_age_keys, sops_leak_guard, SopsDecryptionError)
     assert error.key_path == "password"
 
 
@@ -117,7 +117,7 @@ def test_clear_value_where_ciphertext_belongs_is_refused(
     assert error.key_path == "password"
     assert "hunter2" not in str(error)
     path = edited(tmp_path, TYPES, ciphertext_of(TYPES, "port"), "5432")
-    assert "plain int" in str(refused(path, flux_age_keys, sops_leak_guard, DecryptionFailed))
+    assert "plain int" in str(refused(path, flux_age_keys, sops_leak_guard, SopsDecryptionError))
 
 
 def test_wrong_key_lists_each_recipient_and_why(sops_leak_guard: SopsLeakGuard) -> None:

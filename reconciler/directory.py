@@ -1,20 +1,20 @@
-"""One call from a manifest directory to a Snapshot: load, decrypt, validate, build.
+"""A manifest directory to a Snapshot in one call: load, decrypt, validate, build, without a loop.
 
-For `pgwarden` commands and tests; the reconcile loop runs the same stages itself.
+For `pgwarden proxy --manifests`, the bench and tests; the reconcile loop calls the same stages itself,
+so each raises the same error here as there (UnreadableManifests, UndecryptableSecrets, ...).
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from proxy.snapshot import Snapshot
 from reconciler import build, load, validate
 from reconciler import decrypt as decrypt_stage
-from reconciler.errors import ConfigError, DecryptionFailed, ManifestErrors
-from reconciler.load import Document, ManifestFile
-from reconciler.sops import KeyRing
+from reconciler.errors import ConfigError, DecryptionFailed, UndecryptableSecrets
+from reconciler.load import Document
+from reconciler.sops import KeyRing, is_sops_document
 
 Decrypt = Callable[[Document], Document]
 
@@ -24,35 +24,21 @@ def load_snapshot(
     keys: KeyRing | None = None, allow_plaintext_secrets: bool = True,
 ) -> Snapshot:
     """The Snapshot for the manifests under `root`: load, decrypt, validate, build (the reconcile loop's
-    pure stages, also used by `pgwarden proxy`). Raises ManifestErrors listing every problem.
+    pure stages). Raises the failing stage's ManifestErrors subclass, listing every problem it found.
 
     With `keys`, or when plaintext Secrets are refused, sops files are decrypted whole (one MAC per
     file) by `reconciler.decrypt`. Otherwise `decrypt`, if given, receives each encrypted document.
     Whatever either raises names places, never plaintext.
     """
-    files, problems = load.read_directory(root)
-    documents = load.parse_files(files, problems)
+    files, refused = load.read_directory(root)
+    documents = load.parse_files(files, refused)
     if keys is not None or not allow_plaintext_secrets:
         documents = decrypt_stage.secrets(documents, keys, allow_plaintext=allow_plaintext_secrets)
     else:
         documents = decrypt_documents(documents, decrypt)
     validate.validate_all(documents)
-    return build.build_snapshot(documents, revision=revision or directory_revision(files), source=source or str(root))
-
-
-def directory_revision(files: Iterable[ManifestFile]) -> str:
-    """`dir:` + 12 hex digits of a SHA-256 over each file's path and bytes, in path order."""
-    digest = hashlib.sha256()
-    for file in sorted(files, key=lambda f: f.path):
-        # Length-prefix both parts so moving bytes between a name and a body changes the digest.
-        name = file.path.encode()
-        digest.update(len(name).to_bytes(8, "big") + name + len(file.data).to_bytes(8, "big") + file.data)
-    return "dir:" + digest.hexdigest()[:12]
-
-
-def is_encrypted(document: Document) -> bool:
-    """sops marks an encrypted document with a top-level `sops` mapping."""
-    return isinstance(document.body.get("sops"), dict)
+    return build.build_snapshot(documents, revision=revision or load.directory_revision(files),
+                                source=source or str(root))
 
 
 def decrypt_documents(documents: Sequence[Document], decrypt: Decrypt | None) -> list[Document]:
@@ -60,7 +46,7 @@ def decrypt_documents(documents: Sequence[Document], decrypt: Decrypt | None) ->
     out: list[Document] = []
     problems: list[ConfigError] = []
     for doc in documents:
-        if not is_encrypted(doc):
+        if not is_sops_document(doc.body):
             out.append(doc)
             continue
         what = "Secret" if doc.kind == "Secret" else "document"  # sops may have encrypted `kind` too
@@ -81,5 +67,5 @@ def decrypt_documents(documents: Sequence[Document], decrypt: Decrypt | None) ->
         except Exception as exc:  # the hook's own errors name the key path, never the value
             problems.append(DecryptionFailed(f"cannot decrypt {what}: {exc}", source=doc.source("sops")))
     if problems:
-        raise ManifestErrors(problems)
+        raise UndecryptableSecrets(problems)
     return out

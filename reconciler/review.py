@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from reconciler import load, validate
-from reconciler.errors import ConfigError, DecryptionFailed, ManifestErrors
+from reconciler.errors import ConfigError, DecryptionFailed, InvalidManifests, ManifestErrors
 from reconciler.load import Document
-from reconciler.sops import SopsFormatError
+from reconciler.sops import SopsFormatError, is_sops_document
 from reconciler.sops.cipher import is_encrypted_string
 from reconciler.sops.metadata import parse_metadata
 
@@ -47,7 +47,7 @@ def review_documents(documents: Sequence[Document], *, allow_plaintext_secrets: 
     stand_ins: list[Document] = []
     for doc in documents:
         problems.extend(encryption_problems(doc, allow_plaintext_secrets=allow_plaintext_secrets))
-        if not is_sops_encrypted(doc):
+        if not is_sops_document(doc.body):
             stand_ins.append(doc)
         elif doc.kind == "Secret" and not _has_encrypted_name(doc):
             stand_ins.append(_with_placeholder(doc))
@@ -58,18 +58,13 @@ def review_documents(documents: Sequence[Document], *, allow_plaintext_secrets: 
     except ManifestErrors as exc:
         problems.extend(exc.errors)
     if problems:
-        raise ManifestErrors(problems)
+        raise InvalidManifests(problems)
     return list(documents)
-
-
-def is_sops_encrypted(doc: Document) -> bool:
-    """sops marks an encrypted document with a top-level `sops` mapping."""
-    return isinstance(doc.body.get("sops"), dict)
 
 
 def encryption_problems(doc: Document, *, allow_plaintext_secrets: bool = False) -> list[ConfigError]:
     """What is wrong with how this document is (or is not) encrypted; never quotes a value."""
-    if not is_sops_encrypted(doc):
+    if not is_sops_document(doc.body):
         if doc.kind == "Secret" and not allow_plaintext_secrets:
             return [_plaintext(doc)]
         return []

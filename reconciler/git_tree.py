@@ -1,4 +1,4 @@
-"""Read a manifest directory as it is at a git revision, from the object database: no checkout, no temp files.
+"""Read a manifest directory as it is at a git ref, from the object database: no checkout, no temp files.
 
 `pgwarden diff --against REF` compares this ("before") with the working tree ("after").
 """
@@ -22,12 +22,12 @@ _SYMLINK_MODE = 0o120000
 _MAX_SYMLINK_HOPS = 8
 
 
-class RevisionError(PgwardenError):
-    """A git revision could not be read: PATH is not in a repository, or REF does not resolve."""
+class GitTreeError(PgwardenError):
+    """A tree at a git ref could not be read: PATH is not in a repository, or REF does not resolve."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Revision:
+class GitTree:
     """The manifest files under one path at one commit."""
 
     ref: str  # as the user named it, e.g. origin/main
@@ -46,7 +46,7 @@ def find_repository(path: Path) -> git.Repo:
     try:
         return git.Repo(path if path.is_dir() else path.parent, search_parent_directories=True)
     except (git.InvalidGitRepositoryError, git.NoSuchPathError) as exc:
-        raise RevisionError(
+        raise GitTreeError(
             f"{path} is not inside a git repository",
             hint="run pgwarden diff in a clone (in CI: actions/checkout with fetch-depth: 0)",
         ) from exc
@@ -66,13 +66,13 @@ def resolve(repo: git.Repo, ref: str) -> Commit:
     try:
         return repo.commit(ref)
     except (git.BadName, git.BadObject, ValueError, git.GitCommandError, IndexError) as exc:
-        raise RevisionError(
+        raise GitTreeError(
             f"git revision {ref!r} not found in {repo.working_tree_dir}",
             hint="fetch it first (git fetch origin main), or name a branch, tag or commit that exists",
         ) from exc
 
 
-def read_revision(path: Path, ref: str | None = None, *, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> Revision:
+def read_tree(path: Path, ref: str | None = None, *, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> GitTree:
     """The manifest files under `path` at `ref` (default: see `default_base`), read from git objects."""
     with find_repository(path) as repo:
         ref = ref or default_base(repo)
@@ -81,7 +81,7 @@ def read_revision(path: Path, ref: str | None = None, *, max_file_bytes: int = D
         try:
             node = commit.tree / rel if rel else commit.tree
         except KeyError:
-            return Revision(ref=ref, commit=commit.hexsha, is_present=False, files=[], problems=[])
+            return GitTree(ref=ref, commit=commit.hexsha, is_present=False, files=[], problems=[])
         if isinstance(node, Tree):
             found = _manifest_blobs(node, rel)
             root = rel
@@ -95,12 +95,12 @@ def read_revision(path: Path, ref: str | None = None, *, max_file_bytes: int = D
             files.extend([file] if file else [])
             problems.extend([problem] if problem else [])
     files.sort(key=lambda f: f.path)
-    return Revision(ref=ref, commit=commit.hexsha, is_present=True, files=files, problems=problems)
+    return GitTree(ref=ref, commit=commit.hexsha, is_present=True, files=files, problems=problems)
 
 
-def parse_revision(revision: Revision) -> list[Document]:
-    """Parse a revision's files with the same loader as a directory; raises ManifestErrors."""
-    return load.parse_files(revision.files, revision.problems)
+def parse_tree(tree: GitTree) -> list[Document]:
+    """Parse a tree's files with the same loader as a directory; raises ManifestErrors."""
+    return load.parse_files(tree.files, tree.problems)
 
 
 def _relative_to_worktree(path: Path, repo: git.Repo) -> str:
@@ -108,7 +108,7 @@ def _relative_to_worktree(path: Path, repo: git.Repo) -> str:
     try:
         rel = path.resolve().relative_to(root)
     except ValueError as exc:
-        raise RevisionError(f"{path} is not inside the working tree of {root}") from exc
+        raise GitTreeError(f"{path} is not inside the working tree of {root}") from exc
     return "" if str(rel) == "." else rel.as_posix()
 
 
