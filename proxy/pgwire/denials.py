@@ -22,10 +22,11 @@ from collections import deque
 from dataclasses import dataclass
 
 from proxy.pgwire import messages as m
-from proxy.pgwire.walker import DEFAULT_MAX_MESSAGE_BYTES, EVERY, HELD_ONLY, FrameWalker
+from proxy.pgwire.message_types import BackendType
+from proxy.pgwire.walker import DEFAULT_MAX_MESSAGE_BYTES, FrameWalker
 
-PARSE_COMPLETE = ord("1")
-BIND_COMPLETE = ord("2")
+PARSE_COMPLETE = BackendType.PARSE_COMPLETE.value
+BIND_COMPLETE = BackendType.BIND_COMPLETE.value
 MARKER_PREFIX = "pgwarden.denial."
 _REPLY_TYPES = frozenset({PARSE_COMPLETE, BIND_COMPLETE, m.ERROR_RESPONSE})  # inspected while a stand-in awaits
 _KEPT_FIELDS = frozenset(b"SVCMDH")  # severity, code, message, detail, hint; not CONTEXT/file/line/marker
@@ -135,7 +136,7 @@ class ResponseFilter:
             return self._scan_waiting(data)
         walker = self._walker
         walker.hold = self._inspect
-        buf, pieces, stop = walker.walk(data, HELD_ONLY)
+        buf, pieces, stop = walker.walk(data, False)
         found: list[tuple[int, bytes]] = []
         out: list[bytes | memoryview] | None = None
         run = 0  # start of the bytes of buf not yet in `out`
@@ -160,7 +161,7 @@ class ResponseFilter:
         """A stand-in awaits its reply: look at every message, hold, drop or rewrite the replies."""
         walker = self._walker
         walker.hold = self._inspect_replies
-        buf, pieces, stop = walker.walk(data, EVERY)
+        buf, pieces, stop = walker.walk(data, True)
         found: list[tuple[int, bytes]] = []
         out: list[bytes | memoryview] = []
         view = memoryview(buf)

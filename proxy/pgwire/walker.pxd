@@ -15,12 +15,16 @@ cdef class FrameWalker:
     cdef Py_ssize_t _skip
     cdef bytearray _partial
 
+    cdef bytes _buf
+    cdef Py_ssize_t _stop
+
     cpdef list scan(self, object data)
     cpdef tuple split(self, object data)
+    cpdef tuple walk(self, object data, bint is_every)
 
     @cython.locals(buf=bytes, table=bytes, pieces=list, pos=Py_ssize_t, n=Py_ssize_t, take=Py_ssize_t,
-                   end=Py_ssize_t, limit=Py_ssize_t, length=Py_ssize_t, type_byte=Py_ssize_t, every=int, bodies=int)
-    cpdef tuple walk(self, object data, int mode)
+                   end=Py_ssize_t, limit=Py_ssize_t, length=Py_ssize_t, type_byte=Py_ssize_t)
+    cdef list _walk(self, object data, bint is_every, bint is_bodies)
 
-    @cython.locals(partial=bytearray, length=Py_ssize_t, want=Py_ssize_t, take=Py_ssize_t, raw=bytes, bodies=int)
-    cdef Py_ssize_t _continue_held(self, bytes data, list pieces, int mode) except -1
+    @cython.locals(partial=bytearray, length=Py_ssize_t, want=Py_ssize_t, take=Py_ssize_t, raw=bytes)
+    cdef Py_ssize_t _continue_held(self, bytes data, list pieces, bint is_bodies) except -1

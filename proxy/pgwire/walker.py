@@ -14,10 +14,6 @@ from proxy.pgwire.message_types import describe_type
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 CONTINUED = -1  # piece type: more bytes of the pass-through message the previous chunk began
 
-# What `walk` reports, besides completing messages of the held types.
-HELD_ONLY = 0  # held messages only, as (type, start, end, raw)
-EVERY = 1  # also pass-through messages, as (type, start, end, None)
-BODIES = 2  # held messages only, as (type, body)
 
 
 def frame_length(buf: bytes | bytearray, pos: int, max_message_bytes: int, whose: str) -> int:
@@ -64,6 +60,8 @@ class FrameWalker:
         self._whose = whose
         self._skip = 0  # bytes still to come of a pass-through message already begun
         self._partial = bytearray()  # a split header (< 5 bytes) or a held message, not yet handed out
+        self._buf = b""  # the last chunk walked, after any split header was joined to it
+        self._stop = 0  # where the bytes of _buf held back inside the walker begin
 
     @property
     def hold(self) -> frozenset[int]:
@@ -88,33 +86,36 @@ class FrameWalker:
 
     def scan(self, data: bytes) -> list[tuple[int, bytes]]:
         """(type, body) of every held message that completed in this chunk."""
-        return self.walk(data, BODIES)[1]  # type: ignore[no-any-return]
+        return self._walk(data, False, True)
 
     def split(self, data: bytes) -> tuple[bytes, list[tuple[int, int, int, bytes | None]]]:
-        """`walk(data, EVERY)` without the stop position (see `walk`)."""
-        result = self.walk(data, EVERY)
-        return result[0], result[1]
+        """`walk(data, is_every=True)` without the stop position."""
+        pieces = self._walk(data, True, False)
+        return self._buf, pieces
 
-    def walk(self, data: bytes, mode: int) -> tuple[bytes, list, int]:  # type: ignore[type-arg]
+    def walk(self, data: bytes, is_every: bool) -> tuple[bytes, list[tuple[int, int, int, bytes | None]], int]:
         """Walk one chunk: returns `(buf, pieces, stop)`.
 
         `buf` is the chunk, or a new bytes with a split header from the last chunk in front of it; the
         positions in pieces index it. `buf[stop:]` is held back inside the walker (a split header or an
         incomplete held message). A held message that completes here is `(type, start, end, raw)` with
         `raw` the whole message; one begun in an earlier chunk has `start == 0` and `end` where the chunk
-        goes on, so `end - start < len(raw)`. With EVERY, a pass-through message is `(type, start, end,
-        None)`, cut at the chunk's end, and goes on in the next chunk as a piece of type CONTINUED.
+        goes on, so `end - start < len(raw)`. With `is_every`, a pass-through message is `(type, start,
+        end, None)`, cut at the chunk's end, and goes on in the next chunk as a piece of type CONTINUED.
         """
+        pieces = self._walk(data, is_every, False)
+        return self._buf, pieces, self._stop
+
+    def _walk(self, data: bytes, is_every: bool, is_bodies: bool) -> list:  # type: ignore[type-arg]
+        """The loop behind scan, split and walk; leaves `buf` and `stop` in `_buf` and `_stop`."""
         buf = data if type(data) is bytes else bytes(data)
-        every = EVERY  # module constants, read once into C ints
-        bodies = BODIES
         pieces: list = []  # type: ignore[type-arg]
         pos = 0
         n = len(buf)
         if self._skip:
             take = self._skip if self._skip < n else n
             self._skip -= take
-            if mode == every:
+            if is_every:
                 pieces.append((CONTINUED, 0, take, None))
             pos = take
         elif len(self._partial):
@@ -123,9 +124,11 @@ class FrameWalker:
                 n = len(buf)
                 self._partial = bytearray()
             else:
-                pos = self._continue_held(buf, pieces, mode)
+                pos = self._continue_held(buf, pieces, is_bodies)
                 if len(self._partial):
-                    return buf, pieces, 0  # the whole chunk went into the held message
+                    self._buf = buf
+                    self._stop = 0  # the whole chunk went into the held message
+                    return pieces
         table = self._table
         limit = self._max + 4
         while pos < n:
@@ -142,22 +145,24 @@ class FrameWalker:
                 if end > n:
                     self._partial = bytearray(buf[pos:])
                     break
-                if mode == bodies:
+                if is_bodies:
                     pieces.append((type_byte, buf[pos + 5 : end]))
                 else:
                     pieces.append((type_byte, pos, end, buf[pos:end]))
             elif end > n:
-                if mode == every:
+                if is_every:
                     pieces.append((type_byte, pos, n, None))
                 self._skip = end - n
                 pos = n
                 break
-            elif mode == every:
+            elif is_every:
                 pieces.append((type_byte, pos, end, None))
             pos = end
-        return buf, pieces, pos
+        self._buf = buf
+        self._stop = pos
+        return pieces
 
-    def _continue_held(self, data: bytes, pieces: list, mode: int) -> int:  # type: ignore[type-arg]
+    def _continue_held(self, data: bytes, pieces: list, is_bodies: bool) -> int:  # type: ignore[type-arg]
         """Add to a held message begun in an earlier chunk; returns the bytes of `data` consumed."""
         partial = self._partial
         length = partial[1]
@@ -168,8 +173,7 @@ class FrameWalker:
         if take == want:
             raw = bytes(partial)
             self._partial = bytearray()
-            bodies = BODIES
-            if mode == bodies:
+            if is_bodies:
                 pieces.append((raw[0], raw[5:]))
             else:
                 pieces.append((raw[0], 0, take, raw))
