@@ -11,7 +11,8 @@ each way); `gated` runs the gate's RequestSplitter on the client chunk and the R
 
 Wall-clock on a shared machine is noise, so `--callgrind` counts instructions instead: for each source tree
 it runs this script under `valgrind --tool=callgrind` with N and 2N transactions and prints
-(Ir(2N) - Ir(N)) / N, which cancels start-up. `--tree` defaults to this checkout; a tree is any directory
+(Ir(2N) - Ir(N)) / N, which cancels start-up. The loop that feeds the chunks is counted too; its
+own cost is printed first (`--path none`). `--tree` defaults to this checkout; a tree is any directory
 with a `proxy/` package (e.g. an unpacked `git archive`), compiled or not.
 """
 
@@ -79,7 +80,9 @@ def run(path: str, mode: str, transactions: int) -> float:
                  for _ in range(64)]
     # The inspected and held types as proxy/session.py and proxy/policy/enforce.py set them.
     q, p, s, z, c, e, f = (ord(x) for x in "QPSZCEF")
-    if path == "plain":
+    if path == "none":  # the loop alone: subtract it to get the scanners' own cost
+        client_side = server_side = len
+    elif path == "plain":
         client_side = FrameScanner(frozenset({q, p}), whose="client").scan
         server_side = FrameScanner(frozenset({z, s}), whose="upstream").scan
     else:
@@ -113,7 +116,7 @@ def _compiled(tree: Path) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--path", choices=["plain", "gated"], default="plain")
+    parser.add_argument("--path", choices=["plain", "gated", "none"], default="plain")
     parser.add_argument("--mode", choices=["simple", "extended"], default="simple")
     parser.add_argument("--transactions", type=int, default=200_000)
     parser.add_argument("--callgrind", action="store_true", help="count instructions per transaction instead")
@@ -127,6 +130,9 @@ def main() -> None:
     trees = args.tree or [Path(__file__).resolve().parent.parent]
     n = min(args.transactions, 20_000)
     print(f"instructions per transaction (callgrind, (Ir(2N) - Ir(N)) / N, N = {n})")
+    tree = trees[0]
+    loop = (_instructions(tree, "none", "simple", 2 * n) - _instructions(tree, "none", "simple", n)) / n
+    print(f"{'the loop alone (included below)':49} none   simple   {loop:10,.0f}", flush=True)
     for tree in trees:
         for path in ("plain", "gated"):
             for mode in ("simple", "extended"):

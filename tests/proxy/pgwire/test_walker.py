@@ -122,3 +122,13 @@ def test_a_negative_length_is_reported_as_the_signed_int32_it_is() -> None:
 def test_message_types_are_per_direction() -> None:
     assert FrontendType.SYNC == BackendType.PARAMETER_STATUS == ord("S")
     assert FrontendType(ord("D")).name == "DESCRIBE" and BackendType(ord("D")).name == "DATA_ROW"
+
+
+def test_a_built_walker_is_not_older_than_its_source() -> None:
+    """An extension module shadows walker.py; one built before the last edit would run old code."""
+    here = Path(SOURCE.__file__).parent
+    for built in here.glob("walker.*.so"):
+        for source in ("walker.py", "walker.pxd"):
+            assert built.stat().st_mtime >= (here / source).stat().st_mtime, (
+                f"{built} is older than {source}: rebuild it (`pip install -e .`)"
+            )
