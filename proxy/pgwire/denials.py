@@ -132,33 +132,25 @@ class ResponseFilter:
         self._expected.append(expected)
 
     def scan(self, data: bytes) -> tuple[list[bytes | memoryview] | None, list[tuple[int, bytes]]]:
-        if self._expected or self._held:
-            return self._scan_waiting(data)
         walker = self._walker
+        if self._expected or self._held or walker.is_holding_message:
+            return self._scan_waiting(data)
+        # Nothing awaited: only look. Inspected messages stay in the stream; a split header or an
+        # inspected message that does not end in this chunk is held back until it does.
         walker.hold = self._inspect
-        buf, pieces, stop = walker.walk(data, False)
-        found: list[tuple[int, bytes]] = []
-        out: list[bytes | memoryview] | None = None
-        run = 0  # start of the bytes of buf not yet in `out`
-        for type_byte, start, end, raw in pieces:
-            if end - start != len(raw):  # completes a message held back from the last chunk
-                out = []
-                self._on_message(type_byte, raw, out, found)
-                run = end
-                continue
-            # Nothing awaited: just look, and leave the message in the run.
-            self.ready_seen += type_byte == m.READY_FOR_QUERY
-            found.append((type_byte, raw[5:]))
-        if out is None and buf is data and stop == len(buf):
+        found = walker.scan(data)
+        for type_byte, _ in found:
+            if type_byte == m.READY_FOR_QUERY:
+                self.ready_seen += 1
+        buf = walker.last_buf
+        stop = walker.last_stop
+        if buf is data and stop == len(buf):
             return None, found  # the whole chunk goes on untouched
-        if out is None:
-            out = []
-        if stop > run:
-            out.append(memoryview(buf)[run:stop])
-        return out, found
+        return ([memoryview(buf)[:stop]] if stop else []), found
 
     def _scan_waiting(self, data: bytes) -> tuple[list[bytes | memoryview] | None, list[tuple[int, bytes]]]:
-        """A stand-in awaits its reply: look at every message, hold, drop or rewrite the replies."""
+        """A stand-in awaits its reply (or a held message goes on from the last chunk): look at every
+        message; hold, drop or rewrite the replies."""
         walker = self._walker
         walker.hold = self._inspect_replies
         buf, pieces, stop = walker.walk(data, True)

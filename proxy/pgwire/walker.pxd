@@ -15,8 +15,8 @@ cdef class FrameWalker:
     cdef Py_ssize_t _skip
     cdef bytearray _partial
 
-    cdef bytes _buf
-    cdef Py_ssize_t _stop
+    cdef readonly bytes last_buf
+    cdef readonly Py_ssize_t last_stop
 
     cpdef list scan(self, object data)
     cpdef tuple split(self, object data)

@@ -60,8 +60,8 @@ class FrameWalker:
         self._whose = whose
         self._skip = 0  # bytes still to come of a pass-through message already begun
         self._partial = bytearray()  # a split header (< 5 bytes) or a held message, not yet handed out
-        self._buf = b""  # the last chunk walked, after any split header was joined to it
-        self._stop = 0  # where the bytes of _buf held back inside the walker begin
+        self.last_buf = b""  # the last chunk walked, after any split header was joined to it
+        self.last_stop = 0  # where the bytes of last_buf held back inside the walker begin
 
     @property
     def hold(self) -> frozenset[int]:
@@ -79,6 +79,11 @@ class FrameWalker:
         """The stream so far ends exactly between messages."""
         return self._skip == 0 and len(self._partial) == 0
 
+    @property
+    def is_holding_message(self) -> bool:
+        """A held message begun in an earlier chunk is still arriving (more than its header is buffered)."""
+        return len(self._partial) >= 5
+
     def reset(self) -> None:
         """Forget the rest of the last chunk (the caller keeps those bytes and walks them again later)."""
         self._skip = 0
@@ -91,7 +96,7 @@ class FrameWalker:
     def split(self, data: bytes) -> tuple[bytes, list[tuple[int, int, int, bytes | None]]]:
         """`walk(data, is_every=True)` without the stop position."""
         pieces = self._walk(data, True, False)
-        return self._buf, pieces
+        return self.last_buf, pieces
 
     def walk(self, data: bytes, is_every: bool) -> tuple[bytes, list[tuple[int, int, int, bytes | None]], int]:
         """Walk one chunk: returns `(buf, pieces, stop)`.
@@ -104,10 +109,10 @@ class FrameWalker:
         end, None)`, cut at the chunk's end, and goes on in the next chunk as a piece of type CONTINUED.
         """
         pieces = self._walk(data, is_every, False)
-        return self._buf, pieces, self._stop
+        return self.last_buf, pieces, self.last_stop
 
     def _walk(self, data: bytes, is_every: bool, is_bodies: bool) -> list:  # type: ignore[type-arg]
-        """The loop behind scan, split and walk; leaves `buf` and `stop` in `_buf` and `_stop`."""
+        """The loop behind scan, split and walk; leaves `buf` and `stop` (see `walk`) in `last_buf`, `last_stop`."""
         buf = data if type(data) is bytes else bytes(data)
         pieces: list = []  # type: ignore[type-arg]
         pos = 0
@@ -126,8 +131,8 @@ class FrameWalker:
             else:
                 pos = self._continue_held(buf, pieces, is_bodies)
                 if len(self._partial):
-                    self._buf = buf
-                    self._stop = 0  # the whole chunk went into the held message
+                    self.last_buf = buf
+                    self.last_stop = 0  # the whole chunk went into the held message
                     return pieces
         table = self._table
         limit = self._max + 4
@@ -158,8 +163,8 @@ class FrameWalker:
             elif is_every:
                 pieces.append((type_byte, pos, end, None))
             pos = end
-        self._buf = buf
-        self._stop = pos
+        self.last_buf = buf
+        self.last_stop = pos
         return pieces
 
     def _continue_held(self, data: bytes, pieces: list, is_bodies: bool) -> int:  # type: ignore[type-arg]
