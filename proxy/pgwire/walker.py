@@ -15,7 +15,6 @@ DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 CONTINUED = -1  # piece type: more bytes of the pass-through message the previous chunk began
 
 
-
 def frame_length(buf: bytes | bytearray, pos: int, max_message_bytes: int, whose: str) -> int:
     """The int32 length field of the header at `pos`, checked against the limit; -1 if fewer than 5 bytes."""
     if len(buf) - pos < 5:
