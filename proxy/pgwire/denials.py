@@ -18,17 +18,15 @@ strips the marker and the PL/pgSQL CONTEXT from the error the client sees.
 from __future__ import annotations
 
 import secrets
-import struct
 from collections import deque
 from dataclasses import dataclass
 
 from proxy.pgwire import messages as m
-from proxy.pgwire.errors import ProtocolViolation
-from proxy.pgwire.framing import DEFAULT_MAX_MESSAGE_BYTES
+from proxy.pgwire.message_types import BackendType
+from proxy.pgwire.walker import DEFAULT_MAX_MESSAGE_BYTES, FrameWalker
 
-_HEADER = struct.Struct("!Bi")
-PARSE_COMPLETE = ord("1")
-BIND_COMPLETE = ord("2")
+PARSE_COMPLETE = BackendType.PARSE_COMPLETE.value
+BIND_COMPLETE = BackendType.BIND_COMPLETE.value
 MARKER_PREFIX = "pgwarden.denial."
 _REPLY_TYPES = frozenset({PARSE_COMPLETE, BIND_COMPLETE, m.ERROR_RESPONSE})  # inspected while a stand-in awaits
 _KEPT_FIELDS = frozenset(b"SVCMDH")  # severity, code, message, detail, hint; not CONTEXT/file/line/marker
@@ -108,25 +106,23 @@ class ResponseFilter:
     `scan(chunk)` returns `(out, found)`: `out` is None when the chunk goes to the client untouched,
     else the list of pieces to write instead; `found` holds (type, body) of the inspected types, as
     `FrameScanner.scan` does. While no stand-in awaits its reply, nothing is held back but split headers
-    and small inspected messages.
+    and small inspected messages. The frame walker (`walker.py`) finds the messages.
     """
 
-    __slots__ = ("_inspect", "_max", "_whose", "_skip", "_partial", "_held", "_expected", "ready_seen")
+    __slots__ = ("_inspect", "_inspect_replies", "_walker", "_held", "_expected", "ready_seen")
 
     def __init__(self, inspect: frozenset[int], *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  whose: str = "upstream") -> None:
         self._inspect = inspect
-        self._max = max_message_bytes
-        self._whose = whose
-        self._skip = 0  # bytes still to come of a message already forwarded in part
-        self._partial = bytearray()  # an incomplete header or inspected message, not yet forwarded
+        self._inspect_replies = inspect | _REPLY_TYPES  # walked whole while a stand-in awaits its reply
+        self._walker = FrameWalker(inspect, max_message_bytes=max_message_bytes, whose=whose)
         self._held: list[bytes] = []  # ParseComplete[, BindComplete] that may be a stand-in's
         self._expected: deque[Expected] = deque()
         self.ready_seen = 0  # ReadyForQuery messages seen
 
     @property
     def is_at_boundary(self) -> bool:
-        return not self._skip and not self._partial and not self._held
+        return self._walker.is_at_boundary and not self._held
 
     @property
     def is_waiting(self) -> bool:
@@ -136,98 +132,56 @@ class ResponseFilter:
         self._expected.append(expected)
 
     def scan(self, data: bytes) -> tuple[list[bytes | memoryview] | None, list[tuple[int, bytes]]]:
+        walker = self._walker
+        if self._expected or self._held or walker.is_holding_message:
+            return self._scan_waiting(data)
+        # Nothing awaited: only look. Inspected messages stay in the stream; a split header or an
+        # inspected message that does not end in this chunk is held back until it does.
+        walker.hold = self._inspect
+        found = walker.scan(data)
+        for type_byte, _ in found:
+            if type_byte == m.READY_FOR_QUERY:
+                self.ready_seen += 1
+        buf = walker.last_buf
+        stop = walker.last_stop
+        if buf is data and stop == len(buf):
+            return None, found  # the whole chunk goes on untouched
+        return ([memoryview(buf)[:stop]] if stop else []), found
+
+    def _scan_waiting(self, data: bytes) -> tuple[list[bytes | memoryview] | None, list[tuple[int, bytes]]]:
+        """A stand-in awaits its reply (or a held message goes on from the last chunk): look at every
+        message; hold, drop or rewrite the replies."""
+        walker = self._walker
+        walker.hold = self._inspect_replies
+        buf, pieces, stop = walker.walk(data, True)
         found: list[tuple[int, bytes]] = []
         out: list[bytes | memoryview] = []
-        view = memoryview(data)
-        n = len(data)
-        pos = 0
+        view = memoryview(buf)
         run = 0  # start of the pass-through bytes not yet in `out`
-        if self._skip:
-            pos = min(self._skip, n)  # the rest of a message already begun: part of the first run
-            self._skip -= pos
-        elif self._partial:
-            pos = run = self._continue_partial(view, out, found)
-            if self._partial:
-                return out, found
-        unpack = _HEADER.unpack_from
         inspect = self._inspect
-        replies = _REPLY_TYPES if self._expected else frozenset()
-        limit = self._max + 4
-        while pos < n:
-            if n - pos < 5:
-                self._partial = bytearray(view[pos:])
-                break
-            type_byte, length = unpack(data, pos)
-            if length < 4 or length > limit:
-                self._check_length(type_byte, length)
-            end = pos + 1 + length
-            if type_byte in inspect or (type_byte in replies and self._expected):
-                if end <= n and not self._expected and not self._held:
-                    # Nothing awaited: just look, and leave the message in the run.
-                    self.ready_seen += type_byte == m.READY_FOR_QUERY
-                    found.append((type_byte, data[pos + 5 : end]))
-                    pos = end
-                    continue
-                if pos > run:
-                    out.append(view[run:pos])
-                run = pos
-                if end > n:
-                    self._partial = bytearray(view[pos:])
-                    break
-                self._on_message(type_byte, data[pos:end], out, found)
-                run = end
-            elif self._held:
-                if pos > run:
-                    out.append(view[run:pos])
-                self._release(out)
-                run = pos
-            if end > n:
-                self._skip = end - n
-                pos = n
-                break
-            pos = end
-        stop = min(pos, n)
-        if run == 0 and stop == n and not out:
-            return None, found  # the whole chunk goes on untouched
+        for type_byte, start, end, raw in pieces:
+            if raw is None:
+                if self._held and type_byte >= 0:  # a message that is no stand-in's reply: release
+                    if start > run:
+                        out.append(view[run:start])
+                    self._release(out)
+                    run = start
+                continue
+            in_chunk = end - start == len(raw)
+            if in_chunk and not self._expected and not self._held and type_byte in inspect:
+                # Nothing awaited any more: just look, and leave the message in the run.
+                self.ready_seen += type_byte == m.READY_FOR_QUERY
+                found.append((type_byte, raw[5:]))
+                continue
+            if in_chunk and start > run:
+                out.append(view[run:start])
+            self._on_message(type_byte, raw, out, found)
+            run = end
+        if buf is data and run == 0 and stop == len(buf) and not out:
+            return None, found
         if stop > run:
             out.append(view[run:stop])
         return out, found
-
-    def _continue_partial(self, view: memoryview, out: list[bytes | memoryview],
-                          found: list[tuple[int, bytes]]) -> int:
-        """Complete a header or inspected message begun in an earlier chunk; returns bytes consumed."""
-        partial = self._partial
-        n = len(view)
-        pos = 0
-        if len(partial) < 5:
-            pos = min(5 - len(partial), n)
-            partial += view[:pos]
-            if len(partial) < 5:
-                return pos
-        type_byte: int
-        length: int
-        type_byte, length = _HEADER.unpack_from(partial, 0)
-        self._check_length(type_byte, length)
-        take = min(length + 1 - len(partial), n - pos)
-        if self._is_inspected(type_byte):
-            partial += view[pos : pos + take]
-            if len(partial) == length + 1:
-                self._partial = bytearray()
-                self._on_message(type_byte, bytes(partial), out, found)
-            return pos + take
-        # A pass-through message whose header was split: its header now, its body as it comes.
-        self._release(out)
-        out.append(bytes(partial))
-        self._partial = bytearray()
-        if take:
-            out.append(view[pos : pos + take])
-        self._skip = length + 1 - len(partial) - take
-        return pos + take
-
-    def _is_inspected(self, type_byte: int) -> bool:
-        if type_byte in self._inspect:
-            return True
-        return bool(self._expected) and type_byte in _REPLY_TYPES
 
     def _on_message(self, type_byte: int, raw: bytes, out: list[bytes | memoryview],
                     found: list[tuple[int, bytes]]) -> None:
@@ -275,7 +229,3 @@ class ResponseFilter:
         if self._held:
             out.extend(self._held)
             self._held.clear()
-
-    def _check_length(self, type_byte: int, length: int) -> None:
-        if length < 4 or length - 4 > self._max:
-            raise ProtocolViolation(f"invalid length {length} in message type {chr(type_byte)!r}", whose=self._whose)

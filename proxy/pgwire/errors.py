@@ -23,3 +23,7 @@ class ProtocolViolation(PgwardenError):
     def __init__(self, message: str, *, whose: str = "client", detail: str | None = None) -> None:
         super().__init__(message, detail=detail)
         self.whose = whose
+
+
+class MessageTooLarge(ProtocolViolation):
+    """A message over the reader's limit, or more unread bytes than one such message (no more is buffered)."""

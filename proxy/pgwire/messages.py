@@ -1,7 +1,7 @@
 """PostgreSQL protocol 3.0 messages: the ones we decode, and encoders for the ones we send.
 
 Names follow the protocol documentation (chapter 55, "Message Formats"). Everything else is
-framed and forwarded untouched by `framing.FrameScanner`.
+framed and forwarded untouched by the frame walker (`walker.py`).
 """
 
 from __future__ import annotations
@@ -10,37 +10,38 @@ import struct
 from dataclasses import dataclass
 
 from proxy.pgwire.errors import ProtocolViolation
+from proxy.pgwire.message_types import BackendType, FrontendType
 
 PROTOCOL_3_0 = 196608
 SSL_REQUEST_CODE = 80877103
 GSSENC_REQUEST_CODE = 80877104
 CANCEL_REQUEST_CODE = 80877102
 
-# Frontend message type bytes (as ints, the way `bytes[i]` yields them).
-QUERY = ord("Q")
-PARSE = ord("P")
-BIND = ord("B")
-EXECUTE = ord("E")
-DESCRIBE = ord("D")
-CLOSE = ord("C")
-SYNC = ord("S")
-FLUSH = ord("H")
-FUNCTION_CALL = ord("F")
-COPY_DATA = ord("d")
-COPY_DONE = ord("c")
-COPY_FAIL = ord("f")
-TERMINATE = ord("X")
-PASSWORD = ord("p")  # PasswordMessage, SASLInitialResponse and SASLResponse share it
+# Type bytes as plain ints (the way `bytes[i]` yields them, and fast in sets and comparisons), named
+# from the per-direction enums in message_types.py.
+QUERY = FrontendType.QUERY.value
+PARSE = FrontendType.PARSE.value
+BIND = FrontendType.BIND.value
+EXECUTE = FrontendType.EXECUTE.value
+DESCRIBE = FrontendType.DESCRIBE.value
+CLOSE = FrontendType.CLOSE.value
+SYNC = FrontendType.SYNC.value
+FLUSH = FrontendType.FLUSH.value
+FUNCTION_CALL = FrontendType.FUNCTION_CALL.value
+COPY_DATA = FrontendType.COPY_DATA.value
+COPY_DONE = FrontendType.COPY_DONE.value
+COPY_FAIL = FrontendType.COPY_FAIL.value
+TERMINATE = FrontendType.TERMINATE.value
+PASSWORD = FrontendType.PASSWORD.value
 
-# Backend message type bytes.
-AUTHENTICATION = ord("R")
-PARAMETER_STATUS = ord("S")
-BACKEND_KEY_DATA = ord("K")
-READY_FOR_QUERY = ord("Z")
-ERROR_RESPONSE = ord("E")
-NOTICE_RESPONSE = ord("N")
-COMMAND_COMPLETE = ord("C")
-NEGOTIATE_PROTOCOL_VERSION = ord("v")
+AUTHENTICATION = BackendType.AUTHENTICATION.value
+PARAMETER_STATUS = BackendType.PARAMETER_STATUS.value
+BACKEND_KEY_DATA = BackendType.BACKEND_KEY_DATA.value
+READY_FOR_QUERY = BackendType.READY_FOR_QUERY.value
+ERROR_RESPONSE = BackendType.ERROR_RESPONSE.value
+NOTICE_RESPONSE = BackendType.NOTICE_RESPONSE.value
+COMMAND_COMPLETE = BackendType.COMMAND_COMPLETE.value
+NEGOTIATE_PROTOCOL_VERSION = BackendType.NEGOTIATE_PROTOCOL_VERSION.value
 
 # Authentication request codes (the int32 after 'R').
 AUTH_OK = 0

@@ -31,7 +31,6 @@ longer send text that is not lexing-neutral (the count of answers cannot be trus
 
 from __future__ import annotations
 
-import struct
 import time
 from collections import deque
 from collections.abc import Callable
@@ -60,10 +59,10 @@ from proxy.pgwire.requests import (
     parse_parse,
     parse_query,
 )
+from proxy.pgwire.walker import frame_length
 from proxy.policy.railgate import RULE_PREFIX as RAIL_RULE_PREFIX
 
 _HELD = frozenset({m.QUERY, m.PARSE, m.FUNCTION_CALL, m.CLOSE})
-_I32 = struct.Struct("!i")
 RAIL_HINT = "the service's configuration fixes this setting for the session (postgres.guardRails)"
 # After a policy reload: Bind and Execute too, so a statement or portal from before it is decided again.
 _HELD_AFTER_RELOAD = _HELD | {m.BIND, m.EXECUTE}
@@ -265,8 +264,8 @@ class RequestGate:
         if data[:1] == b"Q" and not self._is_skipping and self._splitter.is_at_boundary:
             # Fast path, the usual simple-protocol chunk: exactly one whole Query. One decision, and the
             # chunk itself goes upstream (or its stand-in), without splitting or slicing.
-            length = len(data) - 1
-            if length >= 5 and _I32.unpack_from(data, 1)[0] == length and length - 4 <= self._max_message_bytes:
+            length = len(data) - 1  # the header's length field, checked by the one frame walker's rules
+            if length >= 5 and frame_length(data, 0, self._max_message_bytes, "client") == length:
                 sent = self._query(data, parse_query(data[5:]), policy)
                 if sent is HOLD:
                     self._backlog = bytearray(data)
