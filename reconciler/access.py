@@ -58,6 +58,7 @@ class Cell:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AccessMatrix:
     zone: str  # the time zone the week was sampled in
+    samples: tuple[datetime.datetime, ...]  # the clock instants; hour h of a timed cell's outcomes is samples[h]
     cells: tuple[Cell, ...]
 
     def cell(self, user: str, service: str) -> Cell | None:
@@ -249,5 +250,5 @@ def access_matrix(snapshot: Snapshot, *, users: Iterable[str] | None = None, ser
             if wanted_services is not None and service.name not in wanted_services:
                 continue
             cells.append(evaluate_cell(live, user, service, samples, zone))
-    return AccessMatrix(zone=zone, cells=tuple(cells))
+    return AccessMatrix(zone=zone, samples=tuple(samples), cells=tuple(cells))
 

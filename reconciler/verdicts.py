@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 ALLOW, DENY, REFUSED, CONDITIONAL = "ALLOW", "DENY", "REFUSED", "CONDITIONAL"
 DAY_NAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -39,6 +39,8 @@ class Verdict:
 
     outcome: Outcome  # the representative: AAL1 session, the week's first sample, the first statement
     condition: str = ""  # "" when every variant agrees
+    # Every variant's outcome, for tests and tools that check one variant; not part of equality.
+    outcomes: Mapping[Variant, Outcome] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def decision(self) -> str:
@@ -53,18 +55,19 @@ def summarize(outcomes: Mapping[Variant, Outcome], zone: str, hours: int, texts:
     """One Verdict for all variants; `texts` are the statements by index ("" where there is none)."""
     first = outcomes[min(outcomes)] if ("AAL1", 0, 0) not in outcomes else outcomes[("AAL1", 0, 0)]
     if len(set(outcomes.values())) == 1:
-        return Verdict(outcome=first)
+        return Verdict(outcome=first, outcomes=outcomes)
     by_session: dict[str, dict[tuple[int, int], Outcome]] = {}
     for (label, hour, text), outcome in outcomes.items():
         by_session.setdefault(label, {})[(hour, text)] = outcome
     parts = {label: _within_session(sub, zone, hours, texts) for label, sub in sorted(by_session.items())}
     if len(set(parts.values())) == 1:
-        return Verdict(outcome=first, condition=next(iter(parts.values())))
+        return Verdict(outcome=first, condition=next(iter(parts.values())), outcomes=outcomes)
     constant = {label: set(sub.values()) for label, sub in by_session.items()}
     aal1, aal2 = constant.get("AAL1", set()), constant.get("AAL2", set())
     if len(aal1) == 1 and len(aal2) == 1 and next(iter(aal2)).verdict == ALLOW != next(iter(aal1)).verdict:
-        return Verdict(outcome=first, condition=f"needs AAL2 (at AAL1: {next(iter(aal1)).words()})")
-    return Verdict(outcome=first, condition="; ".join(f"at {label}: {words}" for label, words in parts.items()))
+        return Verdict(outcome=first, condition=f"needs AAL2 (at AAL1: {next(iter(aal1)).words()})", outcomes=outcomes)
+    condition = "; ".join(f"at {label}: {words}" for label, words in parts.items())
+    return Verdict(outcome=first, condition=condition, outcomes=outcomes)
 
 
 def _within_session(sub: Mapping[tuple[int, int], Outcome], zone: str, hours: int, texts: Sequence[str]) -> str:
