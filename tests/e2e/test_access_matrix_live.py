@@ -130,7 +130,8 @@ def hours_to_check(verdicts: list[Verdict]) -> list[int]:
     first: dict[tuple[Any, ...], int] = {}
     hours = {h for v in verdicts for (_, h, _) in v.outcomes}
     for h in sorted(hours):
-        key = tuple(sorted((k, repr(o)) for v in verdicts for k, o in v.outcomes.items() if k[1] == h))
+        key = tuple(sorted((i, label, t, repr(o)) for i, v in enumerate(verdicts)
+                           for (label, hh, t), o in v.outcomes.items() if hh == h))
         first.setdefault(key, h)
     return sorted(first.values())
 
@@ -214,7 +215,9 @@ def test_cookbook_matrix_agrees_with_the_live_proxy_cell_by_cell(cookbook_proxy:
     assert decisions == {ALLOW, DENY, "CONDITIONAL"}  # the check covers all three kinds of answer
     drop = matrix.cell("ada", "production").statements["drop"]  # type: ignore[union-attr]
     assert "Tue/Thu 09:00–11:00 Europe/Berlin" in drop.condition
-    assert check_every_cell(proxy, matrix) > 3 * 2 * 2 * 17
+    checked = {cell.user: hours_to_check([cell.connect, *cell.statements.values()]) for cell in matrix.cells}
+    assert len(checked["ada"]) == 2 and checked["jo"] == [0]  # inside and outside the change window
+    assert check_every_cell(proxy, matrix) == 2 * (2 + 1 + 1) * (1 + sum(len(t) for _, t in STATEMENT_CLASSES))
 
 
 def test_the_matrix_holds_no_secret_value(examples_proxy: Any, pg: Any) -> None:
