@@ -75,11 +75,16 @@ def _explain(live: LiveSnapshot, user_name: str, service_name: str, aal: str, qu
     say("")
     say("routing (rules in order, first match wins):" if service.rules else "routing: no rules")
     activation = live.activation(user, service, request, session)
+    first = 0
     for i, rule in enumerate(service.rules, 1):
+        if first:
+            say(f"  rule {i} → {rule.config_name}: {condition_text(rule.condition)}: not tried (rule {first} matched)")
+            continue
         try:
             matched = "MATCH" if compile_condition(rule.condition).evaluate(activation) else "no match"
         except ConditionError as exc:
-            matched = f"failed to evaluate ({exc.reason})"
+            matched = f"failed to evaluate ({exc.reason}): the connection is refused"
+        first = i if matched == "MATCH" else 0
         say(f"  rule {i} → {rule.config_name}: {condition_text(rule.condition)}: {matched}")
     try:
         route = live.route(user_name, service_name, request, identity_session=session)
@@ -108,10 +113,15 @@ def _explain(live: LiveSnapshot, user_name: str, service_name: str, aal: str, qu
     base = live.context(user, service, None, session)
     decision = _decide(policy, query, is_function_call)
     say("  rules in evaluation order (lower priority first, DENY before ALLOW at equal priority):")
+    decided = False
     for i, rule in enumerate(book.rules, 1):
         alone = _decide(SessionPolicy(RuleBook((rule,)), base, 0), query, is_function_call)
-        mark = "  ← decides" if (rule.policy, rule.rule) == (decision.policy, decision.rule) else ""
+        mark = " (not reached)" if decided else ""
+        if not decided and (rule.policy, rule.rule) == (decision.policy, decision.rule):
+            mark, decided = "  ← decides", True
         say(f"  {i}. {_rule_line(rule)}: {_match_words(alone.policy, alone.reason)}{mark}")
+    if not decided and not decision.rule:
+        say("  no rule matched: denied by default" if not decision.allowed else f"  {decision.reason}")
     out.is_allowed = decision.allowed
     say(f"{'ALLOW' if decision.allowed else 'DENY'} ({decided_by(decision)})")
     return out

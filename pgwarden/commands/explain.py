@@ -36,7 +36,7 @@ example: why may ada not drop a table on a Wednesday?
     rules in evaluation order (lower priority first, DENY before ALLOW at equal priority):
     1. no-drop-outside-change-window/drop-outside-window (DENY, priority 0): matches  ← decides
     2. ddl-needs-passkey/ddl-without-aal2 (DENY, priority 0): does not match
-    3. production-default/everything-else (ALLOW, priority 4): matches
+    3. production-default/everything-else (ALLOW, priority 4): matches (not reached)
   DENY (no-drop-outside-change-window/drop-outside-window)
 
 The client is taken to connect with dbname=SERVICE and a token of a session at --aal (AAL1: a token
