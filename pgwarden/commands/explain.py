@@ -17,7 +17,7 @@ from reconciler.explain import explain
 EXIT_ALLOWED, EXIT_DENIED, EXIT_COULD_NOT_RUN = 0, 1, 2
 
 EPILOG = """\
-example: why may ada not drop a table on a Wednesday?
+example: why may ada not drop a table on a Wednesday? (docs/policies/ with a User ada added)
   $ pgwarden explain --user ada --service production --aal AAL2 \\
         --at 2026-12-09T10:00:00+01:00 --query 'DROP TABLE orders' docs/policies/
   user ada · service production · AAL2 (passkey login) · at 2026-12-09T10:00:00+01:00
@@ -35,7 +35,7 @@ example: why may ada not drop a table on a Wednesday?
     kinds [DROP TABLE] · tables [orders] · functions [] · readOnly false
     rules in evaluation order (lower priority first, DENY before ALLOW at equal priority):
     1. no-drop-outside-change-window/drop-outside-window (DENY, priority 0): matches  ← decides
-    2. ddl-needs-passkey/ddl-without-aal2 (DENY, priority 0): does not match
+    2. ddl-needs-passkey/ddl-without-aal2 (DENY, priority 0): does not match (not reached)
     3. production-default/everything-else (ALLOW, priority 4): matches (not reached)
   DENY (no-drop-outside-change-window/drop-outside-window)
 

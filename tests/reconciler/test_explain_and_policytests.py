@@ -49,7 +49,7 @@ def test_explain_a_denied_query_names_every_rule_and_the_one_that_decided(cookbo
     rules = lines[lines.index("query: DROP TABLE orders") + 3:-1]
     assert rules == [
         "  1. no-drop-outside-change-window/drop-outside-window (DENY, priority 0): matches  ← decides",
-        "  2. ddl-needs-passkey/ddl-without-aal2 (DENY, priority 0): does not match",
+        "  2. ddl-needs-passkey/ddl-without-aal2 (DENY, priority 0): does not match (not reached)",
         "  3. production-default/everything-else (ALLOW, priority 4): matches (not reached)",
     ]
     assert lines[-1] == "DENY (no-drop-outside-change-window/drop-outside-window)"
