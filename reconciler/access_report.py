@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from proxy.errors import PgwardenError
+from proxy.snapshot import Snapshot
 from reconciler.access import CLASS_NAMES, STATEMENT_CLASSES, AccessMatrix, Cell, access_matrix, keyless_snapshot
 from reconciler.errors import ConfigError, ManifestErrors
 from reconciler.load import Document
@@ -164,13 +165,45 @@ def render_access_markdown(lines: list[str]) -> str:
 def diff_access(before_docs: Sequence[Document], after_docs: Sequence[Document]) -> list[str]:
     """The access lines between two revisions' documents (the "before" side may be empty or unbuildable).
 
-    Both matrices are sampled in the same week, so a clock-dependent rule compares like with like.
+    Only the pairs whose inputs changed are decided (a changed User, or one whose Group or attached Policy
+    changed, against every Service; every User against a changed Service), on both sides alike: a one-line
+    change to a repository of thousands of Users costs one row and one column of the matrix, not all of it.
+    Both sides are sampled in the same week, so a clock-dependent rule compares like with like.
     """
     reference = datetime.datetime.now(datetime.UTC).date()
-    after = access_matrix(keyless_snapshot(after_docs), reference=reference)
+    after = keyless_snapshot(after_docs)
     try:
-        before = access_matrix(keyless_snapshot(before_docs), reference=reference)
+        before = keyless_snapshot(before_docs)
     except (ConfigError, ManifestErrors, PgwardenError) as exc:
         # The old revision need not have been valid; its access is then unknown, not empty.
         return [f"(access before the change is unknown: the old revision does not build: {type(exc).__name__})"]
-    return access_changes(before, after)
+    users, services = changed_inputs(before, after)
+    return access_changes(_pairs(before, users, services, reference), _pairs(after, users, services, reference))
+
+
+def changed_inputs(before: Snapshot, after: Snapshot) -> tuple[set[str], set[str]]:
+    """The Users and Services whose access may differ: what a cell's decision reads, compared object by object."""
+    def changed(kind: str) -> set[str]:
+        old, new = getattr(before, kind), getattr(after, kind)
+        return {name for name in old.keys() | new.keys() if old.get(name) != new.get(name)}
+
+    policies = changed("policies")
+
+    def uses_changed_policy(owner: Any) -> bool:
+        return owner is not None and any(p in policies for p in owner.authorization.policies)
+
+    groups = changed("groups") | {g for s in (before, after) for g, group in s.groups.items()
+                                  if uses_changed_policy(group)}
+    services = changed("services") | {n for s in (before, after) for n, svc in s.services.items()
+                                      if uses_changed_policy(svc)}
+    users = changed("users") | {n for s in (before, after) for n, user in s.users.items()
+                                if uses_changed_policy(user) or groups.intersection(user.groups)}
+    return users, services
+
+
+def _pairs(snapshot: Snapshot, users: set[str], services: set[str], reference: datetime.date) -> AccessMatrix:
+    """The cells (changed user × every service) and (every user × changed service) of one side."""
+    rows = access_matrix(snapshot, users=users & snapshot.users.keys(), reference=reference)
+    columns = access_matrix(snapshot, services=services & snapshot.services.keys(), reference=reference)
+    cells = {(c.user, c.service): c for c in (*rows.cells, *columns.cells)}
+    return AccessMatrix(zone=rows.zone, samples=rows.samples, cells=tuple(cells[k] for k in sorted(cells)))

@@ -8,9 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from reconciler import load, validate
 from reconciler.access import access_matrix, keyless_snapshot
-from reconciler.access_report import access_changes, render_markdown, render_text, to_json
+from reconciler.access_report import access_changes, diff_access, render_markdown, render_text, to_json
 from reconciler.load import Document
 
 REPO = Path(__file__).resolve().parents[2]
@@ -190,3 +192,15 @@ def test_pgwarden_access_names_an_unknown_user() -> None:
                          capture_output=True, text=True, cwd=REPO, timeout=120)
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr.startswith('pgwarden: error: no user named "nobody" in examples-repo\n')
+
+
+@pytest.mark.parametrize("after", [
+    BASE.replace("metadata: {name: bob}\nspec: {groups: [juniors]}", "metadata: {name: bob}\nspec: {groups: []}"),
+    BASE.replace("metadata: {name: engineering}\n", "metadata: {name: engineering}\nspec: {attrs: {x: 1}}\n"),
+    BASE.replace("readOnly == false", "readOnly == false || true"),
+    BASE.replace('hasAny(["engineering"])', 'hasAny(["juniors"])'),
+    BASE + "---\nkind: User\nmetadata: {name: gus}\nspec: {groups: [juniors]}\n",
+], ids=["user", "group", "policy", "routing", "new-user"])
+def test_the_diff_decides_only_changed_pairs_and_misses_nothing(after: str) -> None:
+    """diff_access prunes to the rows and columns whose inputs changed: same lines as the whole matrices."""
+    assert diff_access(documents(BASE), documents(after)) == changes(after)
