@@ -10,7 +10,8 @@ A cell whose outcome differs between variants is CONDITIONAL, and `access_words`
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterable, Sequence
+import functools
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -22,7 +23,7 @@ from proxy.policy.cel import ConditionError, to_cel
 from proxy.policy.compile import Node, compile_node
 from proxy.policy.engine import Decision, SessionPolicy
 from proxy.routing import ConnectRequest, LiveSnapshot, Route
-from proxy.snapshot import Service, Snapshot, User
+from proxy.snapshot import Condition, Service, Snapshot, User
 from reconciler import build, load
 from reconciler.load import Document
 from reconciler.verdicts import ALLOW, DENY, REFUSED, Outcome, Verdict, summarize
@@ -136,7 +137,7 @@ def hour_classes(live: LiveSnapshot, user: User, service: Service, session: Iden
     """
     book = live.policies.book(user, service)
     trees = [(rule.condition, rule.attrs) for rule in book.rules]
-    trees += [(compile_node(rule.condition), None) for rule in service.rules]
+    trees += [(routing_node(rule.condition), None) for rule in service.rules]
     leaves = [(leaf, attrs) for tree, attrs in trees for leaf in _leaves(tree) if leaf.reads.is_time]
     if not leaves:
         return None
@@ -150,6 +151,20 @@ def hour_classes(live: LiveSnapshot, user: User, service: Service, session: Iden
             values = tuple(_leaf_value(leaf, {"ctx": ctx, "attrs": attrs}) for leaf, attrs in leaves)
         classes.append(first.setdefault(values, i))
     return classes
+
+
+@functools.lru_cache(maxsize=4096)
+def routing_node(condition: Condition) -> Node:
+    """A routing rule's condition compiled as policy conditions are, for what it reads (cached: CEL compiles slowly)."""
+    return compile_node(condition)
+
+
+def reads_session(live: LiveSnapshot, user: User, service: Service) -> bool:
+    """Whether a routing rule or an attached policy rule reads ctx.session (or ctx whole)."""
+    paths = set(live.policies.book(user, service).reads.paths)
+    for rule in service.rules:
+        paths |= routing_node(rule.condition).reads.paths
+    return any(not p or p[0] == "session" for p in paths)
 
 
 def _leaves(node: Node) -> list[Node]:
@@ -204,7 +219,13 @@ def evaluate_cell(live: LiveSnapshot, user: User, service: Service, samples: Seq
     connects: dict[tuple[str, int, int], Outcome] = {}
     statements: dict[str, dict[tuple[str, int, int], Outcome]] = {name: {} for name in CLASS_NAMES}
     hours = 1
+    is_session_read = reads_session(live, user, service)
     for label, _, _ in SESSIONS:
+        if not is_session_read and label != SESSIONS[0][0]:
+            # No rule reads ctx.session: every session decides alike (the proxy's answer does not depend on it).
+            for outcomes in (connects, *statements.values()):
+                outcomes.update({(label, t, v): o for (_, t, v), o in list(outcomes.items())})
+            continue
         session = identity_session(user.name, label, samples[0])
         classes = hour_classes(live, user, service, session, samples) or [0]
         hours = len(classes)
@@ -235,20 +256,18 @@ def evaluate_cell(live: LiveSnapshot, user: User, service: Service, samples: Seq
 
 
 def access_matrix(snapshot: Snapshot, *, users: Iterable[str] | None = None, services: Iterable[str] | None = None,
+                  pairs: Collection[tuple[str, str]] | None = None,
                   reference: datetime.date | None = None) -> AccessMatrix:
-    """The matrix of a keyless snapshot (optionally for some users or services)."""
+    """The matrix of a keyless snapshot: every User × Service, or only some users, services or (user, service)
+    pairs. `reference` picks the week the clock is sampled in (default: this week)."""
     live = LiveSnapshot(snapshot, 0)
     zone = rules_zone(snapshot)
     samples = week_samples(zone, reference or datetime.datetime.now(datetime.UTC).date())
-    wanted_users = set(users) if users is not None else None
-    wanted_services = set(services) if services is not None else None
-    cells = []
-    for user in sorted(snapshot.users.values(), key=lambda u: u.name):
-        if wanted_users is not None and user.name not in wanted_users:
-            continue
-        for service in sorted(snapshot.services.values(), key=lambda s: s.name):
-            if wanted_services is not None and service.name not in wanted_services:
-                continue
-            cells.append(evaluate_cell(live, user, service, samples, zone))
+    wanted_users = sorted(snapshot.users.keys() & set(users) if users is not None else snapshot.users)
+    wanted_services = sorted(snapshot.services.keys() & set(services) if services is not None else snapshot.services)
+    if pairs is not None:
+        chosen = sorted(p for p in pairs if p[0] in snapshot.users and p[1] in snapshot.services)
+    else:
+        chosen = [(u, s) for u in wanted_users for s in wanted_services]
+    cells = [evaluate_cell(live, snapshot.users[u], snapshot.services[s], samples, zone) for u, s in chosen]
     return AccessMatrix(zone=zone, samples=tuple(samples), cells=tuple(cells))
-
