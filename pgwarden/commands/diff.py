@@ -107,7 +107,8 @@ def run_diff(args: argparse.Namespace) -> int:
                 args.path, exc, "compare against another revision with --against REF")
         return EXIT_COULD_NOT_RUN
     changes = diff_documents(before, after)
-    access = diff_access(before, after)  # who can now do what: first, before the object changes
+    # Who can now do what: printed first, before the object changes (no object change, no access change).
+    access = diff_access(before, after) if not changes.is_empty else []
     absent = "" if revision.is_present else f" ({args.path} does not exist at {revision.ref}: everything is new)"
     if args.output == "markdown":
         subtitle = f"`{args.path}` at `{revision.ref}` (`{revision.short}`) → working tree{absent}"
