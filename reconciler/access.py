@@ -2,7 +2,7 @@
 
 Offline and keyless: Secrets are replaced by a placeholder before the build, so no value exists in here.
 Every answer comes from the proxy's own machinery (LiveSnapshot.route, SessionPolicy.decide_*), evaluated
-under variants of what a rule may read besides the repository: the session (AAL1 token, AAL2 passkey), the
+under variants of what a rule may read besides the repository: the session (AAL1 token, AAL2 passkey or TOTP), the
 clock (each hour of one week in the rules' time zone) and the statement text (a few statements per class).
 A cell whose outcome differs between variants is CONDITIONAL, and `access_words` says on which input.
 """
@@ -43,7 +43,10 @@ STATEMENT_CLASSES: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 FUNCTION_CALL_OID = 1299  # pg_catalog.now(): any OID stands for all, the engine decides a FunctionCall alike
 CLASS_NAMES = tuple(name for name, _ in STATEMENT_CLASSES)
-SESSIONS = (("AAL1", AuthMethod.TOKEN, AssuranceLevel.AAL1), ("AAL2", AuthMethod.PASSKEY, AssuranceLevel.AAL2))
+# The sessions every answer is decided under: an AAL1 token, an AAL2 passkey login, and an AAL2 login by a
+# second factor (TOTP), so that a rule reading the method is told apart from one reading the level.
+SESSIONS = (("AAL1", AuthMethod.TOKEN, AssuranceLevel.AAL1), ("AAL2", AuthMethod.PASSKEY, AssuranceLevel.AAL2),
+            ("AAL2-totp", AuthMethod.TOTP, AssuranceLevel.AAL2))
 # Every Secret's value during review: long enough for the checks a Credential's client secret must pass.
 REVIEW_PLACEHOLDER = "(not read: offline review holds no secret values)"
 

@@ -51,7 +51,8 @@ def render_text(matrix: AccessMatrix) -> str:
         for name in CLASS_NAMES:
             lines.append(f"    {CLASS_TITLES[name]:<14} {cell.statements[name].summary()}")
     lines.append(f"\n{len(matrix.cells)} user × service pairs; clock conditions sampled hourly over a week in "
-                 f"{matrix.zone}; sessions sampled: AAL1 token, AAL2 passkey")
+                 f"{matrix.zone}; sessions sampled: AAL1 token, AAL2 passkey, "
+                 "AAL2-totp (a second factor)")
     return "\n".join(lines) + "\n"
 
 
@@ -76,8 +77,8 @@ def render_markdown(matrix: AccessMatrix) -> str:
         lines.append("| " + " | ".join(_md(c) for c in row) + " |")
     if notes:
         lines += ["", *[f"{i}. {_md(n)}" for i, n in enumerate(notes, 1)]]
-    lines += ["", f"Clock conditions are sampled hourly over a week in {matrix.zone}; sessions as an AAL1 token "
-              "and an AAL2 passkey login."]
+    lines += ["", f"Clock conditions are sampled hourly over a week in {matrix.zone}; sessions as an AAL1 token, "
+              "an AAL2 passkey login and an AAL2-totp login (a second factor)."]
     return "\n".join(lines) + "\n"
 
 

@@ -1,6 +1,7 @@
 """Fold the outcomes of one access question under many variants into a verdict, with its condition in words.
 
-A variant is (session, clock sample, statement): session "AAL1"/"AAL2", the hour of the sampled week
+A variant is (session, clock sample, statement): session "AAL1" (a token), "AAL2" (a passkey login) or
+"AAL2-totp" (a second factor), the hour of the sampled week
 (0 = Monday 00:30 local) and the index of the statement among its class's texts. The words name the input
 that changed the answer: `needs AAL2`, `ALLOW Tue/Thu 09:00–11:00 Europe/Berlin, else DENY (p/r)`, or the
 statement texts. Time windows are the runs of local hours, per weekday, where the outcome differs.
@@ -63,10 +64,14 @@ def summarize(outcomes: Mapping[Variant, Outcome], zone: str, hours: int, texts:
     if len(set(parts.values())) == 1:
         return Verdict(outcome=first, condition=next(iter(parts.values())), outcomes=outcomes)
     constant = {label: set(sub.values()) for label, sub in by_session.items()}
-    aal1, aal2 = constant.get("AAL1", set()), constant.get("AAL2", set())
+    aal1 = constant.get("AAL1", set())
+    aal2 = set().union(*(v for label, v in constant.items() if label.startswith("AAL2")))
     if len(aal1) == 1 and len(aal2) == 1 and next(iter(aal2)).verdict == ALLOW != next(iter(aal1)).verdict:
         return Verdict(outcome=first, condition=f"needs AAL2 (at AAL1: {next(iter(aal1)).words()})", outcomes=outcomes)
-    condition = "; ".join(f"at {label}: {words}" for label, words in parts.items())
+    labels_by_words: dict[str, list[str]] = {}
+    for label, words in parts.items():
+        labels_by_words.setdefault(words, []).append(label)
+    condition = "; ".join(f"at {', '.join(labels)}: {words}" for words, labels in labels_by_words.items())
     return Verdict(outcome=first, condition=condition, outcomes=outcomes)
 
 

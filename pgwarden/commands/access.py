@@ -38,8 +38,9 @@ decided by the proxy's own routing (rules in order, first match wins) and policy
 dbname=SERVICE, for one statement per class plus variants (read: SELECT of an unqualified and of a
 schema-qualified table; write: INSERT, UPDATE, DELETE, MERGE; DDL: CREATE TABLE, ALTER TABLE;
 DROP/TRUNCATE; COPY FROM STDIN; COPY TO STDOUT; a FunctionCall message). Everything is decided under
-an AAL1 token session and an AAL2 passkey session, and, when a rule reads the clock, at half past
-every hour of the current week in the time zone the Policies name. Where the answers differ the cell is
+an AAL1 token session, an AAL2 passkey login (AAL2) and an AAL2 login by TOTP (AAL2-totp), and,
+when a rule reads the clock, at half past every hour of the current week in the time zone the
+Policies name. Where the answers differ the cell is
 CONDITIONAL and says on what: the session (`needs AAL2`), the statement text, or the weekday and hour
 ranges (`Tue/Thu 09:00–11:00 Europe/Berlin`) where the outcome differs from the rest of the week.
 

@@ -1,10 +1,11 @@
 """`pgwarden access` never disagrees with the running proxy: every cell, checked live.
 
 For examples-repo and the policy cookbook (docs/policies/), the offline matrix is computed from the same
-documents a real proxy then runs. For every User × Service, under an AAL1 token and an AAL2 passkey session
-and, where a rule reads the clock, at one instant of each distinct clock outcome, the test connects with a
-token, compares the landed role and database, and runs every statement of every class (and a FunctionCall
-over raw protocol) inside a transaction it rolls back, comparing ALLOW/DENY and the deciding rule.
+documents a real proxy then runs. For every User × Service, under an AAL1 token, an AAL2 passkey and an
+AAL2 TOTP session and, where a rule reads the clock, at one instant of each distinct clock outcome, the
+test connects with a token, compares the landed role and database, and runs every statement of every
+class (and a FunctionCall over raw protocol) inside a transaction it rolls back, comparing ALLOW/DENY and
+the deciding rule.
 
 As in test_policy_cookbook.py, the site supplies what no repository can: upstream URLs pointing at the test
 cluster, the passwords, and, for examples-repo's my-postgres (whose `postgres` role has no password here),
@@ -28,7 +29,14 @@ from proxy.identity.store import AssuranceLevel, AuthMethod
 from proxy.pgwire import messages as m
 from proxy.policy import timefns
 from reconciler import build, load, validate
-from reconciler.access import FUNCTION_CALL_OID, STATEMENT_CLASSES, AccessMatrix, access_matrix, keyless_snapshot
+from reconciler.access import (
+    FUNCTION_CALL_OID,
+    SESSIONS,
+    STATEMENT_CLASSES,
+    AccessMatrix,
+    access_matrix,
+    keyless_snapshot,
+)
 from reconciler.access_report import render_markdown, render_text, to_json
 from reconciler.load import Document
 from reconciler.verdicts import ALLOW, DENY, REFUSED, Outcome, Verdict
@@ -83,9 +91,9 @@ def cookbook_documents(pg: Any) -> list[Document]:
 
 
 def token(proxy: ProxyHarness, user: str, label: str) -> str:
-    if label == "AAL2":
-        coro = proxy.running.server.identity.issue_token(user, ttl_s=600, method=AuthMethod.PASSKEY,
-                                                         aal=AssuranceLevel.AAL2)
+    if label.startswith("AAL2"):
+        method = AuthMethod.PASSKEY if label == "AAL2" else AuthMethod.TOTP
+        coro = proxy.running.server.identity.issue_token(user, ttl_s=600, method=method, aal=AssuranceLevel.AAL2)
         return str(proxy.run(coro)[1])
     return proxy.token(user)
 
@@ -141,7 +149,7 @@ def check_every_cell(proxy: ProxyHarness, matrix: AccessMatrix) -> int:
     compared = 0
     for cell in matrix.cells:
         verdicts = [cell.connect, *cell.statements.values()]
-        for label in ("AAL1", "AAL2"):
+        for label, _, _ in SESSIONS:
             for hour in hours_to_check(verdicts):
                 expected: Outcome = cell.connect.outcomes[(label, hour, 0)]
                 where = f"{cell.user} · {cell.service} · {label} · {matrix.samples[hour].isoformat()}"
@@ -205,7 +213,7 @@ def test_examples_repo_matrix_agrees_with_the_live_proxy_cell_by_cell(examples_p
     assert {(c.user, c.service) for c in matrix.cells} == {(u, s) for u in ("alice", "bob", "ci-bot", "erin")
                                                            for s in ("my-db", "my-postgres")}
     assert {c.connect.outcome.role for c in matrix.cells if c.service == "my-db"} == {"read_only", "full_access"}
-    assert check_every_cell(proxy, matrix) == 8 * 2 * (1 + sum(len(t) for _, t in STATEMENT_CLASSES))
+    assert check_every_cell(proxy, matrix) == 8 * 3 * (1 + sum(len(t) for _, t in STATEMENT_CLASSES))
 
 
 def test_cookbook_matrix_agrees_with_the_live_proxy_cell_by_cell(cookbook_proxy: Any) -> None:
@@ -217,7 +225,7 @@ def test_cookbook_matrix_agrees_with_the_live_proxy_cell_by_cell(cookbook_proxy:
     assert "Tue/Thu 09:00–11:00 Europe/Berlin" in drop.condition
     checked = {cell.user: hours_to_check([cell.connect, *cell.statements.values()]) for cell in matrix.cells}
     assert len(checked["ada"]) == 2 and checked["jo"] == [0]  # inside and outside the change window
-    assert check_every_cell(proxy, matrix) == 2 * (2 + 1 + 1) * (1 + sum(len(t) for _, t in STATEMENT_CLASSES))
+    assert check_every_cell(proxy, matrix) == 3 * (2 + 1 + 1) * (1 + sum(len(t) for _, t in STATEMENT_CLASSES))
 
 
 def test_the_matrix_holds_no_secret_value(examples_proxy: Any, pg: Any) -> None:
