@@ -23,7 +23,7 @@ from proxy.policy.cel import ConditionError, to_cel
 from proxy.policy.compile import Node, compile_node
 from proxy.policy.engine import Decision, SessionPolicy
 from proxy.routing import ConnectRequest, LiveSnapshot, Route
-from proxy.snapshot import Condition, Service, Snapshot, User
+from proxy.snapshot import Condition, Service, Snapshot, User, from_wire
 from reconciler import build, load
 from reconciler.load import Document
 from reconciler.verdicts import ALLOW, DENY, REFUSED, Outcome, Verdict, summarize
@@ -82,6 +82,15 @@ def keyless_snapshot(documents: Sequence[Document], *, revision: str = "review",
             doc = load.with_body(doc, body)
         stand_ins.append(doc)
     return build.build_snapshot(stand_ins, revision=revision, source=source)
+
+
+def keyless_from_wire(wire: dict[str, Any]) -> Snapshot:
+    """A running proxy's snapshot as its admin API shows it (Secrets as fingerprints), values as placeholders.
+
+    Credentials (workload client secrets, shown as fingerprints too) are left out: no access decision reads them.
+    """
+    secrets = {name: {"value": REVIEW_PLACEHOLDER} for name in wire.get("secrets", {})}
+    return from_wire({**wire, "secrets": secrets, "credentials": {}})
 
 
 # --- the variants --------------------------------------------------------------------------------

@@ -7,9 +7,11 @@ import datetime
 import sys
 from pathlib import Path
 
+from pgwarden import adminclient
 from pgwarden.commands.validate import add_plaintext_option, count, distinct_hints, problem_lines
 from pgwarden.output import error
-from reconciler.access import keyless_snapshot
+from proxy.snapshot import Snapshot
+from reconciler.access import keyless_from_wire, keyless_snapshot
 from reconciler.documents import load_for_review
 from reconciler.errors import ManifestErrors
 from reconciler.explain import explain
@@ -41,12 +43,15 @@ example: why may ada not drop a table on a Wednesday? (docs/policies/ with a Use
 
 The client is taken to connect with dbname=SERVICE and a token of a session at --aal (AAL1: a token
 session, AAL2: a passkey login); --at sets the clock every now() reads (default: now). The repository
-is read as `pgwarden validate` reads it: no keys, no proxy, and no secret value is printed.
+is read as `pgwarden validate` reads it: no keys, no proxy, and no secret value is printed. With
+--live, the running proxy's applied snapshot is explained instead of PATH (through the admin socket
+of --data-dir, found as `pgwarden status` finds it; Secrets come as fingerprints, never values).
 
 exit status:
   0  allowed (connected, and the query, if given, is allowed)
   1  denied (the connection is refused or the query is denied)
-  2  could not run: PATH missing or invalid, or --at is not an RFC 3339 time with an offset
+  2  could not run: PATH missing or invalid, --at not an RFC 3339 time with an offset, or (--live)
+     no proxy answering on the admin socket
 """
 
 
@@ -70,6 +75,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="the session's assurance level: AAL1 token (default) or AAL2 passkey login")
     p.add_argument("--at", metavar="TIME", type=_rfc3339, default=None,
                    help="decide at this instant, e.g. 2026-12-08T10:00:00+01:00 (default: now)")
+    p.add_argument("--live", action="store_true",
+                   help="explain against the running proxy's snapshot (through its admin socket) instead of PATH")
+    adminclient.add_target_options(p)
     add_plaintext_option(p)
     p.set_defaults(func=run_explain)
 
@@ -86,18 +94,42 @@ def _rfc3339(text: str) -> datetime.datetime:
 
 def run_explain(args: argparse.Namespace) -> int:
     """Explain, print, return the exit status."""
-    if not args.path.exists():
-        error(f"no such file or directory: {args.path}", hint="give the directory that holds your manifests")
-        return EXIT_COULD_NOT_RUN
-    try:
-        snapshot = keyless_snapshot(load_for_review(args.path, allow_plaintext_secrets=args.allow_plaintext_secrets))
-    except ManifestErrors as exc:
-        error(f"the manifests under {args.path} are not valid ({count(len(exc.errors), 'problem')})",
-              detail="\n".join(problem_lines(args.path, exc.errors)),
-              hint="\n".join([*distinct_hints(exc.errors), f"`pgwarden validate {args.path}` lists the same problems"]))
+    snapshot = _live_snapshot(args) if args.live else _repository_snapshot(args)
+    if snapshot is None:
         return EXIT_COULD_NOT_RUN
     result = explain(snapshot, user=args.user, service=args.service, aal=args.aal, query=args.query,
                      is_function_call=args.function_call, at=args.at)
     sys.stdout.write("\n".join(result.lines) + "\n")
     is_allowed = result.is_connected and result.is_allowed is not False
     return EXIT_ALLOWED if is_allowed else EXIT_DENIED
+
+
+def _repository_snapshot(args: argparse.Namespace) -> Snapshot | None:
+    if not args.path.exists():
+        error(f"no such file or directory: {args.path}", hint="give the directory that holds your manifests")
+        return None
+    try:
+        return keyless_snapshot(load_for_review(args.path, allow_plaintext_secrets=args.allow_plaintext_secrets))
+    except ManifestErrors as exc:
+        error(f"the manifests under {args.path} are not valid ({count(len(exc.errors), 'problem')})",
+              detail="\n".join(problem_lines(args.path, exc.errors)),
+              hint="\n".join([*distinct_hints(exc.errors), f"`pgwarden validate {args.path}` lists the same problems"]))
+        return None
+
+
+def _live_snapshot(args: argparse.Namespace) -> Snapshot | None:
+    """The applied snapshot of the running proxy (its admin API shows Secrets as fingerprints only)."""
+    path = adminclient.socket_path(args.data_dir, args.admin_socket)
+    try:
+        status, body = adminclient.call(path, "GET", "/v1/state")
+    except adminclient.AdminUnavailable as exc:
+        error(str(exc), hint="start it with `pgwarden up`, or name its data directory with --data-dir")
+        return None
+    if status != 200 or not isinstance(body, dict):
+        error(f"the admin API answered {status} for /v1/state")
+        return None
+    try:
+        return keyless_from_wire(body)
+    except (KeyError, TypeError, ValueError) as exc:
+        error(f"the running proxy's snapshot cannot be read: {type(exc).__name__}")
+        return None

@@ -18,6 +18,8 @@ import copy
 import datetime
 import re
 import secrets
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -190,8 +192,10 @@ def offline(documents: list[Document]) -> AccessMatrix:
 def examples_proxy(pg: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ProxyHarness, Any]]:
     pg.psql(f"SET ROLE pgwarden_admin; {PROBE_SQL}")
     documents = examples_documents(pg)
-    harness, stop = start_harness(pg, tmp_path_factory.mktemp("access-examples"), name="access-examples")
+    base = tmp_path_factory.mktemp("access-examples")
+    harness, stop = start_harness(pg, base, name="access-examples")
     harness.apply(build.build_snapshot(documents, revision="examples", source=str(EXAMPLES)))
+    harness.admin_socket = base / "access-examples-admin.sock"  # type: ignore[attr-defined]  (start_harness's name)
     yield harness, documents
     stop()
 
@@ -234,3 +238,14 @@ def test_the_matrix_holds_no_secret_value(examples_proxy: Any, pg: Any) -> None:
     shown = render_text(matrix) + render_markdown(matrix) + repr(to_json(matrix))
     for value in pg.passwords.values():
         assert value not in shown
+
+
+def test_explain_live_reads_the_running_proxys_snapshot(examples_proxy: Any, pg: Any) -> None:
+    proxy, _ = examples_proxy
+    out = subprocess.run([sys.executable, "-m", "pgwarden", "explain", "--live", "--admin-socket",
+                          str(proxy.admin_socket), "--user", "erin", "--service", "my-db", "--query", "SELECT 1"],
+                         capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert "config full-access (rule 1 (configName full-access)): upstream role full_access" in out.stdout
+    for value in pg.passwords.values():
+        assert value not in out.stdout
