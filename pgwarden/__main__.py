@@ -28,12 +28,12 @@ Run `pgwarden COMMAND --help` for each command's options and an example.
 # Each module adds its own subcommand with register(subparsers).
 COMMAND_MODULES = (
     "up", "proxy", "login", "whoami", "token", "sessions", "status", "reconcile", "suspend",
-    "validate", "diff", "sops", "secret", "connect", "cert",
+    "validate", "diff", "access", "explain", "policytest", "sops", "secret", "connect", "cert",
 )
 
 
 # Commands registered by another command's module.
-OWNER = {"resume": "suspend", "logout": "whoami"}
+OWNER = {"resume": "suspend", "logout": "whoami", "test": "policytest"}
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pgwarden.commands.validate import add_plaintext_option, count, distinct_hints, problem_lines
 from pgwarden.output import error
+from reconciler.access_report import diff_access, render_access_markdown, render_access_text
 from reconciler.diff import diff_documents, render_markdown, render_text
 from reconciler.errors import ManifestErrors
 from reconciler.git_tree import DEFAULT_BASE, GitTreeError, parse_tree, read_tree
@@ -106,12 +107,15 @@ def run_diff(args: argparse.Namespace) -> int:
                 args.path, exc, "compare against another revision with --against REF")
         return EXIT_COULD_NOT_RUN
     changes = diff_documents(before, after)
+    # Who can now do what: printed first, before the object changes (no object change, no access change).
+    access = diff_access(before, after) if not changes.is_empty else []
     absent = "" if revision.is_present else f" ({args.path} does not exist at {revision.ref}: everything is new)"
     if args.output == "markdown":
         subtitle = f"`{args.path}` at `{revision.ref}` (`{revision.short}`) → working tree{absent}"
-        sys.stdout.write(render_markdown(changes, subtitle=subtitle))
+        sys.stdout.write(render_markdown(changes, subtitle=f"{subtitle}\n\n{render_access_markdown(access)}".rstrip()))
     else:
         sys.stdout.write(f"--- {where} {args.path}{absent}\n+++ working tree {args.path}\n")
+        sys.stdout.write(render_access_text(access))
         sys.stdout.write(render_text(changes))
     return EXIT_NO_CHANGES if changes.is_empty else EXIT_CHANGES
 
