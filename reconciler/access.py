@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from identity.store.base import AssuranceLevel, AuthMethod, IdentitySession
 from proxy.errors import PgwardenError
-from proxy.identity.store import AssuranceLevel, AuthMethod, IdentitySession
 from proxy.policy import timefns
 from proxy.policy.cel import ConditionError, to_cel
 from proxy.policy.compile import Node, compile_node

@@ -12,8 +12,8 @@ from pgwarden.output import error
 from proxy.errors import PgwardenError
 from reconciler.access import AccessMatrix, access_matrix, keyless_snapshot
 from reconciler.access_report import render_markdown, render_text, to_json
-from reconciler.documents import load_for_review
 from reconciler.errors import ManifestErrors
+from reconciler.review import load_for_review
 
 EXIT_OK, EXIT_COULD_NOT_RUN = 0, 2
 

@@ -12,9 +12,9 @@ from pgwarden.commands.validate import add_plaintext_option, count, distinct_hin
 from pgwarden.output import error
 from proxy.snapshot import Snapshot
 from reconciler.access import keyless_from_wire, keyless_snapshot
-from reconciler.documents import load_for_review
 from reconciler.errors import ManifestErrors
 from reconciler.explain import explain
+from reconciler.review import load_for_review
 
 EXIT_ALLOWED, EXIT_DENIED, EXIT_COULD_NOT_RUN = 0, 1, 2
 

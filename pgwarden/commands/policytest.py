@@ -9,9 +9,9 @@ from pgwarden.commands.validate import count, distinct_hints, problem_lines
 from pgwarden.output import error
 from proxy.routing import LiveSnapshot
 from reconciler.access import keyless_snapshot
-from reconciler.documents import load_for_review
 from reconciler.errors import ManifestErrors
 from reconciler.policytests import TESTS_DIR, junit_xml, load_cases, run_case
+from reconciler.review import load_for_review
 
 EXIT_PASSED, EXIT_FAILED, EXIT_COULD_NOT_RUN = 0, 1, 2
 

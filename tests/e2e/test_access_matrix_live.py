@@ -27,7 +27,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from proxy.identity.store import AssuranceLevel, AuthMethod
+from identity.store.base import AssuranceLevel, AuthMethod
 from proxy.pgwire import messages as m
 from proxy.policy import timefns
 from reconciler import build, load, validate
