@@ -23,7 +23,7 @@ from reconciler.access import decide_route, decide_statement, decided_by, identi
 from reconciler.errors import ConfigError, ManifestErrors, SchemaViolation, SourceRef, format_path
 
 TESTS_DIR = Path(".pgwarden") / "tests"
-SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "accesstest.schema.json"
+SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "repository" / "access-tests.schema.json"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

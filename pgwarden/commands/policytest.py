@@ -39,7 +39,7 @@ example:
 
 where the tests live: every *.yaml / *.yml file in PATH/{TESTS_DIR}/ (the manifest loader skips dot-
 directories, so they are never read as manifests), each a mapping with a `tests` list, validated with
-schemas/accesstest.schema.json. A case connects as `user` to `service` with dbname=SERVICE and a token
+schemas/repository/access-tests.schema.json. A case connects as `user` to `service` with dbname=SERVICE and a token
 session, and states `expect.decision` (ALLOW/DENY: of the query, else of the connection; a refused
 connection is DENY) and optionally `connect` (true/false), `config` (routing's choice), `role` (the
 upstream role) and `rule` (`policy/rule` that decided the query, or the connection when there is no
@@ -92,7 +92,7 @@ def run_test(args: argparse.Namespace) -> int:
     except ManifestErrors as exc:
         error(f"the access tests are not valid ({count(len(exc.errors), 'problem')})",
               detail="\n".join(problem_lines(args.path, exc.errors)),
-              hint="schemas/accesstest.schema.json describes the shape; `pgwarden test --help` has an example")
+              hint="schemas/repository/access-tests.schema.json describes the shape; `pgwarden test --help` has an example")
         return EXIT_COULD_NOT_RUN
     if not cases:
         where = args.tests or args.path / TESTS_DIR
