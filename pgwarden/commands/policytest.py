@@ -92,7 +92,8 @@ def run_test(args: argparse.Namespace) -> int:
     except ManifestErrors as exc:
         error(f"the access tests are not valid ({count(len(exc.errors), 'problem')})",
               detail="\n".join(problem_lines(args.path, exc.errors)),
-              hint="schemas/repository/access-tests.schema.json describes the shape; `pgwarden test --help` has an example")
+              hint="schemas/repository/access-tests.schema.json describes the shape; "
+                   "`pgwarden test --help` has an example")
         return EXIT_COULD_NOT_RUN
     if not cases:
         where = args.tests or args.path / TESTS_DIR
