@@ -138,21 +138,21 @@ def _range(tree: Any, sizes: Mapping[tuple[str, ...], int]) -> int:
         return _range(tree.children[0], sizes)
     if tree.data == "member_dot_arg" and str(tree.children[1]) in _SIZE_PRESERVING:
         return _range(tree.children[0], sizes)
-    path = _dotted(tree)
+    path = dotted_names(tree)
     if path is not None and path in sizes:
         return sizes[path]
     return ASSUMED_LIST_ELEMENTS
 
 
-def _dotted(tree: Any) -> tuple[str, ...] | None:
-    """`attrs.a.b` -> ("attrs", "a", "b"); None for anything but a chain of names."""
+def dotted_names(tree: Any) -> tuple[str, ...] | None:
+    """`attrs.a.b` -> ("attrs", "a", "b"); None for anything but a chain of names (celpy's lark tree)."""
     if not isinstance(tree, lark.Tree):
         return None
     if tree.data == "member_dot":
-        base = _dotted(tree.children[0])
+        base = dotted_names(tree.children[0])
         return None if base is None else (*base, str(tree.children[1]))
     if tree.data in ("member", "primary") and len(tree.children) == 1:
-        return _dotted(tree.children[0])
+        return dotted_names(tree.children[0])
     if tree.data == "ident":
         return (str(tree.children[0]),)
     return None

@@ -14,6 +14,7 @@ import celpy
 import lark
 
 from proxy.policy.cel import CompiledExpression, compile_expression, to_cel
+from proxy.policy.cel_cost import dotted_names
 from proxy.snapshot import Condition, Policy, PolicyEffect
 
 ALL = ("*", "*")  # a read of the whole request (or of ctx itself)
@@ -168,8 +169,8 @@ def _presence_only(args: Any) -> str | None:
 
 def _dotted(tree: Any) -> tuple[str, ...] | None:
     """`ctx.a.b.c` -> ("a", "b", "c"); None when the chain does not start at `ctx`."""
-    if not isinstance(tree, lark.Tree):
-        return None
+    names = dotted_names(tree)
+    return names[1:] if names and names[0] == "ctx" else None
     if tree.data == "member_dot":
         base = _dotted(tree.children[0])
         return None if base is None else (*base, str(tree.children[1]))
