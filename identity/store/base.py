@@ -283,8 +283,14 @@ def build_session(
 
 
 def new_session_id() -> str:
-    """128 random bits, urlsafe base64 without padding."""
-    return secrets.token_urlsafe(16)
+    """128 random bits, urlsafe base64 without padding, never starting with '-'.
+
+    People paste the id into `pgwarden sessions revoke ID`; one in 64 plain urlsafe ids starts with '-', which a
+    command line reads as an option, so such draws are taken again (the id stays uniform over what remains)."""
+    while True:
+        ident = secrets.token_urlsafe(16)
+        if not ident.startswith("-"):
+            return ident
 
 
 def new_device_code() -> str:

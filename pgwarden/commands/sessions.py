@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from urllib.parse import quote, urlencode
 
 from pgwarden.adminclient import AdminUnavailable, add_target_options, call, socket_path
 from pgwarden.output import error
@@ -14,6 +15,7 @@ examples:
   pgwarden sessions list --user bob --all    # include revoked and expired ones
   pgwarden sessions revoke 3vQx2…            # the session's tokens stop working; its connections end
   pgwarden sessions revoke --user bob        # every session of bob
+  pgwarden sessions revoke -- -3vQx2…        # an id from an older release that starts with '-'
 """
 
 
@@ -39,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    query = "&".join(q for q in (f"user={args.user}" if args.user else "", "all=1" if args.all else "") if q)
+    query = urlencode([("user", args.user)] * bool(args.user) + [("all", "1")] * bool(args.all))
     try:
         code, body = call(socket_path(args.data_dir, args.admin_socket), "GET",
                           "/v1/identity/sessions" + (f"?{query}" if query else ""))
@@ -60,7 +62,8 @@ def run_revoke(args: argparse.Namespace) -> int:
     if bool(args.session) == bool(args.user):
         error("name one session id, or --user NAME")
         return 2
-    url = f"/v1/identity/users/{args.user}/revoke" if args.user else f"/v1/identity/sessions/{args.session}/revoke"
+    url = (f"/v1/identity/users/{quote(args.user, safe='')}/revoke" if args.user
+           else f"/v1/identity/sessions/{quote(args.session, safe='')}/revoke")
     try:
         code, body = call(socket_path(args.data_dir, args.admin_socket), "POST", url)
     except AdminUnavailable as exc:
