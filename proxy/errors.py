@@ -14,20 +14,17 @@ PgwardenError
 
 from __future__ import annotations
 
-from proxy.pgwire.errors import PgwardenError, ProtocolViolation
 
-__all__ = [
-    "AccessDenied",
-    "AuthenticationFailed",
-    "PgwardenError",
-    "ProtocolViolation",
-    "SnapshotInvalid",
-    "SnapshotRejected",
-    "SnapshotSuperseded",
-    "UnknownService",
-    "UpstreamUnavailable",
-    "WorkerUnreachable",
-]
+class PgwardenError(Exception):
+    """Every error pgwarden raises on purpose. `sqlstate` is what a PostgreSQL client sees."""
+
+    sqlstate = "XX000"
+
+    def __init__(self, message: str, *, detail: str | None = None, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+        self.hint = hint
 
 
 class AuthenticationFailed(PgwardenError):

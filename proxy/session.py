@@ -21,13 +21,13 @@ from identity.certs import verify_client_certificate
 from identity.sessions import Identity, SessionAuthority
 from proxy.audit.accesslog import AccessLog, SessionLog
 from proxy.connection import TLS_RECORD_PAYLOAD, PgConnection, Relay
-from proxy.errors import AccessDenied, AuthenticationFailed, UnknownService
+from proxy.errors import AccessDenied, AuthenticationFailed, PgwardenError, UnknownService
 from proxy.guardrails import Lock, keeps_rail, locked_settings, rail_denied
 from proxy.metrics import ProxyMetrics
 from proxy.pgwire import messages as m
 from proxy.pgwire.denials import ResponseFilter
 from proxy.pgwire.encodings import decode_text, python_codec
-from proxy.pgwire.errors import PgwardenError, ProtocolViolation
+from proxy.pgwire.errors import ProtocolViolation
 from proxy.pgwire.framing import DEFAULT_MAX_MESSAGE_BYTES, FrameScanner, MessageTooLarge
 from proxy.policy.enforce import DecisionLike, DenyAll, RequestGate, ResponseSummaries, SessionPolicy
 from proxy.preauth import PreAuthRegistry

@@ -42,7 +42,7 @@ from identity.mapping import map_identity
 from identity.sessions import Identity
 from identity.store.base import AssuranceLevel, AuthMethod
 from identity.web.pages import e, error_page, page, redirect
-from proxy.pgwire.errors import PgwardenError
+from proxy.errors import PgwardenError
 from proxy.snapshot import IdentityProvider, User, UserType
 
 log = logging.getLogger("pgwarden.identity")
