@@ -29,7 +29,7 @@ from proxy.pgwire.denials import ResponseFilter
 from proxy.pgwire.encodings import decode_text, python_codec
 from proxy.pgwire.errors import ProtocolViolation
 from proxy.pgwire.framing import DEFAULT_MAX_MESSAGE_BYTES, FrameScanner, MessageTooLarge
-from proxy.policy.enforce import DecisionLike, DenyAll, RequestGate, ResponseSummaries, SessionPolicy
+from proxy.policy.enforce import DecisionLike, DenyAll, RequestDecider, RequestGate, ResponseSummaries
 from proxy.preauth import PreAuthRegistry
 from proxy.registry import ConnectionSlot, SessionInfo, SessionRegistry
 from proxy.relay import GatedRelay, PlainRelay
@@ -171,7 +171,7 @@ class ClientSession(PgConnection):
         self._relay: PlainRelay | GatedRelay | None = None  # chosen once, when the relay starts
         self._gate: GatedRelay | None = None  # the same relay when it is gated (authorization mode ALL)
         self._cycle_watch: GatedRelay | None = None  # the same again when the readOnly rail holds cycles
-        self._policy: SessionPolicy | None = None
+        self._policy: RequestDecider | None = None
         self._policy_live: LiveSnapshot | None = None  # the snapshot `_policy` was built from
         self._summaries: ResponseSummaries | None = None  # decisions awaiting the upstream's answer
         self._started = time.monotonic()
@@ -460,16 +460,16 @@ class ClientSession(PgConnection):
         """The gate holds more client bytes than it keeps: the client is not read until they go on."""
         return self._gate is not None and self._gate.is_held_by_gate
 
-    def _session_policy(self, live: LiveSnapshot) -> SessionPolicy | None:
+    def _session_policy(self, live: LiveSnapshot) -> RequestDecider | None:
         """The per-query policy under `live`, or None when this session's config is not in mode ALL."""
         assert self.route is not None and self.identity is not None
         route = self.route
         service = live.service(route.service.name)
         config = service.configs.get(route.config.name, route.config)
-        return live.session_policy(live.user(self.identity.user), service, self.identity.session,
+        return live.connection_policy(live.user(self.identity.user), service, self.identity.session,
                                    config=config, request=self.request)
 
-    def _current_policy(self) -> SessionPolicy | None:
+    def _current_policy(self) -> RequestDecider | None:
         live = self.parts.snapshots.live
         if live is not self._policy_live:  # a reload: decide from the next request on under the new policies
             self._policy_live = live
