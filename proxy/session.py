@@ -4,7 +4,8 @@ The relay forwards each chunk untouched. The client side goes through the relay 
 (proxy/relay.py): plain, scanned for Query/Parse (access log), or gated by `proxy.policy.enforce.RequestGate`
 (mode ALL). The server side is scanned for ReadyForQuery (transaction state, and a safe point to inject a FATAL).
 A session is given its collaborators (`SessionCollaborators`), never the server. Errors we raise become one
-ErrorResponse in `_refuse`, then the connection closes.
+ErrorResponse in `_refuse`, then the connection closes. Which session: in proxy/ a "session" is this, one client
+connection; the login behind its token is the identity session (`self.identity.session`, identity/sessions.py).
 """
 
 from __future__ import annotations
