@@ -22,8 +22,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from proxy.errors import AccessDenied
-from proxy.pgwire.errors import PgwardenError
+from proxy.errors import AccessDenied, PgwardenError
 from proxy.pgwire.walker import CONTINUED, FrameWalker
 from proxy.snapshot import GuardRails
 

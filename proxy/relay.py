@@ -12,11 +12,11 @@ from collections import deque
 from typing import Protocol
 
 from proxy.audit.accesslog import SessionLog
-from proxy.errors import AccessDenied
+from proxy.errors import AccessDenied, PgwardenError
 from proxy.guardrails import TRANSACTION_END_KINDS, CycleSplitter, TransactionEndWatch, rail_denied
 from proxy.pgwire import messages as m
 from proxy.pgwire.encodings import decode_text
-from proxy.pgwire.errors import PgwardenError, ProtocolViolation
+from proxy.pgwire.errors import ProtocolViolation
 from proxy.pgwire.framing import FrameScanner
 from proxy.policy.classify import classify
 from proxy.policy.enforce import RequestGate

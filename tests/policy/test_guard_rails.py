@@ -116,7 +116,7 @@ def railed_policy(rails: GuardRails = RAILS) -> Any:
                       authorization=Authorization(policies=("allow",)))
     live = LiveSnapshot(Snapshot(services={"db": service}, users={"alice": User(name="alice")},
                                  policies={"allow": allow}), generation=1)
-    policy = live.session_policy(live.user("alice"), service, None, config=config)
+    policy = live.connection_policy(live.user("alice"), service, None, config=config)
     assert policy is not None
     return policy
 
