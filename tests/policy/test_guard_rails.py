@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.errors import AccessDenied, ProtocolViolation
+from proxy.errors import AccessDenied
 from proxy.guardrails import (
     CycleSplitter,
     TransactionEndWatch,
@@ -24,6 +24,7 @@ from proxy.guardrails import (
     upstream_settings,
 )
 from proxy.pgwire import messages as m
+from proxy.pgwire.errors import ProtocolViolation
 from proxy.policy.classify import classify
 from proxy.routing import LiveSnapshot
 from proxy.snapshot import (
