@@ -7,9 +7,10 @@ import contextlib
 import logging
 import resource
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -129,7 +130,7 @@ def raise_open_files_limit() -> int:
 
 async def serve_until_signal(
     running: RunningProxy, *, on_reload: Callable[[], None] | None = None,
-    drain: Callable[[], Awaitable[object]] | None = None, on_hurry: Callable[[], None] | None = None,
+    drain: Callable[[], Coroutine[Any, Any, object]] | None = None, on_hurry: Callable[[], None] | None = None,
     stop_signals: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM),
 ) -> None:
     """Run until one of `stop_signals`; SIGHUP calls `on_reload` (re-read the manifests).

@@ -84,8 +84,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="do not log in to each upstream after an apply")
     p.add_argument("--drain-timeout", type=float, default=DRAIN_TIMEOUT_S, metavar="SECONDS",
                    help="on SIGTERM, how long open sessions may go on finishing their transactions before they are "
-                        f"ended with FATAL 57P01 (default {DRAIN_TIMEOUT_S:g}; 0 ends them at their next message "
-                        "boundary); the listeners close at once")
+                        f"ended with FATAL 57P01 (default {DRAIN_TIMEOUT_S:g}; 0: busy sessions end at their next "
+                        "ReadyForQuery); the listeners close at once, see 'stopping' below")
     add_proxy_options(p)
     add_http_limit_options(p)
     add_up_worker_options(p)
