@@ -525,7 +525,8 @@ class ClientSession(PgConnection):
                 self.transaction_status = body[:1]
                 self.bytes_at_ready = self.bytes_received
                 if self.ending_at_ready is not None and (body[:1] == b"I" or self.is_ending_in_transaction):
-                    self.terminate(self.ending_at_ready)
+                    # Draining: the relay that called us ends the session once this chunk is out, at a boundary.
+                    self.pending_termination = self.pending_termination or self.ending_at_ready
                 if self._cycle_watch is not None:
                     self._cycle_watch.on_cycle_reply(type_byte)
             elif type_byte in _COPY_IN and self._cycle_watch is not None:
