@@ -163,13 +163,13 @@ class WorkerServer(ProxyServer):
         self.data_dir = data_dir
         self._cancel_server: asyncio.AbstractServer | None = None
 
-    async def start(self, host: str, port: int) -> tuple[str, int]:
+    async def start(self, host: str, port: int, *, reuse_port: bool = True) -> tuple[str, int]:
         path = cancel_socket(self.data_dir, self.slot.index)
         path.unlink(missing_ok=True)  # left by a worker that was killed
         self._cancel_server = await asyncio.get_running_loop().create_unix_server(
             lambda: _CancelInbox(self), str(path))
         path.chmod(0o600)
-        return await super().start(host, port, reuse_port=True)
+        return await super().start(host, port, reuse_port=reuse_port)  # workers share one port
 
     async def close(self) -> None:
         if self._cancel_server is not None:

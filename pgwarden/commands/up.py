@@ -211,7 +211,7 @@ async def _serve(args: argparse.Namespace, spec: SourceSpec, keys: KeyRing, *, i
     source, target, reconciler, metrics = build_reconciler(args, spec, keys,
                                                            count_sessions=lambda server: len(server.sessions))
     # One /metrics for both rooms: the reconciler's registry already has these two series, with the same values.
-    metrics.registry.register(ProxyCollector(  # type: ignore[arg-type]
+    metrics.registry.register(ProxyCollector(
         lambda: target.server, skip={"pgwarden_sessions_open", "pgwarden_live_generation"}))
     running = await start_proxy(options_from(args), Snapshot(),
                                 admin_routes=lambda app: add_reconciler_routes(app, reconciler, metrics))
