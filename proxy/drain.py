@@ -18,8 +18,7 @@ import time
 from collections.abc import Iterable
 from typing import Protocol
 
-from proxy.errors import AdminShutdown
-from proxy.pgwire.errors import PgwardenError
+from proxy.errors import AdminShutdown, PgwardenError
 
 log = logging.getLogger("pgwarden.drain")
 

@@ -310,7 +310,7 @@ class ClientSession(PgConnection):
     async def _read_startup(self) -> m.StartupMessage | None:
         loop = asyncio.get_running_loop()
         while True:
-            packet = await self.read(self.reader.next_startup)
+            packet: m.StartupPacket = await self.read(self.reader.next_startup)
             if isinstance(packet, m.SSLRequest):
                 if self.is_tls:
                     raise ProtocolViolation("SSLRequest received twice")

@@ -76,7 +76,7 @@ async def serve_up(settings: UpSettings, spec: SourceSpec, keys: KeyRing, *, on_
                                 generation=lambda: target.server.live.generation if target.server else 0,
                                 sessions=lambda: len(target.server.sessions) if target.server else 0)
     # One /metrics for both rooms: the reconciler's registry already has these two series, with the same values.
-    metrics.registry.register(ProxyCollector(  # type: ignore[arg-type]
+    metrics.registry.register(ProxyCollector(
         lambda: target.server, skip={"pgwarden_sessions_open", "pgwarden_live_generation"}))
     readiness = Readiness(has_applied=lambda: reconciler.status.last_applied_at is not None)
     running = await start_proxy(settings.proxy, Snapshot(),

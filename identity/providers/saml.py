@@ -35,7 +35,8 @@ from identity.providers.oidc import (
     read_bounded,
 )
 from identity.store.base import AssuranceLevel, AuthMethod
-from identity.web.flow import FLOW_TTL_S, MAX_FLOWS, AuthServer, LoginFlow, LoginRefused, LoginResult
+from identity.web.flow import MAX_FLOWS, AuthServer
+from identity.web.login_flow import FLOW_TTL_S, LoginFlow, LoginRefused, LoginResult
 from proxy.snapshot import IdentityProvider
 
 log = logging.getLogger("pgwarden.identity")
