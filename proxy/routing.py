@@ -14,7 +14,7 @@ from identity.store.base import IdentitySession
 from proxy.errors import AccessDenied, AuthenticationFailed, UnknownService
 from proxy.policy.cel import CompiledCondition, ConditionError, compile_condition, to_cel
 from proxy.policy.cel_cost import decision_budget
-from proxy.policy.engine import NO_POLICY, Decision, PolicySet, SessionPolicy
+from proxy.policy.engine import DEFAULT_DENY, NO_POLICY, Decision, PolicySet, SessionPolicy
 from proxy.snapshot import Service, ServiceConfig, Snapshot, User
 
 
@@ -127,7 +127,9 @@ class LiveSnapshot:
         if not self.policies.has_policies(user, service):
             return NO_POLICY
         book = self.policies.book(user, service)
-        return self.policies.decide(book, self.context(user, service, request, identity_session))
+        # AUDIT Policies alone: decided as with none attached (allowed), their would-be DENY only noted.
+        default = DEFAULT_DENY if self.policies.enforces(user, service) else NO_POLICY
+        return self.policies.decide(book, self.context(user, service, request, identity_session), default)
 
     def session_policy(
         self, user: User, service: Service, identity_session: IdentitySession | None = None,
@@ -180,6 +182,8 @@ class LiveSnapshot:
         config = service.configs[chosen]
         if decision.policy:
             reason = f"{reason}; {decision.reason}"
+        if (shadow := decision.would_deny) is not None:
+            reason = f'{reason}; AUDIT policy "{shadow.policy}" rule "{shadow.rule}" would deny'
         return Route(
             service=service,
             config=config,

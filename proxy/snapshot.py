@@ -103,6 +103,14 @@ class PolicyEffect(StrEnum):
     DENY = "DENY"
 
 
+class PolicyEnforcement(StrEnum):
+    """ENFORCE: the Policy's rules decide. AUDIT (shadow mode): evaluated, never blocking; what it would deny is
+    logged and counted as `wouldDeny` (proxy/policy/engine.py says how it combines with ENFORCE Policies)."""
+
+    ENFORCE = "ENFORCE"
+    AUDIT = "AUDIT"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PolicyRule:
     """One rule of a Policy: when `condition` matches, `effect` decides (lower `priority` is tried first)."""
@@ -121,6 +129,7 @@ class Policy:
     rules: tuple[PolicyRule, ...] = ()
     attrs: Mapping[str, Any] = field(default_factory=dict)
     is_disabled: bool = False
+    enforcement: PolicyEnforcement = PolicyEnforcement.ENFORCE
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -336,6 +345,7 @@ def policy_spec_to_wire(p: Policy) -> dict[str, Any]:
                    "condition": condition_to_wire(r.condition)} for r in p.rules],
         "attrs": dict(p.attrs),
         "isDisabled": p.is_disabled,
+        "enforcement": p.enforcement.value,
     }
 
 
@@ -350,6 +360,7 @@ def policy_from_spec(name: str, spec: Mapping[str, Any]) -> Policy:
         ),
         attrs=dict(spec.get("attrs") or {}),
         is_disabled=bool(spec.get("isDisabled", False)),
+        enforcement=PolicyEnforcement(spec.get("enforcement", "ENFORCE")),
     )
 
 

@@ -7,6 +7,7 @@ RuleBook to say whether it matches, and the final answer is the session's Sessio
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from dataclasses import dataclass, field
 
@@ -17,7 +18,7 @@ from proxy.policy.classify import classify
 from proxy.policy.compile import CompiledRule
 from proxy.policy.engine import Decision, RuleBook, SessionPolicy
 from proxy.routing import ConnectRequest, LiveSnapshot
-from proxy.snapshot import Condition, Snapshot
+from proxy.snapshot import Condition, PolicyEffect, Snapshot
 from reconciler.access import FUNCTION_CALL_OID, decided_by, identity_session
 
 
@@ -70,8 +71,8 @@ def _explain(live: LiveSnapshot, user_name: str, service_name: str, aal: str, qu
     say("connect: attached policy rules in evaluation order" if book.rules else "connect: no policy attached")
     ctx = live.context(user, service, request, session)
     for i, rule in enumerate(book.rules, 1):
-        alone = live.policies.decide(RuleBook((rule,)), ctx)
-        say(f"  {i}. {_rule_line(rule)}: {_match_words(alone.policy, alone.reason)}")
+        alone = live.policies.decide(_alone(rule), ctx)
+        say(f"  {i}. {_rule_line(rule)}: {_match_words(alone.policy, alone.reason, rule)}")
     say("")
     say("routing (rules in order, first match wins):" if service.rules else "routing: no rules")
     activation = live.activation(user, service, request, session)
@@ -114,12 +115,15 @@ def _explain(live: LiveSnapshot, user_name: str, service_name: str, aal: str, qu
     decision = _decide(policy, query, is_function_call)
     say("  rules in evaluation order (lower priority first, DENY before ALLOW at equal priority):")
     decided = False
+    shadow = decision.would_deny
     for i, rule in enumerate(book.rules, 1):
-        alone = _decide(SessionPolicy(RuleBook((rule,)), base, 0), query, is_function_call)
+        alone = _decide(SessionPolicy(_alone(rule), base, 0), query, is_function_call)
         mark = " (not reached)" if decided else ""
-        if not decided and (rule.policy, rule.rule) == (decision.policy, decision.rule):
+        if not decided and not rule.is_audit and (rule.policy, rule.rule) == (decision.policy, decision.rule):
             mark, decided = "  ← decides", True
-        say(f"  {i}. {_rule_line(rule)}: {_match_words(alone.policy, alone.reason)}{mark}")
+        elif shadow is not None and rule.is_audit and (rule.policy, rule.rule) == (shadow.policy, shadow.rule):
+            mark = "  ← would deny (AUDIT)"
+        say(f"  {i}. {_rule_line(rule)}: {_match_words(alone.policy, alone.reason, rule)}{mark}")
     if not decided and not decision.rule:
         say("  no rule matched: denied by default" if not decision.allowed else f"  {decision.reason}")
     out.is_allowed = decision.allowed
@@ -131,12 +135,22 @@ def _decide(policy: SessionPolicy, query: str | None, is_function_call: bool) ->
     return policy.decide_function_call(FUNCTION_CALL_OID) if is_function_call else policy.decide_query(query or "")
 
 
+def _alone(rule: CompiledRule) -> RuleBook:
+    """A book of this rule only, as ENFORCE: whether it matches, whatever its Policy's enforcement."""
+    return RuleBook((dataclasses.replace(rule, is_audit=False),))
+
+
 def _rule_line(rule: CompiledRule) -> str:
-    return f"{rule.policy}/{rule.rule} ({rule.effect}, priority {rule.priority})"
+    audit = ", AUDIT: never blocks" if rule.is_audit else ""
+    return f"{rule.policy}/{rule.rule} ({rule.effect}, priority {rule.priority}{audit})"
 
 
-def _match_words(policy: str, reason: str) -> str:
+def _match_words(policy: str, reason: str, rule: CompiledRule) -> str:
     # A one-rule book answers with that rule when it matched, by default otherwise, or names the failure.
     if "failed to evaluate" in reason:
-        return reason.split(": ", 1)[-1]
-    return "matches" if policy else "does not match"
+        words = reason.split(": ", 1)[-1]
+    else:
+        words = "matches" if policy else "does not match"
+    if rule.is_audit and (words != "does not match") and (rule.effect == PolicyEffect.DENY or words != "matches"):
+        words += ": would deny (AUDIT)"
+    return words
