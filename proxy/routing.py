@@ -49,6 +49,7 @@ class _CompiledRule:
     index: int
     condition: CompiledCondition
     config_name: str
+    label: str  # the rule's name, else its 1-based number
 
 
 class LiveSnapshot:
@@ -59,7 +60,7 @@ class LiveSnapshot:
         self.generation = generation
         self._rules: dict[str, tuple[_CompiledRule, ...]] = {
             name: tuple(
-                _CompiledRule(i + 1, compile_condition(rule.condition), rule.config_name)
+                _CompiledRule(i + 1, compile_condition(rule.condition), rule.config_name, rule.name or str(i + 1))
                 for i, rule in enumerate(service.rules)
             )
             for name, service in snapshot.services.items()
@@ -166,11 +167,11 @@ class LiveSnapshot:
                 except ConditionError as exc:
                     # Fail closed: a rule we cannot evaluate must not silently fall through.
                     raise AccessDenied(
-                        f'access to service "{service.name}" denied: routing rule {rule.index} failed to evaluate',
+                        f'access to service "{service.name}" denied: routing rule {rule.label} failed to evaluate',
                         detail=str(exc),
                     ) from exc
                 if matched:
-                    chosen, reason = rule.config_name, f"rule {rule.index} (configName {rule.config_name})"
+                    chosen, reason = rule.config_name, f"rule {rule.label} (configName {rule.config_name})"
                     break
         if chosen is None:
             chosen = service.default_config

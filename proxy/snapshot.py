@@ -220,6 +220,7 @@ class ServiceConfig:
 class RoutingRule:
     condition: Condition
     config_name: str
+    name: str = ""  # optional; access, diff, explain and the route's reason say it instead of the rule's number
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -463,7 +464,8 @@ def to_wire(snapshot: Snapshot, *, fingerprint_key: bytes, include_secrets: bool
                 "defaultConfig": s.default_config,
                 "configs": [_config_to_wire(c) for c in s.configs.values()],
                 "rules": [
-                    {"condition": condition_to_wire(r.condition), "configName": r.config_name} for r in s.rules
+                    {"condition": condition_to_wire(r.condition), "configName": r.config_name,
+                     **({"name": r.name} if r.name else {})} for r in s.rules
                 ],
                 "manifest": dict(s.manifest),
                 "authorization": authorization_to_wire(s.authorization),
@@ -536,7 +538,8 @@ def from_wire(d: Mapping[str, Any]) -> Snapshot:
                 default_config=s.get("defaultConfig"),
                 configs={c["name"]: _config_from_wire(c) for c in s.get("configs", [])},
                 rules=tuple(
-                    RoutingRule(condition=condition_from_wire(r["condition"]), config_name=r["configName"])
+                    RoutingRule(condition=condition_from_wire(r["condition"]), config_name=r["configName"],
+                                name=r.get("name", ""))
                     for r in s.get("rules", [])
                 ),
                 manifest=s.get("manifest", {}),
