@@ -20,6 +20,7 @@ from typing import Any, Protocol, cast
 from identity.certs import verify_client_certificate
 from identity.sessions import Identity, SessionAuthority
 from proxy.audit.accesslog import AccessLog, SessionLog
+from proxy.audit.normalize import QueryText
 from proxy.connection import TLS_RECORD_PAYLOAD, PgConnection, Relay
 from proxy.errors import AccessDenied, AuthenticationFailed, UnknownService
 from proxy.guardrails import Lock, keeps_rail, locked_settings, rail_denied
@@ -566,6 +567,9 @@ class ClientSession(PgConnection):
             "upstreamUser": route.upstream_user, "upstreamDatabase": route.upstream_database,
             "generation": self.parts.snapshots.live.generation, "clientAddress": self.client_address,
             **self._session_facts(),
+            # Only when the text is not as sent: `pgwarden replay` skips what it cannot re-decide.
+            **({"queryText": str(self.parts.access_log.query_text)}
+               if self.parts.access_log.query_text != QueryText.FULL else {}),
         })
 
     def _session_facts(self) -> dict[str, str]:

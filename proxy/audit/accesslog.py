@@ -125,6 +125,7 @@ class AccessLog:
                  query_text: QueryText = QueryText.FULL) -> None:
         self.writer = writer
         self.sinks = list(sinks)  # each gets every record as fields; the JSON line is built only for the writer
+        self.query_text = query_text
         self.render_query = query_renderer(query_text)  # None: query text is logged as the client sent it
 
     def close_sinks(self) -> None:
