@@ -16,9 +16,9 @@ from proxy.policy import timefns
 from proxy.policy.cel import ConditionError, compile_condition
 from proxy.policy.classify import classify
 from proxy.policy.compile import CompiledRule
-from proxy.policy.engine import Decision, RuleBook, SessionPolicy
+from proxy.policy.engine import Decision, RuleBook, SessionPolicy, WouldDeny
 from proxy.routing import ConnectRequest, LiveSnapshot
-from proxy.snapshot import Condition, PolicyEffect, Snapshot
+from proxy.snapshot import Condition, Snapshot
 from reconciler.access import FUNCTION_CALL_OID, decided_by, identity_session
 
 
@@ -70,9 +70,10 @@ def _explain(live: LiveSnapshot, user_name: str, service_name: str, aal: str, qu
     say("")
     say("connect: attached policy rules in evaluation order" if book.rules else "connect: no policy attached")
     ctx = live.context(user, service, request, session)
+    shadow = live.decide_connect(user, service, request, session).would_deny
     for i, rule in enumerate(book.rules, 1):
         alone = live.policies.decide(_alone(rule), ctx)
-        say(f"  {i}. {_rule_line(rule)}: {_match_words(alone.policy, alone.reason, rule)}")
+        say(f"  {i}. {_rule_line(rule)}: {_match_words(alone.policy, alone.reason)}{_shadow_mark(rule, shadow)}")
     say("")
     say("routing (rules in order, first match wins):" if service.rules else "routing: no rules")
     activation = live.activation(user, service, request, session)
@@ -123,9 +124,9 @@ def _explain(live: LiveSnapshot, user_name: str, service_name: str, aal: str, qu
         mark = " (not reached)" if decided else ""
         if not decided and not rule.is_audit and (rule.policy, rule.rule) == (decision.policy, decision.rule):
             mark, decided = "  ← decides", True
-        elif shadow is not None and rule.is_audit and (rule.policy, rule.rule) == (shadow.policy, shadow.rule):
-            mark = "  ← would deny (AUDIT)"
-        say(f"  {i}. {_rule_line(rule)}: {_match_words(alone.policy, alone.reason, rule)}{mark}")
+        else:
+            mark = _shadow_mark(rule, shadow) or mark
+        say(f"  {i}. {_rule_line(rule)}: {_match_words(alone.policy, alone.reason)}{mark}")
     if not decided and not decision.rule:
         say("  no rule matched: denied by default" if not decision.allowed else f"  {decision.reason}")
     out.is_allowed = decision.allowed
@@ -147,12 +148,15 @@ def _rule_line(rule: CompiledRule) -> str:
     return f"{rule.policy}/{rule.rule} ({rule.effect}, priority {rule.priority}{audit})"
 
 
-def _match_words(policy: str, reason: str, rule: CompiledRule) -> str:
+def _shadow_mark(rule: CompiledRule, shadow: WouldDeny | None) -> str:
+    """`  ← would deny (AUDIT)` on the AUDIT rule that would have denied what the ENFORCE rules allowed."""
+    if shadow is not None and rule.is_audit and (rule.policy, rule.rule) == (shadow.policy, shadow.rule):
+        return "  ← would deny (AUDIT)"
+    return ""
+
+
+def _match_words(policy: str, reason: str) -> str:
     # A one-rule book answers with that rule when it matched, by default otherwise, or names the failure.
     if "failed to evaluate" in reason:
-        words = reason.split(": ", 1)[-1]
-    else:
-        words = "matches" if policy else "does not match"
-    if rule.is_audit and (words != "does not match") and (rule.effect == PolicyEffect.DENY or words != "matches"):
-        words += ": would deny (AUDIT)"
-    return words
+        return reason.split(": ", 1)[-1]
+    return "matches" if policy else "does not match"

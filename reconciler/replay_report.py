@@ -52,8 +52,9 @@ def render_markdown(replay: Replay, *, source: str, policies: str) -> str:
     unchanged = replay.replayed - replay.to_deny - replay.to_allow
     lines = ["### Replay of the access log", "",
              f"{replay.replayed} requests of `{source}` re-decided under {policies}: "
-             f"**{replay.to_deny}** ALLOW → DENY, **{replay.to_allow}** DENY → ALLOW, {unchanged} unchanged.", ""]
-    lines += [f"- {_md(line)}" for line in _skipped_words(replay)]
+             f"**{replay.to_deny}** ALLOW → DENY, **{replay.to_allow}** DENY → ALLOW, {unchanged} unchanged."]
+    skipped = _skipped_words(replay)
+    lines += ["", *[f"- {_md(line)}" for line in skipped]] if skipped else []
     changed = _changed(replay)
     if changed:
         lines += ["", "| user | service | replayed | ALLOW → DENY | DENY → ALLOW |", "|---|---|---|---|---|"]
