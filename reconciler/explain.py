@@ -78,18 +78,18 @@ def _explain(live: LiveSnapshot, user_name: str, service_name: str, aal: str, qu
     say("routing (rules in order, first match wins):" if service.rules else "routing: no rules")
     activation = live.activation(user, service, request, session)
     first = ""
-    for i, rule in enumerate(service.rules, 1):
-        label = rule.name or str(i)
+    for i, routing_rule in enumerate(service.rules, 1):
+        label = routing_rule.name or str(i)
         if first:
-            say(f"  rule {label} → {rule.config_name}: {condition_text(rule.condition)}: not tried "
+            say(f"  rule {label} → {routing_rule.config_name}: {condition_text(routing_rule.condition)}: not tried "
                 f"(rule {first} matched)")
             continue
         try:
-            matched = "MATCH" if compile_condition(rule.condition).evaluate(activation) else "no match"
+            matched = "MATCH" if compile_condition(routing_rule.condition).evaluate(activation) else "no match"
         except ConditionError as exc:
             matched = f"failed to evaluate ({exc.reason}): the connection is refused"
         first = label if matched == "MATCH" else ""
-        say(f"  rule {label} → {rule.config_name}: {condition_text(rule.condition)}: {matched}")
+        say(f"  rule {label} → {routing_rule.config_name}: {condition_text(routing_rule.condition)}: {matched}")
     try:
         route = live.route(user_name, service_name, request, identity_session=session)
     except PgwardenError as exc:

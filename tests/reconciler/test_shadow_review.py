@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from proxy.audit.accesslog import AccessLog, AccessLogWriter
-from proxy.audit.otel import otel_attributes
+from proxy.audit.otel import otel_attributes, summary
 from reconciler.access import access_matrix, keyless_snapshot
 from reconciler.load import load_directory
 from reconciler.replay import GATE, NO_TEXT, RECHECK, replay
@@ -163,3 +163,6 @@ def test_a_would_deny_is_in_the_json_line_and_the_otel_attributes(tmp_path: Path
     assert attributes["pgwarden.postgres.decision.wouldDeny.policy"] == "no-deletes-yet"
     assert attributes["pgwarden.postgres.decision.wouldDeny.rule"] == "deletes"
     assert attributes["pgwarden.postgres.decision.status"] == "ALLOWED"
+    assert summary(emitted[0][1], emitted[0][2], is_denied=False) == (
+        "QUERY ALLOWED bo -> shop by policy allow-all, rule everything; AUDIT policy no-deletes-yet, rule deletes "
+        "would deny: ok")
