@@ -1,7 +1,7 @@
 """Re-decide an access log's requests under another revision's policies: what a policy change would change.
 
 Each QUERY, PARSE and FUNCTION_CALL record is decided again the way `pgwarden access` and `explain` decide
-offline (LiveSnapshot.route, then the session's SessionPolicy), with the session facts the record holds
+offline (LiveSnapshot.route, then the connection's ConnectionPolicy), with the session facts the record holds
 (user, service, AAL and login method, the connect request of its SESSION_START) at the instant it was logged.
 Records that cannot be re-decided faithfully are counted as skipped, with the reason.
 """
@@ -17,7 +17,7 @@ from typing import Any
 from identity.store.base import AssuranceLevel, AuthMethod, IdentitySession
 from proxy.errors import PgwardenError
 from proxy.policy import timefns
-from proxy.policy.engine import DEFAULT_DENY, SessionPolicy
+from proxy.policy.engine import DEFAULT_DENY, ConnectionPolicy
 from proxy.policy.railgate import RULE_PREFIX
 from proxy.routing import ConnectRequest, LiveSnapshot
 from proxy.snapshot import Snapshot
@@ -100,7 +100,7 @@ class _Decider:
 
     def __init__(self, snapshot: Snapshot) -> None:
         self.live = LiveSnapshot(snapshot, 0)
-        self._policies: dict[tuple[Any, ...], SessionPolicy | None] = {}
+        self._policies: dict[tuple[Any, ...], ConnectionPolicy | None] = {}
 
     def decide(self, common: dict[str, Any], request: ConnectRequest, at: datetime.datetime, kind: str,
                postgres: dict[str, Any]) -> tuple[str, str]:
@@ -118,7 +118,7 @@ class _Decider:
                 return DENY, f"cannot connect: {exc.message}"
             key = (user, service, route.config.name, aal, method, idp)
             if key not in self._policies:
-                self._policies[key] = self.live.session_policy(self.live.user(user), route.service, session,
+                self._policies[key] = self.live.connection_policy(self.live.user(user), route.service, session,
                                                                config=route.config)
             policy = self._policies[key]
             if policy is None:

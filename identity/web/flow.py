@@ -22,8 +22,6 @@ that started it, as with sticky sessions.) Sessions, device codes, passkeys and 
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import hmac
 import ipaddress
 import logging
@@ -39,10 +37,11 @@ from aiohttp import web
 from identity.errors import IdentityError
 from identity.host import IdentityHost
 from identity.mapping import map_identity
+from identity.pkce import s256_challenge
 from identity.sessions import Identity
 from identity.store.base import AssuranceLevel, AuthMethod
 from identity.web.pages import e, error_page, page, redirect
-from proxy.pgwire.errors import PgwardenError
+from proxy.errors import PgwardenError
 from proxy.snapshot import IdentityProvider, User, UserType
 
 log = logging.getLogger("pgwarden.identity")
@@ -382,17 +381,13 @@ class AuthServer:
         issued = self._codes.pop(code, None)
         if issued is None:
             return web.json_response({"error": "unknown, used or expired login code"}, status=400)
-        if not hmac.compare_digest(s256(verifier), issued.code_challenge):
+        if not hmac.compare_digest(s256_challenge(verifier), issued.code_challenge):
             log.warning("login code presented with the wrong PKCE verifier")
             return web.json_response({"error": "the code verifier does not match"}, status=400)
         return web.json_response(issued.body)
 
     async def _cluster(self, _: web.Request) -> web.Response:
         return web.json_response(self.cluster_info())
-
-
-def s256(verifier: str) -> str:
-    return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
 
 
 def is_loopback_redirect(uri: str) -> bool:

@@ -9,7 +9,7 @@ import pytest
 from proxy.errors import AccessDenied
 from proxy.policy.engine import Decision, WouldDeny
 from proxy.snapshot import PolicyEnforcement, policy_from_spec, policy_spec_to_wire
-from tests.policy.test_engine import REQUEST, WRITES, live, rule, session_policy
+from tests.policy.test_engine import REQUEST, WRITES, connection_policy, live, rule
 
 ALLOW_ALL = policy_from_spec("allow-all", {"rules": [rule("everything", "ALLOW", {"matchAny": True}, priority=4)]})
 NO_DELETES = {"match": 'ctx.request.postgres.statement.kinds.exists(k, k == "DELETE")'}
@@ -29,7 +29,7 @@ def test_enforcement_defaults_to_enforce_and_round_trips_through_the_wire_form()
 
 def test_an_audit_deny_allows_and_names_itself_as_would_deny() -> None:
     shadow = audit("no-writes-yet", rule("writes", "DENY", WRITES))
-    sp = session_policy(live(ALLOW_ALL, shadow, service_policies=("allow-all", "no-writes-yet")))
+    sp = connection_policy(live(ALLOW_ALL, shadow, service_policies=("allow-all", "no-writes-yet")))
     decided = sp.decide_query("INSERT INTO t VALUES (1)")
     assert decided == Decision(True, "allow-all", "everything", 'allowed by policy "allow-all" rule "everything"',
                                WouldDeny("no-writes-yet", "writes"))
@@ -41,7 +41,7 @@ def test_an_audit_deny_allows_and_names_itself_as_would_deny() -> None:
 def test_an_enforce_deny_still_denies_with_an_audit_policy_attached() -> None:
     enforce = policy_from_spec("no-truncate", {"rules": [rule("truncate", "DENY", NO_TRUNCATE)]})
     shadow = audit("no-deletes-yet", rule("deletes", "DENY", NO_DELETES))
-    sp = session_policy(live(ALLOW_ALL, enforce, shadow,
+    sp = connection_policy(live(ALLOW_ALL, enforce, shadow,
                              service_policies=("allow-all", "no-truncate", "no-deletes-yet")))
     assert sp.decide_query("TRUNCATE t") == Decision(False, "no-truncate", "truncate",
                                                      'denied by policy "no-truncate" rule "truncate"')
@@ -53,7 +53,7 @@ def test_an_audit_allow_never_lifts_an_enforce_deny_nor_hides_it() -> None:
     enforce = policy_from_spec("read-only", {"rules": [rule("writes", "DENY", WRITES, priority=0),
                                                       rule("rest", "ALLOW", {"matchAny": True}, priority=4)]})
     lenient = audit("writes-for-all", rule("writes", "ALLOW", WRITES, priority=-1))
-    sp = session_policy(live(enforce, lenient, service_policies=("read-only", "writes-for-all")))
+    sp = connection_policy(live(enforce, lenient, service_policies=("read-only", "writes-for-all")))
     decided = sp.decide_query("INSERT INTO t VALUES (1)")
     assert (decided.allowed, decided.policy, decided.would_deny) == (False, "read-only", None)
 
@@ -62,13 +62,13 @@ def test_an_audit_deny_after_the_deciding_rule_would_not_deny() -> None:
     # Promoted to ENFORCE it would come after the ALLOW that decides (priority 4 > 0): it would change nothing.
     early = policy_from_spec("early", {"rules": [rule("all", "ALLOW", {"matchAny": True}, priority=0)]})
     late = audit("late", rule("writes", "DENY", WRITES, priority=4))
-    sp = session_policy(live(early, late, service_policies=("early", "late")))
+    sp = connection_policy(live(early, late, service_policies=("early", "late")))
     assert sp.decide_query("INSERT INTO t VALUES (1)").would_deny is None
 
 
 def test_an_audit_rule_that_fails_to_evaluate_would_deny_but_does_not_block() -> None:
     shadow = audit("broken", rule("bad", "DENY", {"match": 'ctx.request.postgres.statement.kinds.size() == "x"'}))
-    sp = session_policy(live(ALLOW_ALL, shadow, service_policies=("allow-all", "broken")))
+    sp = connection_policy(live(ALLOW_ALL, shadow, service_policies=("allow-all", "broken")))
     decided = sp.decide_query("SELECT 1")
     assert decided.allowed and decided.would_deny == WouldDeny("broken", "bad")
 
