@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import shutil
 import subprocess
 import sys
@@ -80,7 +81,9 @@ def _version(bindir: Path) -> str:
     done = subprocess.run([str(bindir / "postgres"), "--version"], capture_output=True, text=True)
     if done.returncode != 0:
         raise ClusterError(f"{bindir / 'postgres'} --version exited {done.returncode}: {done.stderr.strip()}")
-    return "PostgreSQL " + done.stdout.split()[-1]  # "postgres (PostgreSQL) 18.6"
+    # "postgres (PostgreSQL) 18.6", or Debian's "postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)"
+    found = re.search(r"\(PostgreSQL\) (\S+)", done.stdout)
+    return f"PostgreSQL {found.group(1) if found else done.stdout.strip()}"
 
 
 def _has_tls(psql: str) -> bool:
