@@ -143,6 +143,9 @@ def run_up(args: argparse.Namespace) -> int:
     if not args.demo and not args.repo:
         error("say where the manifests are: --repo URL|PATH (or try --demo)")
         return 2
+    if args.postgres != "auto" and not args.demo:
+        error(f"--postgres {args.postgres} chooses the demo's database: it goes with --demo")
+        return 2
     data_dir = prepare(args.data_dir or default_data_dir())
     args.data_dir = data_dir
     database: demo.DemoDatabase | None = None

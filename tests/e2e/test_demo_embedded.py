@@ -262,3 +262,10 @@ def test_postgres_system_runs_the_system_postgresql_where_there_is_one(tmp_path:
     finally:
         code = demo.stop()
     assert code == 0, demo.text
+
+
+def test_postgres_without_demo_is_refused(tmp_path: Path) -> None:
+    done = subprocess.run([*PGWARDEN, "up", "--repo", str(tmp_path), "--data-dir", str(tmp_path / "data"),
+                           "--postgres", "embedded"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "--postgres embedded chooses the demo's database: it goes with --demo" in done.stderr
