@@ -46,8 +46,6 @@ spec:
     scopes: [openid, email, profile]
 """
 
-__all__ = ["DemoIdentityProvider", "DemoPostgres"]
-
 
 class DemoError(Exception):
     """The demo cannot start; the message says what to install or change."""
