@@ -31,14 +31,9 @@ from proxy.pgwire.denials import ResponseFilter
 from proxy.pgwire.encodings import decode_text, python_codec
 from proxy.pgwire.errors import ProtocolViolation
 from proxy.pgwire.framing import DEFAULT_MAX_MESSAGE_BYTES, FrameScanner, MessageTooLarge
-from proxy.policy.enforce import (
-    DecisionLike,
-    DenyAll,
-    RequestDecider,
-    RequestGate,
-    ResponseSummaries,
-    explain_hint,
-)
+from proxy.policy.enforce import RequestGate
+from proxy.policy.gate_decisions import DecisionLike, DenyAll, RequestDecider, explain_hint
+from proxy.policy.response_summaries import ResponseSummaries
 from proxy.preauth import PreAuthRegistry
 from proxy.registry import ConnectionSlot, SessionInfo, SessionRegistry
 from proxy.relay import GatedRelay, PlainRelay

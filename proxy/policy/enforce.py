@@ -32,10 +32,8 @@ longer send text that is not lexing-neutral (the count of answers cannot be trus
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from proxy.pgwire import messages as m
 from proxy.pgwire.denials import (
@@ -60,6 +58,14 @@ from proxy.pgwire.requests import (
     parse_query,
 )
 from proxy.pgwire.walker import frame_length
+from proxy.policy.gate_decisions import (
+    DENIAL_HINT,
+    DecisionLike,
+    FailedDecision,
+    GateDenial,
+    RequestDecider,
+    denial_message,
+)
 from proxy.policy.railgate import RULE_PREFIX as RAIL_RULE_PREFIX
 
 _HELD = frozenset({m.QUERY, m.PARSE, m.FUNCTION_CALL, m.CLOSE})
@@ -76,15 +82,6 @@ _INERT_KINDS = frozenset({"BEGIN", "START TRANSACTION", "SAVEPOINT", "RELEASE", 
 MAX_BACKLOG_BYTES = 1 << 20  # held client bytes above which the client is no longer read
 MAX_PORTALS = 10_000  # portal names remembered; a forgotten one is unknown (denied after a reload)
 _RECHECK_DEPTH = 4  # EXECUTE of a statement whose stored text EXECUTEs another...
-DENIAL_HINT = "pgwarden checks every query against the service's policies; ask an administrator for access"
-
-
-def explain_hint(user: str, service: str, aal: str = "AAL1") -> str:
-    """The HINT of a policy denial: the command that shows which rule decided. The statement is not echoed
-    (it may be long or hold a literal the client would not want in an error log)."""
-    level = "" if aal == "AAL1" else f" --aal {aal}"
-    return (f"see which policy rule decided: pgwarden explain --user {user} --service {service}{level} "
-            "--query '<your statement>'")
 AFTER_EXECUTE = ("query text with non-ASCII characters or backslashes cannot be checked after an Execute "
                  "in the same pipeline: pgwarden cannot know the client_encoding and "
                  "standard_conforming_strings the server will read it with; send Sync before it")
@@ -92,68 +89,6 @@ UNSURE = ("query text with non-ASCII characters or backslashes cannot be checked
           "a Query or FunctionCall inside an unfinished extended-protocol batch, so pgwarden cannot tell "
           "which settings the server reads text with; reconnect")
 HOLD = None  # what a request handler returns when the request must wait for the upstream's answers
-class DecisionLike(Protocol):
-    """proxy.policy.engine.Decision, as the gate reads it."""
-
-    @property
-    def allowed(self) -> bool: ...
-    @property
-    def policy(self) -> str: ...
-    @property
-    def rule(self) -> str: ...
-    @property
-    def reason(self) -> str: ...
-
-
-class RequestDecider(Protocol):
-    """What the gate asks to decide a request: engine.ConnectionPolicy, or DenyAll; `generation` changes on reload."""
-
-    @property
-    def generation(self) -> int: ...
-
-    def decide_query(self, sql: str) -> DecisionLike: ...
-    def decide_parse(self, name: str, sql: str) -> DecisionLike: ...
-    def decide_function_call(self, oid: int) -> DecisionLike: ...
-
-
-@dataclass(frozen=True, slots=True)
-class FailedDecision:
-    """Fail closed: a policy that raised while deciding denies the request."""
-
-    allowed: bool
-    policy: str
-    rule: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class GateDenial:
-    """A request the gate refuses itself, before any policy: text it cannot read as the server would, or a
-    name it cannot vouch for. Logged DENIED with this reason; the client sees `... denied: <reason>`."""
-
-    reason: str
-    allowed: bool = False
-    policy: str = ""
-    rule: str = ""
-
-
-class DenyAll:
-    """Stands in for a session's policy when the new snapshot cannot build one (the session is ending)."""
-
-    def __init__(self, reason: str, generation: int) -> None:
-        self.generation = generation
-        self._decision = FailedDecision(False, "", "", reason)
-
-    def decide_query(self, sql: str) -> DecisionLike:
-        return self._decision
-
-    def decide_parse(self, name: str, sql: str) -> DecisionLike:
-        return self._decision
-
-    def decide_function_call(self, oid: int) -> DecisionLike:
-        return self._decision
-
-
 # (kind, request fields, decision or None when checks are off, seconds the decision took)
 OnDecision = Callable[[str, dict[str, Any], DecisionLike | None, float], None]
 # A stored statement or portal: (SQL text, policy generation it was decided in, whether the text came as a
@@ -161,16 +96,6 @@ OnDecision = Callable[[str, dict[str, Any], DecisionLike | None, float], None]
 # a SQL PREPARE or DECLARE only contains it (it is decided whole, the safe side). The text is None for a
 # portal bound to a statement the gate did not know.
 _Entry = tuple[str | None, int, bool, bool]
-
-
-def denial_message(what: str, decision: DecisionLike) -> str:
-    if decision.rule.startswith(RAIL_RULE_PREFIX):
-        return decision.reason  # a guard rail's refusal names the statement and the rail itself
-    if isinstance(decision, GateDenial):
-        return f"{what} denied: {decision.reason}"
-    if decision.policy:
-        return f'{what} denied by policy "{decision.policy}", rule "{decision.rule}"'
-    return f"{what} denied: no policy rule allows it"
 
 
 class RequestGate:
@@ -649,77 +574,3 @@ class RequestGate:
         in the batch the upstream skips it without a ReadyForQuery, so the count of answers is unsure."""
         self._uncertain += 1
         self._ran_in_batch = True
-
-
-# --- response summaries ------------------------------------------------------------------------------
-
-_ROW_COUNTING = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "COPY", "FETCH", "MOVE"})
-Decided = tuple[str, dict[str, Any], DecisionLike]
-# (kind, request fields, decision, response summary or None when the session ended first)
-WriteDecision = Callable[[str, dict[str, Any], DecisionLike, dict[str, Any] | None], None]
-
-
-class ResponseSummaries:
-    """Holds each decision until the upstream has answered its request, then logs both together.
-
-    Requests are grouped by what the upstream answers with one ReadyForQuery (everything up to a Sync,
-    one Query, one FunctionCall); the summary gives that cycle's last command tag, rows, first SQLSTATE
-    and duration. Mutable: one per session, fed from both directions of the relay.
-    """
-
-    __slots__ = ("_write", "_open", "_open_started", "_sent", "_tag", "_rows", "_sqlstate")
-
-    def __init__(self, write: WriteDecision) -> None:
-        self._write = write
-        self._open: list[Decided] = []  # decided since the last Sync/Query/FunctionCall went upstream
-        self._open_started = 0.0
-        self._sent: deque[tuple[list[Decided], float]] = deque()  # cycles awaiting their ReadyForQuery
-        self._tag = ""
-        self._rows = 0
-        self._sqlstate = ""
-
-    def decided(self, kind: str, request: dict[str, Any], decision: DecisionLike) -> None:
-        if not self._open:
-            self._open_started = time.monotonic()
-        self._open.append((kind, request, decision))
-
-    def ready_requested(self) -> None:
-        started = self._open_started if self._open else time.monotonic()
-        self._sent.append((self._open, started))
-        self._open = []
-
-    def on_replies(self, found: list[tuple[int, bytes]]) -> None:
-        """CommandComplete, ErrorResponse and ReadyForQuery bodies from the upstream, in order."""
-        for type_byte, body in found:
-            if type_byte == m.COMMAND_COMPLETE:
-                self._tag = body.rstrip(b"\x00").decode("ascii", "replace")
-                words = self._tag.split()
-                if words and words[0] in _ROW_COUNTING and words[-1].isdigit():
-                    self._rows += int(words[-1])
-            elif type_byte == m.ERROR_RESPONSE:
-                if not self._sqlstate:
-                    self._sqlstate = m.parse_error_fields(body).code
-            elif type_byte == m.READY_FOR_QUERY:
-                self._on_ready()
-
-    def _on_ready(self) -> None:
-        if self._sent:
-            entries, started = self._sent.popleft()
-            if entries:
-                summary: dict[str, Any] = {"commandTag": self._tag, "rows": self._rows,
-                                           "durationMs": round((time.monotonic() - started) * 1000, 3)}
-                if self._sqlstate:
-                    summary["sqlstate"] = self._sqlstate
-                for kind, request, decision in entries:
-                    self._write(kind, request, decision, summary)
-        self._tag, self._rows, self._sqlstate = "", 0, ""
-
-    def flush(self) -> None:
-        """Log what is still unanswered (the session is ending), without a summary."""
-        for entries, _ in self._sent:
-            for kind, request, decision in entries:
-                self._write(kind, request, decision, None)
-        for kind, request, decision in self._open:
-            self._write(kind, request, decision, None)
-        self._sent.clear()
-        self._open = []

@@ -25,7 +25,8 @@ from proxy.pgwire.denials import (
 from proxy.pgwire.errors import ProtocolViolation
 from proxy.pgwire.requests import RequestSplitter, parse_bind, parse_close, parse_function_call, parse_parse
 from proxy.policy.classify import classify
-from proxy.policy.enforce import RequestGate, ResponseSummaries
+from proxy.policy.enforce import RequestGate
+from proxy.policy.response_summaries import ResponseSummaries
 
 
 @dataclass(frozen=True)
