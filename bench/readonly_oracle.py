@@ -333,10 +333,10 @@ class Runner:
 
 def _reason(c: Classification) -> str:
     """The first thing that made `c` not read-only: a kind, else the functions it calls."""
-    from proxy.policy.classify import _READ_ONLY_KINDS, READ_ONLY_BUILTINS
+    from proxy.policy.statement_walk import READ_ONLY_BUILTINS, READ_ONLY_KINDS
 
     for kind in c.kinds:
-        if kind not in _READ_ONLY_KINDS and kind != "COPY":  # "COPY" goes with "COPY TO" / "COPY FROM"
+        if kind not in READ_ONLY_KINDS and kind != "COPY":  # "COPY" goes with "COPY TO" / "COPY FROM"
             return kind
     unknown = [f for f in c.functions if f not in READ_ONLY_BUILTINS]
     return "function " + (unknown[0] if unknown else "(qualified or quoted)") if c.functions else "row lock or operator"

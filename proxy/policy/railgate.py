@@ -18,7 +18,8 @@ import json
 from pglast import parser
 
 from proxy.guardrails import TRANSACTION_END_KINDS, Lock, keeps_rail, locked_settings, rail_denied
-from proxy.policy.classify import NOT_LITERAL, Classification, classify_exact
+from proxy.policy.classify import Classification, classify_exact
+from proxy.policy.statement_walk import NOT_LITERAL
 from proxy.snapshot import GuardRails
 
 SET_CONFIG_OID = 2078  # pg_proc: set_config(text, text, boolean)

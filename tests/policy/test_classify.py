@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from proxy.policy import classify as classify_module
+from proxy.policy import statement_walk
 from proxy.policy.classify import classify
 
 
@@ -213,13 +214,13 @@ def test_the_builtin_list_ships_with_the_package_and_holds_no_writer() -> None:
 
     shipped = resources.files("proxy.policy").joinpath("builtin_functions.txt")
     assert shipped.is_file()
-    names = classify_module.READ_ONLY_BUILTINS
+    names = statement_walk.READ_ONLY_BUILTINS
     assert {"lower", "count", "now", "generate_series", "jsonb_build_object", "currval"} <= names
     assert not names & {"nextval", "setval", "set_config", "pg_notify", "pg_advisory_lock", "lo_create",
                         "lo_import", "txid_current", "pg_terminate_backend", "query_to_xml", "pg_read_file"}
     pyproject = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
     assert '"proxy.policy" = ["builtin_functions.txt", "builtin_operators.txt"]' in pyproject
-    assert {"=", "<>", "+", "~~", "->>", "@>", "||"} <= classify_module.READ_ONLY_OPERATORS
+    assert {"=", "<>", "+", "~~", "->>", "@>", "||"} <= statement_walk.READ_ONLY_OPERATORS
 
 
 @pytest.mark.parametrize("sql, read_only", [
