@@ -159,6 +159,7 @@ class WorkerServer(ProxyServer):
 
     def __init__(self, *, slot: WorkerSlot, data_dir: Path, **kwargs: Any) -> None:
         super().__init__(registry_factory=functools.partial(WorkerRegistry, slot=slot, data_dir=data_dir), **kwargs)
+        self.grant_timer = None  # the parent re-evaluates grant windows and pushes the result to every worker
         self.slot = slot
         self.data_dir = data_dir
         self._cancel_server: asyncio.AbstractServer | None = None

@@ -19,7 +19,7 @@ from referencing import Registry, Resource
 from proxy.guardrails import parse_duration_ms, schema_name_problem
 from proxy.policy.cel import check_cost_with, compile_expression
 from proxy.snapshot import AuthMechanism, SSLMode, Upstream
-from reconciler import build, schema_check, workloads
+from reconciler import build, grant_checks, schema_check, workloads
 from reconciler.build import merged_configs
 from reconciler.conditions import condition_problems
 from reconciler.errors import (
@@ -44,7 +44,7 @@ def validate_all(documents: Sequence[Document], *, verdicts: SchemaVerdicts | No
     v = verdicts or SchemaVerdicts()
     problems = [*against_schemas(documents, verdicts=v), *references(documents, verdicts=v), *unique_names(documents),
                 *expressions(documents), *policies(documents), *upstream_login_safety(documents, verdicts=v),
-                *guard_rails(documents, verdicts=v)]
+                *guard_rails(documents, verdicts=v), *grant_checks.window_problems(documents)]
     if problems:
         raise InvalidManifests(problems)
 
@@ -71,10 +71,11 @@ def references(documents: Sequence[Document], *, verdicts: SchemaVerdicts | None
         if doc.kind == "Service":
             problems.extend(_service_references(doc, names, is_valid=id(doc) in valid))
         elif doc.kind == "User":
-            for i, group in enumerate(_list(_get(doc.body, "spec", "groups"))):
+            for i, entry in enumerate(_list(_get(doc.body, "spec", "groups"))):
+                group, path = (entry, f"spec.groups[{i}]") if isinstance(entry, str) else \
+                    (_get(entry, "name"), f"spec.groups[{i}].name")  # a windowed membership
                 if isinstance(group, str) and group not in names["Group"]:
-                    problems.append(DanglingReference.to("Group", group, names["Group"],
-                                                         source=doc.source(f"spec.groups[{i}]")))
+                    problems.append(DanglingReference.to("Group", group, names["Group"], source=doc.source(path)))
             problems.extend(_identity_references(doc, names, claimed))
         elif doc.kind == "IdentityProvider":
             for method in IDENTITY_PROVIDER_TYPES:
