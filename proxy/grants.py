@@ -136,3 +136,17 @@ def crossed(before: Sequence[Grant], before_at: datetime.datetime, after: Sequen
     (expired, or took effect), as they stand in `after`."""
     held = {g.key: g.validity.is_active(before_at) for g in before}
     return [g for g in after if g.key in held and held[g.key] != g.validity.is_active(after_at)]
+
+
+def relevant(found: Sequence[Grant], snapshot: Snapshot, user: str, service: str) -> list[Grant]:
+    """The windowed grants a User × Service pair may rest on: the user's memberships, and the windowed rules of
+    every Policy attached to the service, the user or any Group the user is listed in (windowed or not)."""
+    u, s = snapshot.users.get(user), snapshot.services.get(service)
+    if u is None or s is None:
+        return []
+    owners = [s.authorization, u.authorization,
+              *(snapshot.groups[g].authorization for g in u.groups if g in snapshot.groups)]
+    named = {name for a in owners for name in a.policies}
+    inline_owners = {f"Service {service}", f"User {user}", *(f"Group {g}" for g in u.groups)}
+    return [g for g in found if (g.kind == GrantKind.MEMBERSHIP and g.user == user)
+            or (g.kind == GrantKind.POLICY_RULE and (g.owner in inline_owners if g.owner else g.policy in named))]
