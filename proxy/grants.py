@@ -148,5 +148,7 @@ def relevant(found: Sequence[Grant], snapshot: Snapshot, user: str, service: str
               *(snapshot.groups[g].authorization for g in u.groups if g in snapshot.groups)]
     named = {name for a in owners for name in a.policies}
     inline_owners = {f"Service {service}", f"User {user}", *(f"Group {g}" for g in u.groups)}
-    return [g for g in found if (g.kind == GrantKind.MEMBERSHIP and g.user == user)
+    # A membership can matter here only through a routing rule or an attached policy (either may read groups).
+    reads_groups = bool(s.rules) or any(a.policies or a.inline_policies for a in owners)
+    return [g for g in found if (g.kind == GrantKind.MEMBERSHIP and g.user == user and reads_groups)
             or (g.kind == GrantKind.POLICY_RULE and (g.owner in inline_owners if g.owner else g.policy in named))]
