@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from proxy import grants
-from proxy.routing import LiveSnapshot
+from proxy.errors import AccessDenied
+from proxy.grant_timer import name_lapsed_grants
+from proxy.routing import ConnectRequest, LiveSnapshot
 from proxy.snapshot import Snapshot, from_wire, to_wire
 from reconciler import load
 from reconciler.access import keyless_snapshot
@@ -163,3 +165,44 @@ def test_validate_warns_about_expired_grants_but_passes(tmp_path: Path) -> None:
             "2026-01-02T03:04:05Z: it grants nothing any more") in out.stdout.splitlines()
     assert out.stdout.splitlines()[-1].startswith("✓ 4 documents valid")
     assert out.stdout.splitlines()[-1].endswith(", 1 warning")
+
+
+def test_access_at_an_instant_decides_with_the_windows_of_that_instant(tmp_path: Path) -> None:
+    documents(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def access(at: str) -> list[str]:
+        out = subprocess.run([sys.executable, "-m", "pgwarden", "access", "--user", "bob", "--service", "my-db",
+                              "--at", at, "--allow-plaintext-secrets", str(tmp_path)],
+                             capture_output=True, text=True, timeout=60, env=env, check=False)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.splitlines()
+
+    inside = access("2026-12-08T18:59:59+01:00")
+    assert inside[0].startswith("bob · my-db · connects as full_access")
+    assert inside[1] == '    grant          group "oncall" of user "bob" until 2026-12-08T18:00:00Z: active'
+    after = access("2026-12-08T19:00:00+01:00")  # the same instant as validUntil: the grant is gone
+    assert after[0].startswith("bob · my-db · connects as read_only")
+    assert after[1] == '    grant          group "oncall" of user "bob" until 2026-12-08T18:00:00Z: expired'
+
+
+def test_a_session_ended_by_a_rule_taking_effect_is_told_which_rule(tmp_path: Path) -> None:
+    text = SERVICE.replace("validFrom: 2026-12-10T00:00:00+01:00\n      validUntil: 2026-12-11T00:00:00+01:00\n"
+                           "      condition: {match: ctx.request.postgres.statement.readOnly == false}",
+                           "validFrom: 2026-12-10T00:00:00+01:00\n      condition: {matchAny: true}")
+    assert text != SERVICE
+    (tmp_path / "service.yaml").write_text(text)
+    (tmp_path / "bob.yaml").write_text(BOB.replace("GROUPS", "oncall"))
+    snapshot = keyless_snapshot(review_documents(load.load_directory(tmp_path), allow_plaintext_secrets=True))
+    start = datetime.datetime(2026, 12, 9, 23, tzinfo=UTC)
+    before, after = (LiveSnapshot(snapshot, 1, at=start - datetime.timedelta(seconds=1)),
+                     LiveSnapshot(snapshot, 2, at=start))
+    request = ConnectRequest(user="bob", database="")
+    assert before.route("bob", "my-db", request).config.name == "full-access"
+    with pytest.raises(AccessDenied) as err:
+        after.route("bob", "my-db", request)
+    reason = AccessDenied(f"access revoked by configuration change: {err.value.message}")
+    named = name_lapsed_grants(reason, "bob", "my-db", before, after)
+    assert named.message.startswith('access revoked: the grant rule "no-writes-during-migration" of policy "freeze" '
+                                    "took effect at 2026-12-09T23:00:00Z; ")
+    assert name_lapsed_grants(reason, "alice", "my-db", before, after) is reason  # not alice's grant
