@@ -76,6 +76,8 @@ class LiveSnapshot:
             for name, service in snapshot.services.items()
         }
         self.policies = PolicySet(self.view)  # compiles every Policy: a bad one rejects the snapshot
+        if self.view is not snapshot:  # rules outside their window too: rejected now, not when their window opens
+            PolicySet(snapshot)
 
     def user(self, name: str) -> User:
         """The enabled User with this name, or AuthenticationFailed."""

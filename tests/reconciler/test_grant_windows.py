@@ -14,8 +14,9 @@ import pytest
 from proxy import grants
 from proxy.errors import AccessDenied
 from proxy.grant_timer import name_lapsed_grants
+from proxy.policy.cel import CelCompileError
 from proxy.routing import ConnectRequest, LiveSnapshot
-from proxy.snapshot import Snapshot, from_wire, to_wire
+from proxy.snapshot import Condition, Policy, PolicyEffect, PolicyRule, Snapshot, Validity, from_wire, to_wire
 from reconciler import load
 from reconciler.access import keyless_snapshot
 from reconciler.access_report import diff_access
@@ -206,3 +207,11 @@ def test_a_session_ended_by_a_rule_taking_effect_is_told_which_rule(tmp_path: Pa
     assert named.message.startswith('access revoked: the grant rule "no-writes-during-migration" of policy "freeze" '
                                     "took effect at 2026-12-09T23:00:00Z; ")
     assert name_lapsed_grants(reason, "alice", "my-db", before, after) is reason  # not alice's grant
+
+
+def test_a_rule_outside_its_window_that_does_not_compile_rejects_the_snapshot_now() -> None:
+    rule = PolicyRule(name="later", effect=PolicyEffect.DENY, condition=Condition(match="ctx.user.("),
+                      validity=Validity(valid_from=datetime.datetime(2030, 1, 1, tzinfo=UTC)))
+    snapshot = Snapshot(policies={"p": Policy(name="p", rules=(rule,))})
+    with pytest.raises(CelCompileError, match="unexpected '\\('"):
+        LiveSnapshot(snapshot, 1, at=datetime.datetime(2026, 12, 7, tzinfo=UTC))
