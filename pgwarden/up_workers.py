@@ -118,6 +118,14 @@ class ControlServer(ProxyServer):
             generations = await asyncio.to_thread(self._push_to_workers, snapshot)
             return self._generation_after(generations, await super().reload(snapshot))
 
+    async def refresh_grants(self) -> int | None:
+        """A grant window opened or closed: every worker re-evaluates the live snapshot, then the parent (one
+        generation for all). Under the reload lock, so no reload is half pushed and the live state is current."""
+        async with self._pushing:
+            generations = await asyncio.to_thread(self._push_to_workers, self.live.snapshot)
+            generation = await super().refresh_grants()
+            return None if generation is None else self._generation_after(generations, generation)
+
     def _push_to_workers(self, snapshot: Snapshot) -> list[int]:
         """PUT `snapshot` to every worker in index order; the generations they took it as. Raises on a refusal."""
         body = json.dumps(to_wire(snapshot, fingerprint_key=self.fingerprint_key, include_secrets=True),

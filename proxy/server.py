@@ -157,10 +157,16 @@ class ProxyServer:
 
     async def refresh_grants(self) -> int | None:
         """Re-evaluate the live snapshot at the clock's time, exactly as a reload of it: the grant timer calls
-        this when a validFrom/validUntil passes. None when a reload already on its way will do it."""
-        if self._reloads_asked > self._live_ticket:
-            return None  # that reload's compile judges the windows at its own time, and its swap re-arms the timer
-        return await self.reload(self.live.snapshot)
+        this when a validFrom/validUntil passes. None when a reload went live meanwhile (it judged the windows
+        itself, and its swap re-armed the timer).
+
+        No ticket of its own: it never supersedes a reload in flight, and never swaps an older state back in.
+        """
+        base = self.live
+        live = await asyncio.to_thread(_compile_in_thread, base.snapshot, base.generation)
+        if self.live is not base:
+            return None
+        return self._swap(live, self._live_ticket)
 
     async def _revoke(self, live: LiveSnapshot, previous: LiveSnapshot | None = None) -> None:
         for i, session in enumerate(list(self.sessions.values())):
