@@ -127,6 +127,7 @@ def test_status_lists_the_grants_expiring_within_a_day(pg: Any, tmp_path: Any) -
         assert [(g["grant"], g["validUntil"]) for g in listed] == [('group "admins" of user "alice"', Z(soon))]
     finally:
         up.stop()
+        repo.work.close()  # GitPython's persistent `git cat-file` processes
 
 
 def Z(at: datetime.datetime) -> str:  # noqa: N802 - reads as the suffix it adds

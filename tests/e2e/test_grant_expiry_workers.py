@@ -65,4 +65,5 @@ def test_an_expiring_grant_ends_its_sessions_on_both_workers_at_the_boundary(pg:
             conn.close()
     finally:
         output = up.stop()
+        repo.work.close()  # GitPython's persistent `git cat-file` processes
     assert "grant window boundary" in output
