@@ -18,6 +18,11 @@ class LiveView(Protocol):
     @property
     def snapshot(self) -> Snapshot: ...
 
+    @property
+    def view(self) -> Snapshot:
+        """The snapshot with grants outside their validity window taken out (what routing decides from)."""
+        ...
+
 
 class IdentityHost(Protocol):
     """The seam between identity's web and API routes and the process that serves clients."""

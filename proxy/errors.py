@@ -68,6 +68,7 @@ SopsError                             reconciler/sops/errors.py: the sops codec;
 └── BackendError                      the optional Go `sops` binary failed
 GpgFailed                             reconciler/sops/gpg.py: one key slot did not open
 KeyringError                          reconciler/signatures.py: a trusted key cannot be read; becomes SourceError
+GrantRefused                          reconciler/grant_write.py: `pgwarden grant` cannot write the membership
 CelCompileError                       proxy/policy/cel.py (a ValueError): becomes InvalidExpression
 CostLimitError                        proxy/policy/cel_cost.py (a ValueError): over a compile-time limit
 ConditionError                        proxy/policy/cel.py: an evaluation failed; the engine denies (fails closed)

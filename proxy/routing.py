@@ -6,12 +6,15 @@ wins, else the default config, else refusal. Compilation happens once per applie
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from identity.store.base import IdentitySession
+from proxy import grants
 from proxy.errors import AccessDenied, AuthenticationFailed, UnknownService
+from proxy.policy import timefns
 from proxy.policy.cel import CompiledCondition, ConditionError, compile_condition, to_cel
 from proxy.policy.cel_cost import decision_budget
 from proxy.policy.engine import DEFAULT_DENY, NO_POLICY, ConnectionPolicy, Decision, PolicySet
@@ -53,11 +56,19 @@ class _CompiledRule:
 
 
 class LiveSnapshot:
-    """An applied Snapshot: immutable, compiled, and numbered by generation."""
+    """An applied Snapshot: immutable, compiled, and numbered by generation.
 
-    def __init__(self, snapshot: Snapshot, generation: int) -> None:
+    Routing and Policies see `view`: the snapshot at `at` (the clock's time when compiled), without the
+    grants outside their validity window. `snapshot` stays as applied (GET /v1/state shows it).
+    """
+
+    def __init__(self, snapshot: Snapshot, generation: int, *, at: datetime.datetime | None = None) -> None:
         self.snapshot = snapshot
         self.generation = generation
+        self.at = at or timefns.current_time()
+        self.grants = grants.windowed(snapshot)
+        self.view = grants.effective(snapshot, self.grants, self.at)
+        self.next_boundary = grants.next_boundary(self.grants, self.at)  # when `view` would change; None: never
         self._rules: dict[str, tuple[_CompiledRule, ...]] = {
             name: tuple(
                 _CompiledRule(i + 1, compile_condition(rule.condition), rule.config_name, rule.name or str(i + 1))
@@ -65,11 +76,13 @@ class LiveSnapshot:
             )
             for name, service in snapshot.services.items()
         }
-        self.policies = PolicySet(snapshot)  # compiles every Policy: a bad one rejects the snapshot
+        self.policies = PolicySet(self.view)  # compiles every Policy: a bad one rejects the snapshot
+        if self.view is not snapshot:  # rules outside their window too: rejected now, not when their window opens
+            PolicySet(snapshot)
 
     def user(self, name: str) -> User:
         """The enabled User with this name, or AuthenticationFailed."""
-        user = self.snapshot.users.get(name)
+        user = self.view.users.get(name)
         if user is None:
             raise AuthenticationFailed(f'user "{name}" does not exist', hint="ask an administrator to add you")
         if user.is_disabled:
@@ -77,9 +90,9 @@ class LiveSnapshot:
         return user
 
     def service(self, name: str) -> Service:
-        service = self.snapshot.services.get(name)
+        service = self.view.services.get(name)
         if service is None:
-            known = ", ".join(sorted(self.snapshot.services)) or "none"
+            known = ", ".join(sorted(self.view.services)) or "none"
             raise UnknownService(
                 f'service "{name}" does not exist',
                 hint=f"name a service as the database (dbname=SERVICE or SERVICE/DATABASE); known: {known}",
@@ -100,9 +113,9 @@ class LiveSnapshot:
     ) -> dict[str, Any]:
         """The plain-Python `ctx` of a session: user, groups, service, session and the connect request."""
         groups = [
-            {"metadata": {"name": g}, **dict(self.snapshot.groups[g].manifest)}
+            {"metadata": {"name": g}, **dict(self.view.groups[g].manifest)}
             for g in user.groups
-            if g in self.snapshot.groups
+            if g in self.view.groups
         ]
         ctx: dict[str, Any] = {
             "user": _with_name(user.manifest, user.name),

@@ -20,6 +20,7 @@ from identity.sessions import SessionAuthority
 from identity.store.base import AuthMethod, IdentitySession, StateStoreError, utc_now
 from proxy.audit.accesslog import AccessLog
 from proxy.errors import AccessDenied, AuthenticationFailed, PgwardenError, SnapshotInvalid, SnapshotSuperseded
+from proxy.grant_timer import GrantTimer, name_lapsed_grants
 from proxy.metrics import ProxyMetrics
 from proxy.offload import compile_window
 from proxy.preauth import PreAuthLimits, PreAuthRegistry
@@ -73,6 +74,9 @@ class ProxyServer:
         self._revocation: asyncio.Task[None] | None = None
         self._identity_watch: asyncio.Task[None] | None = None
         self.state_outage_grace_s = STATE_OUTAGE_GRACE_S  # start_proxy sets --state-outage-grace
+        # Grant windows end at the second with no commit: a timer re-evaluates the live snapshot at each boundary.
+        # Workers leave it to the parent, which pushes the re-evaluation to all of them (one generation).
+        self.grant_timer: GrantTimer | None = GrantTimer(self.refresh_grants)
 
     # --- listening -----------------------------------------------------------------------
     async def start(self, host: str, port: int, *, reuse_port: bool = False) -> tuple[str, int]:
@@ -85,6 +89,8 @@ class ProxyServer:
                                                 reuse_port=reuse_port or None, backlog=LISTEN_BACKLOG)
         sockname = self._server.sockets[0].getsockname()
         self._identity_watch = loop.create_task(self.watch_identity_sessions())
+        if self.grant_timer is not None:
+            self.grant_timer.arm(self.live)
         return sockname[0], sockname[1]
 
     def stop_accepting(self) -> None:
@@ -95,6 +101,8 @@ class ProxyServer:
     async def close(self) -> None:
         if self._identity_watch is not None:
             self._identity_watch.cancel()
+        if self.grant_timer is not None:
+            self.grant_timer.cancel()
         if self._server is not None:
             self._server.close()
         for session in list(self.sessions.values()):
@@ -140,21 +148,38 @@ class ProxyServer:
                 hint="the newer state stays live; apply again to serve this one")
         # Numbered here, not when compiled: generations stay consecutive (`pgwarden up --workers` relies on it).
         live.generation = self.live.generation + 1
-        self.live = live
+        previous, self.live = self.live, live
         self._live_ticket = ticket
         self.applied_at = time.time()
+        if self.grant_timer is not None:
+            self.grant_timer.arm(live)
         if self._revocation is not None and not self._revocation.done():
             self._revocation.cancel()
-        self._revocation = asyncio.get_running_loop().create_task(self._revoke(live))
+        self._revocation = asyncio.get_running_loop().create_task(self._revoke(live, previous))
         return live.generation
 
-    async def _revoke(self, live: LiveSnapshot) -> None:
+    async def refresh_grants(self) -> int | None:
+        """Re-evaluate the live snapshot at the clock's time, exactly as a reload of it: the grant timer calls
+        this when a validFrom/validUntil passes. None when a reload went live meanwhile (it judged the windows
+        itself, and its swap re-armed the timer).
+
+        No ticket of its own: it never supersedes a reload in flight, and never swaps an older state back in.
+        """
+        base = self.live
+        live = await asyncio.to_thread(_compile_in_thread, base.snapshot, base.generation)
+        if self.live is not base:
+            return None
+        return self._swap(live, self._live_ticket)
+
+    async def _revoke(self, live: LiveSnapshot, previous: LiveSnapshot | None = None) -> None:
         for i, session in enumerate(list(self.sessions.values())):
             if i and i % REVOCATION_BATCH == 0:
                 await asyncio.sleep(0)
             if self.live is not live:
                 return  # a newer snapshot took over; it will re-check everyone
             reason = self.recheck(session, live)
+            if reason is not None and previous is not None and session.info is not None:
+                reason = name_lapsed_grants(reason, session.info.user, session.info.service, previous, live)
             if reason is not None:
                 log.info("ending session %s: %s", session.id, reason.message)
                 session.terminate(reason)

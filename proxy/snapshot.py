@@ -111,14 +111,69 @@ class PolicyEnforcement(StrEnum):
     AUDIT = "AUDIT"
 
 
+def parse_instant(value: Any) -> datetime.datetime | None:
+    """An aware UTC datetime from a YAML timestamp or an RFC 3339 string; None if neither or it has no zone."""
+    if isinstance(value, str):
+        try:
+            value = datetime.datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            return None
+    if not isinstance(value, datetime.datetime) or value.tzinfo is None:
+        return None
+    return value.astimezone(datetime.UTC)
+
+
+def format_instant(at: datetime.datetime) -> str:
+    """RFC 3339 in UTC with a `Z`, as manifests and messages show a grant's boundary."""
+    return at.astimezone(datetime.UTC).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Validity:
+    """When a grant holds: from `valid_from` (inclusive) until `valid_until` (exclusive); None is unbounded."""
+
+    valid_from: datetime.datetime | None = None
+    valid_until: datetime.datetime | None = None
+
+    def is_active(self, at: datetime.datetime) -> bool:
+        return ((self.valid_from is None or at >= self.valid_from)
+                and (self.valid_until is None or at < self.valid_until))
+
+    def to_wire(self) -> dict[str, str]:
+        """`validFrom`/`validUntil` as the manifest spells them (only the bounds that are set)."""
+        out = {}
+        if self.valid_from is not None:
+            out["validFrom"] = format_instant(self.valid_from)
+        if self.valid_until is not None:
+            out["validUntil"] = format_instant(self.valid_until)
+        return out
+
+    @classmethod
+    def from_wire(cls, d: Mapping[str, Any]) -> Validity | None:
+        """From a mapping with `validFrom`/`validUntil` (validated); None when it has neither."""
+        if d.get("validFrom") is None and d.get("validUntil") is None:
+            return None
+        bounds = {}
+        for key, attr in (("validFrom", "valid_from"), ("validUntil", "valid_until")):
+            if d.get(key) is not None:
+                bounds[attr] = parse_instant(d[key])
+                if bounds[attr] is None:
+                    raise ValueError(f"{key} must be an RFC 3339 timestamp with a time zone")
+        return cls(**bounds)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PolicyRule:
-    """One rule of a Policy: when `condition` matches, `effect` decides (lower `priority` is tried first)."""
+    """One rule of a Policy: when `condition` matches, `effect` decides (lower `priority` is tried first).
+
+    A rule with a `validity` window exists only inside it (proxy/grants.py).
+    """
 
     name: str
     effect: PolicyEffect
     condition: Condition
     priority: int = 0  # -4..4
+    validity: Validity | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -244,6 +299,8 @@ class User:
     is_disabled: bool = False
     manifest: Mapping[str, Any] = field(default_factory=dict)  # metadata + spec, as CEL sees ctx.user
     authorization: Authorization = field(default_factory=Authorization)
+    # The memberships of `groups` that hold only within a window (`{name, validFrom?, validUntil?}` entries).
+    group_windows: Mapping[str, Validity] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -343,7 +400,8 @@ def policy_spec_to_wire(p: Policy) -> dict[str, Any]:
     """A Policy's spec as the manifest spells it (the wire form is the manifest form)."""
     return {
         "rules": [{"name": r.name, "effect": r.effect.value, "priority": r.priority,
-                   "condition": condition_to_wire(r.condition)} for r in p.rules],
+                   "condition": condition_to_wire(r.condition), **(r.validity.to_wire() if r.validity else {})}
+                  for r in p.rules],
         "attrs": dict(p.attrs),
         "isDisabled": p.is_disabled,
         "enforcement": p.enforcement.value,
@@ -356,7 +414,7 @@ def policy_from_spec(name: str, spec: Mapping[str, Any]) -> Policy:
         name=name,
         rules=tuple(
             PolicyRule(name=str(r["name"]), effect=PolicyEffect(r["effect"]), priority=int(r.get("priority", 0)),
-                       condition=condition_from_wire(r["condition"]))
+                       condition=condition_from_wire(r["condition"]), validity=Validity.from_wire(r))
             for r in spec.get("rules", [])
         ),
         attrs=dict(spec.get("attrs") or {}),
@@ -480,6 +538,7 @@ def to_wire(snapshot: Snapshot, *, fingerprint_key: bytes, include_secrets: bool
                 "isDisabled": u.is_disabled,
                 "manifest": dict(u.manifest),
                 "authorization": authorization_to_wire(u.authorization),
+                **({"groupWindows": {g: v.to_wire() for g, v in u.group_windows.items()}} if u.group_windows else {}),
             }
             for name, u in snapshot.users.items()
         },
@@ -515,6 +574,11 @@ def _credential_from_wire(name: str, d: Mapping[str, Any]) -> Credential:
                       is_disabled=bool(d.get("isDisabled", False)),
                       expires_at=datetime.datetime.fromisoformat(expires) if expires else None,
                       manifest=d.get("manifest", {}))
+
+
+def _windows_from_wire(d: Mapping[str, Any] | None) -> dict[str, Validity]:
+    windows = {str(group): Validity.from_wire(bounds) for group, bounds in (d or {}).items()}
+    return {group: v for group, v in windows.items() if v is not None}
 
 
 def from_wire(d: Mapping[str, Any]) -> Snapshot:
@@ -556,6 +620,7 @@ def from_wire(d: Mapping[str, Any]) -> Snapshot:
                 is_disabled=bool(u.get("isDisabled", False)),
                 manifest=u.get("manifest", {}),
                 authorization=authorization_from_wire(u.get("authorization")),
+                group_windows=_windows_from_wire(u.get("groupWindows")),
             )
             for name, u in d.get("users", {}).items()
         },

@@ -9,6 +9,7 @@ A cell whose outcome differs between variants is CONDITIONAL, and `access_words`
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import functools
 from collections.abc import Collection, Iterable, Sequence
@@ -17,6 +18,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from identity.store.base import AssuranceLevel, AuthMethod, IdentitySession
+from proxy import grants
 from proxy.errors import PgwardenError
 from proxy.policy import timefns
 from proxy.policy.cel import ConditionError, to_cel
@@ -57,6 +59,21 @@ class Cell:
     service: str
     connect: Verdict
     statements: dict[str, Verdict] = field(default_factory=dict)
+    # The windowed grants this cell may rest on, with their state at the matrix's instant: a changed window
+    # is an access change even when today's answer is the same.
+    grants: tuple[GrantNote, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class GrantNote:
+    """A windowed grant as review shows it: `group "oncall" of user "bob"`, `until …`, `active`."""
+
+    label: str
+    window: str
+    state: str
+
+    def words(self) -> str:
+        return f"{self.label} {self.window}: {self.state}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -273,10 +290,11 @@ def evaluate_cell(live: LiveSnapshot, user: User, service: Service, samples: Seq
 
 def access_matrix(snapshot: Snapshot, *, users: Iterable[str] | None = None, services: Iterable[str] | None = None,
                   pairs: Collection[tuple[str, str]] | None = None,
-                  reference: datetime.date | None = None) -> AccessMatrix:
+                  reference: datetime.date | None = None, at: datetime.datetime | None = None) -> AccessMatrix:
     """The matrix of a keyless snapshot: every User × Service, or only some users, services or (user, service)
-    pairs. `reference` picks the week the clock is sampled in (default: this week)."""
-    live = LiveSnapshot(snapshot, 0)
+    pairs. `reference` picks the week the clock is sampled in (default: this week); grant windows are judged
+    at `at` (default: now), as a proxy compiling the snapshot then would."""
+    live = LiveSnapshot(snapshot, 0, at=at)
     zone = rules_zone(snapshot)
     samples = week_samples(zone, reference or datetime.datetime.now(datetime.UTC).date())
     wanted_users = sorted(snapshot.users.keys() & set(users) if users is not None else snapshot.users)
@@ -285,5 +303,12 @@ def access_matrix(snapshot: Snapshot, *, users: Iterable[str] | None = None, ser
         chosen = sorted(p for p in pairs if p[0] in snapshot.users and p[1] in snapshot.services)
     else:
         chosen = [(u, s) for u in wanted_users for s in wanted_services]
-    cells = [evaluate_cell(live, snapshot.users[u], snapshot.services[s], samples, zone) for u, s in chosen]
+    cells = [dataclasses.replace(evaluate_cell(live, live.view.users[u], live.view.services[s], samples, zone),
+                                 grants=grant_words(live, u, s)) for u, s in chosen]
     return AccessMatrix(zone=zone, samples=tuple(samples), cells=tuple(cells))
+
+
+def grant_words(live: LiveSnapshot, user: str, service: str) -> tuple[GrantNote, ...]:
+    """The windowed grants of this pair (grants.relevant), with their state at `live.at`."""
+    found = grants.relevant(live.grants, live.snapshot, user, service)
+    return tuple(GrantNote(g.label(), g.window_words(), g.state_at(live.at)) for g in found)

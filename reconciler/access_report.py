@@ -12,7 +12,15 @@ from typing import Any
 
 from proxy.errors import PgwardenError
 from proxy.snapshot import Snapshot
-from reconciler.access import CLASS_NAMES, STATEMENT_CLASSES, AccessMatrix, Cell, access_matrix, keyless_snapshot
+from reconciler.access import (
+    CLASS_NAMES,
+    STATEMENT_CLASSES,
+    AccessMatrix,
+    Cell,
+    GrantNote,
+    access_matrix,
+    keyless_snapshot,
+)
 from reconciler.errors import ConfigError, ManifestErrors
 from reconciler.load import Document
 from reconciler.verdicts import ALLOW, REFUSED, Verdict
@@ -46,6 +54,7 @@ def render_text(matrix: AccessMatrix) -> str:
     lines = []
     for cell in matrix.cells:
         lines.append(f"{cell.user} · {cell.service} · {connect_words(cell.connect)}")
+        lines += [f"    {'grant':<14} {note.words()}" for note in cell.grants]
         if cell.connect.decision == REFUSED:
             continue
         for name in CLASS_NAMES:
@@ -77,6 +86,10 @@ def render_markdown(matrix: AccessMatrix) -> str:
         lines.append("| " + " | ".join(_md(c) for c in row) + " |")
     if notes:
         lines += ["", *[f"{i}. {_md(n)}" for i, n in enumerate(notes, 1)]]
+    windowed = [f"{cell.user} · {cell.service}: {note.words()}" for cell in matrix.cells for note in cell.grants]
+    if windowed:
+        lines += ["", "Grants with a validity window (decided as they stand now):", "",
+                  *[f"- {_md(w)}" for w in windowed]]
     lines += ["", f"Clock conditions are sampled hourly over a week in {matrix.zone}; sessions as an AAL1 token, "
               "an AAL2 passkey login and an AAL2-totp login (a second factor)."]
     return "\n".join(lines) + "\n"
@@ -93,7 +106,9 @@ def to_json(matrix: AccessMatrix) -> dict[str, Any]:
                                            if o.config else {})
         statements = {name: verdict(cell.statements[name]) | {"statement": texts[0] or "(FunctionCall message)"}
                       for name, texts in STATEMENT_CLASSES}
-        cells.append({"user": cell.user, "service": cell.service, "connect": connect, "statements": statements})
+        cells.append({"user": cell.user, "service": cell.service, "connect": connect, "statements": statements,
+                      **({"grants": [{"grant": n.label, "window": n.window, "state": n.state} for n in cell.grants]}
+                         if cell.grants else {})})
     return {"zone": matrix.zone, "cells": cells}
 
 
@@ -130,6 +145,8 @@ def access_changes(before: AccessMatrix, after: AccessMatrix) -> list[str]:
             a, b = old.statements[name], new.statements[name]
             if a != b:
                 parts.append(f"{CLASS_TITLES[name]}: {_short(a)} → {_short(b)}")
+        if old.grants != new.grants:
+            parts.append(_grants_change(old.grants, new.grants))
         if parts:
             lines.append(head + " · ".join(parts))
     return lines
@@ -139,6 +156,17 @@ def _connect_change(a: Verdict, b: Verdict) -> str:
     if a.condition or b.condition or a.outcome.role == b.outcome.role:
         return f"{connect_words(a)} → {connect_words(b)}"
     return f"connects as {a.outcome.role} → {b.outcome.role} ({b.outcome.by})"
+
+
+def _grants_change(old: tuple[GrantNote, ...], new: tuple[GrantNote, ...]) -> str:
+    """`grant group "oncall" of user "bob": until A (active) → until B (active)`, per grant that changed."""
+    a, b = {n.label: n for n in old}, {n.label: n for n in new}
+
+    def shown(note: GrantNote | None) -> str:
+        return f"{note.window} ({note.state})" if note else "none"
+
+    return " · ".join(f"grant {label}: {shown(a.get(label))} → {shown(b.get(label))}"
+                      for label in sorted(a.keys() | b.keys()) if a.get(label) != b.get(label))
 
 
 def _short(v: Verdict) -> str:
@@ -174,7 +202,8 @@ def diff_access(before_docs: Sequence[Document], after_docs: Sequence[Document])
     change to a repository of thousands of Users costs one row and one column of the matrix, not all of it.
     Both sides are sampled in the same week, so a clock-dependent rule compares like with like.
     """
-    reference = datetime.datetime.now(datetime.UTC).date()
+    now = datetime.datetime.now(datetime.UTC)  # both sides judge grant windows at the same instant
+    reference = now.date()
     after = keyless_snapshot(after_docs)
     try:
         before = keyless_snapshot(before_docs)
@@ -185,8 +214,8 @@ def diff_access(before_docs: Sequence[Document], after_docs: Sequence[Document])
     all_users = before.users.keys() | after.users.keys()
     all_services = before.services.keys() | after.services.keys()
     pairs = sorted({(u, s) for u in users for s in all_services} | {(u, s) for u in all_users for s in services})
-    lines = access_changes(access_matrix(before, pairs=set(pairs[:MAX_DIFF_PAIRS]), reference=reference),
-                           access_matrix(after, pairs=set(pairs[:MAX_DIFF_PAIRS]), reference=reference))
+    lines = access_changes(access_matrix(before, pairs=set(pairs[:MAX_DIFF_PAIRS]), reference=reference, at=now),
+                           access_matrix(after, pairs=set(pairs[:MAX_DIFF_PAIRS]), reference=reference, at=now))
     if len(pairs) > MAX_DIFF_PAIRS:
         lines.append(f"(access of {len(pairs) - MAX_DIFF_PAIRS} more user × service pairs, after "
                      f"{' · '.join(pairs[MAX_DIFF_PAIRS - 1])}, not decided: over the diff's limit of "

@@ -31,6 +31,7 @@ from proxy.snapshot import (
     Upstream,
     User,
     UserType,
+    Validity,
     authorization_from_wire,
     condition_from_wire,
     policy_from_spec,
@@ -206,7 +207,11 @@ def _user(doc: Document) -> User:
     # Filled in so CEL sees what the proxy uses: `!ctx.user.spec.groups.hasAny([...])` is then true
     # for a User without groups, instead of false because the field is missing.
     spec.setdefault("type", UserType.HUMAN.value)
-    spec.setdefault("groups", [])
+    # A membership is a Group name or `{name, validFrom?, validUntil?}`: CEL sees names only (the windows
+    # decide which names a LiveSnapshot shows, proxy/grants.py), so `hasAny([...])` reads as before.
+    entries = spec.get("groups") or []
+    spec["groups"] = [entry["name"] if isinstance(entry, Mapping) else entry for entry in entries]
+    windows = {entry["name"]: Validity.from_wire(entry) for entry in entries if isinstance(entry, Mapping)}
     return User(
         name=doc.name,
         type=UserType(spec["type"]),
@@ -215,6 +220,7 @@ def _user(doc: Document) -> User:
         is_disabled=bool(spec.get("isDisabled", False)),
         manifest=manifest,
         authorization=authorization_from_wire(_jsonable(spec.get("authorization"))),
+        group_windows={name: v for name, v in windows.items() if v is not None},
     )
 
 

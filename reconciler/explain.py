@@ -11,6 +11,7 @@ import dataclasses
 import datetime
 from dataclasses import dataclass, field
 
+from proxy import grants
 from proxy.errors import PgwardenError
 from proxy.policy import timefns
 from proxy.policy.cel import ConditionError, compile_condition
@@ -60,6 +61,10 @@ def _explain(live: LiveSnapshot, user_name: str, service_name: str, aal: str, qu
     session = identity_session(user_name, aal, at)
     method = "passkey login" if aal == "AAL2" else "token session"
     say(f"user {user_name} · service {service_name} · {aal} ({method}) · at {at.isoformat()}")
+    for grant in grants.relevant(live.grants, live.snapshot, user_name, service_name):
+        state = grant.state_at(live.at)
+        say(f"grant {grant.label()} {grant.window_words()}: {state}"
+            + ("" if state == "active" else " (left out: outside its window at this instant)"))
     request = ConnectRequest(user=user_name, database="")
     try:
         user, service = live.user(user_name), live.service(service_name)

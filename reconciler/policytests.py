@@ -15,6 +15,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
+from proxy import grants
 from proxy.errors import PgwardenError
 from proxy.policy import timefns
 from proxy.routing import LiveSnapshot
@@ -95,6 +96,8 @@ def run_case(live: LiveSnapshot, case: Case) -> Result:
     s, expect = case.spec, case.spec["expect"]
     at = datetime.datetime.fromisoformat(s["at"]) if "at" in s else datetime.datetime.now(datetime.UTC)
     session = identity_session(s["user"], s.get("aal", "AAL1"), at)
+    if grants.crossed(live.grants, live.at, live.grants, at):
+        live = LiveSnapshot(live.snapshot, live.generation, at=at)  # a grant window opens or closes in between
     failures: list[str] = []
     with timefns.fixed_clock(at):
         route = decide_route(live, s["user"], s["service"], session)

@@ -12,7 +12,7 @@ from typing import Any
 from proxy.guardrails import parse_duration_ms, schema_name_problem
 from proxy.policy.cel import check_cost_with, compile_expression
 from proxy.snapshot import AuthMechanism, SSLMode
-from reconciler import build
+from reconciler import build, grant_checks
 from reconciler.body_lookup import as_list as _list  # local short names: the checks below read like the manifest
 from reconciler.body_lookup import as_str as _str
 from reconciler.body_lookup import get as _get
@@ -40,7 +40,7 @@ def validate_all(documents: Sequence[Document], *, verdicts: SchemaVerdicts | No
     v = verdicts or SchemaVerdicts()
     problems = [*against_schemas(documents, verdicts=v), *references(documents, verdicts=v), *unique_names(documents),
                 *expressions(documents), *policies(documents), *upstream_login_safety(documents, verdicts=v),
-                *guard_rails(documents, verdicts=v)]
+                *guard_rails(documents, verdicts=v), *grant_checks.window_problems(documents)]
     if problems:
         raise InvalidManifests(problems)
 

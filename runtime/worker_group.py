@@ -39,6 +39,7 @@ from identity.tokens import TokenAuthority
 from proxy.admin import add_metrics_route, build_app, start_admin
 from proxy.audit.accesslog import AccessLog, AccessLogWriter
 from proxy.errors import SnapshotInvalid, WorkerUnreachable
+from proxy.grant_timer import GrantTimer
 from proxy.routing import LiveSnapshot
 from proxy.server import ProxyServer
 from proxy.snapshot import Snapshot, to_wire
@@ -116,6 +117,15 @@ class WorkerGroup:
         async with self._pushing:
             generations = await asyncio.to_thread(self._push_to_workers, snapshot)
             return self._generation_after(generations, await local.reload(snapshot))
+
+    async def refresh_grants(self) -> int | None:
+        """A grant window opened or closed: every worker re-evaluates the live snapshot, then the parent (one
+        generation for all). Under the reload lock, so no reload is half pushed and the live state is current."""
+        local = self._bound()
+        async with self._pushing:
+            generations = await asyncio.to_thread(self._push_to_workers, local.live.snapshot)
+            generation = await local.refresh_grants()
+            return None if generation is None else self._generation_after(generations, generation)
 
     def _push_to_workers(self, snapshot: Snapshot) -> list[int]:
         """PUT `snapshot` to every worker in index order; the generations they took it as. Raises on a refusal."""
@@ -198,6 +208,7 @@ async def start_control(options: ProxyOptions, port: int, group: WorkerGroup, *,
         snapshot=Snapshot(),
         default_service=options.default_service,
     )
+    server.grant_timer = GrantTimer(group.refresh_grants)  # the parent's timer moves every worker
     group.local = server
     socket_path = options.admin_socket or data_dir / ADMIN_SOCKET
     app = build_app(group)

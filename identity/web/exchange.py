@@ -101,7 +101,7 @@ def add_exchange_routes(app: web.Application, host: IdentityHost) -> None:
         if isinstance(identity, web.Response):
             return identity
         s = identity.session
-        user = host.live.snapshot.users.get(s.user)
+        user = host.live.view.users.get(s.user)  # the memberships in force now (grant windows applied)
         return web.json_response({
             "user": s.user, "type": user.type.value if user else "", "groups": list(user.groups) if user else [],
             "session": s.id, "method": str(s.method), "aal": str(s.aal), "identityProvider": s.idp,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 from pgwarden.commands.validate import add_plaintext_option, count, distinct_hints, problem_lines
 from pgwarden.output import error
 from proxy.errors import PgwardenError
+from proxy.snapshot import parse_instant
 from reconciler.access import AccessMatrix, access_matrix, keyless_snapshot
 from reconciler.access_report import render_markdown, render_text, to_json
 from reconciler.errors import ManifestErrors
@@ -43,6 +45,11 @@ when a rule reads the clock, at half past every hour of the current week in the 
 Policies name. Where the answers differ the cell is
 CONDITIONAL and says on what: the session (`needs AAL2`), the statement text, or the weekday and hour
 ranges (`Tue/Thu 09:00–11:00 Europe/Berlin`) where the outcome differs from the rest of the week.
+Grants with a validity window (validFrom/validUntil, docs/grants.md) count as they stand now, or at
+--at TIME (and the week sampled is then that instant's); each cell lists the windowed grants it rests on:
+  $ pgwarden access --user bob --service my-db --at 2026-12-08T19:00:00+01:00 .
+  bob · my-db · connects as read_only (config read-only, database my_db; rule 2 (configName read-only))
+      grant          group "oncall" of user "bob" until 2026-12-08T18:00:00Z: expired
 
 exit status:
   0  the matrix was printed
@@ -65,12 +72,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--service", action="append", metavar="S", help="only this Service (repeatable)")
     p.add_argument("-o", "--output", choices=("text", "json", "markdown"), default="text",
                    help="text (default), json, or markdown for a pull-request comment")
+    p.add_argument("--at", metavar="TIME", type=_instant, default=None,
+                   help="judge grant windows at this instant, e.g. 2026-12-08T19:00:00+01:00 (default: now)")
     add_plaintext_option(p)
     p.set_defaults(func=run_access)
 
 
+def _instant(text: str) -> datetime.datetime:
+    at = parse_instant(text)
+    if at is None:
+        raise argparse.ArgumentTypeError(f"not an RFC 3339 time with an offset: {text!r} (e.g. 2026-12-08T19:00:00Z)")
+    return at
+
+
 def load_matrix(path: Path, *, allow_plaintext_secrets: bool, users: list[str] | None = None,
-                services: list[str] | None = None) -> AccessMatrix | None:
+                services: list[str] | None = None, at: datetime.datetime | None = None) -> AccessMatrix | None:
     """The matrix of PATH, or None after printing why it cannot be computed."""
     if not path.exists():
         error(f"no such file or directory: {path}", hint="give the directory that holds your manifests")
@@ -89,7 +105,7 @@ def load_matrix(path: Path, *, allow_plaintext_secrets: bool, users: list[str] |
                 error(f'no {kind} named "{name}" in {path}', hint=f"known: {', '.join(sorted(known)) or 'none'}")
                 return None
     try:
-        return access_matrix(snapshot, users=users, services=services)
+        return access_matrix(snapshot, users=users, services=services, at=at, reference=at.date() if at else None)
     except PgwardenError as exc:
         error(f"cannot decide access for {path}: {exc.message}", detail=exc.detail, hint=exc.hint)
         return None
@@ -98,7 +114,7 @@ def load_matrix(path: Path, *, allow_plaintext_secrets: bool, users: list[str] |
 def run_access(args: argparse.Namespace) -> int:
     """Compute and print the matrix; return the exit status."""
     matrix = load_matrix(args.path, allow_plaintext_secrets=args.allow_plaintext_secrets, users=args.user,
-                         services=args.service)
+                         services=args.service, at=args.at)
     if matrix is None:
         return EXIT_COULD_NOT_RUN
     if args.output == "json":

@@ -9,10 +9,16 @@ from typing import Any
 
 from pgwarden.adminclient import AdminUnavailable, add_target_options, call, socket_path
 from pgwarden.output import error
+from proxy import grants
+from proxy.snapshot import format_instant
+from reconciler.access import keyless_from_wire
+
+EXPIRING_WITHIN = datetime.timedelta(hours=24)
 
 EPILOG = """\
 example:
-  pgwarden status              # conditions, revisions, last 5 attempts, objects, upstream health
+  pgwarden status              # conditions, revisions, last 5 attempts, objects, upstream health,
+                               # and the grants (validUntil) that expire within 24 h
   pgwarden status -o json | jq '.conditions'
 
 exit codes: 0 Ready, 1 not Ready (Stalled, failing, suspended), 2 no instance running.
@@ -35,7 +41,21 @@ def _when(ts: float | None) -> str:
     return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def render(status: dict[str, Any], proxy: dict[str, Any] | None) -> str:
+def expiring_grants(state: dict[str, Any], now: datetime.datetime) -> list[dict[str, str]]:
+    """The live snapshot's windowed grants (GET /v1/state) that are in force and expire within 24 h."""
+    found = grants.expiring(grants.windowed(keyless_from_wire(state)), now, EXPIRING_WITHIN)
+    return [{"grant": g.label(), "validUntil": format_instant(g.validity.valid_until), "in": _left(g, now)}
+            for g in found if g.validity.valid_until is not None]
+
+
+def _left(grant: grants.Grant, now: datetime.datetime) -> str:
+    assert grant.validity.valid_until is not None
+    minutes = int((grant.validity.valid_until - now).total_seconds() // 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
+
+
+def render(status: dict[str, Any], proxy: dict[str, Any] | None, expiring: list[dict[str, str]] | None = None
+           ) -> str:
     lines = [f"source:     {status['source']} (ref {status['ref']}, path {status['path']})",
              f"suspended:  {'yes' if status['suspended'] else 'no'}",
              f"applied:    {status['last_applied_revision'] or '(nothing yet)'} at {_when(status['last_applied_at'])}"
@@ -66,6 +86,9 @@ def render(status: dict[str, Any], proxy: dict[str, Any] | None) -> str:
         for service, configs in sorted(status["health"].items()):
             for config, result in sorted(configs.items()):
                 lines.append(f"  {service}/{config}: {result}")
+    if expiring:
+        lines.append("grants expiring within 24 h:")
+        lines += [f"  {g['grant']}: until {g['validUntil']} (in {g['in']})" for g in expiring]
     return "\n".join(lines)
 
 
@@ -74,15 +97,17 @@ def run_status(args: argparse.Namespace) -> int:
     try:
         code, status = call(path, "GET", "/v1/status")
         _, proxy = call(path, "GET", "/healthz")
+        state_code, state = call(path, "GET", "/v1/state")
     except AdminUnavailable as exc:
         error(str(exc), hint="start one with `pgwarden up`, or pass --data-dir")
         return 2
     if code == 404:
         error("this instance runs no reconciler (started with `pgwarden proxy`?)")
         return 2
+    expiring = expiring_grants(state, datetime.datetime.now(datetime.UTC)) if state_code == 200 else []
     if args.output == "json":
-        print(json.dumps({**status, "proxy": proxy}, indent=2))
+        print(json.dumps({**status, "proxy": proxy, "expiringGrants": expiring}, indent=2))
     else:
-        print(render(status, proxy))
+        print(render(status, proxy, expiring))
     ready = any(c["type"] == "Ready" and c["status"] == "True" for c in status["conditions"])
     return 0 if ready and not status["suspended"] else 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import sys
 from collections.abc import Sequence
@@ -11,6 +12,7 @@ from typing import TextIO
 
 from pgwarden.output import error
 from reconciler.errors import ConfigError, ManifestErrors
+from reconciler.grant_checks import expired_grants
 from reconciler.review import count_kinds, load_for_review
 
 EXIT_OK, EXIT_FINDINGS, EXIT_COULD_NOT_RUN = 0, 1, 2
@@ -34,6 +36,8 @@ what is checked (one problem anywhere rejects the whole revision, as the reconci
   - unique names per kind; every CEL expression compiles
   - Secrets are sops-encrypted, with a MAC and an ENC[AES256_GCM,...] data.value; they are NOT
     decrypted, so no key is needed (run it in a pull request's CI)
+  - grant windows (validFrom/validUntil) are RFC 3339 instants with a zone; a grant already expired
+    is a warning (`warning: FILE, document N, FIELD: ...`), not a problem: the exit status stays 0
 
 exit status:
   0  every document is valid
@@ -83,11 +87,16 @@ def run_validate(args: argparse.Namespace) -> int:
             print(f"✗ {count(len(exc.errors), 'problem')} in the manifests under {args.path}")
         return EXIT_FINDINGS
     kinds = count_kinds(documents)
+    warnings = expired_grants(documents, datetime.datetime.now(datetime.UTC))
     if args.output == "json":
-        _print_json({"valid": True, "path": str(args.path), "documents": len(documents), "kinds": kinds})
+        _print_json({"valid": True, "path": str(args.path), "documents": len(documents), "kinds": kinds,
+                     **({"warnings": [_problem(args.path, w) for w in warnings]} if warnings else {})})
     else:
+        for line in problem_lines(args.path, warnings):
+            print(f"warning: {line}")
         listed = ", ".join(f"{kind}: {n}" for kind, n in kinds.items())
-        print(f"✓ {count(len(documents), 'document')} valid" + (f" ({listed})" if listed else ""))
+        print(f"✓ {count(len(documents), 'document')} valid" + (f" ({listed})" if listed else "")
+              + (f", {count(len(warnings), 'warning')}" if warnings else ""))
     return EXIT_OK
 
 

@@ -50,6 +50,11 @@ def fixed_clock(at: datetime.datetime) -> Iterator[None]:
         set_clock(None)
 
 
+def current_time() -> datetime.datetime:
+    """The clock's time (aware): what grant windows are judged against (proxy/grants.py)."""
+    return _clock()
+
+
 def current_second() -> int:
     """The clock's Unix time, truncated to the second: what `now()` returns unless pinned."""
     if _clock is _system_clock:

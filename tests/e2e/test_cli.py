@@ -16,8 +16,8 @@ PGWARDEN = [sys.executable, "-m", "pgwarden"]
 
 
 @pytest.mark.parametrize("command", [[], ["proxy"], ["up"], ["token", "issue"], ["sessions"], ["status"],
-                                     ["validate"], ["diff"], ["access"], ["explain"], ["test"], ["sops", "decrypt"],
-                                     ["secret", "create"]])
+                                     ["validate"], ["diff"], ["access"], ["explain"], ["test"], ["grant"],
+                                     ["sops", "decrypt"], ["secret", "create"]])
 def test_every_help_teaches_with_an_example(command: list[str]) -> None:
     out = subprocess.run([*PGWARDEN, *command, "--help"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
