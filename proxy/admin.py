@@ -84,7 +84,7 @@ def build_app(server: ProxyServer) -> web.Application:
         include_inactive = request.query.get("all", "") in ("1", "true")
         sessions = await server.identity.store.list_sessions(user, include_inactive=include_inactive)
         now = utc_now()
-        live: dict[str, int] = {}
+        live = dict(server.peer_connections())  # other replicas', from their heartbeat rows
         for entry in server.session_list():
             if entry["identitySession"]:
                 live[entry["identitySession"]] = live.get(entry["identitySession"], 0) + 1

@@ -75,6 +75,10 @@ class ProxyServer:
         self._revocation: asyncio.Task[None] | None = None
         self._identity_watch: asyncio.Task[None] | None = None
         self.state_outage_grace_s = STATE_OUTAGE_GRACE_S  # start_proxy sets --state-outage-grace
+        # Replicas (pgwarden/replica.py): only the writer-lease holder runs housekeeping on the shared store, and
+        # `sessions list` adds the other replicas' open connections per identity Session.
+        self.is_writer: Callable[[], bool] = lambda: True
+        self.peer_connections: Callable[[], dict[str, int]] = dict
 
     # --- listening -----------------------------------------------------------------------
     async def start(self, host: str, port: int, *, reuse_port: bool = False) -> tuple[str, int]:
@@ -240,6 +244,8 @@ class ProxyServer:
 
     async def housekeeping(self, now: datetime) -> int:
         """Delete device codes past their expiry and sessions expired over PURGE_AFTER ago; never raises."""
+        if not self.is_writer():
+            return 0
         try:
             purged = await self.identity.store.purge_expired(now - PURGE_AFTER)
         except StateStoreError as exc:

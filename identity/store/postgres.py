@@ -81,6 +81,12 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX ephemeral_expires ON pgwarden.ephemeral (expires_at);
     CREATE INDEX ephemeral_stored ON pgwarden.ephemeral (kind, stored_at);
     """,
+    """
+    CREATE TABLE pgwarden.replicas (
+        id text PRIMARY KEY, backend_pid integer NOT NULL, cancel_address text NOT NULL, web_url text NOT NULL,
+        revision text NOT NULL, connections jsonb NOT NULL, started_at timestamptz NOT NULL,
+        heartbeat_at timestamptz NOT NULL);
+    """,
 )
 
 _SESSION_COLUMNS = ("id, user_name, idp, method, aal, created_at, expires_at, last_seen_at, revoked_at, "

@@ -64,7 +64,6 @@ HUMAN_PROVIDER_TYPES = ("oidc", "github", "saml")
 FLOW_KIND = "login-flow"  # ephemeral records in the state store
 CODE_KIND = "cli-code"
 MAX_CODES = 10_000
-_CHECKED_OUT = "pgwarden.flow"  # the request's key for the flow it took from the store
 
 
 class LoginRefused(IdentityError):
@@ -111,6 +110,9 @@ class LoginFlow:
         if not isinstance(flow, LoginFlow):
             raise TypeError("not a login flow")
         return flow
+
+
+_CHECKED_OUT = web.RequestKey("pgwarden.flow", LoginFlow)  # the flow a request took from the store
 
 
 class ProviderHandler(Protocol):

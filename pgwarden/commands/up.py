@@ -24,6 +24,7 @@ from pgwarden.commands.proxy import add_proxy_options, options_from, parse_liste
 from pgwarden.datadir import default_data_dir, prepare
 from pgwarden.keys import load_keyring
 from pgwarden.output import error
+from pgwarden.replica import Replica, add_replica_options, is_shared_state, revision_of
 from pgwarden.runtime import EmbeddedTarget, RunningProxy, run, serve_until_signal, start_proxy
 from pgwarden.up_workers import add_up_worker_options, run_up_worker, serve_with_workers
 from proxy.metrics import ProxyCollector
@@ -90,6 +91,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_proxy_options(p)
     add_http_limit_options(p)
     add_up_worker_options(p)
+    add_replica_options(p)
     p.set_defaults(func=run_up)
 
 
@@ -213,12 +215,22 @@ async def _serve(args: argparse.Namespace, spec: SourceSpec, keys: KeyRing, *, i
     # One /metrics for both rooms: the reconciler's registry already has these two series, with the same values.
     metrics.registry.register(ProxyCollector(  # type: ignore[arg-type]
         lambda: target.server, skip={"pgwarden_sessions_open", "pgwarden_live_generation"}))
-    running = await start_proxy(options_from(args), Snapshot(),
-                                admin_routes=lambda app: add_reconciler_routes(app, reconciler, metrics))
+    options = options_from(args)
+    replica = (Replica(args, str(options.state), revision=revision_of(reconciler.status), web_url=public_url_of(args))
+               if is_shared_state(options.state) else None)
+
+    def admin_routes(app: web.Application) -> None:
+        add_reconciler_routes(app, reconciler, metrics)
+        if replica is not None:
+            replica.add_routes(app)
+
+    running = await start_proxy(options, Snapshot(), admin_routes=admin_routes)
     target.server = running.server
     http = await _start_http(args, reconciler, running, metrics=metrics)
     loop_task: asyncio.Task[None] | None = None
     try:
+        if replica is not None:
+            await replica.start(running.server, running.host)
         first = await reconciler.reconcile()
         loop_task = asyncio.get_running_loop().create_task(reconciler.run(initial=False))
         print(running.ready_line(), file=sys.stderr, flush=True)
@@ -235,6 +247,8 @@ async def _serve(args: argparse.Namespace, spec: SourceSpec, keys: KeyRing, *, i
             loop_task.cancel()
             with contextlib.suppress(BaseException):
                 await loop_task
+        if replica is not None:
+            await replica.close()
         await http.cleanup()
 
 
