@@ -21,6 +21,7 @@ from aiohttp import web
 
 from identity.store.base import StateStoreUnavailable
 from identity.store.replicas import HEARTBEAT_S, LocalReplica, ReplicaDirectory
+from pgwarden.addresses import parse_listen
 from pgwarden.datadir import state_key
 from proxy.cancel_forward import CancelInbox, forward_cancel, forwarding_key
 from proxy.server import ProxyServer
@@ -32,7 +33,7 @@ def add_replica_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("replicas (with a PostgreSQL --state shared by several `pgwarden up`)")
     g.add_argument("--replica-id", default=None, metavar="NAME",
                    help="this replica's name in `pgwarden status` and the directory (default: HOST-RANDOM)")
-    g.add_argument("--cancel-listen", default=None, metavar="HOST:PORT",
+    g.add_argument("--cancel-listen", type=parse_listen, default=None, metavar="HOST:PORT",
                    help="where other replicas forward cancel requests for this one's sessions (signed with a key "
                         "derived from the shared state key); default: the --listen host, a free port")
     g.add_argument("--advertise-host", default=None, metavar="HOST",
@@ -71,7 +72,7 @@ class Replica:
         self._server = server
         key = forwarding_key(state_key(self._args.data_dir))
         self._inbox = CancelInbox(key, server.registry.cancel_here)
-        host, port = _host_port(self._args.cancel_listen, default_host=proxy_host)
+        host, port = self._args.cancel_listen or (proxy_host, 0)
         bound_host, bound_port = await self._inbox.start(host, port)
         advertised = self._args.advertise_host or _advertised(bound_host)
         self.directory.local.cancel_address = f"{advertised}:{bound_port}"
@@ -132,13 +133,6 @@ class Replica:
         if self._inbox is not None:
             await self._inbox.close()
         await self.directory.close()
-
-
-def _host_port(text: str | None, *, default_host: str) -> tuple[str, int]:
-    if not text:
-        return default_host, 0
-    host, _, port = text.rpartition(":")
-    return host.strip("[]") or default_host, int(port)
 
 
 def _advertised(host: str) -> str:

@@ -26,6 +26,7 @@ from pgwarden.keys import load_keyring
 from pgwarden.output import error
 from pgwarden.replica import Replica, add_replica_options, is_shared_state, revision_of
 from pgwarden.runtime import EmbeddedTarget, RunningProxy, run, serve_until_signal, start_proxy
+from pgwarden.state_dsn import state_from
 from pgwarden.up_workers import add_up_worker_options, run_up_worker, serve_with_workers
 from proxy.metrics import ProxyCollector
 from proxy.server import ProxyServer
@@ -179,6 +180,9 @@ def run_up(args: argparse.Namespace) -> int:
             except (demo.DemoError, OSError) as exc:
                 print(f"pgwarden demo: browser login is off: {exc}", file=sys.stderr)
         serve = serve_with_workers if args.workers > 1 else _serve
+        if args.workers > 1 and is_shared_state(state_from(args, os.environ)):
+            print("pgwarden: note: with --workers, the replica directory, cancel forwarding between replicas and "
+                  "the writer lease are off (docs/replicas.md)", file=sys.stderr)
         run(lambda: serve(args, spec, keys, is_demo=args.demo))
     except OSError as exc:
         error(f"cannot listen: {exc.strerror or exc}", hint="pick other addresses with --listen/--http-listen")
