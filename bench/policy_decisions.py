@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 
 from proxy.policy import classify as classify_module
-from proxy.policy.engine import SessionPolicy
+from proxy.policy.engine import ConnectionPolicy
 from proxy.routing import ConnectRequest, LiveSnapshot
 from proxy.snapshot import (
     Authorization,
@@ -53,7 +53,7 @@ TPCB = [
 ]
 
 
-def session(groups: tuple[str, ...]) -> SessionPolicy:
+def session(groups: tuple[str, ...]) -> ConnectionPolicy:
     config = ServiceConfig(name="default", upstream=Upstream.from_url("postgres://127.0.0.1:5432"),
                            postgres=PostgresSettings(authorization_mode=AuthorizationMode.ALL))
     service = Service(name="db", configs={"default": config}, default_config="default",
@@ -61,7 +61,7 @@ def session(groups: tuple[str, ...]) -> SessionPolicy:
     user = User(name="u", groups=groups, manifest={"spec": {"groups": list(groups)}})
     live = LiveSnapshot(Snapshot(services={"db": service}, users={"u": user},
                                  policies={p.name: p for p in POLICIES}), generation=1)
-    sp = live.session_policy(live.user("u"), live.service("db"), None,
+    sp = live.connection_policy(live.user("u"), live.service("db"), None,
                              request=ConnectRequest(user="u", database="db"))
     assert sp is not None
     return sp

@@ -1,5 +1,18 @@
 """Errors of a login through an identity provider (OIDC, GitHub, SAML) and of identity mapping.
 
+PgwardenError                  proxy/errors.py (the whole tree is drawn there)
+└── IdentityError              28000
+    ├── ProviderUnavailable    unreachable, or answered something that is not OAuth/OIDC (transient)
+    ├── ProviderMisconfigured  discovery contradicts our configuration: issuer, http URL, no S256, no usable alg
+    ├── CallbackRejected       the redirect back does not belong to this request (state, iss, missing code)
+    ├── AuthorizationDenied    the user or the provider said no (error=..., access_denied)
+    ├── TokenRequestRefused    the token endpoint answered an OAuth error (invalid_grant, invalid_client, ...)
+    ├── DeviceCodeExpired      the device code expired before the user approved it
+    ├── TokenRejected          a JWT or userinfo failed a check: signature, alg, iss, aud, azp, exp, iat, nonce, sub
+    │   └── UnknownKey         identity/providers/oidc/verification.py: signed by a `kid` the JWKS lacks (yet)
+    ├── AmbiguousIdentity      identity/mapping.py: two or more Users claim the same external identity
+    └── LoginRefused           identity/web/flow.py: a login that cannot finish; the page shows why
+
 Messages name the provider and the check that failed, never a token or secret.
 """
 
@@ -9,17 +22,7 @@ from proxy.errors import PgwardenError
 
 
 class IdentityError(PgwardenError):
-    """A login through an identity provider failed; the message names the provider and the check.
-
-    IdentityError              28000
-    ├── ProviderUnavailable    unreachable, or answered something that is not OAuth/OIDC (transient)
-    ├── ProviderMisconfigured  discovery contradicts our configuration: issuer, http URL, no S256, no usable alg
-    ├── CallbackRejected       the redirect back does not belong to this request (state, iss, missing code)
-    ├── AuthorizationDenied    the user or the provider said no (error=..., access_denied)
-    ├── TokenRequestRefused    the token endpoint answered an OAuth error (invalid_grant, invalid_client, ...)
-    ├── DeviceCodeExpired      the device code expired before the user approved it
-    └── TokenRejected          a JWT or userinfo failed a check: signature, alg, iss, aud, azp, exp, iat, nonce, sub
-    """
+    """A login through an identity provider failed; the message names the provider and the check."""
 
     sqlstate = "28000"
 

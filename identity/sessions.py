@@ -1,7 +1,9 @@
 """Sessions bind credentials: an access token names its Session (`sid`) and dies with it.
 
 `SessionAuthority` issues tokens for a new Session and checks, on every connect, that the token is
-valid *and* its Session is still active in the state store.
+valid *and* its Session is still active in the state store. Which session: in identity/ a Session is one login
+(`IdentitySession`), not a client connection (proxy/session.py's `ClientSession`) nor a connection's policies
+(proxy/policy/engine.py's `ConnectionPolicy`).
 """
 
 from __future__ import annotations

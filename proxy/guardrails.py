@@ -22,8 +22,8 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from proxy.errors import AccessDenied
-from proxy.pgwire.errors import PgwardenError
+from proxy.errors import AccessDenied, PgwardenError
+from proxy.pgwire.walker import CONTINUED, FrameWalker
 from proxy.snapshot import GuardRails
 
 MAX_DURATION_MS = 2**31 - 1  # PostgreSQL's timeouts are int milliseconds
@@ -295,40 +295,35 @@ class CycleSplitter:
     With the readOnly rail, the session forwards one cycle and holds the rest until the server's
     ReadyForQuery: a function may turn default_transaction_read_only off, and the server reports that
     (ParameterStatus) only before that ReadyForQuery. Without the hold, a write pipelined behind it would
-    start a read-write transaction before the proxy saw the report. Only frames; never decodes.
+    start a read-write transaction before the proxy saw the report. Frames with the one walker; never decodes.
     """
 
-    __slots__ = ("_header", "_left", "_ends_cycle")
+    __slots__ = ("_walker", "_type")
 
     def __init__(self) -> None:
-        self._header = bytearray()
-        self._left = 0  # bytes of the current message body still to come
-        self._ends_cycle = False
+        self._walker = FrameWalker(frozenset(), whose="client")
+        self._type = 0  # the type of a message an earlier chunk began and did not finish
 
-    def cut(self, data: bytes | bytearray) -> int | None:
-        """The offset just after the first cycle-ending message completed in `data`, or None.
+    def cycle_ends(self, data: bytes) -> list[int]:
+        """The offset just after each cycle-ending message that completes in `data`, in order.
 
-        Consumes `data` up to that offset (or all of it): call again with what follows it.
+        Walks each byte once, whatever the caller later does with the cycles (a held megabyte of pipelined
+        Syncs costs one walk, not one per cycle). Raises ProtocolViolation on a header the walker refuses
+        (the gate would refuse it too).
         """
-        i, n = 0, len(data)
-        while i < n:
-            if self._left:
-                take = min(self._left, n - i)
-                self._left -= take
-                i += take
-            else:
-                need = 5 - len(self._header)
-                self._header += data[i:i + need]
-                i += min(need, n - i)
-                if len(self._header) < 5:
-                    return None
-                self._ends_cycle = self._header[0] in _CYCLE_ENDS
-                self._left = max(int.from_bytes(self._header[1:5], "big") - 4, 0)  # the gate refuses bad lengths
-                self._header.clear()
-            if not self._left and not self._header and self._ends_cycle:
-                self._ends_cycle = False
-                return i
-        return None
+        walker = self._walker
+        buf, pieces, _ = walker.walk(data, True)
+        shift = len(buf) - len(data)  # a split header from the last chunk, joined in front of this one
+        n, last = len(buf), len(pieces) - 1
+        ends: list[int] = []
+        for i, (type_byte, _start, end, _raw) in enumerate(pieces):
+            if type_byte == CONTINUED:
+                type_byte = self._type
+            if i == last and end == n and not walker.is_at_boundary:
+                self._type = type_byte  # goes on in the next chunk
+            elif type_byte in _CYCLE_ENDS:
+                ends.append(end - shift)
+        return ends
 
 
 TRANSACTION_END_KINDS = frozenset({"COMMIT", "PREPARE TRANSACTION"})
@@ -351,47 +346,34 @@ class TransactionEndWatch:
     what an Execute runs; `is_end` tells, from a Parse's query bytes, whether it ends a transaction.
     """
 
-    __slots__ = ("_is_end", "_header", "_type", "_left", "_body", "_statements", "_portals", "_after_end",
-                 "_in_batch")
+    __slots__ = ("_is_end", "_walker", "_statements", "_portals", "_after_end", "_in_batch")
 
     def __init__(self, is_end: Callable[[bytes], bool]) -> None:
         self._is_end = is_end
-        self._header = bytearray()
-        self._type = 0
-        self._left = 0
-        self._body = bytearray()
+        self._walker = FrameWalker(_TRACKED, whose="client")  # the tracked messages come whole, the rest framed
         self._statements: dict[bytes, bool] = {}  # prepared statement name -> it ends a transaction
         self._portals: dict[bytes, bool] = {}
         self._after_end = False  # an Execute of a COMMIT went upstream; no Sync since
         self._in_batch = False  # extended-protocol messages went upstream; no Sync since
 
     def violation(self, data: bytes | bytearray) -> str | None:
-        """What in `data` (the next client bytes) breaks the rule, or None."""
-        i, n = 0, len(data)
-        while i < n:
-            if not self._left and not self._type:
-                need = 5 - len(self._header)
-                self._header += data[i:i + need]
-                i += min(need, n - i)
-                if len(self._header) < 5:
-                    return None
-                self._type = self._header[0]
-                self._left = max(int.from_bytes(self._header[1:5], "big") - 4, 0)
-                self._header.clear()
-                if self._after_end and self._type not in _AFTER_END_ALLOWED:
-                    return AFTER_COMMIT
-                if self._in_batch and self._type in b"QF":
-                    return QUERY_IN_BATCH
-                self._in_batch = self._type in _EXTENDED or (self._in_batch and self._type != ord("S"))
-            take = min(self._left, n - i)
-            if self._type in _TRACKED:
-                self._body += data[i:i + take]
-            self._left -= take
-            i += take
-            if not self._left:
-                self._message(self._type, bytes(self._body))
-                self._type = 0
-                self._body.clear()
+        """What in `data` (the next client bytes) breaks the rule, or None.
+
+        A tracked message is judged when it is complete: the gate holds those until then, so none of it has
+        run upstream. Raises ProtocolViolation on a header the walker refuses.
+        """
+        for type_byte, _start, _end, raw in self._walker.split(bytes(data))[1]:
+            if type_byte == CONTINUED:
+                continue
+            if self._after_end and type_byte not in _AFTER_END_ALLOWED:
+                return AFTER_COMMIT
+            if self._in_batch and type_byte in b"QF":
+                return QUERY_IN_BATCH
+            self._in_batch = type_byte in _EXTENDED or (self._in_batch and type_byte != ord("S"))
+            if raw is not None:
+                self._message(type_byte, raw[5:])
+            elif type_byte == ord("S"):
+                self._message(type_byte, b"")
         return None
 
     def _message(self, type_byte: int, body: bytes) -> None:

@@ -15,8 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from proxy.audit.accesslog import AccessLog
-from proxy.errors import AccessDenied, AuthenticationFailed, UnknownService, UpstreamUnavailable
-from proxy.pgwire.errors import PgwardenError
+from proxy.errors import AccessDenied, AuthenticationFailed, PgwardenError, UnknownService, UpstreamUnavailable
 
 # Per-query decisions are meant to cost microseconds (cached) up to a millisecond (a CEL evaluation).
 DECISION_BUCKETS_S = (1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 2.5e-2, 0.1)

@@ -15,10 +15,9 @@ from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 from identity.sessions import Identity
-from proxy.errors import AuthenticationFailed
+from proxy.errors import AuthenticationFailed, PgwardenError
 from proxy.guardrails import TooManyConnections
 from proxy.metrics import ProxyMetrics
-from proxy.pgwire.errors import PgwardenError
 from proxy.routing import Route
 from proxy.upstream import UpstreamLogin, send_cancel
 

@@ -8,14 +8,15 @@ readOnly rail keeps one request cycle in flight at a time. Either one is the cli
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from typing import Protocol
 
 from proxy.audit.accesslog import SessionLog
-from proxy.errors import AccessDenied
+from proxy.errors import AccessDenied, PgwardenError
 from proxy.guardrails import TRANSACTION_END_KINDS, CycleSplitter, TransactionEndWatch, rail_denied
 from proxy.pgwire import messages as m
 from proxy.pgwire.encodings import decode_text
-from proxy.pgwire.errors import PgwardenError, ProtocolViolation
+from proxy.pgwire.errors import ProtocolViolation
 from proxy.pgwire.framing import FrameScanner
 from proxy.policy.classify import classify
 from proxy.policy.enforce import RequestGate
@@ -94,6 +95,9 @@ class GatedRelay:
         self._cycles = CycleSplitter() if is_read_only else None
         self._ends = TransactionEndWatch(self._ends_transaction) if is_read_only else None
         self._held = bytearray()  # client bytes behind the cycle in flight
+        self._stream_pos = 0  # client bytes walked for cycle ends so far
+        self._held_start = 0  # where `_held` begins in the client stream
+        self._held_ends: deque[int] = deque()  # stream offsets of the cycle ends inside `_held`, in order
         self._answered = 0  # ReadyForQuery messages from the upstream, to compare with the gate's cycles sent
         self._is_copying_in = False  # the upstream waits for CopyData: nothing may be held
         self._is_held_full = False  # reading paused until the held bytes drain
@@ -112,13 +116,23 @@ class GatedRelay:
         if self._session.pending_termination is not None:
             return  # ending (a guard rail was broken, or access revoked): nothing more goes upstream
         if self._cycles is not None:
+            pos = self._stream_pos  # where `data` begins in the client stream
+            self._stream_pos = pos + len(data)
+            try:
+                ends = [pos + end for end in self._cycles.cycle_ends(data)]
+            except ProtocolViolation as exc:
+                self._session.end_now(exc)
+                return
             if not self._held and self.gate.ready_requested <= self._answered:  # the usual: one whole cycle
-                cut = self._cycles.cut(data)
-                if cut is None or cut == len(data):
+                if not ends or ends[0] == self._stream_pos:
+                    self._held_start = self._stream_pos
                     self._forward(data)
                     return
+                cut = ends.pop(0) - pos
+                self._held_start = pos + cut
                 self._forward(data[:cut])
                 data = data[cut:]
+            self._held_ends.extend(ends)
             self._held += data
             self._release_held()
             return
@@ -126,7 +140,12 @@ class GatedRelay:
 
     def _forward(self, data: bytes) -> None:
         session = self._session
-        if self._ends is not None and (what := self._ends.violation(data)) is not None:
+        try:
+            what = self._ends.violation(data) if self._ends is not None else None
+        except ProtocolViolation as exc:
+            session.end_now(exc)
+            return
+        if what is not None:
             session.terminate(AccessDenied(
                 f"session ended: {rail_denied(what, 'readOnly', session.config_name)}",
                 detail="it could run in a new transaction that an earlier statement may have made read-write",
@@ -187,10 +206,11 @@ class GatedRelay:
         held = self._held
         while held and session.pending_termination is None and (
                 self.gate.ready_requested <= self._answered or self._is_copying_in):
-            cut = self._cycles.cut(held)
-            end = len(held) if cut is None else cut
+            # the next cycle end, or all that is held (a cycle still arriving: it goes on as it comes)
+            end = self._held_ends.popleft() - self._held_start if self._held_ends else len(held)
             chunk = bytes(held[:end])
             del held[:end]
+            self._held_start += end
             self._forward(chunk)
         if session.transport is None or session.is_closed:
             return

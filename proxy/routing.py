@@ -14,7 +14,7 @@ from identity.store.base import IdentitySession
 from proxy.errors import AccessDenied, AuthenticationFailed, UnknownService
 from proxy.policy.cel import CompiledCondition, ConditionError, compile_condition, to_cel
 from proxy.policy.cel_cost import decision_budget
-from proxy.policy.engine import NO_POLICY, Decision, PolicySet, SessionPolicy
+from proxy.policy.engine import NO_POLICY, ConnectionPolicy, Decision, PolicySet
 from proxy.snapshot import Service, ServiceConfig, Snapshot, User
 
 
@@ -129,18 +129,18 @@ class LiveSnapshot:
         book = self.policies.book(user, service)
         return self.policies.decide(book, self.context(user, service, request, identity_session))
 
-    def session_policy(
+    def connection_policy(
         self, user: User, service: Service, identity_session: IdentitySession | None = None,
         *, config: ServiceConfig | None = None, request: ConnectRequest | None = None,
-    ) -> SessionPolicy | None:
-        """Per-request decisions for a session, or None when authorization mode is not ALL.
+    ) -> ConnectionPolicy | None:
+        """The ConnectionPolicy that decides each request of one client connection, or None when mode is not ALL.
 
         Pass the session's `config` (route.config): its mode decides. Without it, any config of the
         Service in mode ALL turns checks on (the safe side). `request` is accepted for symmetry with `route`
         but not put in ctx: each request's ctx holds that request only (connect was decided at connect).
         """
         ctx = self.context(user, service, None, identity_session)
-        return self.policies.session_policy(user, service, ctx, self.generation, config=config)
+        return self.policies.connection_policy(user, service, ctx, self.generation, config=config)
 
     @decision_budget
     def route(

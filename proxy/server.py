@@ -20,10 +20,9 @@ from identity.revocation_watch import STATE_OUTAGE_GRACE_S, RevocationWatch
 from identity.sessions import SessionAuthority
 from identity.store.base import AuthMethod, IdentitySession, StateStoreError, utc_now
 from proxy.audit.accesslog import AccessLog
-from proxy.errors import AccessDenied, AuthenticationFailed, SnapshotInvalid, SnapshotSuperseded
+from proxy.errors import AccessDenied, AuthenticationFailed, PgwardenError, SnapshotInvalid, SnapshotSuperseded
 from proxy.metrics import ProxyMetrics
 from proxy.offload import compile_window
-from proxy.pgwire.errors import PgwardenError
 from proxy.preauth import PreAuthLimits, PreAuthRegistry
 from proxy.registry import SessionRegistry
 from proxy.routing import LiveSnapshot

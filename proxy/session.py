@@ -4,7 +4,8 @@ The relay forwards each chunk untouched. The client side goes through the relay 
 (proxy/relay.py): plain, scanned for Query/Parse (access log), or gated by `proxy.policy.enforce.RequestGate`
 (mode ALL). The server side is scanned for ReadyForQuery (transaction state, and a safe point to inject a FATAL).
 A session is given its collaborators (`SessionCollaborators`), never the server. Errors we raise become one
-ErrorResponse in `_refuse`, then the connection closes.
+ErrorResponse in `_refuse`, then the connection closes. Which session: in proxy/ a "session" is this, one client
+connection; the login behind its token is the identity session (`self.identity.session`, identity/sessions.py).
 """
 
 from __future__ import annotations
@@ -21,15 +22,15 @@ from identity.certs import verify_client_certificate
 from identity.sessions import Identity, SessionAuthority
 from proxy.audit.accesslog import AccessLog, SessionLog
 from proxy.connection import TLS_RECORD_PAYLOAD, PgConnection, Relay
-from proxy.errors import AccessDenied, AuthenticationFailed, UnknownService
+from proxy.errors import AccessDenied, AuthenticationFailed, PgwardenError, UnknownService
 from proxy.guardrails import Lock, keeps_rail, locked_settings, rail_denied
 from proxy.metrics import ProxyMetrics
 from proxy.pgwire import messages as m
 from proxy.pgwire.denials import ResponseFilter
 from proxy.pgwire.encodings import decode_text, python_codec
-from proxy.pgwire.errors import PgwardenError, ProtocolViolation
+from proxy.pgwire.errors import ProtocolViolation
 from proxy.pgwire.framing import DEFAULT_MAX_MESSAGE_BYTES, FrameScanner, MessageTooLarge
-from proxy.policy.enforce import DecisionLike, DenyAll, RequestGate, ResponseSummaries, SessionPolicy
+from proxy.policy.enforce import DecisionLike, DenyAll, RequestDecider, RequestGate, ResponseSummaries
 from proxy.preauth import PreAuthRegistry
 from proxy.registry import ConnectionSlot, SessionInfo, SessionRegistry
 from proxy.relay import GatedRelay, PlainRelay
@@ -171,7 +172,7 @@ class ClientSession(PgConnection):
         self._relay: PlainRelay | GatedRelay | None = None  # chosen once, when the relay starts
         self._gate: GatedRelay | None = None  # the same relay when it is gated (authorization mode ALL)
         self._cycle_watch: GatedRelay | None = None  # the same again when the readOnly rail holds cycles
-        self._policy: SessionPolicy | None = None
+        self._policy: RequestDecider | None = None
         self._policy_live: LiveSnapshot | None = None  # the snapshot `_policy` was built from
         self._summaries: ResponseSummaries | None = None  # decisions awaiting the upstream's answer
         self._started = time.monotonic()
@@ -460,16 +461,16 @@ class ClientSession(PgConnection):
         """The gate holds more client bytes than it keeps: the client is not read until they go on."""
         return self._gate is not None and self._gate.is_held_by_gate
 
-    def _session_policy(self, live: LiveSnapshot) -> SessionPolicy | None:
+    def _session_policy(self, live: LiveSnapshot) -> RequestDecider | None:
         """The per-query policy under `live`, or None when this session's config is not in mode ALL."""
         assert self.route is not None and self.identity is not None
         route = self.route
         service = live.service(route.service.name)
         config = service.configs.get(route.config.name, route.config)
-        return live.session_policy(live.user(self.identity.user), service, self.identity.session,
+        return live.connection_policy(live.user(self.identity.user), service, self.identity.session,
                                    config=config, request=self.request)
 
-    def _current_policy(self) -> SessionPolicy | None:
+    def _current_policy(self) -> RequestDecider | None:
         live = self.parts.snapshots.live
         if live is not self._policy_live:  # a reload: decide from the next request on under the new policies
             self._policy_live = live

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import cast
 
 from proxy.connection import PgConnection
-from proxy.errors import UpstreamUnavailable
+from proxy.errors import PgwardenError, UpstreamUnavailable
 from proxy.guardrails import startup_parameters
 from proxy.pgwire import messages as m
 from proxy.pgwire.auth import UpstreamAuthenticator, UpstreamAuthError, parse_authentication
-from proxy.pgwire.errors import PgwardenError, ProtocolViolation
+from proxy.pgwire.errors import ProtocolViolation
 from proxy.pgwire.framing import MessageReader
 from proxy.routing import Route
 from proxy.snapshot import Secret, SSLMode

@@ -1,7 +1,7 @@
 """The effective-access matrix of a revision: for each User × Service, connect, config and statement classes.
 
 Offline and keyless: Secrets are replaced by a placeholder before the build, so no value exists in here.
-Every answer comes from the proxy's own machinery (LiveSnapshot.route, SessionPolicy.decide_*), evaluated
+Every answer comes from the proxy's own machinery (LiveSnapshot.route, ConnectionPolicy.decide_*), evaluated
 under variants of what a rule may read besides the repository: the session (AAL1 token, AAL2 passkey or TOTP), the
 clock (each hour of one week in the rules' time zone) and the statement text (a few statements per class).
 A cell whose outcome differs between variants is CONDITIONAL, and `access_words` says on which input.
@@ -21,7 +21,7 @@ from proxy.errors import PgwardenError
 from proxy.policy import timefns
 from proxy.policy.cel import ConditionError, to_cel
 from proxy.policy.compile import Node, compile_node
-from proxy.policy.engine import Decision, SessionPolicy
+from proxy.policy.engine import ConnectionPolicy, Decision
 from proxy.routing import ConnectRequest, LiveSnapshot, Route
 from proxy.snapshot import Condition, Service, Snapshot, User, from_wire
 from reconciler import build, load
@@ -210,7 +210,7 @@ def decide_route(live: LiveSnapshot, user: str, service: str, session: IdentityS
         return exc
 
 
-def decide_statement(policy: SessionPolicy | None, sql: str, is_function_call: bool) -> Outcome:
+def decide_statement(policy: ConnectionPolicy | None, sql: str, is_function_call: bool) -> Outcome:
     """The gate's decision for one statement (or FunctionCall) in a session of this policy."""
     if policy is None:
         return Outcome(ALLOW, "not checked per statement (authorization mode NONE)")
@@ -241,7 +241,7 @@ def evaluate_cell(live: LiveSnapshot, user: User, service: Service, samples: Seq
         session = identity_session(user.name, label, samples[0])
         classes = hour_classes(live, user, service, session, samples) or [0]
         hours = len(classes)
-        policies: dict[str, SessionPolicy | None] = {}
+        policies: dict[str, ConnectionPolicy | None] = {}
         for t, representative in enumerate(classes):
             if representative != t:  # the same clock-reading outcomes as an hour already decided
                 connects[(label, t, 0)] = connects[(label, representative, 0)]
@@ -258,7 +258,7 @@ def evaluate_cell(live: LiveSnapshot, user: User, service: Service, samples: Seq
                             statements[name][(label, t, v)] = Outcome(REFUSED, "cannot connect")
                             continue
                         if route.config.name not in policies:
-                            policies[route.config.name] = live.session_policy(user, service, session,
+                            policies[route.config.name] = live.connection_policy(user, service, session,
                                                                               config=route.config)
                         policy = policies[route.config.name]
                         statements[name][(label, t, v)] = decide_statement(policy, sql, name == "function-call")

@@ -1,13 +1,14 @@
 """Errors in the manifests themselves, each placed at file, document and field path.
 
-PgwardenError                      proxy/errors.py
+PgwardenError                      proxy/errors.py (the whole tree is drawn there)
 ├── ConfigError                    one problem, carries SourceRef(file, document, path)
 │   ├── ManifestSyntaxError        unreadable file: YAML syntax, duplicate key, size limit, symlink
 │   ├── SchemaViolation            a document does not match its kind's JSON Schema
 │   ├── DanglingReference          names a Secret, config, parent or Group that does not exist; parent cycles
 │   ├── DuplicateName              two documents of one kind share metadata.name
 │   ├── InvalidExpression          a CEL condition does not compile
-│   └── DecryptionFailed           an encrypted Secret could not be (or may not be) decrypted
+│   ├── DecryptionFailed           an encrypted Secret could not be (or may not be) decrypted
+│   └── UnencryptedSecret          reconciler/review.py: keyless review refuses a plaintext Secret
 └── ReconcileError                 a stage of the reconcile loop failed; `is_terminal` says if a retry can help
     ├── ManifestErrors             Terminal: every ConfigError one stage found, so a user fixes them all at once
     │   ├── UnreadableManifests    load: YAML syntax, size limits, symlinks
@@ -16,7 +17,9 @@ PgwardenError                      proxy/errors.py
     │   └── UnbuildableManifests   build: a document the Snapshot cannot be built from
     ├── EmptyRevisionRefused       Terminal, apply: the revision has no objects and allowEmpty is off
     ├── SnapshotRefused            Terminal, apply: the proxy cannot compile the snapshot
-    └── TargetUnavailable          Transient, apply: the proxy (or a worker) could not take the snapshot now
+    ├── TargetUnavailable          Transient, apply: the proxy (or a worker) could not take the snapshot now
+    ├── SourceError                Transient, reconciler/source.py: the source could not be fetched
+    └── UntrustedRevision          Terminal, reconciler/source.py: the commit is not signed by a trusted key
 
 A Terminal error is about the revision itself: retrying the same revision cannot help, so the loop
 stalls until a new one (controller-runtime's TerminalError). Anything else is retried with backoff.

@@ -2,7 +2,7 @@
 
 Every step is the proxy's own code: routing rules are compiled and evaluated as LiveSnapshot compiles and
 evaluates them (and LiveSnapshot.route picks the config), each policy rule is run alone through a one-rule
-RuleBook to say whether it matches, and the final answer is the session's SessionPolicy decision.
+RuleBook to say whether it matches, and the final answer is the session's ConnectionPolicy decision.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from proxy.policy import timefns
 from proxy.policy.cel import ConditionError, compile_condition
 from proxy.policy.classify import classify
 from proxy.policy.compile import CompiledRule
-from proxy.policy.engine import Decision, RuleBook, SessionPolicy
+from proxy.policy.engine import ConnectionPolicy, Decision, RuleBook
 from proxy.routing import ConnectRequest, LiveSnapshot
 from proxy.snapshot import Condition, Snapshot
 from reconciler.access import FUNCTION_CALL_OID, decided_by, identity_session
@@ -105,7 +105,7 @@ def _explain(live: LiveSnapshot, user_name: str, service_name: str, aal: str, qu
         say(f"query: {query}")
         say(f"  kinds [{', '.join(c.kinds)}] · tables [{', '.join(c.tables)}] · functions "
             f"[{', '.join(c.functions)}] · readOnly {str(c.is_read_only).lower()}")
-    policy = live.session_policy(user, service, session, config=route.config)
+    policy = live.connection_policy(user, service, session, config=route.config)
     if policy is None:
         out.is_allowed = True
         say(f"ALLOW: not checked per statement (config {route.config.name} has authorization mode {mode})")
@@ -115,7 +115,7 @@ def _explain(live: LiveSnapshot, user_name: str, service_name: str, aal: str, qu
     say("  rules in evaluation order (lower priority first, DENY before ALLOW at equal priority):")
     decided = False
     for i, rule in enumerate(book.rules, 1):
-        alone = _decide(SessionPolicy(RuleBook((rule,)), base, 0), query, is_function_call)
+        alone = _decide(ConnectionPolicy(RuleBook((rule,)), base, 0), query, is_function_call)
         mark = " (not reached)" if decided else ""
         if not decided and (rule.policy, rule.rule) == (decision.policy, decision.rule):
             mark, decided = "  ← decides", True
@@ -127,7 +127,7 @@ def _explain(live: LiveSnapshot, user_name: str, service_name: str, aal: str, qu
     return out
 
 
-def _decide(policy: SessionPolicy, query: str | None, is_function_call: bool) -> Decision:
+def _decide(policy: ConnectionPolicy, query: str | None, is_function_call: bool) -> Decision:
     return policy.decide_function_call(FUNCTION_CALL_OID) if is_function_call else policy.decide_query(query or "")
 
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from proxy.connection import PgConnection
+from proxy.errors import PgwardenError
 from proxy.pgwire import messages as m
-from proxy.pgwire.errors import PgwardenError
 from proxy.routing import Route
 from proxy.snapshot import Service, ServiceConfig, Snapshot
 from proxy.upstream import UpstreamLogin, open_upstream

@@ -1,7 +1,7 @@
 """Access tests kept in the manifests repository (`.pgwarden/tests/*.yaml`): load, validate, run, report.
 
 The manifest loader skips dot-directories, so test files never reach the reconciler. Each case is decided
-by the same calls as `pgwarden access` (LiveSnapshot.route, SessionPolicy), at its `at` instant and AAL.
+by the same calls as `pgwarden access` (LiveSnapshot.route, ConnectionPolicy), at its `at` instant and AAL.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def run_case(live: LiveSnapshot, case: Case) -> Result:
             decision, rule = "ALLOW", decided_by(route.decision) if route.decision.policy else ""
             if "query" in s or s.get("functionCall"):
                 user, service = live.user(s["user"]), live.service(s["service"])
-                policy = live.session_policy(user, service, session, config=route.config)
+                policy = live.connection_policy(user, service, session, config=route.config)
                 outcome = decide_statement(policy, s.get("query", ""), bool(s.get("functionCall")))
                 decision, rule = outcome.verdict, outcome.by
                 got += f"; {decision} ({rule})"

@@ -31,8 +31,8 @@ _HANDLED = frozenset((
 ))  # fmt: skip
 
 
-class _Unsupported(Exception):
-    pass
+class _NotCompilable(Exception):
+    """The schema uses something this compiler does not handle; the caller keeps jsonschema's validator."""
 
 
 def compile_validator(validator: Draft202012Validator) -> Check | None:
@@ -43,7 +43,7 @@ def compile_validator(validator: Draft202012Validator) -> Check | None:
     resolver = registry.resolver_with_root(Resource.from_contents(validator.schema, default_specification=DRAFT202012))
     try:
         return _Compiler().compile(validator.schema, resolver, root=True)
-    except _Unsupported:
+    except _NotCompilable:
         return None
 
 
@@ -88,7 +88,7 @@ class _Compiler:
         if schema is False:
             return _never
         if not isinstance(schema, Mapping):
-            raise _Unsupported("schema is not an object")
+            raise _NotCompilable("schema is not an object")
         key = id(schema)
         if key in self._done:
             return self._done[key]
@@ -106,9 +106,9 @@ class _Compiler:
         known = Draft202012Validator.VALIDATORS
         for keyword in schema:
             if keyword in known and keyword not in _HANDLED:
-                raise _Unsupported(keyword)
+                raise _NotCompilable(keyword)
         if "$id" in schema and not root:
-            raise _Unsupported("$id below the root changes the base URI")
+            raise _NotCompilable("$id below the root changes the base URI")
         checks: list[Check] = []
         if "type" in schema:
             checks.append(_type_check(schema["type"]))
@@ -233,7 +233,7 @@ def _type_check(types: Any) -> Check:
     try:
         tests = [_TYPES[name] for name in names]
     except (KeyError, TypeError):
-        raise _Unsupported("unknown type") from None
+        raise _NotCompilable("unknown type") from None
     if len(tests) == 1:
         return tests[0]
     return lambda x: any(t(x) for t in tests)

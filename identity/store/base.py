@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from proxy.pgwire.errors import PgwardenError
+from proxy.errors import PgwardenError
 from proxy.snapshot import SecretValue
 
 ENCRYPTION_KEY_BYTES = 32

@@ -20,7 +20,7 @@ from identity.store.base import AuthMethod, utc_now
 from identity.web.client_credentials import add_client_credentials_routes
 from identity.web.renewal import add_renewal_routes
 from identity.workload_mapping import map_workload_user
-from proxy.pgwire.errors import PgwardenError
+from proxy.errors import PgwardenError
 from proxy.snapshot import UserType
 
 log = logging.getLogger("pgwarden.identity")

@@ -24,8 +24,6 @@ share); at most MAX_FLOWS exist, and one more evicts the least recently stored, 
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import hmac
 import ipaddress
 import json
@@ -44,10 +42,11 @@ from aiohttp import web
 from identity.errors import IdentityError
 from identity.host import IdentityHost
 from identity.mapping import map_identity
+from identity.pkce import s256_challenge
 from identity.sessions import Identity
 from identity.store.base import AssuranceLevel, AuthMethod, StateStoreError, utc_now
 from identity.web.pages import e, error_page, page, redirect
-from proxy.pgwire.errors import PgwardenError
+from proxy.errors import PgwardenError
 from proxy.snapshot import IdentityProvider, User, UserType
 
 log = logging.getLogger("pgwarden.identity")
@@ -420,17 +419,13 @@ class AuthServer:
         if stored is None:
             return web.json_response({"error": "unknown, used or expired login code"}, status=400)
         issued = json.loads(stored)
-        if not hmac.compare_digest(s256(verifier), str(issued["codeChallenge"])):
+        if not hmac.compare_digest(s256_challenge(verifier), str(issued["codeChallenge"])):
             log.warning("login code presented with the wrong PKCE verifier")
             return web.json_response({"error": "the code verifier does not match"}, status=400)
         return web.json_response(issued["body"])
 
     async def _cluster(self, _: web.Request) -> web.Response:
         return web.json_response(self.cluster_info())
-
-
-def s256(verifier: str) -> str:
-    return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
 
 
 def is_loopback_redirect(uri: str) -> bool:

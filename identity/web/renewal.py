@@ -16,7 +16,7 @@ from aiohttp import web
 from identity.certs import CertificateRequestInvalid
 from identity.sessions import Identity
 from identity.store.base import utc_now
-from proxy.pgwire.errors import PgwardenError
+from proxy.errors import PgwardenError
 
 if TYPE_CHECKING:
     from identity.host import IdentityHost

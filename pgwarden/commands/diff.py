@@ -88,11 +88,11 @@ def run_diff(args: argparse.Namespace) -> int:
         error(f"no such file or directory: {args.path}", hint="give the directory that holds your manifests")
         return EXIT_COULD_NOT_RUN
     try:
-        revision = read_tree(args.path, args.against)
+        base = read_tree(args.path, args.against)
     except GitTreeError as exc:
         error(exc.message, hint=exc.hint)
         return EXIT_COULD_NOT_RUN
-    where = f"{revision.ref} ({revision.short})"
+    where = f"{base.ref} ({base.short})"
     try:
         after = load_for_review(args.path, allow_plaintext_secrets=args.allow_plaintext_secrets)
     except ManifestErrors as exc:
@@ -101,7 +101,7 @@ def run_diff(args: argparse.Namespace) -> int:
                 args.path, exc, f"fix them first; `pgwarden validate {args.path}` lists the same problems")
         return EXIT_COULD_NOT_RUN
     try:
-        before = parse_tree(revision)
+        before = parse_tree(base)
     except ManifestErrors as exc:
         _report(f"cannot diff: {args.path} at {where} cannot be read ({count(len(exc.errors), 'problem')})",
                 args.path, exc, "compare against another revision with --against REF")
@@ -109,9 +109,9 @@ def run_diff(args: argparse.Namespace) -> int:
     changes = diff_documents(before, after)
     # Who can now do what: printed first, before the object changes (no object change, no access change).
     access = diff_access(before, after) if not changes.is_empty else []
-    absent = "" if revision.is_present else f" ({args.path} does not exist at {revision.ref}: everything is new)"
+    absent = "" if base.is_present else f" ({args.path} does not exist at {base.ref}: everything is new)"
     if args.output == "markdown":
-        subtitle = f"`{args.path}` at `{revision.ref}` (`{revision.short}`) → working tree{absent}"
+        subtitle = f"`{args.path}` at `{base.ref}` (`{base.short}`) → working tree{absent}"
         sys.stdout.write(render_markdown(changes, subtitle=f"{subtitle}\n\n{render_access_markdown(access)}".rstrip()))
     else:
         sys.stdout.write(f"--- {where} {args.path}{absent}\n+++ working tree {args.path}\n")

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import hashlib
 import json
 import secrets
 import sys
@@ -25,6 +23,7 @@ import aiohttp
 import platformdirs
 from aiohttp import web
 
+from identity.pkce import s256_challenge
 from pgwarden.commands.login_workload import add_client_credentials_options, run_client_credentials_login
 from pgwarden.commands.token import parse_ttl
 from pgwarden.output import error
@@ -132,7 +131,7 @@ async def _browser_login(args: argparse.Namespace, cluster: str) -> dict[str, An
         runner, port = await _start_loopback(state, arrived)
         try:
             query = {"redirect_uri": f"http://127.0.0.1:{port}/callback", "state": state,
-                     "code_challenge": _s256(verifier), "code_challenge_method": "S256"}
+                     "code_challenge": s256_challenge(verifier), "code_challenge_method": "S256"}
             query.update({k: v for k, v in (("idp", args.idp), ("aal", "AAL2" if args.aal2 else None),
                                              ("ttl", str(args.ttl) if args.ttl else None)) if v})
             url = f"{base}/login?{urlencode(query)}"
@@ -258,10 +257,6 @@ async def _call(http: aiohttp.ClientSession, method: str, url: str,
     async with http.request(method, url, json=body) as response:
         data = await response.json(content_type=None)
         return response.status, data if isinstance(data, dict) else {}
-
-
-def _s256(verifier: str) -> str:
-    return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
 
 
 def _when(iso: str) -> str:

@@ -18,8 +18,9 @@ import struct
 import unicodedata
 from collections.abc import Iterable
 
+from proxy.errors import PgwardenError
 from proxy.pgwire.auth_mechanisms import DEFAULT_AUTH_MECHANISMS, AuthMechanism
-from proxy.pgwire.errors import PgwardenError, ProtocolViolation
+from proxy.pgwire.errors import ProtocolViolation
 from proxy.pgwire.messages import (
     AUTH_CLEARTEXT,
     AUTH_MD5,

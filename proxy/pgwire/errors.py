@@ -1,18 +1,13 @@
-"""The root error class and the protocol error, kept here so pgwire depends on nothing else."""
+"""Errors in PostgreSQL protocol bytes. pgwire imports nothing else of pgwarden but the root, proxy/errors.py.
+
+PgwardenError              proxy/errors.py
+└── ProtocolViolation      08P01; `whose` says which side sent the bytes
+    └── MessageTooLarge    a message over the reader's limit; nothing more is buffered
+"""
 
 from __future__ import annotations
 
-
-class PgwardenError(Exception):
-    """Every error pgwarden raises on purpose. `sqlstate` is what a PostgreSQL client sees."""
-
-    sqlstate = "XX000"
-
-    def __init__(self, message: str, *, detail: str | None = None, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.detail = detail
-        self.hint = hint
+from proxy.errors import PgwardenError
 
 
 class ProtocolViolation(PgwardenError):

@@ -97,8 +97,8 @@ class DecisionLike(Protocol):
     def reason(self) -> str: ...
 
 
-class SessionPolicy(Protocol):
-    """What the gate asks (proxy/policy/engine.py implements it); `generation` changes on reload."""
+class RequestDecider(Protocol):
+    """What the gate asks to decide a request: engine.ConnectionPolicy, or DenyAll; `generation` changes on reload."""
 
     @property
     def generation(self) -> int: ...
@@ -177,7 +177,7 @@ class RequestGate:
     def __init__(
         self,
         *,
-        policy: Callable[[], SessionPolicy | None],
+        policy: Callable[[], RequestDecider | None],
         codec: Callable[[], str],
         responses: ResponseFilter,
         on_decision: OnDecision,
@@ -325,7 +325,7 @@ class RequestGate:
         return out
 
     # --- held requests -------------------------------------------------------------------
-    def _on_held(self, type_byte: int, raw: bytes, policy: SessionPolicy | None) -> bytes | None:
+    def _on_held(self, type_byte: int, raw: bytes, policy: RequestDecider | None) -> bytes | None:
         body = raw[5:]
         if type_byte == m.QUERY:
             return self._query(raw, parse_query(body), policy)
@@ -380,7 +380,7 @@ class RequestGate:
             return decode_text(raw, self._codec()) + "\x00"
         return text
 
-    def _query(self, raw: bytes, text: bytes, policy: SessionPolicy | None) -> bytes | None:
+    def _query(self, raw: bytes, text: bytes, policy: RequestDecider | None) -> bytes | None:
         if text.isascii() and b"\\" not in text:
             shown = text.decode("ascii")  # lexing-neutral: decided at once
             sql: str | GateDenial | None = shown
@@ -408,7 +408,7 @@ class RequestGate:
         self._ready_requested()
         return raw
 
-    def _parse(self, raw: bytes, body: bytes, policy: SessionPolicy | None) -> bytes | None:
+    def _parse(self, raw: bytes, body: bytes, policy: RequestDecider | None) -> bytes | None:
         request = parse_parse(body)
         text = request.query
         if text.isascii() and b"\\" not in text:
@@ -451,7 +451,7 @@ class RequestGate:
         self._inert_statements.difference_update((request.name, b""))
         return self._stand_in_extended("statement", decision)
 
-    def _bind(self, raw: bytes, body: bytes, policy: SessionPolicy | None) -> bytes:
+    def _bind(self, raw: bytes, body: bytes, policy: RequestDecider | None) -> bytes:
         """Held after a reload (or while a statement is inert): a statement from before it is decided again,
         an unknown one denied."""
         request = parse_bind(body)
@@ -470,7 +470,7 @@ class RequestGate:
                               else (entry[0], self._generation, entry[2], entry[3]))
         return raw
 
-    def _execute(self, raw: bytes, body: bytes, policy: SessionPolicy | None) -> bytes:
+    def _execute(self, raw: bytes, body: bytes, policy: RequestDecider | None) -> bytes:
         """Held after a reload (or while a statement is inert): a portal bound before the reload (or unknown)
         is decided again or denied."""
         if policy is None:
@@ -482,7 +482,7 @@ class RequestGate:
         decision = self._recheck("EXECUTE", self._portals, portal, fields, policy, 0)
         return raw if decision is None else self._stand_in_extended("portal", decision)
 
-    def _function_call(self, raw: bytes, oid: int, policy: SessionPolicy | None) -> bytes:
+    def _function_call(self, raw: bytes, oid: int, policy: RequestDecider | None) -> bytes:
         decision = self._decide("FUNCTION_CALL", {"oid": oid}, policy, lambda p: p.decide_function_call(oid))
         if decision is not None and not decision.allowed:
             # A FunctionCall that fails is answered ErrorResponse + ReadyForQuery, like a Query.
@@ -493,7 +493,7 @@ class RequestGate:
         return raw
 
     # --- names: prepared statements and portals ------------------------------------------
-    def _names(self, policy: SessionPolicy | None, sql: str, via_query: bool, depth: int) -> DecisionLike | None:
+    def _names(self, policy: RequestDecider | None, sql: str, via_query: bool, depth: int) -> DecisionLike | None:
         """After an allowed decision of `sql`: decide again what it EXECUTEs or FETCHes from before a reload
         (a denial, or None), then note what it prepares, declares and drops."""
         classified = getattr(policy, "classified", None)
@@ -530,7 +530,7 @@ class RequestGate:
         return None
 
     def _recheck(self, kind: str, table: dict[bytes, _Entry], key: bytes, fields: dict[str, Any],
-                 policy: SessionPolicy | None, depth: int) -> DecisionLike | None:
+                 policy: RequestDecider | None, depth: int) -> DecisionLike | None:
         """A statement or portal about to run: None when it may, else the denial. One decided under an
         older generation is decided again; one the gate does not know is denied once a reload was seen."""
         known = table.get(key)
@@ -589,8 +589,8 @@ class RequestGate:
 
     # --- helpers -------------------------------------------------------------------------
     def _decide(
-        self, kind: str, fields: dict[str, Any], policy: SessionPolicy | None,
-        ask: Callable[[SessionPolicy], DecisionLike] | None, denial: GateDenial | None = None,
+        self, kind: str, fields: dict[str, Any], policy: RequestDecider | None,
+        ask: Callable[[RequestDecider], DecisionLike] | None, denial: GateDenial | None = None,
     ) -> DecisionLike | None:
         """Ask the policy (None when checks are off for this session now) and report the decision.
         With `denial` the gate has decided itself; it is reported the same way."""

@@ -1,11 +1,13 @@
 """The decision engine: which attached Policy rule decides a connection or a request, fast.
 
 Rules from the Service's, the user's Groups' and the User's `authorization` are ordered once per
-(user, service) and snapshot (`PolicySet`). A `SessionPolicy` evaluates the parts of each condition that
-read only session-constant data (ctx.user, ctx.groups, ctx.service, ctx.session) once,
-and caches the outcome of the rest keyed by exactly the request attributes the rules read (plus the second
-when a rule calls `now()`). The cache is shared by the sessions of one user on one service whose constant
-parts came out the same, so a repeated query shape costs a classification lookup and a dict lookup.
+(user, service) and snapshot (`PolicySet`). A `ConnectionPolicy`, one per client connection, evaluates the parts
+of each condition that read only data constant for the connection (ctx.user, ctx.groups, ctx.service, and
+ctx.session, the identity session) once, and caches the outcome of the rest keyed by exactly the request
+attributes the rules read (plus the second when a rule calls `now()`). The cache is shared by the connections of
+one user on one service whose constant parts came out the same, so a repeated query shape costs a classification
+lookup and a dict lookup. Which session: ctx.session is the identity session (identity/sessions.py);
+"session-constant" below means constant for the client connection (proxy/session.py's ClientSession).
 """
 
 from __future__ import annotations
@@ -222,11 +224,11 @@ class PolicySet:
                 return _decided(rule)
         return DEFAULT_DENY
 
-    def session_policy(
+    def connection_policy(
         self, user: User, service: Service, base_ctx: Mapping[str, Any], generation: int,
         *, config: ServiceConfig | None = None,
-    ) -> SessionPolicy | None:
-        """A SessionPolicy, or None when the config (or, without one, every config) leaves mode NONE."""
+    ) -> ConnectionPolicy | None:
+        """A ConnectionPolicy, or None when the config (or, without one, every config) leaves mode NONE."""
         configs = [config] if config is not None else list(service.configs.values())
         if not any(c.postgres.authorization_mode == AuthorizationMode.ALL for c in configs):
             return None
@@ -236,11 +238,12 @@ class PolicySet:
             if rails is None:
                 rails = self._rail_gates[(service.name, config.name)] = RailGate(config.postgres.guard_rails,
                                                                                   config.name)
-        return SessionPolicy(self.book(user, service), base_ctx, generation, rails=rails)
+        return ConnectionPolicy(self.book(user, service), base_ctx, generation, rails=rails)
 
 
-class SessionPolicy:
-    """Per-message decisions for one client session; build at connect, call per message."""
+class ConnectionPolicy:
+    """The policies in force on one client connection (a proxy.session.ClientSession), its constants folded:
+    build at connect, call per message. Not a session of its own: one per connection, rebuilt on reload."""
 
     @decision_budget  # folding the session constants is a decision too
     def __init__(self, book: RuleBook, base_ctx: Mapping[str, Any], generation: int,

@@ -1,6 +1,6 @@
 """The per-query half of the guard rails: refuse requests that would change a setting a rail locks.
 
-Asked by SessionPolicy before the policy rules, so a refusal takes the gate's usual denial path (42501).
+Asked by ConnectionPolicy before the policy rules, so a refusal takes the gate's usual denial path (42501).
 What counts as changing a locked setting: SET / SET LOCAL / SET SESSION of it, set_config() of it (or of a
 name that is not a literal), BEGIN / START TRANSACTION / SET TRANSACTION / SET SESSION CHARACTERISTICS
 READ WRITE against readOnly, a CREATE FUNCTION ... SET clause for it, a write to pg_settings (its rule calls

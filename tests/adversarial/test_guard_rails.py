@@ -405,6 +405,20 @@ def test_a_query_inside_an_extended_batch_ends_the_session_instead_of_hanging(ra
     assert "a simple Query or FunctionCall inside an extended-protocol batch" in fatal.message, seen
 
 
+def test_a_bad_header_behind_a_cycle_ends_the_session_with_a_protocol_error(railed: ProxyHarness, pg: Any) -> None:
+    # The rails frame the client stream themselves (one cycle at a time, the COMMIT watch); a header they
+    # refuse must end the session with 08P01, like the gate does, and nothing after it may run.
+    sock, _ = raw_login(railed.port, {"user": "bob", "database": "railed"}, railed.token("bob"))
+    sock.settimeout(20)
+    sock.sendall(m.encode_query("SELECT 1") + b"Q\x00\x00\x00\x02"
+                 + m.encode_query("INSERT INTO items(name) VALUES ('rail-bad-header')"))
+    seen = read_until(sock, lambda t, b: t == m.ERROR_RESPONSE and b"FATAL" in b)
+    sock.close()
+    fatal = m.parse_error_fields(seen[-1][1])
+    assert fatal.code == "08P01" and "invalid length 2" in fatal.message, seen
+    assert item_count(pg, "rail-bad-header") == 0
+
+
 def test_fast_path_set_config_is_refused(railed: ProxyHarness, pg: Any) -> None:
     sock, _ = raw_login(railed.port, {"user": "bob", "database": "railed"}, railed.token("bob"))
     args = [b"default_transaction_read_only", b"off", b"\x00"]

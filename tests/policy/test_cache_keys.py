@@ -22,7 +22,7 @@ from identity.store.base import AssuranceLevel, AuthMethod, IdentitySession, utc
 from proxy.policy import classify as classify_module
 from proxy.policy import timefns
 from proxy.policy.classify import classify
-from proxy.policy.engine import Decision, SessionPolicy
+from proxy.policy.engine import ConnectionPolicy, Decision
 from proxy.routing import LiveSnapshot
 from proxy.snapshot import (
     Authorization,
@@ -134,8 +134,8 @@ AAL2_WRITES = policy_from_spec("aal2-writes", {"rules": [
 def test_an_aal2_sessions_allow_is_not_reused_for_the_same_users_aal1_session() -> None:
     live = snapshot(AAL2_WRITES)
     user, service = live.user("alice"), live.service("db")
-    strong = live.session_policy(user, service, identity(AssuranceLevel.AAL2))
-    weak = live.session_policy(user, service, identity(AssuranceLevel.AAL1))
+    strong = live.connection_policy(user, service, identity(AssuranceLevel.AAL2))
+    weak = live.connection_policy(user, service, identity(AssuranceLevel.AAL1))
     assert strong is not None and weak is not None
     assert strong.decide_query("DELETE FROM t WHERE id = 1").allowed
     assert weak.decide_query("DELETE FROM t WHERE id = 2").rule == "aal1-no-writes"
@@ -147,11 +147,11 @@ def test_sessions_whose_relevant_values_are_equal_still_share_decisions() -> Non
     live = snapshot(AAL2_WRITES)
     user, service = live.user("alice"), live.service("db")
     # Different session ids and methods, same AAL: the rule reads only the AAL, so one cache entry serves both.
-    one = live.session_policy(user, service, identity(AssuranceLevel.AAL2, AuthMethod.OIDC, "s-1"))
-    two = live.session_policy(user, service, identity(AssuranceLevel.AAL2, AuthMethod.PASSKEY, "s-2"))
+    one = live.connection_policy(user, service, identity(AssuranceLevel.AAL2, AuthMethod.OIDC, "s-1"))
+    two = live.connection_policy(user, service, identity(AssuranceLevel.AAL2, AuthMethod.PASSKEY, "s-2"))
     assert one is not None and two is not None
     assert one._shape == two._shape
-    weak = live.session_policy(user, service, identity(AssuranceLevel.AAL1, AuthMethod.OIDC, "s-3"))
+    weak = live.connection_policy(user, service, identity(AssuranceLevel.AAL1, AuthMethod.OIDC, "s-3"))
     assert weak is not None and weak._shape != one._shape
 
 
@@ -224,7 +224,7 @@ def _from_scratch(live: LiveSnapshot, key: tuple[Any, ...], sql: str, is_parse: 
     user, service = live.user(user_name), live.service("db")
     ctx = live.context(user, service, None, identity(aal, method, f"s{sid}"))
     c = classify_module._classify_uncached(sql)
-    ctx["request"] = {"postgres": SessionPolicy._statement_request("parse" if is_parse else "query", c, sql, "")}
+    ctx["request"] = {"postgres": ConnectionPolicy._statement_request("parse" if is_parse else "query", c, sql, "")}
     return live.policies.decide(live.policies.book(user, service), ctx)
 
 
@@ -239,11 +239,11 @@ def test_decisions_through_the_caches_equal_decisions_from_scratch(steps: list[A
     for book in live.policies._books.values():  # empty decision caches (compiled rules are kept: CEL is slow)
         book.cache.clear()
         book._shapes.clear()
-    sessions: dict[tuple[Any, ...], SessionPolicy] = {}
+    sessions: dict[tuple[Any, ...], ConnectionPolicy] = {}
     for sql, key, clock, is_parse in steps:
         if key not in sessions:
             user_name, aal, method, sid = key
-            sp = live.session_policy(live.user(user_name), live.service("db"), identity(aal, method, f"s{sid}"))
+            sp = live.connection_policy(live.user(user_name), live.service("db"), identity(aal, method, f"s{sid}"))
             assert sp is not None
             sessions[key] = sp
         with timefns.fixed_clock(clock):
@@ -255,20 +255,20 @@ def test_decisions_through_the_caches_equal_decisions_from_scratch(steps: list[A
 def test_a_statement_field_the_request_key_does_not_know_keys_by_text(monkeypatch: pytest.MonkeyPatch) -> None:
     # A field added to `statement` later (say, the settings a SET changes) without a request-key getter must
     # not be left out of the key: the key falls back to the text itself.
-    real = SessionPolicy._statement_request
+    real = ConnectionPolicy._statement_request
 
     def with_length(kind: str, c: Any, sql: str, name: str) -> dict[str, Any]:
         out = real(kind, c, sql, name)
         out["statement"]["length"] = len(sql)
         return out
 
-    monkeypatch.setattr(SessionPolicy, "_statement_request", staticmethod(with_length))
+    monkeypatch.setattr(ConnectionPolicy, "_statement_request", staticmethod(with_length))
     long_ones = policy_from_spec("long", {"rules": [
         {"name": "no-long", "effect": "DENY", "condition": {"match": "ctx.request.postgres.statement.length > 20"}},
         {"name": "rest", "effect": "ALLOW", "priority": 1, "condition": {"matchAny": True}},
     ]})
     live = snapshot(long_ones)
-    sp = live.session_policy(live.user("alice"), live.service("db"), identity(AssuranceLevel.AAL1))
+    sp = live.connection_policy(live.user("alice"), live.service("db"), identity(AssuranceLevel.AAL1))
     assert sp is not None
     assert sp.decide_query("SELECT 1").allowed
     assert sp.decide_query("SELECT 1        /* padding */").rule == "no-long"  # same classification

@@ -53,8 +53,8 @@ def live(*policies: Policy, user_policies: tuple[str, ...] = (), group_policies:
     ), generation=7)
 
 
-def session_policy(snapshot: LiveSnapshot, identity_session: IdentitySession | None = None) -> Any:
-    sp = snapshot.session_policy(snapshot.user("alice"), snapshot.service("db"), identity_session,
+def connection_policy(snapshot: LiveSnapshot, identity_session: IdentitySession | None = None) -> Any:
+    sp = snapshot.connection_policy(snapshot.user("alice"), snapshot.service("db"), identity_session,
                                  request=REQUEST)
     assert sp is not None
     return sp
@@ -67,7 +67,7 @@ READ_ONLY = policy("read-only-juniors",
 
 
 def test_read_only_policy_denies_writes_and_allows_reads_naming_the_rule() -> None:
-    sp = session_policy(live(READ_ONLY, group_policies=("read-only-juniors",)))
+    sp = connection_policy(live(READ_ONLY, group_policies=("read-only-juniors",)))
     assert sp.generation == 7
     denied = sp.decide_query("INSERT INTO t VALUES (1)")
     assert denied == Decision(False, "read-only-juniors", "no-writes",
@@ -85,7 +85,7 @@ def test_read_only_policy_denies_writes_and_allows_reads_naming_the_rule() -> No
 def test_no_match_denies_by_default() -> None:
     selects = {"match": 'ctx.request.postgres.query.kinds == ["SELECT"]'}
     only_selects = policy("selects", rule("select", "ALLOW", selects))
-    sp = session_policy(live(only_selects, user_policies=("selects",)))
+    sp = connection_policy(live(only_selects, user_policies=("selects",)))
     assert sp.decide_query("SELECT 1").allowed
     assert sp.decide_query("SHOW work_mem") == Decision(False, "", "", "no rule matched: denied by default")
     assert not sp.decide_parse("", "SELECT 1").allowed  # the rule reads `query`, a Parse has `parse`
@@ -98,14 +98,14 @@ def test_no_match_denies_by_default() -> None:
 def test_lower_priority_wins_and_deny_beats_allow_at_equal_priority() -> None:
     allow_first = policy("p", rule("allow-all", "ALLOW", {"matchAny": True}, priority=-1),
                          rule("deny-all", "DENY", {"matchAny": True}, priority=0))
-    assert session_policy(live(allow_first, user_policies=("p",))).decide_query("DROP TABLE t").rule == "allow-all"
+    assert connection_policy(live(allow_first, user_policies=("p",))).decide_query("DROP TABLE t").rule == "allow-all"
     tie = policy("p", rule("allow-all", "ALLOW", {"matchAny": True}), rule("deny-all", "DENY", {"matchAny": True}))
-    assert session_policy(live(tie, user_policies=("p",))).decide_query("SELECT 1").rule == "deny-all"
+    assert connection_policy(live(tie, user_policies=("p",))).decide_query("SELECT 1").rule == "deny-all"
     # Across policies attached at different places the same order holds.
     allow = policy("allow", rule("a", "ALLOW", {"matchAny": True}, priority=2))
     drops = {"match": 'ctx.request.postgres.query.kinds.hasAny(["DROP TABLE"])'}
     deny_drop = policy("no-drop", rule("d", "DENY", drops, priority=1))
-    sp = session_policy(live(allow, deny_drop, service_policies=("allow",), user_policies=("no-drop",)))
+    sp = connection_policy(live(allow, deny_drop, service_policies=("allow",), user_policies=("no-drop",)))
     assert sp.decide_query("DROP TABLE t").policy == "no-drop"
     assert sp.decide_query("SELECT 1").policy == "allow"
 
@@ -124,18 +124,18 @@ def test_nested_conditions_and_attrs() -> None:
         rule("rest", "ALLOW", {"not": "false"}),
         attrs={"protectedEnv": "prod", "trusted": ["dba"]},
     )
-    sp = session_policy(live(nested, user_policies=("nested",)))
+    sp = connection_policy(live(nested, user_policies=("nested",)))
     assert sp.decide_query("DROP INDEX i").rule == "prod-ddl"
     assert sp.decide_query("TRUNCATE t").rule == "prod-ddl"
     assert sp.decide_query("DELETE FROM t").rule == "rest"
-    dba = session_policy(live(nested, user_policies=("nested",), groups=("dba",)))
+    dba = connection_policy(live(nested, user_policies=("nested",), groups=("dba",)))
     assert dba.decide_query("DROP INDEX i").allowed
 
 
 def test_disabled_policy_contributes_no_rules() -> None:
     deny = policy("deny-all", rule("no", "DENY", {"matchAny": True}), disabled=True)
     allow = policy("allow-all", rule("yes", "ALLOW", {"matchAny": True}))
-    sp = session_policy(live(deny, allow, user_policies=("deny-all", "allow-all")))
+    sp = connection_policy(live(deny, allow, user_policies=("deny-all", "allow-all")))
     assert sp.decide_query("DELETE FROM t").policy == "allow-all"
 
 
@@ -144,7 +144,7 @@ def test_inline_policies_apply() -> None:
                     rule("connect", "ALLOW", {"match": "has(ctx.request.postgres.connect)"}))
     snapshot = live(inline=(inline,))
     assert snapshot.route("alice", "db", REQUEST).decision.rule == "connect"
-    sp = session_policy(snapshot)
+    sp = connection_policy(snapshot)
     assert sp.decide_query("SELECT 1").rule == "reads-only"
 
 
@@ -159,12 +159,12 @@ def test_connect_decision_is_recorded_in_the_route_and_denial_names_policy_and_r
     assert 'allowed by policy "aal2-only" rule "ok"' in route.reason
 
 
-def test_no_policy_attached_keeps_routing_alone_and_mode_none_has_no_session_policy() -> None:
+def test_no_policy_attached_keeps_routing_alone_and_mode_none_has_no_connection_policy() -> None:
     snapshot = live(mode=AuthorizationMode.NONE)
     assert snapshot.route("alice", "db", REQUEST).decision.allowed
-    assert snapshot.session_policy(snapshot.user("alice"), snapshot.service("db"), None) is None
+    assert snapshot.connection_policy(snapshot.user("alice"), snapshot.service("db"), None) is None
     # Mode ALL without any policy: nothing allows a request.
-    sp = session_policy(live())
+    sp = connection_policy(live())
     assert sp.decide_query("SELECT 1") == Decision(False, "", "", "no rule matched: denied by default")
 
 
@@ -174,7 +174,7 @@ def test_session_constant_parts_are_per_session_and_the_cache_never_mixes_sessio
         {"match": 'ctx.request.postgres.statement.kinds.hasAny(["CREATE TABLE"])'}]}}),
         rule("reads", "ALLOW", {"match": "ctx.request.postgres.statement.readOnly"}))
     snapshot = live(by_aal, user_policies=("by-aal",))
-    weak, strong = session_policy(snapshot, identity(AssuranceLevel.AAL1)), session_policy(
+    weak, strong = connection_policy(snapshot, identity(AssuranceLevel.AAL1)), connection_policy(
         snapshot, identity(AssuranceLevel.AAL2))
     ddl = "CREATE TABLE x (a int)"
     for _ in range(3):  # repeated: served from the shared cache, still per session shape
@@ -186,7 +186,7 @@ def test_session_constant_parts_are_per_session_and_the_cache_never_mixes_sessio
 def test_rules_reading_the_raw_text_are_keyed_by_it() -> None:
     tagged = {"match": 'ctx.request.postgres.query.query.contains("/* ok */")'}
     comment = policy("tagged", rule("tagged", "ALLOW", tagged))
-    sp = session_policy(live(comment, user_policies=("tagged",)))
+    sp = connection_policy(live(comment, user_policies=("tagged",)))
     assert sp.decide_query("SELECT 1 /* ok */").allowed
     assert not sp.decide_query("SELECT 1").allowed  # same fingerprint and kinds, different text
 
@@ -194,7 +194,7 @@ def test_rules_reading_the_raw_text_are_keyed_by_it() -> None:
 def test_function_call_and_parse_name() -> None:
     p = policy("fc", rule("oid", "ALLOW", {"match": "ctx.request.postgres.functionCall.oid == 1598"}),
                rule("named", "ALLOW", {"match": 'ctx.request.postgres.parse.name.startsWith("ok_")'}))
-    sp = session_policy(live(p, user_policies=("fc",)))
+    sp = connection_policy(live(p, user_policies=("fc",)))
     assert sp.decide_function_call(1598).allowed
     assert not sp.decide_function_call(1599).allowed
     assert sp.decide_parse("ok_1", "DELETE FROM t").allowed
@@ -203,7 +203,7 @@ def test_function_call_and_parse_name() -> None:
 
 def test_evaluation_error_denies_naming_the_rule() -> None:
     bad = policy("bad", rule("int-vs-string", "ALLOW", {"match": 'ctx.request.postgres.statement.kinds.size() == "x"'}))
-    sp = session_policy(live(bad, user_policies=("bad",)))
+    sp = connection_policy(live(bad, user_policies=("bad",)))
     decision = sp.decide_query("SELECT 1")
     assert not decision.allowed and decision.rule == "int-vs-string" and "failed to evaluate" in decision.reason
 
@@ -211,7 +211,7 @@ def test_evaluation_error_denies_naming_the_rule() -> None:
 def test_copy_request_context() -> None:
     p = policy("copy", rule("no-copy-in", "DENY", {"match": 'ctx.request.postgres.copy.direction == "FROM"'}),
                rule("rest", "ALLOW", {"matchAny": True}))
-    sp = session_policy(live(p, user_policies=("copy",)))
+    sp = connection_policy(live(p, user_policies=("copy",)))
     assert sp.decide_query("COPY public.t FROM STDIN").rule == "no-copy-in"
     assert sp.decide_query("COPY public.t TO STDOUT").rule == "rest"
 
@@ -227,7 +227,7 @@ def test_presence_of_a_request_kind_is_decided_per_request_not_folded_per_sessio
                rule("connect", "ALLOW", {"match": "has(ctx.request.postgres.connect)"}, priority=1))
     snapshot = live(p, user_policies=("kinds",))
     assert snapshot.route("alice", "db", REQUEST).decision.rule == "connect"
-    sp = session_policy(snapshot)
+    sp = connection_policy(snapshot)
     assert sp.decide_query("DELETE FROM t").rule == "queries-only"
     assert not sp.decide_parse("", "DELETE FROM t").allowed  # no `query` in a Parse; `connect` only at connect
 
@@ -236,7 +236,7 @@ def test_function_call_presents_a_statement_that_is_not_read_only() -> None:
     p = policy("ro", rule("no-writes", "DENY", {"match": "ctx.request.postgres.statement.readOnly == false"}),
            rule("calls", "ALLOW", {"match": 'ctx.request.postgres.statement.kinds == ["FUNCTION CALL"]'}),
            rule("rest", "ALLOW", {"matchAny": True}))
-    sp = session_policy(live(p, user_policies=("ro",)))
+    sp = connection_policy(live(p, user_policies=("ro",)))
     denied = sp.decide_function_call(1576)  # setval(regclass, bigint)
     assert not denied.allowed and denied.rule == "no-writes"
     assert sp.decide_query("SELECT 1").allowed

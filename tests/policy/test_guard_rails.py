@@ -24,6 +24,7 @@ from proxy.guardrails import (
     upstream_settings,
 )
 from proxy.pgwire import messages as m
+from proxy.pgwire.errors import ProtocolViolation
 from proxy.policy.classify import classify
 from proxy.routing import LiveSnapshot
 from proxy.snapshot import (
@@ -116,7 +117,7 @@ def railed_policy(rails: GuardRails = RAILS) -> Any:
                       authorization=Authorization(policies=("allow",)))
     live = LiveSnapshot(Snapshot(services={"db": service}, users={"alice": User(name="alice")},
                                  policies={"allow": allow}), generation=1)
-    policy = live.session_policy(live.user("alice"), service, None, config=config)
+    policy = live.connection_policy(live.user("alice"), service, None, config=config)
     assert policy is not None
     return policy
 
@@ -232,7 +233,7 @@ CYCLE_ENDS = [sum(map(len, PIPELINE[:i + 1])) for i in (3, 4, 6)]
 
 
 @given(st.lists(st.integers(min_value=1, max_value=40), max_size=30))
-def test_cycle_splitter_cuts_after_each_sync_query_and_function_call(sizes: list[int]) -> None:
+def test_cycle_splitter_finds_the_end_of_each_sync_query_and_function_call(sizes: list[int]) -> None:
     data = stream(*PIPELINE)
     splitter, offset, cuts = CycleSplitter(), 0, []
     chunks, start = [], 0
@@ -241,15 +242,8 @@ def test_cycle_splitter_cuts_after_each_sync_query_and_function_call(sizes: list
         start += size
     chunks.append(data[start:])
     for chunk in chunks:
-        rest = chunk
-        while rest:
-            cut = splitter.cut(rest)
-            if cut is None:
-                offset += len(rest)
-                break
-            offset += cut
-            cuts.append(offset)
-            rest = rest[cut:]
+        cuts += [offset + end for end in splitter.cycle_ends(chunk)]
+        offset += len(chunk)
     assert cuts == CYCLE_ENDS
 
 
@@ -291,3 +285,12 @@ def test_transaction_end_watch(stream: bytes, violates: bool, sizes: list[int]) 
         found = found or watch.violation(stream[start:start + size]) is not None
         start += size
     assert found is violates
+
+
+@pytest.mark.parametrize("header", [b"Q\x00\x00\x00\x03", b"d\x7f\xff\xff\xff"])
+def test_rails_framing_refuses_what_the_gate_refuses(header: bytes) -> None:
+    # One walker frames every reader: a length below 4 or over the limit is a ProtocolViolation, never a guess.
+    with pytest.raises(ProtocolViolation):
+        CycleSplitter().cycle_ends(header)
+    with pytest.raises(ProtocolViolation):
+        TransactionEndWatch(lambda _q: False).violation(m.encode_message(m.SYNC) + header)

@@ -75,7 +75,7 @@ def test_policy_builds_round_trips_and_decides(tmp_path: Path) -> None:
     assert snapshot.groups["juniors"].authorization.inline_policies[0].name == "juniors-inline"
     assert from_wire(to_wire(snapshot, fingerprint_key=b"k", include_secrets=True)) == snapshot
     live = LiveSnapshot(snapshot, generation=2)
-    sp = live.session_policy(live.user("alice"), live.service("db"), None)
+    sp = live.connection_policy(live.user("alice"), live.service("db"), None)
     assert sp is not None and not sp.decide_query("DELETE FROM t").allowed and sp.decide_query("TABLE t").allowed
 
 

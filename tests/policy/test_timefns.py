@@ -49,7 +49,7 @@ CHANGE_WINDOW = policy(
 
 def test_change_window_rule_follows_the_clock_even_for_a_cached_query_shape() -> None:
     snapshot = live(CHANGE_WINDOW, service_policies=("no-drop-outside-window",), mode=AuthorizationMode.ALL)
-    sp = snapshot.session_policy(snapshot.user("alice"), snapshot.service("db"), None, request=REQUEST)
+    sp = snapshot.connection_policy(snapshot.user("alice"), snapshot.service("db"), None, request=REQUEST)
     assert sp is not None
     tuesday_10_berlin = datetime.datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
     tuesday_12_berlin = datetime.datetime(2026, 12, 1, 11, 0, tzinfo=UTC)

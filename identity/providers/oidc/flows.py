@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import hmac
 import secrets
 import time
@@ -27,6 +26,7 @@ from identity.errors import (
     TokenRequestRefused,
     fail,
 )
+from identity.pkce import s256_challenge
 from identity.providers.oidc.discovery import ProviderMetadata
 from identity.providers.oidc.http import TIMEOUT, check_url, get_json, http_client, oauth_error, read_json
 from identity.providers.oidc.verification import check_subject, is_number
@@ -87,7 +87,7 @@ class AuthorizationRequest:
             "scope": " ".join(_with_openid(scopes)),
             "state": state,
             "nonce": nonce,
-            "code_challenge": _s256(verifier),
+            "code_challenge": s256_challenge(verifier),
             "code_challenge_method": "S256",
         }
         # RFC 6749 §3.1: the endpoint may carry its own query, which we must keep.
@@ -251,8 +251,3 @@ def _token_response(provider: str, body: Mapping[str, Any]) -> TokenResponse:
 
 def _with_openid(scopes: Iterable[str]) -> list[str]:
     return ["openid", *dict.fromkeys(s for s in scopes if s != "openid")]
-
-
-def _s256(verifier: str) -> str:
-    digest = hashlib.sha256(verifier.encode("ascii")).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")

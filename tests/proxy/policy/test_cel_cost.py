@@ -97,12 +97,12 @@ def test_many_rules_each_within_budget_cannot_add_up_to_a_stall() -> None:
     # 40 DENY rules, each within its own budget (about 1,300 node visits with thirty tables), none matching:
     # before the decision budget all of them ran for every request. Now the decision stops and denies.
     from proxy.policy.cel_cost import DECISION_BUDGET
-    from tests.policy.test_engine import live, policy, rule, session_policy
+    from tests.policy.test_engine import connection_policy, live, policy, rule
 
     body = "ctx.request.postgres.statement.tables.exists(t, t.startsWith('secret_{i}'))"
     rules = [rule(f"r{i}", "DENY", {"match": body.format(i=i)}) for i in range(40)]
     heavy = policy("heavy", *rules, rule("rest", "ALLOW", {"matchAny": True}, priority=4))
-    sp = session_policy(live(heavy, user_policies=("heavy",)))
+    sp = connection_policy(live(heavy, user_policies=("heavy",)))
     tables = ", ".join(f"t{i}" for i in range(30))
     decision = sp.decide_query(f"SELECT 1 FROM {tables}")
     assert not decision.allowed
