@@ -192,12 +192,15 @@ def test_a_login_whose_steps_land_on_different_replicas_succeeds(cluster: Cluste
     challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
     loopback = f"http://127.0.0.1:{free_port()}/callback"
     served: list[tuple[str, str]] = []  # (path, replica) of every answer from the balancer
+    callbacks: list[str] = []
 
     async def on_end(_: Any, __: Any, params: aiohttp.TraceRequestEndParams) -> None:
         if params.url.port == urlsplit(cluster.web).port:
             served.append((params.url.path, params.response.headers.get("X-Served-By", "?")))
+            if params.url.path == "/login/oidc/callback":
+                callbacks.append(str(params.url))
 
-    async def login() -> tuple[int, dict[str, Any], int]:
+    async def login() -> tuple[int, dict[str, Any], int, int]:
         trace = aiohttp.TraceConfig()
         trace.on_request_end.append(on_end)
         async with aiohttp.ClientSession(trace_configs=[trace]) as browser:
@@ -209,11 +212,14 @@ def test_a_login_whose_steps_land_on_different_replicas_succeeds(cluster: Cluste
             async with browser.post(f"{cluster.web}/v1/auth/cli/token", json=body) as r:
                 status, issued = r.status, await r.json()
             async with browser.post(f"{cluster.web}/v1/auth/cli/token", json=body) as again:
-                return status, issued, again.status
+                replayed = again.status
+            async with browser.get(callbacks[0], allow_redirects=False) as callback:  # the IdP's redirect, again
+                return status, issued, replayed, callback.status
 
-    status, issued, replayed = asyncio.run(login())
+    status, issued, replayed, called_back_again = asyncio.run(login())
     assert status == 200, issued
     assert replayed == 400  # the code is single-use across replicas
+    assert called_back_again == 403  # and so is the flow: a replayed callback finds nothing on any replica
     by_path = dict(served)
     started, callback = by_path["/login/idp/corp"], by_path["/login/oidc/callback"]
     assert started != callback, served  # the flow started on one replica and finished on another

@@ -610,3 +610,19 @@ async def test_proxy_housekeeping_keeps_recently_expired_sessions(store: Identit
     assert await store.get_session(long_gone) is None
     assert await store.get_session(just_expired) is not None  # still shown by `pgwarden sessions list`
     assert await store.device_code_by_user_code("WXYZ-BCDF") is None
+
+
+async def test_only_the_writer_lease_holder_runs_housekeeping(store: IdentityStore, tmp_path: Path) -> None:
+    from identity.sessions import SessionAuthority
+    from identity.tokens import TokenAuthority
+    from proxy.audit.accesslog import AccessLog, AccessLogWriter
+    from proxy.server import PURGE_AFTER, ProxyServer
+
+    long_gone = await new_session(store, now=NOW - PURGE_AFTER - timedelta(hours=2))
+    server = ProxyServer(tls_context=None, identity=SessionAuthority(TokenAuthority.load_or_create(tmp_path), store),
+                         access_log=AccessLog(AccessLogWriter(None)), fingerprint_key=b"k" * 32)
+    server.is_writer = lambda: False  # a replica that waits for the lease (pgwarden/replica.py sets this)
+    assert await server.housekeeping(NOW) == 0
+    assert await store.get_session(long_gone) is not None
+    server.is_writer = lambda: True
+    assert await server.housekeeping(NOW) == 1
