@@ -14,6 +14,8 @@ import contextlib
 import logging
 import secrets
 import socket
+import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +29,8 @@ from proxy.cancel_forward import CancelInbox, forward_cancel, forwarding_key
 from proxy.server import ProxyServer
 
 log = logging.getLogger("pgwarden.replicas")
+
+MAX_FORWARDS_PER_S = 100
 
 
 def add_replica_options(p: argparse.ArgumentParser) -> None:
@@ -57,6 +61,7 @@ class Replica:
         self._inbox: CancelInbox | None = None
         self._task: asyncio.Task[None] | None = None
         self._server: ProxyServer | None = None
+        self._window_start, self._forwards = 0.0, 0  # cancel forwards in the current second
 
     def add_routes(self, app: web.Application) -> None:
         async def replicas(_: web.Request) -> web.Response:
@@ -79,6 +84,8 @@ class Replica:
 
         async def forward(process_id: int, secret_key: int) -> None:
             inboxes = [r.cancel_address for r in self.directory.others()]
+            if not inboxes or not self._may_forward():
+                return
             delivered = await forward_cancel(key, inboxes, process_id, secret_key)
             log.info("forwarded a cancel request for a key this replica did not issue to %d replica(s)", delivered)
 
@@ -89,7 +96,19 @@ class Replica:
             await self._beat()  # the first row before we report ready; the loop retries an outage
         self._task = asyncio.get_running_loop().create_task(self._run())
         print(f"pgwarden replica {self.id}: cancel inbox {self.directory.local.cancel_address}, "
-              f"{'holds' if self.directory.is_leader else 'waits for'} the writer lease", flush=True)
+              f"{'holds' if self.directory.is_leader else 'waits for'} the writer lease", file=sys.stderr, flush=True)
+
+    def _may_forward(self) -> bool:
+        """At most MAX_FORWARDS_PER_S: anyone may send CancelRequests with made-up keys, and each one we forward
+        costs every other replica a connection, so a flood of them must not multiply."""
+        now = time.monotonic()
+        if now - self._window_start >= 1.0:
+            self._window_start, self._forwards = now, 0
+        self._forwards += 1
+        if self._forwards == MAX_FORWARDS_PER_S + 1:
+            log.warning("more than %d cancel requests a second for keys issued elsewhere: the rest of this second's "
+                        "are dropped", MAX_FORWARDS_PER_S)
+        return self._forwards <= MAX_FORWARDS_PER_S
 
     def peer_connections(self) -> dict[str, int]:
         """Open database connections per identity Session on the other live replicas (as of their heartbeat)."""
@@ -111,7 +130,7 @@ class Replica:
         was_leader = self.directory.is_leader
         await self.directory.beat()
         if self.directory.is_leader and not was_leader:
-            print(f"pgwarden replica {self.id}: took the writer lease", flush=True)
+            print(f"pgwarden replica {self.id}: took the writer lease", file=sys.stderr, flush=True)
 
     async def _run(self) -> None:
         is_down = False
