@@ -29,7 +29,7 @@ from identity.store.sqlite import SqliteStore
 from identity.tokens import TokenAuthority
 from proxy.audit.accesslog import AccessLog, AccessLogWriter
 from proxy.server import ProxyServer
-from reconciler import build, decrypt, load, validate
+from reconciler import build, decrypt, json_schema, load, validate
 from reconciler.sops import KeyRing, encrypt_secret_manifest
 
 SERVICE = """\
@@ -149,7 +149,7 @@ class Memory:
     def __init__(self) -> None:
         self.parser = load.Parser()
         self.decryptor = decrypt.Decryptor()
-        self.verdicts = validate.SchemaVerdicts()
+        self.verdicts = json_schema.SchemaVerdicts()
         self.builder = build.Builder()
 
 

@@ -14,8 +14,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime
+from typing import Any
 
 from identity.store.base import IdentityStore, StateStoreError, utc_now
 
@@ -39,7 +40,7 @@ class RevocationWatch:
     def __init__(
         self, store: IdentityStore, *,
         live_sessions: Callable[[], list[str]],
-        revoke: Callable[[list[str], str], Awaitable[int]],
+        revoke: Callable[[list[str], str], Coroutine[Any, Any, int]],
         end_all: Callable[[str], int],
         housekeeping: Callable[[datetime], Awaitable[int]] | None = None,
         recheck_s: float = RECHECK_S, grace_s: float = STATE_OUTAGE_GRACE_S, housekeeping_s: float = 3600.0,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar, cast
 
 from proxy.pgwire.framing import DEFAULT_MAX_MESSAGE_BYTES, MessageReader
@@ -142,7 +142,7 @@ class PgConnection(asyncio.BufferedProtocol):
             else:
                 self.transport.write(data)
 
-    def write_pieces(self, pieces: list[bytes | memoryview]) -> None:
+    def write_pieces(self, pieces: Sequence[bytes | memoryview]) -> None:
         """Write several buffers at once, each cut to `max_write_bytes` when that is set."""
         if self.transport is None or self.is_closed:
             return

@@ -13,6 +13,7 @@ PgwardenError                         XX000; message, detail, hint: what a Postg
 ├── AccessDenied                      42501; names the policy rule that decided
 ├── TooManyConnections                53300, proxy/guardrails.py: a guard rail's connection cap is reached
 ├── UpstreamUnavailable               08006
+├── AdminShutdown                     57P01; the proxy is draining (SIGTERM) and ends the session
 ├── SnapshotRejected                  the admin API refused a snapshot; nothing changed
 │   ├── SnapshotInvalid               it cannot be compiled: the same snapshot is always refused
 │   ├── WorkerUnreachable             a worker could not be asked: a retry may succeed
@@ -66,6 +67,7 @@ SopsError                             reconciler/sops/errors.py: the sops codec;
 ├── EncryptionFailed                  a value or the data key could not be encrypted
 └── BackendError                      the optional Go `sops` binary failed
 GpgFailed                             reconciler/sops/gpg.py: one key slot did not open
+KeyringError                          reconciler/signatures.py: a trusted key cannot be read; becomes SourceError
 CelCompileError                       proxy/policy/cel.py (a ValueError): becomes InvalidExpression
 CostLimitError                        proxy/policy/cel_cost.py (a ValueError): over a compile-time limit
 ConditionError                        proxy/policy/cel.py: an evaluation failed; the engine denies (fails closed)
@@ -85,7 +87,12 @@ OwnerUnknown                          pgwarden/peer_owner.py: the OS does not li
 DemoError                             pgwarden/demo.py: the demo cannot start
 ClusterError                          pgwarden/pgcluster.py (a RuntimeError): initdb, pg_ctl or psql failed
 └── PortInUse                         the cluster's fixed port is taken
+
+The process assembly's own (runtime/):
+
+WorkersFailed                         runtime/workers.py: a worker process did not start or has died
 """
+
 from __future__ import annotations
 
 
@@ -123,6 +130,12 @@ class UpstreamUnavailable(PgwardenError):
     """The real database could not be reached or refused our login."""
 
     sqlstate = "08006"
+
+
+class AdminShutdown(PgwardenError):
+    """The proxy is shutting down (drained after SIGTERM); the client should reconnect, to another replica."""
+
+    sqlstate = "57P01"
 
 
 class SnapshotRejected(PgwardenError):

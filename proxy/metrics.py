@@ -172,5 +172,5 @@ def _decision_histogram(m: ProxyMetrics) -> HistogramMetricFamily:
 def render(server: ObservedProxy) -> bytes:
     """The Prometheus text exposition of one proxy (the admin socket's GET /metrics)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ProxyCollector(server))  # type: ignore[arg-type]
+    registry.register(ProxyCollector(server))
     return generate_latest(registry)

@@ -24,7 +24,7 @@ from proxy.errors import AccessDenied, AuthenticationFailed, PgwardenError, Snap
 from proxy.metrics import ProxyMetrics
 from proxy.offload import compile_window
 from proxy.preauth import PreAuthLimits, PreAuthRegistry
-from proxy.registry import SessionRegistry
+from proxy.registry import CancelRouter, SessionRegistry
 from proxy.routing import LiveSnapshot
 from proxy.session import ClientSession, SessionCollaborators
 from proxy.snapshot import AuthorizationMode, Snapshot
@@ -52,7 +52,7 @@ class ProxyServer:
         default_service: str | None = None,
         client_ca: ClientCertificateAuthority | None = None,
         preauth_limits: PreAuthLimits | None = None,
-        registry_factory: Callable[[ProxyMetrics], SessionRegistry] = SessionRegistry,  # workers tag cancel keys
+        cancel_router: CancelRouter | None = None,  # several processes share the address (runtime/workers.py)
     ) -> None:
         self.tls_context = tls_context
         self.identity = identity
@@ -65,7 +65,7 @@ class ProxyServer:
         self.applied_at = time.time()
         self._reloads_asked = 0  # tickets handed to apply/reload calls, in the order they were made
         self._live_ticket = 0  # the ticket of the live snapshot: an older one never swaps in after it
-        self.registry = registry_factory(self.metrics)  # live sessions, cancel keys, identity index, slots
+        self.registry = SessionRegistry(self.metrics, cancel_router=cancel_router)  # sessions, cancel keys, identity
         self.preauth = PreAuthRegistry(preauth_limits or PreAuthLimits(), self.metrics)  # not logged in yet
         self.collaborators = SessionCollaborators(
             registry=self.registry, snapshots=self, access_log=access_log, metrics=self.metrics,
@@ -74,7 +74,7 @@ class ProxyServer:
         self._revocation: asyncio.Task[None] | None = None
         self._identity_watch: asyncio.Task[None] | None = None
         self.state_outage_grace_s = STATE_OUTAGE_GRACE_S  # start_proxy sets --state-outage-grace
-        # Replicas (pgwarden/replica.py): only the writer-lease holder runs housekeeping on the shared store, and
+        # Replicas (runtime/replica.py): only the writer-lease holder runs housekeeping on the shared store, and
         # `sessions list` adds the other replicas' open connections per identity Session.
         self.is_writer: Callable[[], bool] = lambda: True
         self.peer_connections: Callable[[], dict[str, int]] = dict
@@ -91,6 +91,11 @@ class ProxyServer:
         sockname = self._server.sockets[0].getsockname()
         self._identity_watch = loop.create_task(self.watch_identity_sessions())
         return sockname[0], sockname[1]
+
+    def stop_accepting(self) -> None:
+        """Close the listening socket, so a balancer moves on; open sessions carry on (proxy/drain.py ends them)."""
+        if self._server is not None:
+            self._server.close()
 
     async def close(self) -> None:
         if self._identity_watch is not None:

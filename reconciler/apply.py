@@ -6,12 +6,15 @@ an in-memory one in tests. The swap itself is one reference assignment inside th
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from proxy.errors import SnapshotInvalid
 from proxy.snapshot import Snapshot
 from reconciler.errors import EmptyRevisionRefused, SnapshotRefused, TargetUnavailable
+
+T = TypeVar("T")
 
 KINDS = ("Service", "User", "Group", "Secret", "IdentityProvider", "Credential", "Policy")
 
@@ -49,22 +52,32 @@ def plan(desired: Snapshot, live: Snapshot, previous_inventory: list[str], *, al
         raise EmptyRevisionRefused(
             "the revision has no objects: refusing to remove everything (set allowEmpty to allow it)")
     owned = set(previous_inventory)
-    merged = {kind: dict(objects) for kind, objects in desired_objects.items()}
     pruned: list[str] = []
     kept: list[str] = []
-    for kind, objects in _names(live).items():
-        for name, obj in objects.items():
-            if name in merged[kind]:
+
+    def merge(kind: str, wanted: Mapping[str, T], running: Mapping[str, T]) -> dict[str, T]:
+        merged = dict(wanted)
+        for name, obj in running.items():
+            if name in merged:
                 continue
             key = f"{kind}/{name}"
             if key in owned:
                 pruned.append(key)
             else:
-                merged[kind][name] = obj
+                merged[name] = obj
                 kept.append(key)
-    snapshot = replace(desired, services=merged["Service"], users=merged["User"], groups=merged["Group"],
-                       secrets=merged["Secret"], identity_providers=merged["IdentityProvider"],
-                       credentials=merged["Credential"], policies=merged["Policy"])  # type: ignore[arg-type]
+        return merged
+
+    snapshot = replace(
+        desired,
+        services=merge("Service", desired.services, live.services),
+        users=merge("User", desired.users, live.users),
+        groups=merge("Group", desired.groups, live.groups),
+        secrets=merge("Secret", desired.secrets, live.secrets),
+        identity_providers=merge("IdentityProvider", desired.identity_providers, live.identity_providers),
+        credentials=merge("Credential", desired.credentials, live.credentials),
+        policies=merge("Policy", desired.policies, live.policies),
+    )
     inventory = sorted(f"{kind}/{name}" for kind, objects in desired_objects.items() for name in objects)
     return Plan(snapshot=snapshot, inventory=inventory, pruned=sorted(pruned), kept=sorted(kept))
 

@@ -235,7 +235,7 @@ class Builder:
         key = (doc.kind, id(doc.body))
         seen = self._built.get(key)
         if seen is not None and seen[0] is doc.body:
-            return seen[1]  # type: ignore[no-any-return]
+            return seen[1]
         built = build(doc)
         if len(self._built) >= self._max_entries:  # stale bodies are let go all at once
             self._built.clear()

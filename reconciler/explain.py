@@ -76,16 +76,17 @@ def _explain(live: LiveSnapshot, user_name: str, service_name: str, aal: str, qu
     say("routing (rules in order, first match wins):" if service.rules else "routing: no rules")
     activation = live.activation(user, service, request, session)
     first = 0
-    for i, rule in enumerate(service.rules, 1):
+    for i, routing_rule in enumerate(service.rules, 1):
         if first:
-            say(f"  rule {i} → {rule.config_name}: {condition_text(rule.condition)}: not tried (rule {first} matched)")
+            say(f"  rule {i} → {routing_rule.config_name}: {condition_text(routing_rule.condition)}: "
+                f"not tried (rule {first} matched)")
             continue
         try:
-            matched = "MATCH" if compile_condition(rule.condition).evaluate(activation) else "no match"
+            matched = "MATCH" if compile_condition(routing_rule.condition).evaluate(activation) else "no match"
         except ConditionError as exc:
             matched = f"failed to evaluate ({exc.reason}): the connection is refused"
         first = i if matched == "MATCH" else 0
-        say(f"  rule {i} → {rule.config_name}: {condition_text(rule.condition)}: {matched}")
+        say(f"  rule {i} → {routing_rule.config_name}: {condition_text(routing_rule.condition)}: {matched}")
     try:
         route = live.route(user_name, service_name, request, identity_session=session)
     except PgwardenError as exc:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from proxy.snapshot import Snapshot, to_wire
-from reconciler import apply, build, decrypt, diff, health, load, validate
+from reconciler import apply, build, decrypt, diff, health, json_schema, load, validate
 from reconciler.sops import KeyRing
 from reconciler.source import GitSource, Revision, UntrustedRevision
 from reconciler.status import ConditionStatus, ConditionType, Failure, Reason, Status, classify
@@ -59,7 +59,7 @@ class Reconciler:
         # The pure stages' memories: what unchanged files parsed, decrypted, validated and built to is reused.
         self._parser = load.Parser()
         self._decryptor = decrypt.Decryptor()
-        self._verdicts = validate.SchemaVerdicts()
+        self._verdicts = json_schema.SchemaVerdicts()
         self._builder = build.Builder()
 
     # --- control -------------------------------------------------------------------------

@@ -151,7 +151,7 @@ class _Compiler:
                     return True
                 for name, value in x.items():
                     check = properties.get(name, extra)
-                    if not check(value):  # type: ignore[misc]
+                    if not check(value):
                         return False
                 return True
 

@@ -1,6 +1,7 @@
 """The source stage: a Git URL or local path → a Revision checked out under the cache. The loop's only git I/O.
 
-Also says when to look again: each poll interval (with jitter), on trigger() (webhook, CLI), on a local commit.
+Also says when to look again: each poll interval (with jitter), on trigger() (webhook, CLI), on a local commit
+(local_watch.py); signed commits are checked against a keyring of trusted keys (signatures.py).
 """
 
 from __future__ import annotations
@@ -9,14 +10,12 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import os
 import random
 import re
 import shutil
-import subprocess
 import tempfile
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -25,6 +24,8 @@ import watchfiles
 
 from reconciler import load
 from reconciler.errors import ManifestSyntaxError, ReconcileError, SourceRef, Terminal, UnreadableManifests
+from reconciler.local_watch import is_git_repo, watch_plan
+from reconciler.signatures import KeyringError, TrustedKeyring, signature_problem
 
 log = logging.getLogger("pgwarden.source")
 
@@ -35,17 +36,6 @@ _SCP_LIKE = re.compile(r"^[^/:@\s]+@[^/:\s]+:")
 _USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/\s]*)@")
 _HEX = re.compile(r"[0-9a-f]{4,40}")
 _BAD_REF = re.compile(r"^-|[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{")  # git check-ref-format, and no options
-# `git log --format=%G?`. "U" is a good signature of unknown *validity*: gpg's web of trust has no say,
-# because the private keyring holds nothing but the trusted keys.
-_GOOD_SIGNATURE = {"G", "U"}
-_SIGNATURE_PROBLEM = {
-    "N": "it is not signed",
-    "B": "its signature is bad",
-    "E": "it is not signed by a trusted key",
-    "X": "its signature has expired",
-    "Y": "it is signed by an expired key",
-    "R": "it is signed by a revoked key",
-}
 # No credential prompt can be answered by a daemon; without this, git waits on a tty until the timeout.
 _GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GCM_INTERACTIVE": "never"}
 
@@ -128,14 +118,14 @@ class GitSource:
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._trees: list[str] = []
-        self._keyring: tuple[str, Path] | None = None  # (digest of the key files, GNUPGHOME)
+        self._keyring = TrustedKeyring(spec.trusted_keys, self._dir, timeout_s=spec.fetch_timeout_s)
         self._has_remote = False
 
     def describe(self) -> str:
         """`file:///srv/manifests @ main` for status and logs; credentials in the URL are masked."""
         if self._local is None:
             return f"{mask_url(self.spec.url)} @ {self.spec.ref or 'HEAD'}"
-        if _is_git_repo(self._local):
+        if is_git_repo(self._local):
             return f"{self._local.as_uri()} @ {self.spec.ref or 'HEAD'}"
         return f"{self._local} (directory)"
 
@@ -193,7 +183,7 @@ class GitSource:
             ) from exc
 
     def _fetch_locked(self) -> Revision:
-        if self._local is not None and not _is_git_repo(self._local):
+        if self._local is not None and not is_git_repo(self._local):
             return self._serve_directory(self._local)
         mirror = self._mirror()
         ref, commit = self._fetch_ref(mirror)
@@ -291,9 +281,9 @@ class GitSource:
         gnupghome = self._trusted_keyring()
         out = self._git(mirror, "log", "-1", "--format=%G?%x00%GK", commit, env={"GNUPGHOME": str(gnupghome)})
         status, _, key = out.partition("\0")
-        if status in _GOOD_SIGNATURE:
+        why = signature_problem(status)
+        if why is None:
             return
-        why = _SIGNATURE_PROBLEM.get(status, f"its signature cannot be checked ({status or '?'})")
         raise UntrustedRevision(
             f"{self.describe()}: commit {commit} is refused: {why}" + (f" (key {key})" if key else ""),
             revision=revision_id,
@@ -302,47 +292,10 @@ class GitSource:
         )
 
     def _trusted_keyring(self) -> Path:
-        """A private GNUPGHOME holding only the trusted keys; rebuilt when a key file changes."""
-        blobs: list[bytes] = []
-        for path in self.spec.trusted_keys:
-            try:
-                blobs.append(path.read_bytes())
-            except OSError as exc:
-                raise SourceError(f"cannot read trusted key {path}: {exc.strerror}") from exc
-        digest = hashlib.sha256(b"\0".join(blobs)).hexdigest()
-        if self._keyring is not None and self._keyring[0] == digest and self._keyring[1].is_dir():
-            return self._keyring[1]
-        self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        home = Path(tempfile.mkdtemp(dir=self._dir, prefix="gnupg-"))
-        # No agent: importing public keys and verifying need none, and it would outlive us.
-        (home / "gpg.conf").write_text("no-autostart\n")
-        for path in self.spec.trusted_keys:
-            try:
-                done = subprocess.run(
-                    ["gpg", "--batch", "--status-fd", "1", "--import", str(path)],
-                    env={**os.environ, "GNUPGHOME": str(home)},
-                    capture_output=True,
-                    text=True,
-                    timeout=self.spec.fetch_timeout_s,
-                    check=False,
-                )
-            except (OSError, subprocess.TimeoutExpired) as exc:
-                shutil.rmtree(home, ignore_errors=True)
-                raise SourceError(
-                    f"cannot import trusted key {path}: {type(exc).__name__}", hint="install gpg (GnuPG 2)"
-                ) from exc
-            # Not the exit status: gpg also fails when it cannot reach an agent (it asks one about secret
-            # keys), which happens when the GNUPGHOME path is too long for a socket name.
-            if "[GNUPG:] IMPORT_OK " not in done.stdout:
-                shutil.rmtree(home, ignore_errors=True)
-                raise SourceError(
-                    f"cannot import trusted key {path}: gpg found no valid OpenPGP public key",
-                    hint="export it with `gpg --armor --export <fingerprint>`",
-                )
-        if self._keyring is not None:
-            shutil.rmtree(self._keyring[1], ignore_errors=True)
-        self._keyring = (digest, home)
-        return home
+        try:
+            return self._keyring.home()
+        except KeyringError as exc:
+            raise SourceError(str(exc), hint=exc.hint) from exc
 
     def _checkout(self, mirror: Path, commit: str) -> Path:
         """The commit's files in trees/<commit>, written once and never changed (a load may be reading one)."""
@@ -410,7 +363,7 @@ class GitSource:
     async def _watch(self, stop: threading.Event) -> None:
         assert self._local is not None
         try:
-            paths, accept = await asyncio.to_thread(_watch_plan, self._local)
+            paths, accept = await asyncio.to_thread(watch_plan, self._local)
             async for _ in watchfiles.awatch(
                 *paths, watch_filter=accept, debounce=WATCH_DEBOUNCE_MS, step=50, stop_event=stop
             ):
@@ -424,46 +377,12 @@ class GitSource:
                 self.spec.poll_interval_s,
             )
 
-
-def _watch_plan(local: Path) -> tuple[list[Path], Callable[[watchfiles.Change, str], bool]]:
-    """What to watch under a local source, and which changes count.
-
-    A git work tree is served from its commits, so only ref updates count (a commit rewrites refs/heads/…;
-    objects, the index and editors' files do not). A plain directory counts every non-hidden file, as load reads.
-    """
-    if not _is_git_repo(local):
-        return [local], lambda _change, path: not any(p.startswith(".") for p in _parts_under([local], path))
-    with git.Repo(local) as repo:
-        dirs = {Path(repo.common_dir).resolve(), Path(repo.git_dir).resolve()}  # they differ in a linked worktree
-    watched = sorted(d for d in dirs if not any(d.is_relative_to(o) and d != o for o in dirs))
-
-    def is_ref_update(_change: watchfiles.Change, path: str) -> bool:
-        parts = _parts_under(watched, path)
-        if not parts or parts[-1].endswith(".lock"):  # git writes x.lock, then renames it to x
-            return False
-        return parts[-1] in ("HEAD", "packed-refs") or "refs" in parts
-
-    return watched, is_ref_update
-
-
-def _parts_under(dirs: list[Path], path: str) -> tuple[str, ...]:
-    for d in dirs:
-        with contextlib.suppress(ValueError):
-            return Path(path).relative_to(d).parts
-    return ()
-
-
 def _root(base: Path, path: str) -> Path:
     root = base / path
     if not root.resolve().is_relative_to(base.resolve()):  # load would follow it and read wherever it points
         escape = ManifestSyntaxError("symlink points outside the repository", source=SourceRef(file=path))
         raise UnreadableManifests([escape])
     return root
-
-
-def _is_git_repo(path: Path) -> bool:
-    """A work tree's top level (.git dir or file) or a bare repository; a sub-directory of one is a plain directory."""
-    return (path / ".git").exists() or ((path / "HEAD").is_file() and (path / "objects").is_dir())
 
 
 def _url_secrets(url: str) -> list[str]:

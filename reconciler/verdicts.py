@@ -117,7 +117,7 @@ def _hour_ranges(hours: Sequence[int]) -> str:
     for day, runs in runs_by_day.items():
         groups.setdefault(tuple(runs), []).append(day)
     out = []
-    for runs, days in groups.items():
-        when = "all day" if runs == ((0, 24),) else ", ".join(f"{a:02d}:00–{b:02d}:00" for a, b in runs)
+    for shape, days in groups.items():
+        when = "all day" if shape == ((0, 24),) else ", ".join(f"{a:02d}:00–{b:02d}:00" for a, b in shape)
         out.append(f"{'/'.join(DAY_NAMES[d] for d in days)} {when}")
     return "; ".join(out)

@@ -1,7 +1,7 @@
 """Workload sign-in in the manifests: check Credential documents and oidcIdentityToken user mappings; build
 Credentials, keeping only a hash of each client secret.
 
-Called from `validate.references` and `build.build_snapshot`; like them, pure and tolerant of any shape.
+Called from `references.references` and `build.build_snapshot`; like them, pure and tolerant of any shape.
 """
 
 from __future__ import annotations

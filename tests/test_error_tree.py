@@ -16,7 +16,7 @@ import pytest
 
 from proxy.errors import PgwardenError
 
-PACKAGES = ("proxy", "identity", "reconciler", "pgwarden")
+PACKAGES = ("proxy", "identity", "reconciler", "runtime", "pgwarden")
 ROOT_MODULE = "proxy.errors"
 ERRORS_MODULES = (ROOT_MODULE, "proxy.pgwire.errors", "identity.errors", "reconciler.errors", "reconciler.sops.errors")
 

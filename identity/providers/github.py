@@ -28,7 +28,8 @@ from identity.providers.oidc import (
     read_bounded,
 )
 from identity.store.base import AssuranceLevel, AuthMethod
-from identity.web.flow import AuthServer, LoginFlow, LoginResult
+from identity.web.flow import AuthServer
+from identity.web.login_flow import LoginFlow, LoginResult
 from proxy.snapshot import IdentityProvider
 
 log = logging.getLogger("pgwarden.identity")

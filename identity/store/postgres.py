@@ -24,7 +24,6 @@ from identity.store.base import (
     DeviceCode,
     IdentitySession,
     PasskeyCredential,
-    SchemaTooNew,
     Sealer,
     StateConflict,
     StateStoreUnavailable,
@@ -42,57 +41,12 @@ from identity.store.base import (
     utc_now,
     window_end,
 )
+from identity.store.migrations import DEVICE_COLUMNS, PASSKEY_COLUMNS, POSTGRES_MIGRATIONS, SESSION_COLUMNS, pending
+from identity.store.postgres_rows import device_code_from_row, passkey_from_row, session_from_row
 from proxy.snapshot import SecretValue
 
 SCHEMA = "pgwarden"
 
-# One entry per schema version; never edit a released entry, append a new one.
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE pgwarden.meta (name text PRIMARY KEY, value bytea NOT NULL);
-    CREATE TABLE pgwarden.sessions (
-        id text PRIMARY KEY, user_name text NOT NULL, idp text NOT NULL, method text NOT NULL,
-        aal smallint NOT NULL, created_at timestamptz NOT NULL, expires_at timestamptz NOT NULL,
-        last_seen_at timestamptz NOT NULL, revoked_at timestamptz, user_agent text NOT NULL, ip text NOT NULL,
-        attrs jsonb NOT NULL, refresh_hash text UNIQUE);
-    CREATE INDEX sessions_user ON pgwarden.sessions (user_name);
-    CREATE INDEX sessions_expires ON pgwarden.sessions (expires_at);
-    CREATE TABLE pgwarden.passkeys (
-        credential_id bytea PRIMARY KEY, user_name text NOT NULL, public_key bytea NOT NULL,
-        sign_count bigint NOT NULL, transports text[] NOT NULL, created_at timestamptz NOT NULL,
-        last_used_at timestamptz);
-    CREATE INDEX passkeys_user ON pgwarden.passkeys (user_name);
-    CREATE TABLE pgwarden.totp (
-        user_name text PRIMARY KEY, secret_sealed bytea NOT NULL, confirmed_at timestamptz, last_step bigint);
-    CREATE TABLE pgwarden.device_codes (
-        device_code_hash text PRIMARY KEY, user_code text NOT NULL, user_code_key text NOT NULL UNIQUE,
-        client text NOT NULL, expires_at timestamptz NOT NULL, interval_s integer NOT NULL,
-        approved_session_id text, denied boolean NOT NULL DEFAULT false);
-    """,
-    """
-    CREATE TABLE pgwarden.counters (
-        key text NOT NULL, window_end timestamptz NOT NULL, count bigint NOT NULL, PRIMARY KEY (key, window_end));
-    CREATE INDEX counters_window_end ON pgwarden.counters (window_end);
-    """,
-    """
-    CREATE TABLE pgwarden.ephemeral (
-        kind text NOT NULL, key_hash text NOT NULL, value_sealed bytea NOT NULL, stored_at timestamptz NOT NULL,
-        expires_at timestamptz NOT NULL, PRIMARY KEY (kind, key_hash));
-    CREATE INDEX ephemeral_expires ON pgwarden.ephemeral (expires_at);
-    CREATE INDEX ephemeral_stored ON pgwarden.ephemeral (kind, stored_at);
-    """,
-    """
-    CREATE TABLE pgwarden.replicas (
-        id text PRIMARY KEY, backend_pid integer NOT NULL, cancel_address text NOT NULL, web_url text NOT NULL,
-        revision text NOT NULL, connections jsonb NOT NULL, started_at timestamptz NOT NULL,
-        heartbeat_at timestamptz NOT NULL);
-    """,
-)
-
-_SESSION_COLUMNS = ("id, user_name, idp, method, aal, created_at, expires_at, last_seen_at, revoked_at, "
-                    "user_agent, ip, attrs")
-_PASSKEY_COLUMNS = "credential_id, user_name, public_key, sign_count, transports, created_at, last_used_at"
-_DEVICE_COLUMNS = "device_code_hash, user_code, client, expires_at, interval_s, approved_session_id, denied"
 _ACTIVE = "revoked_at IS NULL AND expires_at > $2"
 _UNAVAILABLE = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 LISTEN_APPLICATION_NAME = "pgwarden-state-listen"  # how an operator (or a test) finds the LISTEN backend
@@ -159,12 +113,8 @@ class PostgresStore:
         await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
         await conn.execute(f"CREATE TABLE IF NOT EXISTS {SCHEMA}.schema_version (version integer NOT NULL)")
         version = await conn.fetchval(f"SELECT coalesce(max(version), 0) FROM {SCHEMA}.schema_version")
-        if version > len(MIGRATIONS):
-            raise SchemaTooNew(
-                f"{self._where}: state store schema version {version} is newer than this pgwarden's "
-                f"({len(MIGRATIONS)})", hint="upgrade pgwarden on every replica",
-            )
-        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        for number, script in pending(POSTGRES_MIGRATIONS, version, where=self._where,
+                                      hint="upgrade pgwarden on every replica"):
             await conn.execute(script)
             await conn.execute(f"DELETE FROM {SCHEMA}.schema_version")
             await conn.execute(f"INSERT INTO {SCHEMA}.schema_version (version) VALUES ($1)", number)
@@ -231,7 +181,7 @@ class PostgresStore:
         refresh = None if refresh_hash is None else require_hash(refresh_hash, "refresh_hash")
         await self._insert(
             "session refresh credential",
-            f"INSERT INTO {SCHEMA}.sessions ({_SESSION_COLUMNS}, refresh_hash) "
+            f"INSERT INTO {SCHEMA}.sessions ({SESSION_COLUMNS}, refresh_hash) "
             "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9, $10, $11::jsonb, $12)",
             s.id, user, idp, str(s.method), int(s.aal), s.created_at, s.expires_at, s.last_seen_at,
             user_agent, ip, json.dumps(s.attrs), refresh,
@@ -239,13 +189,13 @@ class PostgresStore:
         return s
 
     async def get_session(self, session_id: str) -> IdentitySession | None:
-        row = await self._fetchrow(f"SELECT {_SESSION_COLUMNS} FROM {SCHEMA}.sessions WHERE id = $1", session_id)
-        return None if row is None else _session(row)
+        row = await self._fetchrow(f"SELECT {SESSION_COLUMNS} FROM {SCHEMA}.sessions WHERE id = $1", session_id)
+        return None if row is None else session_from_row(row)
 
     async def session_by_refresh_hash(self, refresh_hash: str) -> IdentitySession | None:
-        sql = f"SELECT {_SESSION_COLUMNS} FROM {SCHEMA}.sessions WHERE refresh_hash = $1"
+        sql = f"SELECT {SESSION_COLUMNS} FROM {SCHEMA}.sessions WHERE refresh_hash = $1"
         row = await self._fetchrow(sql, require_hash(refresh_hash, "refresh_hash"))
-        return None if row is None else _session(row)
+        return None if row is None else session_from_row(row)
 
     async def rotate_refresh_hash(self, session_id: str, old_hash: str, new_hash: str, now: datetime) -> bool:
         sql = (f"UPDATE {SCHEMA}.sessions SET refresh_hash = $3 WHERE id = $1 AND {_ACTIVE} AND refresh_hash = $4")
@@ -259,10 +209,10 @@ class PostgresStore:
     async def list_sessions(
         self, user: str | None = None, include_inactive: bool = False, *, now: datetime | None = None
     ) -> list[IdentitySession]:
-        sql = (f"SELECT {_SESSION_COLUMNS} FROM {SCHEMA}.sessions WHERE ($1::text IS NULL OR user_name = $1) "
+        sql = (f"SELECT {SESSION_COLUMNS} FROM {SCHEMA}.sessions WHERE ($1::text IS NULL OR user_name = $1) "
                f"AND ($3::boolean OR ({_ACTIVE})) ORDER BY created_at, id")
         at = require_aware(now or utc_now(), "now")
-        return [_session(r) for r in await self._fetch(sql, user, at, include_inactive)]
+        return [session_from_row(r) for r in await self._fetch(sql, user, at, include_inactive)]
 
     async def revoke_session(self, session_id: str, now: datetime) -> bool:
         return bool(await self._revoke_where("id = $1", session_id, now))
@@ -340,21 +290,21 @@ class PostgresStore:
         c = credential
         await self._insert(
             "passkey credential id",
-            f"INSERT INTO {SCHEMA}.passkeys ({_PASSKEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            f"INSERT INTO {SCHEMA}.passkeys ({PASSKEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)",
             c.credential_id, c.user, c.public_key, c.sign_count, list(c.transports),
             require_aware(c.created_at, "created_at"),
             None if c.last_used_at is None else require_aware(c.last_used_at, "last_used_at"),
         )
 
     async def passkeys_for(self, user: str) -> list[PasskeyCredential]:
-        sql = (f"SELECT {_PASSKEY_COLUMNS} FROM {SCHEMA}.passkeys WHERE user_name = $1 "
+        sql = (f"SELECT {PASSKEY_COLUMNS} FROM {SCHEMA}.passkeys WHERE user_name = $1 "
                "ORDER BY created_at, credential_id")
-        return [_passkey(r) for r in await self._fetch(sql, user)]
+        return [passkey_from_row(r) for r in await self._fetch(sql, user)]
 
     async def passkey_by_id(self, credential_id: bytes) -> PasskeyCredential | None:
-        row = await self._fetchrow(f"SELECT {_PASSKEY_COLUMNS} FROM {SCHEMA}.passkeys WHERE credential_id = $1",
+        row = await self._fetchrow(f"SELECT {PASSKEY_COLUMNS} FROM {SCHEMA}.passkeys WHERE credential_id = $1",
                                    credential_id)
-        return None if row is None else _passkey(row)
+        return None if row is None else passkey_from_row(row)
 
     async def update_sign_count(self, credential_id: bytes, count: int, now: datetime) -> bool:
         # WebAuthn §6.1.1: a counter that does not grow means a cloned authenticator, unless both are 0
@@ -417,14 +367,14 @@ class PostgresStore:
         return code
 
     async def device_code_by_user_code(self, user_code: str) -> DeviceCode | None:
-        sql = f"SELECT {_DEVICE_COLUMNS} FROM {SCHEMA}.device_codes WHERE user_code_key = $1"
+        sql = f"SELECT {DEVICE_COLUMNS} FROM {SCHEMA}.device_codes WHERE user_code_key = $1"
         row = await self._fetchrow(sql, normalize_user_code(user_code))
-        return None if row is None else _device_code(row)
+        return None if row is None else device_code_from_row(row)
 
     async def device_code_by_hash(self, device_code_hash: str) -> DeviceCode | None:
-        sql = f"SELECT {_DEVICE_COLUMNS} FROM {SCHEMA}.device_codes WHERE device_code_hash = $1"
+        sql = f"SELECT {DEVICE_COLUMNS} FROM {SCHEMA}.device_codes WHERE device_code_hash = $1"
         row = await self._fetchrow(sql, require_hash(device_code_hash, "device_code_hash"))
-        return None if row is None else _device_code(row)
+        return None if row is None else device_code_from_row(row)
 
     async def approve_device_code(self, user_code: str, session_id: str, now: datetime | None = None) -> bool:
         sql = (f"UPDATE {SCHEMA}.device_codes SET approved_session_id = $3 WHERE user_code_key = $1 "
@@ -440,9 +390,9 @@ class PostgresStore:
 
     async def consume_device_code(self, device_code_hash: str, now: datetime) -> DeviceCode | None:
         sql = (f"DELETE FROM {SCHEMA}.device_codes WHERE device_code_hash = $1 AND approved_session_id IS NOT NULL "
-               f"AND NOT denied AND expires_at > $2 RETURNING {_DEVICE_COLUMNS}")
+               f"AND NOT denied AND expires_at > $2 RETURNING {DEVICE_COLUMNS}")
         row = await self._fetchrow(sql, require_hash(device_code_hash, "device_code_hash"), require_aware(now, "now"))
-        return None if row is None else _device_code(row)
+        return None if row is None else device_code_from_row(row)
 
 
     # --- counters (rate limits, failure budgets) ---
@@ -484,27 +434,3 @@ class PostgresStore:
         return self._sealer.unseal(row["value_sealed"], aad=ephemeral_aad(kind, key_hash),
                                    where=f"{self._where} ephemeral {kind}")
 
-
-def _session(row: asyncpg.Record) -> IdentitySession:
-    return IdentitySession(
-        id=row["id"], user=row["user_name"], idp=row["idp"], method=AuthMethod(row["method"]),
-        aal=AssuranceLevel(row["aal"]), created_at=row["created_at"], expires_at=row["expires_at"],
-        last_seen_at=row["last_seen_at"], revoked_at=row["revoked_at"], user_agent=row["user_agent"],
-        ip=row["ip"], attrs=json.loads(row["attrs"]),
-    )
-
-
-def _passkey(row: asyncpg.Record) -> PasskeyCredential:
-    return PasskeyCredential(
-        credential_id=bytes(row["credential_id"]), user=row["user_name"], public_key=bytes(row["public_key"]),
-        sign_count=row["sign_count"], transports=list(row["transports"]), created_at=row["created_at"],
-        last_used_at=row["last_used_at"],
-    )
-
-
-def _device_code(row: asyncpg.Record) -> DeviceCode:
-    return DeviceCode(
-        device_code_hash=row["device_code_hash"], user_code=row["user_code"], client=row["client"],
-        expires_at=row["expires_at"], interval_s=row["interval_s"],
-        approved_session_id=row["approved_session_id"], denied=row["denied"],
-    )

@@ -14,7 +14,7 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
@@ -24,7 +24,6 @@ from identity.store.base import (
     DeviceCode,
     IdentitySession,
     PasskeyCredential,
-    SchemaTooNew,
     Sealer,
     StateConflict,
     StateStoreUnavailable,
@@ -41,68 +40,11 @@ from identity.store.base import (
     utc_now,
     window_end,
 )
+from identity.store.migrations import DEVICE_COLUMNS, PASSKEY_COLUMNS, SESSION_COLUMNS, SQLITE_MIGRATIONS, pending
+from identity.store.sqlite_rows import device_code_from_row, from_us_or_none, passkey_from_row, session_from_row, to_us
 from proxy.snapshot import SecretValue
 
 T = TypeVar("T")
-
-# One entry per schema version; never edit a released entry, append a new one.
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
-    CREATE TABLE sessions (
-        id TEXT PRIMARY KEY, user_name TEXT NOT NULL, idp TEXT NOT NULL, method TEXT NOT NULL,
-        aal INTEGER NOT NULL, created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL,
-        last_seen_at INTEGER NOT NULL, revoked_at INTEGER, user_agent TEXT NOT NULL, ip TEXT NOT NULL,
-        attrs TEXT NOT NULL, refresh_hash TEXT UNIQUE);
-    CREATE INDEX sessions_user ON sessions (user_name);
-    CREATE INDEX sessions_expires ON sessions (expires_at);
-    CREATE TABLE passkeys (
-        credential_id BLOB PRIMARY KEY, user_name TEXT NOT NULL, public_key BLOB NOT NULL,
-        sign_count INTEGER NOT NULL, transports TEXT NOT NULL, created_at INTEGER NOT NULL, last_used_at INTEGER);
-    CREATE INDEX passkeys_user ON passkeys (user_name);
-    CREATE TABLE totp (
-        user_name TEXT PRIMARY KEY, secret_sealed BLOB NOT NULL, confirmed_at INTEGER, last_step INTEGER);
-    CREATE TABLE device_codes (
-        device_code_hash TEXT PRIMARY KEY, user_code TEXT NOT NULL, user_code_key TEXT NOT NULL UNIQUE,
-        client TEXT NOT NULL, expires_at INTEGER NOT NULL, interval_s INTEGER NOT NULL,
-        approved_session_id TEXT, denied INTEGER NOT NULL DEFAULT 0);
-    """,
-    """
-    CREATE TABLE counters (
-        key TEXT NOT NULL, window_end INTEGER NOT NULL, count INTEGER NOT NULL, PRIMARY KEY (key, window_end));
-    CREATE INDEX counters_window_end ON counters (window_end);
-    """,
-    """
-    CREATE TABLE ephemeral (
-        kind TEXT NOT NULL, key_hash TEXT NOT NULL, value_sealed BLOB NOT NULL, stored_at INTEGER NOT NULL,
-        expires_at INTEGER NOT NULL, PRIMARY KEY (kind, key_hash));
-    CREATE INDEX ephemeral_expires ON ephemeral (expires_at);
-    CREATE INDEX ephemeral_stored ON ephemeral (kind, stored_at);
-    """,
-)
-
-_SESSION_COLUMNS = ("id, user_name, idp, method, aal, created_at, expires_at, last_seen_at, revoked_at, "
-                    "user_agent, ip, attrs")
-_PASSKEY_COLUMNS = "credential_id, user_name, public_key, sign_count, transports, created_at, last_used_at"
-_DEVICE_COLUMNS = "device_code_hash, user_code, client, expires_at, interval_s, approved_session_id, denied"
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_ONE_US = timedelta(microseconds=1)
-
-
-def _to_us(value: datetime) -> int:
-    # Integer microseconds since the epoch: exact, sortable, and all that datetime can hold.
-    return (require_aware(value, "time") - _EPOCH) // _ONE_US
-
-
-def _from_us(value: int) -> datetime:
-    return _EPOCH + value * _ONE_US
-
-
-def _from_us_or_none(value: int | None) -> datetime | None:
-    return None if value is None else _from_us(value)
-
 
 class SqliteStore:
     """IdentityStore in one SQLite file. Mutable: it owns a connection and a worker thread."""
@@ -157,12 +99,7 @@ class SqliteStore:
     def _migrate(self, db: sqlite3.Connection) -> None:
         db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
         version = db.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
-        if version > len(MIGRATIONS):
-            raise SchemaTooNew(
-                f"{self.path}: state store schema version {version} is newer than this pgwarden's "
-                f"({len(MIGRATIONS)})", hint="upgrade pgwarden",
-            )
-        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        for number, script in pending(SQLITE_MIGRATIONS, version, where=str(self.path), hint="upgrade pgwarden"):
             # Not executescript(): it COMMITs first, and the migration must share our transaction.
             for statement in filter(str.strip, script.split(";")):
                 db.execute(statement)
@@ -230,7 +167,7 @@ class SqliteStore:
     def _consume(self, code_hash: str, now_us: int) -> tuple[Any, ...] | None:
         with self._write() as db:
             row: tuple[Any, ...] | None = db.execute(
-                f"SELECT {_DEVICE_COLUMNS} FROM device_codes WHERE device_code_hash = ? "
+                f"SELECT {DEVICE_COLUMNS} FROM device_codes WHERE device_code_hash = ? "
                 "AND approved_session_id IS NOT NULL AND NOT denied AND expires_at > ?", (code_hash, now_us),
             ).fetchone()
             if row is not None:
@@ -246,34 +183,34 @@ class SqliteStore:
     ) -> IdentitySession:
         session = build_session(user=user, idp=idp, method=method, aal=aal, ttl_s=ttl_s, now=now,
                                 user_agent=user_agent, ip=ip, attrs=attrs)
-        created = _to_us(session.created_at)
+        created = to_us(session.created_at)
         await self._run(
             self._insert, "session refresh credential",
-            f"INSERT INTO sessions ({_SESSION_COLUMNS}, refresh_hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            f"INSERT INTO sessions ({SESSION_COLUMNS}, refresh_hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             session.id, user, idp, str(session.method), int(session.aal), created,
-            _to_us(session.expires_at), created, None, user_agent, ip, json.dumps(session.attrs),
+            to_us(session.expires_at), created, None, user_agent, ip, json.dumps(session.attrs),
             None if refresh_hash is None else require_hash(refresh_hash, "refresh_hash"),
         )
         return session
 
     async def get_session(self, session_id: str) -> IdentitySession | None:
-        row = await self._run(self._fetchone, f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id = ?", session_id)
-        return None if row is None else _session(row)
+        row = await self._run(self._fetchone, f"SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?", session_id)
+        return None if row is None else session_from_row(row)
 
     async def session_by_refresh_hash(self, refresh_hash: str) -> IdentitySession | None:
-        sql = f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE refresh_hash = ?"
+        sql = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE refresh_hash = ?"
         row = await self._run(self._fetchone, sql, require_hash(refresh_hash, "refresh_hash"))
-        return None if row is None else _session(row)
+        return None if row is None else session_from_row(row)
 
     async def rotate_refresh_hash(self, session_id: str, old_hash: str, new_hash: str, now: datetime) -> bool:
         sql = ("UPDATE sessions SET refresh_hash = ? WHERE id = ? AND refresh_hash = ? "
                "AND revoked_at IS NULL AND expires_at > ?")
         return await self._run(self._update, sql, require_hash(new_hash, "new_hash"), session_id,
-                               require_hash(old_hash, "old_hash"), _to_us(now)) == 1
+                               require_hash(old_hash, "old_hash"), to_us(now)) == 1
 
     async def touch_session(self, session_id: str, now: datetime) -> bool:
         sql = "UPDATE sessions SET last_seen_at = ? WHERE id = ? AND revoked_at IS NULL AND expires_at > ?"
-        return await self._run(self._update, sql, _to_us(now), session_id, _to_us(now)) == 1
+        return await self._run(self._update, sql, to_us(now), session_id, to_us(now)) == 1
 
     async def list_sessions(
         self, user: str | None = None, include_inactive: bool = False, *, now: datetime | None = None
@@ -285,22 +222,22 @@ class SqliteStore:
             params.append(user)
         if not include_inactive:
             where.append("revoked_at IS NULL AND expires_at > ?")
-            params.append(_to_us(now or utc_now()))
-        sql = f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE {' AND '.join(where)} ORDER BY created_at, id"
-        return [_session(r) for r in await self._run(self._fetchall, sql, *params)]
+            params.append(to_us(now or utc_now()))
+        sql = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE {' AND '.join(where)} ORDER BY created_at, id"
+        return [session_from_row(r) for r in await self._run(self._fetchall, sql, *params)]
 
     async def revoke_session(self, session_id: str, now: datetime) -> bool:
-        ids = await self._run(self._revoke_where, "id = ?", session_id, _to_us(now))
+        ids = await self._run(self._revoke_where, "id = ?", session_id, to_us(now))
         self._notify(ids)
         return bool(ids)
 
     async def revoke_user_sessions(self, user: str, now: datetime) -> list[str]:
-        ids = await self._run(self._revoke_where, "user_name = ?", user, _to_us(now))
+        ids = await self._run(self._revoke_where, "user_name = ?", user, to_us(now))
         self._notify(ids)
         return ids
 
     async def purge_expired(self, now: datetime) -> int:
-        return await self._run(self._purge, _to_us(now))
+        return await self._run(self._purge, to_us(now))
 
     async def watch_revocations(self, callback: Callable[[str], None], *, restart: bool = False) -> None:
         # In-process only: another process writing this file (e.g. a CLI) is not seen. Revoke through the proxy.
@@ -321,26 +258,26 @@ class SqliteStore:
     async def add_passkey(self, credential: PasskeyCredential) -> None:
         c = credential
         await self._run(
-            self._insert, "passkey credential id", f"INSERT INTO passkeys ({_PASSKEY_COLUMNS}) VALUES (?,?,?,?,?,?,?)",
+            self._insert, "passkey credential id", f"INSERT INTO passkeys ({PASSKEY_COLUMNS}) VALUES (?,?,?,?,?,?,?)",
             c.credential_id, c.user, c.public_key, c.sign_count, json.dumps(list(c.transports)),
-            _to_us(c.created_at), None if c.last_used_at is None else _to_us(c.last_used_at),
+            to_us(c.created_at), None if c.last_used_at is None else to_us(c.last_used_at),
         )
 
     async def passkeys_for(self, user: str) -> list[PasskeyCredential]:
-        sql = f"SELECT {_PASSKEY_COLUMNS} FROM passkeys WHERE user_name = ? ORDER BY created_at, credential_id"
-        return [_passkey(r) for r in await self._run(self._fetchall, sql, user)]
+        sql = f"SELECT {PASSKEY_COLUMNS} FROM passkeys WHERE user_name = ? ORDER BY created_at, credential_id"
+        return [passkey_from_row(r) for r in await self._run(self._fetchall, sql, user)]
 
     async def passkey_by_id(self, credential_id: bytes) -> PasskeyCredential | None:
-        sql = f"SELECT {_PASSKEY_COLUMNS} FROM passkeys WHERE credential_id = ?"
+        sql = f"SELECT {PASSKEY_COLUMNS} FROM passkeys WHERE credential_id = ?"
         row = await self._run(self._fetchone, sql, credential_id)
-        return None if row is None else _passkey(row)
+        return None if row is None else passkey_from_row(row)
 
     async def update_sign_count(self, credential_id: bytes, count: int, now: datetime) -> bool:
         # WebAuthn §6.1.1: a counter that does not grow means a cloned authenticator, unless both are 0
         # (authenticators without a counter). The check and the write are one statement, so no race.
         sql = ("UPDATE passkeys SET sign_count = ?, last_used_at = ? WHERE credential_id = ? "
                "AND (sign_count < ? OR (sign_count = 0 AND ? = 0))")
-        return await self._run(self._update, sql, count, _to_us(now), credential_id, count, count) == 1
+        return await self._run(self._update, sql, count, to_us(now), credential_id, count, count) == 1
 
     async def remove_passkey(self, credential_id: bytes) -> bool:
         return await self._run(self._update, "DELETE FROM passkeys WHERE credential_id = ?", credential_id) == 1
@@ -351,7 +288,7 @@ class SqliteStore:
         self, user: str, secret: SecretValue, confirmed: bool = False, *, now: datetime | None = None
     ) -> None:
         sealed = self._sealer.seal(secret.reveal().encode("utf-8"), aad=totp_aad(user))
-        confirmed_us = _to_us(now or utc_now()) if confirmed else None
+        confirmed_us = to_us(now or utc_now()) if confirmed else None
         # A new secret starts a new step history: last_step resets with it.
         sql = ("INSERT INTO totp (user_name, secret_sealed, confirmed_at, last_step) VALUES (?, ?, ?, NULL) "
                "ON CONFLICT (user_name) DO UPDATE SET secret_sealed = excluded.secret_sealed, "
@@ -365,11 +302,11 @@ class SqliteStore:
             return None
         plain = self._sealer.unseal(row[0], aad=totp_aad(user), where=f"{self.path}, totp secret of {user!r}")
         secret = SecretValue(plain.decode("utf-8"))
-        return TotpEnrollment(user=user, secret=secret, confirmed_at=_from_us_or_none(row[1]))
+        return TotpEnrollment(user=user, secret=secret, confirmed_at=from_us_or_none(row[1]))
 
     async def confirm_totp(self, user: str, now: datetime | None = None) -> bool:
         sql = "UPDATE totp SET confirmed_at = ? WHERE user_name = ? AND confirmed_at IS NULL"
-        return await self._run(self._update, sql, _to_us(now or utc_now()), user) == 1
+        return await self._run(self._update, sql, to_us(now or utc_now()), user) == 1
 
     async def delete_totp(self, user: str) -> bool:
         return await self._run(self._update, "DELETE FROM totp WHERE user_name = ?", user) == 1
@@ -389,22 +326,22 @@ class SqliteStore:
             self._insert, "device code or user code",
             "INSERT INTO device_codes (device_code_hash, user_code, user_code_key, client, expires_at, interval_s) "
             "VALUES (?, ?, ?, ?, ?, ?)",
-            code.device_code_hash, user_code, normalize_user_code(user_code), client, _to_us(expires_at), interval_s,
+            code.device_code_hash, user_code, normalize_user_code(user_code), client, to_us(expires_at), interval_s,
         )
         return code
 
     async def device_code_by_user_code(self, user_code: str) -> DeviceCode | None:
-        sql = f"SELECT {_DEVICE_COLUMNS} FROM device_codes WHERE user_code_key = ?"
+        sql = f"SELECT {DEVICE_COLUMNS} FROM device_codes WHERE user_code_key = ?"
         row = await self._run(self._fetchone, sql, normalize_user_code(user_code))
-        return None if row is None else _device_code(row)
+        return None if row is None else device_code_from_row(row)
 
     async def device_code_by_hash(self, device_code_hash: str) -> DeviceCode | None:
-        sql = f"SELECT {_DEVICE_COLUMNS} FROM device_codes WHERE device_code_hash = ?"
+        sql = f"SELECT {DEVICE_COLUMNS} FROM device_codes WHERE device_code_hash = ?"
         row = await self._run(self._fetchone, sql, require_hash(device_code_hash, "device_code_hash"))
-        return None if row is None else _device_code(row)
+        return None if row is None else device_code_from_row(row)
 
     async def approve_device_code(self, user_code: str, session_id: str, now: datetime | None = None) -> bool:
-        at = _to_us(now or utc_now())
+        at = to_us(now or utc_now())
         sql = ("UPDATE device_codes SET approved_session_id = ? WHERE user_code_key = ? "
                "AND approved_session_id IS NULL AND NOT denied AND expires_at > ? AND EXISTS "
                "(SELECT 1 FROM sessions WHERE id = ? AND revoked_at IS NULL AND expires_at > ?)")
@@ -413,18 +350,18 @@ class SqliteStore:
     async def deny_device_code(self, user_code: str, now: datetime | None = None) -> bool:
         sql = ("UPDATE device_codes SET denied = 1 WHERE user_code_key = ? "
                "AND approved_session_id IS NULL AND NOT denied AND expires_at > ?")
-        return await self._run(self._update, sql, normalize_user_code(user_code), _to_us(now or utc_now())) == 1
+        return await self._run(self._update, sql, normalize_user_code(user_code), to_us(now or utc_now())) == 1
 
     async def consume_device_code(self, device_code_hash: str, now: datetime) -> DeviceCode | None:
-        row = await self._run(self._consume, require_hash(device_code_hash, "device_code_hash"), _to_us(now))
-        return None if row is None else _device_code(row)
+        row = await self._run(self._consume, require_hash(device_code_hash, "device_code_hash"), to_us(now))
+        return None if row is None else device_code_from_row(row)
 
 
     # --- counters (rate limits, failure budgets) ---
 
     async def hit_counter(self, key: str, *, window_s: int, cost: int = 1, now: datetime | None = None) -> WindowCount:
         ends = window_end(now or utc_now(), window_s)
-        count = await self._run(self._hit, counter_key(key), _to_us(ends), cost)
+        count = await self._run(self._hit, counter_key(key), to_us(ends), cost)
         return WindowCount(count=count, resets_at=ends)
 
     def _hit(self, key: str, ends_us: int, cost: int) -> int:
@@ -440,8 +377,8 @@ class SqliteStore:
                             now: datetime | None = None) -> int:
         key_hash = hash_secret(key)
         sealed = self._sealer.seal(value, aad=ephemeral_aad(kind, key_hash))
-        return await self._run(self._put_ephemeral, kind, key_hash, sealed, _to_us(now or utc_now()),
-                               _to_us(expires_at), max_rows)
+        return await self._run(self._put_ephemeral, kind, key_hash, sealed, to_us(now or utc_now()),
+                               to_us(expires_at), max_rows)
 
     def _put_ephemeral(self, kind: str, key_hash: str, sealed: bytes, now_us: int, expires_us: int,
                        max_rows: int) -> int:
@@ -457,7 +394,7 @@ class SqliteStore:
 
     async def take_ephemeral(self, kind: str, key: str, now: datetime | None = None) -> bytes | None:
         key_hash = hash_secret(key)
-        sealed = await self._run(self._take_ephemeral, kind, key_hash, _to_us(now or utc_now()))
+        sealed = await self._run(self._take_ephemeral, kind, key_hash, to_us(now or utc_now()))
         if sealed is None:
             return None
         return self._sealer.unseal(sealed, aad=ephemeral_aad(kind, key_hash), where=f"{self.path} ephemeral {kind}")
@@ -468,22 +405,3 @@ class SqliteStore:
                              "expires_at", (kind, key_hash)).fetchone()
         return None if row is None or row[1] <= now_us else bytes(row[0])
 
-
-def _session(row: tuple[Any, ...]) -> IdentitySession:
-    return IdentitySession(
-        id=row[0], user=row[1], idp=row[2], method=AuthMethod(row[3]), aal=AssuranceLevel(row[4]),
-        created_at=_from_us(row[5]), expires_at=_from_us(row[6]), last_seen_at=_from_us(row[7]),
-        revoked_at=_from_us_or_none(row[8]), user_agent=row[9], ip=row[10], attrs=json.loads(row[11]),
-    )
-
-
-def _passkey(row: tuple[Any, ...]) -> PasskeyCredential:
-    return PasskeyCredential(
-        credential_id=row[0], user=row[1], public_key=row[2], sign_count=row[3], transports=json.loads(row[4]),
-        created_at=_from_us(row[5]), last_used_at=_from_us_or_none(row[6]),
-    )
-
-
-def _device_code(row: tuple[Any, ...]) -> DeviceCode:
-    return DeviceCode(device_code_hash=row[0], user_code=row[1], client=row[2], expires_at=_from_us(row[3]),
-                      interval_s=row[4], approved_session_id=row[5], denied=bool(row[6]))

@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from identity.host import IdentityHost
 from identity.providers.github import GitHubLogin
@@ -37,7 +38,7 @@ BROWSER_PATHS = ("/login", "/device", "/account")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def canonical_login_host(public_url: str) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def canonical_login_host(public_url: str) -> Middleware:
     """Send a browser that opened the pages at http://127.0.0.1:PORT to the public http://localhost:PORT.
 
     Cookies are per host name: a flow cookie set on 127.0.0.1 never reaches the provider's callback on localhost

@@ -29,15 +29,8 @@ from identity.store.base import (
     new_user_code,
     utc_now,
 )
-from identity.web.flow import (
-    FLOW_COOKIE,
-    FLOW_TTL_S,
-    HUMAN_PROVIDER_TYPES,
-    MAX_SESSION_TTL_S,
-    AuthServer,
-    LoginFlow,
-    LoginRefused,
-)
+from identity.web.flow import FLOW_COOKIE, HUMAN_PROVIDER_TYPES, AuthServer
+from identity.web.login_flow import FLOW_TTL_S, MAX_SESSION_TTL_S, LoginFlow, LoginRefused
 from identity.web.pages import e, error_page, page, redirect
 
 log = logging.getLogger("pgwarden.identity")

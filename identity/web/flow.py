@@ -20,22 +20,21 @@ the login finished or was dropped. So a step served twice at once, on one replic
 and a callback or code replayed later finds nothing. Flows expire after FLOW_TTL_S (wall clock, which replicas
 share); at most MAX_FLOWS exist, and one more evicts the least recently stored, so a flood of anonymous GET
 /login costs bounded space and cannot block a person in the middle of a login.
+The flow's data (LoginFlow, LoginResult, what GET /login may ask for) is in login_flow.py.
 """
 
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import json
 import logging
-import pickle
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 from aiohttp import web
 
@@ -44,71 +43,23 @@ from identity.host import IdentityHost
 from identity.mapping import map_identity
 from identity.pkce import s256_challenge
 from identity.sessions import Identity
-from identity.store.base import AssuranceLevel, AuthMethod, StateStoreError, utc_now
+from identity.store.base import StateStoreError, utc_now
+from identity.web.login_flow import FLOW_TTL_S, LoginFlow, LoginRefused, LoginResult, flow_fields_from_query
 from identity.web.pages import e, error_page, page, redirect
 from proxy.errors import PgwardenError
 from proxy.snapshot import IdentityProvider, User, UserType
 
 log = logging.getLogger("pgwarden.identity")
 
-FLOW_TTL_S = 600
 CODE_TTL_S = 120
 MAX_FLOWS = 10_000  # a flood of GET /login must not grow memory without bound: the least recently used go
 EVICTION_LOG_INTERVAL_S = 10.0
-DEFAULT_SESSION_TTL_S = 8 * 3600
-MAX_SESSION_TTL_S = 7 * 24 * 3600
 FLOW_COOKIE = "pgw_flow"
 WEB_COOKIE = "pgw_web"
 HUMAN_PROVIDER_TYPES = ("oidc", "github", "saml")
 FLOW_KIND = "login-flow"  # ephemeral records in the state store
 CODE_KIND = "cli-code"
 MAX_CODES = 10_000
-
-
-class LoginRefused(IdentityError):
-    """A login that cannot finish: the page shows `message` and `hint`; the log says why."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LoginResult:
-    """What a login method proved: which User (already mapped and checked), how, and how strongly."""
-
-    user: str
-    idp: str  # the IdentityProvider's name, or "passkey" / "totp" for pgwarden's own authenticators
-    method: AuthMethod
-    aal: AssuranceLevel = AssuranceLevel.AAL1
-    claims: Mapping[str, Any] = field(default_factory=dict)  # kept on the Session as attrs; never secrets
-
-
-@dataclass(slots=True, kw_only=True)
-class LoginFlow:
-    id: str
-    created: float  # wall clock (time.time()): replicas share it, unlike a monotonic clock
-    redirect_uri: str = ""  # CLI loopback redirect
-    state: str = ""  # the CLI's state, echoed back on the redirect
-    code_challenge: str = ""  # the CLI's PKCE S256 challenge
-    user_code: str = ""  # device flow: the user code this login approves
-    next: str = ""  # browser-only flow: a local path to land on, with the web cookie set
-    want_aal: AssuranceLevel = AssuranceLevel.AAL1
-    ttl_s: int = DEFAULT_SESSION_TTL_S
-    pending: LoginResult | None = None  # first factor done, second factor still to come
-    data: dict[str, Any] = field(default_factory=dict)  # per-method scratch: OIDC nonce/verifier, SAML request id…
-    is_done: bool = False  # finished or dropped: it does not go back to the store
-
-    def is_expired(self, now: float) -> bool:
-        return now - self.created > FLOW_TTL_S
-
-    def encode(self) -> bytes:
-        return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
-
-    @staticmethod
-    def decode(data: bytes) -> LoginFlow:
-        # Only bytes that opened with the replicas' state key (AES-GCM, bound to this flow id) reach here: a
-        # writer of the store without that key cannot forge a flow, so unpickling trusts what we sealed.
-        flow = pickle.loads(data)  # noqa: S301
-        if not isinstance(flow, LoginFlow):
-            raise TypeError("not a login flow")
-        return flow
 
 
 _CHECKED_OUT = web.RequestKey("pgwarden.flow", LoginFlow)  # the flow a request took from the store
@@ -356,7 +307,7 @@ class AuthServer:
     async def _login_page(self, request: web.Request) -> web.StreamResponse:
         q = request.query
         try:
-            fields = _flow_fields_from_query(q)
+            fields = flow_fields_from_query(q)
             flow = self.new_flow(**fields)
         except LoginRefused as exc:
             return self.refuse(exc, status=400)
@@ -428,44 +379,6 @@ class AuthServer:
         return web.json_response(self.cluster_info())
 
 
-def is_loopback_redirect(uri: str) -> bool:
-    """Only http://127.0.0.1|[::1]|localhost:PORT/… may receive a login code (RFC 8252 §7.3)."""
-    try:
-        parts = urlsplit(uri)
-        if parts.scheme != "http" or parts.port is None or parts.query or parts.fragment:
-            return False
-        host = parts.hostname or ""
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _flow_fields_from_query(q: Mapping[str, str]) -> dict[str, Any]:
-    fields: dict[str, Any] = {}
-    if q.get("redirect_uri"):
-        if not is_loopback_redirect(q["redirect_uri"]):
-            raise LoginRefused("redirect_uri must be a loopback http URL with a port (the pgwarden CLI's)")
-        if q.get("code_challenge_method", "S256") != "S256" or len(q.get("code_challenge", "")) < 43:
-            raise LoginRefused("a CLI login needs code_challenge (S256)")
-        fields.update(redirect_uri=q["redirect_uri"], state=q.get("state", "")[:256],
-                      code_challenge=q["code_challenge"])
-    if q.get("next"):
-        nxt = q["next"]
-        # A local path only: "//host", or a backslash (browsers read it as "/"), would leave the site.
-        if not nxt.startswith("/") or nxt.startswith("//") or "\\" in nxt or not nxt.isprintable():
-            raise LoginRefused("next must be a path on this server")
-        fields["next"] = nxt
-    if q.get("aal"):
-        try:
-            fields["want_aal"] = AssuranceLevel[q["aal"].upper()]
-        except KeyError:
-            raise LoginRefused("aal must be AAL1 or AAL2") from None
-    if q.get("ttl"):
-        try:
-            fields["ttl_s"] = max(60, min(int(q["ttl"]), MAX_SESSION_TTL_S))
-        except ValueError:
-            raise LoginRefused("ttl must be a number of seconds") from None
-    return fields
 
 
 def _clear_flow_cookie(response: web.StreamResponse) -> web.StreamResponse:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from aiohttp.web_protocol import RequestHandler
 
 from identity.store.base import IdentityStore, StateStoreError, utc_now
@@ -87,8 +88,7 @@ def _rules(limits: HttpLimits) -> dict[tuple[str, str], tuple[str, RateLimit]]:
     return rules
 
 
-def rate_limits(store: Callable[[], IdentityStore], limits: HttpLimits) -> Callable[[web.Request, Handler],
-                                                                                     Awaitable[web.StreamResponse]]:
+def rate_limits(store: Callable[[], IdentityStore], limits: HttpLimits) -> Middleware:
     """Middleware: count each limited request in the shared store; over the limit, refuse before the handler."""
     rules = _rules(limits)
 
@@ -128,7 +128,7 @@ def _limited(request: web.Request, message: str, retry_s: int, *, status: int = 
     return response
 
 
-def request_timeout(limits: HttpLimits) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def request_timeout(limits: HttpLimits) -> Middleware:
     """Middleware: a request must be handled, its body read included, within `request_timeout_s` (else 408)."""
 
     @web.middleware

@@ -34,7 +34,8 @@ from webauthn.helpers.structs import (
 from identity.sessions import Identity
 from identity.store.base import AssuranceLevel, AuthMethod, PasskeyCredential, StateConflict, utc_now
 from identity.web.account import Account
-from identity.web.flow import AuthServer, LoginFlow, LoginRefused, LoginResult, SecondFactor
+from identity.web.flow import AuthServer, SecondFactor
+from identity.web.login_flow import LoginFlow, LoginRefused, LoginResult
 from identity.web.pages import e, page
 from proxy.snapshot import UserType
 

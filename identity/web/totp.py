@@ -20,7 +20,8 @@ from aiohttp import web
 from identity.sessions import Identity
 from identity.store.base import AssuranceLevel
 from identity.web.account import Account
-from identity.web.flow import AuthServer, LoginFlow, LoginRefused, LoginResult, SecondFactor
+from identity.web.flow import AuthServer, SecondFactor
+from identity.web.login_flow import LoginFlow, LoginRefused, LoginResult
 from identity.web.pages import e, error_page, page
 from proxy.snapshot import SecretValue
 

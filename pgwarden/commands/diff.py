@@ -9,7 +9,8 @@ from pathlib import Path
 from pgwarden.commands.validate import add_plaintext_option, count, distinct_hints, problem_lines
 from pgwarden.output import error
 from reconciler.access_report import diff_access, render_access_markdown, render_access_text
-from reconciler.diff import diff_documents, render_markdown, render_text
+from reconciler.diff import diff_documents
+from reconciler.diff_report import render_markdown, render_text
 from reconciler.errors import ManifestErrors
 from reconciler.git_tree import DEFAULT_BASE, GitTreeError, parse_tree, read_tree
 from reconciler.review import load_for_review

@@ -30,8 +30,10 @@ def _not_serializable(value: object) -> object:
 
 
 # json.dumps(value, separators=(",", ":")) builds a JSONEncoder and a C encoder per call; build the C one once.
-_c_compact = json.encoder.c_make_encoder(None, _not_serializable, _json_string, None, ":", ",", False, False, True) \
-    if json.encoder.c_make_encoder is not None else None
+# CPython's C encoder (None without the _json module); typeshed does not declare it, hence getattr.
+_make_c_encoder = getattr(json.encoder, "c_make_encoder", None)
+_c_compact = _make_c_encoder(None, _not_serializable, _json_string, None, ":", ",", False, False, True) \
+    if _make_c_encoder is not None else None
 
 
 def _compact_json(value: object) -> str:

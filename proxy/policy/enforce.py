@@ -443,8 +443,8 @@ class RequestGate:
                 return raw
         else:
             assert isinstance(sql, GateDenial)
-            decision = self._decide("PARSE", {"query": decode_text(text, self._codec()), "name": name}, None, None,
-                                    sql)
+            self._decide("PARSE", {"query": decode_text(text, self._codec()), "name": name}, None, None, sql)
+            decision = sql  # the gate's own denial, reported like a policy's
         # The statement does not exist upstream; a later Bind of it fails there, as after a failed Parse.
         self._statements.pop(request.name, None)
         self._statements.pop(b"", None)  # the stand-in took the unnamed statement
@@ -536,7 +536,8 @@ class RequestGate:
         known = table.get(key)
         if policy is None or (known is not None and known[1] >= self._generation):
             return None
-        if known is None or known[0] is None:
+        sql = None if known is None else known[0]
+        if known is None or sql is None:
             if self._generation == self._first_generation:
                 return None  # no reload yet: whatever made it was decided under these policies
             name = fields["name"]
@@ -547,7 +548,7 @@ class RequestGate:
                 "not see): bind or declare it again")
             self._decide(kind, fields, None, None, denial)
             return denial
-        sql, _, via_query, runs = known
+        _, _, via_query, runs = known
         if depth >= _RECHECK_DEPTH:
             denial = GateDenial("prepared statements that execute each other are nested too deeply to check")
             self._decide(kind, fields, None, None, denial)

@@ -40,7 +40,10 @@ def sql_names(tree_json: str, tree: dict[str, Any]) -> SqlNames | None:
     _walk(tree, found, flags)
     if not any(found.values()) and not any(flags.values()):
         return None  # a tag name inside a string literal
-    return SqlNames(**{k: tuple(dict.fromkeys(v)) for k, v in found.items()}, **flags)
+    names = {k: tuple(dict.fromkeys(v)) for k, v in found.items()}  # in order, each once
+    return SqlNames(prepares=names["prepares"], executes=names["executes"], deallocates=names["deallocates"],
+                    declares=names["declares"], fetches=names["fetches"], closes=names["closes"],
+                    drops_all_statements=flags["drops_all_statements"], drops_all_portals=flags["drops_all_portals"])
 
 
 def _walk(value: Any, found: dict[str, list[str]], flags: dict[str, bool]) -> None:

@@ -14,7 +14,8 @@ from pathlib import Path
 import pyrage
 from pyrage import ssh, x25519
 
-from reconciler.sops import gpg, shamir
+import reconciler.sops.gpg as gpg
+import reconciler.sops.shamir as shamir
 from reconciler.sops.cipher import DATA_KEY_BYTES
 from reconciler.sops.errors import (
     DataKeyUnavailable,

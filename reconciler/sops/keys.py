@@ -18,7 +18,7 @@ from typing import Any, Self
 import pyrage
 from pyrage import ssh, x25519
 
-from reconciler.sops import gpg
+import reconciler.sops.gpg as gpg
 from reconciler.sops.errors import KeyConfigError
 
 PYRAGE_VERSION = version("pyrage")

@@ -31,6 +31,7 @@ class MacHasher:
 
 def lastmodified_aad(lastmodified: object, *, file: str | None = None) -> str:
     """Go `time.Parse(RFC3339, s).Format(RFC3339)`: whole seconds, `Z` for a zero offset."""
+    moment: datetime | None
     if isinstance(lastmodified, str):
         try:
             moment = parse_rfc3339(lastmodified.strip())

@@ -82,7 +82,7 @@ class _Walk:
             # sops writes a comment inside a list as a `type:comment` item; it is not data.
             items = [item for item in items if not isinstance(item, Comment)]
             if in_place:
-                node[:] = items  # type: ignore[index]
+                node[:] = items
                 return node
             return items
         if node is None:

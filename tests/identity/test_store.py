@@ -621,7 +621,7 @@ async def test_only_the_writer_lease_holder_runs_housekeeping(store: IdentitySto
     long_gone = await new_session(store, now=NOW - PURGE_AFTER - timedelta(hours=2))
     server = ProxyServer(tls_context=None, identity=SessionAuthority(TokenAuthority.load_or_create(tmp_path), store),
                          access_log=AccessLog(AccessLogWriter(None)), fingerprint_key=b"k" * 32)
-    server.is_writer = lambda: False  # a replica that waits for the lease (pgwarden/replica.py sets this)
+    server.is_writer = lambda: False  # a replica that waits for the lease (runtime/replica.py sets this)
     assert await server.housekeeping(NOW) == 0
     assert await store.get_session(long_gone) is not None
     server.is_writer = lambda: True

@@ -11,7 +11,8 @@ import pytest
 
 from proxy.snapshot import Snapshot, from_wire, to_wire
 from reconciler.apply import plan
-from reconciler.diff import diff_snapshots, render_text
+from reconciler.diff import diff_snapshots
+from reconciler.diff_report import render_text
 from reconciler.directory import load_snapshot
 from reconciler.errors import ManifestErrors
 from reconciler.review import load_for_review

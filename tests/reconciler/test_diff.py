@@ -13,15 +13,13 @@ from reconciler.build import build_snapshot
 from reconciler.diff import (
     ABSENT,
     HIDDEN,
-    MAX_MARKDOWN_CHARS,
     Action,
     ChangeSet,
     FieldChange,
     diff_documents,
     diff_snapshots,
-    render_markdown,
-    render_text,
 )
+from reconciler.diff_report import MAX_MARKDOWN_CHARS, render_markdown, render_text
 from reconciler.load import Document, ManifestFile, parse_file
 from reconciler.sops import encrypt_secret_manifest
 

@@ -20,14 +20,14 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 
-from reconciler import load, schema_check, validate
+from reconciler import json_schema, load, schema_check
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def seeds() -> list[tuple[str, dict[str, Any]]]:
     docs = load.load_directory(ROOT / "examples-repo") + load.load_directory(ROOT / "docs" / "policies")
-    return [(d.kind, d.body) for d in docs if d.kind in validate._validators()]
+    return [(d.kind, d.body) for d in docs if d.kind in json_schema.kind_validators()]
 
 
 SEEDS = seeds()
@@ -37,11 +37,11 @@ PROPERTY_NAMES = sorted(
 
 
 def test_the_bulk_kinds_are_compiled() -> None:
-    compiled = validate._compiled_checks()
+    compiled = json_schema.compiled_checks()
     assert {"User", "Group", "Service", "Secret"} <= set(compiled)
     assert {kind for kind, _ in SEEDS} >= {"User", "Group", "Service", "Secret", "Policy", "Credential"}
     for kind, body in SEEDS:
-        assert compiled[kind](body) is validate._validators()[kind].is_valid(body) is True
+        assert compiled[kind](body) is json_schema.kind_validators()[kind].is_valid(body) is True
 
 
 def schema_verdicts(schema: dict[str, Any], instance: Any) -> tuple[bool, bool]:
@@ -139,4 +139,4 @@ def mutated(draw: st.DrawFn) -> tuple[str, Any]:
 @given(mutated())
 def test_mutated_manifests_get_jsonschemas_verdict(case: tuple[str, Any]) -> None:
     kind, body = case
-    assert validate._compiled_checks()[kind](body) is validate._validators()[kind].is_valid(body)
+    assert json_schema.compiled_checks()[kind](body) is json_schema.kind_validators()[kind].is_valid(body)

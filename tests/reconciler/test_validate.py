@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from jsonschema import Draft202012Validator
 
-from reconciler import validate
+from reconciler import json_schema, references, validate
 from reconciler.errors import (
     ConfigError,
     DanglingReference,
@@ -50,7 +50,7 @@ def test_seed_example_is_valid(seed_root: Path) -> None:
 
 
 def test_schemas_are_valid_draft_2020_12_and_catch_typos() -> None:
-    paths = sorted(validate.SCHEMA_DIR.glob("*.schema.json"))
+    paths = sorted(json_schema.SCHEMA_DIR.glob("*.schema.json"))
     assert [p.name for p in paths] == [
         "credential.schema.json",
         "group.schema.json",
@@ -272,11 +272,11 @@ def test_a_secret_value_never_appears_in_any_error(write_tree: WriteTree) -> Non
 
 def test_checks_can_run_alone(seed_root: Path, write_tree: WriteTree) -> None:
     documents = load_directory(seed_root)
-    for check in (validate.against_schemas, validate.references, validate.unique_names, validate.expressions):
+    for check in (validate.against_schemas, references.references, validate.unique_names, validate.expressions):
         assert check(documents) == []  # checks return their problems; validate_all raises them together
     broken = load_directory(write_tree({"u.yaml": "kind: User\nmetadata: {name: u}\nspec: {groups: [x]}\n"}))
     assert validate.against_schemas(broken) == []
-    assert "no Group named 'x'" in str(ManifestErrors(validate.references(broken)))
+    assert "no Group named 'x'" in str(ManifestErrors(references.references(broken)))
 
 
 def test_md5_password_and_trust_need_tls_that_verifies_the_server(write_tree: WriteTree) -> None:

@@ -27,7 +27,8 @@ from yarl import URL
 from identity.sessions import Identity
 from identity.store.base import AssuranceLevel, AuthMethod
 from identity.web.app import build_auth_server
-from identity.web.flow import FLOW_COOKIE, WEB_COOKIE, AuthServer, LoginFlow, LoginResult
+from identity.web.flow import FLOW_COOKIE, WEB_COOKIE, AuthServer
+from identity.web.login_flow import LoginFlow, LoginResult
 from tests.support.peers import OIDC_CLIENT_ID, OIDC_CLIENT_SECRET
 from tests.support.proxy_harness import ProxyHarness, start_harness
 

@@ -26,7 +26,8 @@ from identity.providers.oidc import (
     verify_id_token,
 )
 from identity.store.base import AssuranceLevel, AuthMethod
-from identity.web.flow import FLOW_COOKIE, AuthServer, LoginFlow, LoginRefused, LoginResult
+from identity.web.flow import FLOW_COOKIE, AuthServer
+from identity.web.login_flow import LoginFlow, LoginRefused, LoginResult
 from identity.web.pages import redirect
 from proxy.policy.cel import CelCompileError, ConditionError, compile_expression, to_cel
 from proxy.snapshot import IdentityProvider

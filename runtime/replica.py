@@ -8,7 +8,6 @@ Only the lease holder runs the state store's housekeeping; every replica applies
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
@@ -17,32 +16,29 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
 
 from aiohttp import web
 
 from identity.store.base import StateStoreUnavailable
 from identity.store.replicas import HEARTBEAT_S, LocalReplica, ReplicaDirectory
-from pgwarden.addresses import parse_listen
-from pgwarden.datadir import state_key
 from proxy.cancel_forward import CancelInbox, forward_cancel, forwarding_key
 from proxy.server import ProxyServer
+from runtime.datadir import state_key
 
 log = logging.getLogger("pgwarden.replicas")
 
 MAX_FORWARDS_PER_S = 100
 
 
-def add_replica_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("replicas (with a PostgreSQL --state shared by several `pgwarden up`)")
-    g.add_argument("--replica-id", default=None, metavar="NAME",
-                   help="this replica's name in `pgwarden status` and the directory (default: HOST-RANDOM)")
-    g.add_argument("--cancel-listen", type=parse_listen, default=None, metavar="HOST:PORT",
-                   help="where other replicas forward cancel requests for this one's sessions (signed with a key "
-                        "derived from the shared state key); default: the --listen host, a free port")
-    g.add_argument("--advertise-host", default=None, metavar="HOST",
-                   help="the address other replicas reach this one's cancel inbox at (default: the "
-                        "--cancel-listen host, or this host's address when that is a wildcard)")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplicaSettings:
+    """How this replica names itself and where other replicas forward cancel requests to it."""
+
+    id: str | None = None  # default: HOST-RANDOM
+    cancel_listen: tuple[str, int] | None = None  # default: the proxy's listen host, a free port
+    advertise_host: str | None = None  # default: the cancel inbox's host, or this host's address for a wildcard
 
 
 def is_shared_state(state: str | None) -> bool:
@@ -52,11 +48,12 @@ def is_shared_state(state: str | None) -> bool:
 class Replica:
     """This process as a replica. Mutable: built before the proxy (for its admin routes), started after it."""
 
-    def __init__(self, args: argparse.Namespace, state: str, *, revision: Callable[[], str], web_url: str) -> None:
-        self._args = args
-        self._state = state
+    def __init__(self, settings: ReplicaSettings, state: str, data_dir: Path, *, revision: Callable[[], str],
+                 web_url: str) -> None:
+        self._settings = settings
+        self._data_dir = data_dir
         self._revision = revision
-        self.id = args.replica_id or f"{socket.gethostname()}-{secrets.token_hex(3)}"
+        self.id = settings.id or f"{socket.gethostname()}-{secrets.token_hex(3)}"
         self.directory = ReplicaDirectory(state, LocalReplica(id=self.id, cancel_address="", web_url=web_url))
         self._inbox: CancelInbox | None = None
         self._task: asyncio.Task[None] | None = None
@@ -75,11 +72,11 @@ class Replica:
     async def start(self, server: ProxyServer, proxy_host: str) -> None:
         """Open the cancel inbox, wire cancel forwarding and the writer gate, join the directory."""
         self._server = server
-        key = forwarding_key(state_key(self._args.data_dir))
+        key = forwarding_key(state_key(self._data_dir))
         self._inbox = CancelInbox(key, server.registry.cancel_here)
-        host, port = self._args.cancel_listen or (proxy_host, 0)
+        host, port = self._settings.cancel_listen or (proxy_host, 0)
         bound_host, bound_port = await self._inbox.start(host, port)
-        advertised = self._args.advertise_host or _advertised(bound_host)
+        advertised = self._settings.advertise_host or _advertised(bound_host)
         self.directory.local.cancel_address = f"{advertised}:{bound_port}"
 
         async def forward(process_id: int, secret_key: int) -> None:
@@ -161,8 +158,3 @@ def _advertised(host: str) -> str:
         return socket.gethostbyname(socket.gethostname())
     except OSError:
         return "127.0.0.1"
-
-
-def revision_of(status: Any) -> Callable[[], str]:
-    """The applied revision from the reconciler's status, for the directory row."""
-    return lambda: str(getattr(status, "last_applied_revision", "") or "")
