@@ -28,7 +28,7 @@ Run `pgwarden COMMAND --help` for each command's options and an example.
 # Each module adds its own subcommand with register(subparsers).
 COMMAND_MODULES = (
     "up", "proxy", "login", "whoami", "token", "sessions", "status", "reconcile", "suspend",
-    "validate", "diff", "access", "explain", "policytest", "sops", "secret", "connect", "cert",
+    "validate", "diff", "access", "explain", "policytest", "replay", "sops", "secret", "connect", "cert",
 )
 
 

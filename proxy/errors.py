@@ -85,6 +85,7 @@ AdminUnavailable                      pgwarden/adminclient.py: no pgwarden on th
 Refusal                               pgwarden/agent.py: sent to a local client as one FATAL ErrorResponse
 OwnerUnknown                          pgwarden/peer_owner.py: the OS does not list this client's socket
 DemoError                             pgwarden/demo.py: the demo cannot start
+DemoIdpError                          pgwarden/demo_idp.py: the demo sign-in server did not start
 ClusterError                          pgwarden/pgcluster.py (a RuntimeError): initdb, pg_ctl or psql failed
 └── PortInUse                         the cluster's fixed port is taken
 

@@ -28,7 +28,8 @@ class ProxyMetrics:
 
     __slots__ = ("sessions_allowed", "sessions_denied", "sessions_failed", "queries_allowed", "queries_denied",
                  "decision_counts", "decision_sum_s", "upstream_errors", "ended_bytes_from_client",
-                 "ended_bytes_from_upstream", "preauth_shed", "preauth_timeouts", "preauth_oversize")
+                 "ended_bytes_from_upstream", "preauth_shed", "preauth_timeouts", "preauth_oversize",
+                 "would_deny")
 
     def __init__(self) -> None:
         self.sessions_allowed = 0
@@ -44,6 +45,7 @@ class ProxyMetrics:
         self.preauth_shed = 0  # unauthenticated connections dropped over the caps (proxy/preauth.py)
         self.preauth_timeouts = 0  # unauthenticated connections that did not log in within the timeout
         self.preauth_oversize = 0  # unauthenticated connections that sent a message over the cap
+        self.would_deny: dict[tuple[str, str, str], int] = {}  # (service, policy, rule): AUDIT rules' would-be DENYs
 
     def query_decided(self, allowed: bool, seconds: float) -> None:
         """Count one per-query policy decision and how long it took (called by the relay)."""
@@ -53,6 +55,11 @@ class ProxyMetrics:
             self.queries_denied += 1
         self.decision_counts[bisect_left(DECISION_BUCKETS_S, seconds)] += 1
         self.decision_sum_s += seconds
+
+    def would_have_denied(self, service: str, policy: str, rule: str) -> None:
+        """An allowed request or connection an AUDIT Policy's rule would have denied (shadow mode)."""
+        key = (service, policy, rule)
+        self.would_deny[key] = self.would_deny.get(key, 0) + 1
 
     def session_started(self) -> None:
         self.sessions_allowed += 1
@@ -132,6 +139,12 @@ def _families(server: ObservedProxy) -> Iterator[Metric]:
     queries.add_metric(["denied"], m.queries_denied)
     yield queries
     yield _decision_histogram(m)
+    would_deny = CounterMetricFamily("pgwarden_policy_would_deny", "Requests and connections allowed that an AUDIT "
+                                     "Policy's rule would have denied (shadow mode)",
+                                     labels=["service", "policy", "rule"])
+    for (service, policy, rule), count in sorted(m.would_deny.items()):
+        would_deny.add_metric([service, policy, rule], count)
+    yield would_deny
     yield CounterMetricFamily("pgwarden_upstream_errors", "Upstream connections that failed or broke the protocol",
                               value=m.upstream_errors)
     from_client, from_upstream = m.ended_bytes_from_client, m.ended_bytes_from_upstream

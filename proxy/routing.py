@@ -14,7 +14,7 @@ from identity.store.base import IdentitySession
 from proxy.errors import AccessDenied, AuthenticationFailed, UnknownService
 from proxy.policy.cel import CompiledCondition, ConditionError, compile_condition, to_cel
 from proxy.policy.cel_cost import decision_budget
-from proxy.policy.engine import NO_POLICY, ConnectionPolicy, Decision, PolicySet
+from proxy.policy.engine import DEFAULT_DENY, NO_POLICY, ConnectionPolicy, Decision, PolicySet
 from proxy.snapshot import Service, ServiceConfig, Snapshot, User
 
 
@@ -49,6 +49,7 @@ class _CompiledRule:
     index: int
     condition: CompiledCondition
     config_name: str
+    label: str  # the rule's name, else its 1-based number
 
 
 class LiveSnapshot:
@@ -59,7 +60,7 @@ class LiveSnapshot:
         self.generation = generation
         self._rules: dict[str, tuple[_CompiledRule, ...]] = {
             name: tuple(
-                _CompiledRule(i + 1, compile_condition(rule.condition), rule.config_name)
+                _CompiledRule(i + 1, compile_condition(rule.condition), rule.config_name, rule.name or str(i + 1))
                 for i, rule in enumerate(service.rules)
             )
             for name, service in snapshot.services.items()
@@ -127,7 +128,9 @@ class LiveSnapshot:
         if not self.policies.has_policies(user, service):
             return NO_POLICY
         book = self.policies.book(user, service)
-        return self.policies.decide(book, self.context(user, service, request, identity_session))
+        # AUDIT Policies alone: decided as with none attached (allowed), their would-be DENY only noted.
+        default = DEFAULT_DENY if self.policies.enforces(user, service) else NO_POLICY
+        return self.policies.decide(book, self.context(user, service, request, identity_session), default)
 
     def connection_policy(
         self, user: User, service: Service, identity_session: IdentitySession | None = None,
@@ -164,11 +167,11 @@ class LiveSnapshot:
                 except ConditionError as exc:
                     # Fail closed: a rule we cannot evaluate must not silently fall through.
                     raise AccessDenied(
-                        f'access to service "{service.name}" denied: routing rule {rule.index} failed to evaluate',
+                        f'access to service "{service.name}" denied: routing rule {rule.label} failed to evaluate',
                         detail=str(exc),
                     ) from exc
                 if matched:
-                    chosen, reason = rule.config_name, f"rule {rule.index} (configName {rule.config_name})"
+                    chosen, reason = rule.config_name, f"rule {rule.label} (configName {rule.config_name})"
                     break
         if chosen is None:
             chosen = service.default_config
@@ -180,6 +183,8 @@ class LiveSnapshot:
         config = service.configs[chosen]
         if decision.policy:
             reason = f"{reason}; {decision.reason}"
+        if (shadow := decision.would_deny) is not None:
+            reason = f'{reason}; AUDIT policy "{shadow.policy}" rule "{shadow.rule}" would deny'
         return Route(
             service=service,
             config=config,

@@ -21,6 +21,7 @@ from typing import Any, Protocol, cast
 from identity.certs import verify_client_certificate
 from identity.sessions import Identity, SessionAuthority
 from proxy.audit.accesslog import AccessLog, SessionLog
+from proxy.audit.normalize import QueryText
 from proxy.connection import TLS_RECORD_PAYLOAD, PgConnection, Relay
 from proxy.errors import AccessDenied, AuthenticationFailed, PgwardenError, UnknownService
 from proxy.guardrails import Lock, keeps_rail, locked_settings, rail_denied
@@ -30,7 +31,14 @@ from proxy.pgwire.denials import ResponseFilter
 from proxy.pgwire.encodings import decode_text, python_codec
 from proxy.pgwire.errors import ProtocolViolation
 from proxy.pgwire.framing import DEFAULT_MAX_MESSAGE_BYTES, FrameScanner, MessageTooLarge
-from proxy.policy.enforce import DecisionLike, DenyAll, RequestDecider, RequestGate, ResponseSummaries
+from proxy.policy.enforce import (
+    DecisionLike,
+    DenyAll,
+    RequestDecider,
+    RequestGate,
+    ResponseSummaries,
+    explain_hint,
+)
 from proxy.preauth import PreAuthRegistry
 from proxy.registry import ConnectionSlot, SessionInfo, SessionRegistry
 from proxy.relay import GatedRelay, PlainRelay
@@ -412,6 +420,9 @@ class ClientSession(PgConnection):
         self._claimed = (identity.user, service_name)
         route = live.route(identity.user, service_name, request, identity_session=identity.session)
         self.route = route
+        if route.decision.would_deny is not None:  # shadow mode: an AUDIT Policy would refuse this connection
+            self.parts.metrics.would_have_denied(service_name, route.decision.would_deny.policy,
+                                                 route.decision.would_deny.rule)
         self.parts.registry.take_connection_slot(self, identity.user, route)
         self._policy_live = live
         self._policy = self._session_policy(live)  # before login: a policy that cannot be built refuses
@@ -434,7 +445,7 @@ class ClientSession(PgConnection):
             "user": route.upstream_user, "database": route.upstream_database,
             "requestedUser": request.user, "requestedDatabase": request.database,
             "applicationName": request.application_name, "authMechanism": login.auth_mechanism,
-            "upstreamTLS": login.is_tls,
+            "upstreamTLS": login.is_tls, **_would_deny_field(route),
         }})
         assert upstream.transport is not None
         relay: PlainRelay | GatedRelay
@@ -442,7 +453,8 @@ class ClientSession(PgConnection):
             self._summaries = ResponseSummaries(self._write_decision)
             gate = RequestGate(policy=self._current_policy, codec=lambda: self._codec,
                                responses=upstream.filter_denials(), on_decision=self._log_decision,
-                               on_ready_requested=self._summaries.ready_requested, parameters=login.parameters)
+                               on_ready_requested=self._summaries.ready_requested, parameters=login.parameters,
+                               denial_hint=explain_hint(identity.user, route.service.name, str(identity.session.aal)))
             relay = self._gate = GatedRelay(self, upstream, gate,
                                             is_read_only=route.config.postgres.guard_rails.read_only)
             if relay.holds_cycles:
@@ -492,14 +504,19 @@ class ClientSession(PgConnection):
                 self.log.statement(kind, str(request["query"]), None if kind == "QUERY" else str(request["name"]))
             return
         self.parts.metrics.query_decided(decision.allowed, seconds)
+        would_deny = getattr(decision, "would_deny", None)  # engine Decisions have it; the gate's own do not
+        if would_deny is not None and self.route is not None:
+            self.parts.metrics.would_have_denied(self.route.service.name, would_deny.policy, would_deny.rule)
         if self._summaries is not None:
             self._summaries.decided(kind, request, decision)
 
     def _write_decision(self, kind: str, request: dict[str, Any], decision: DecisionLike,
                         response: dict[str, Any] | None) -> None:
         if self.log is not None:
+            would_deny = getattr(decision, "would_deny", None)
             self.log.decision(kind, request, is_allowed=decision.allowed, policy=decision.policy,
-                              rule=decision.rule, reason=decision.reason, response=response)
+                              rule=decision.rule, reason=decision.reason, response=response,
+                              would_deny=None if would_deny is None else (would_deny.policy, would_deny.rule))
 
     def on_replies(self, found: list[tuple[int, bytes]]) -> None:
         """Inspected server messages with per-query checks on: session state, then response summaries,
@@ -557,7 +574,18 @@ class ClientSession(PgConnection):
             "config": route.config.name, "status": "ALLOWED", "reason": route.reason,
             "upstreamUser": route.upstream_user, "upstreamDatabase": route.upstream_database,
             "generation": self.parts.snapshots.live.generation, "clientAddress": self.client_address,
+            **self._session_facts(),
+            # Only when the text is not as sent: `pgwarden replay` skips what it cannot re-decide.
+            **({"queryText": str(self.parts.access_log.query_text)}
+               if self.parts.access_log.query_text != QueryText.FULL else {}),
         })
+
+    def _session_facts(self) -> dict[str, str]:
+        """What policies read of the identity session besides the user: `pgwarden replay` decides with them."""
+        if self.identity is None:
+            return {}
+        session = self.identity.session
+        return {"aal": str(session.aal), "authMethod": str(session.method), "identityProvider": session.idp}
 
     def _log_denied(self, user: str, service: str, request: ConnectRequest, exc: PgwardenError) -> None:
         self.parts.metrics.session_refused(exc)
@@ -615,3 +643,9 @@ class ClientSession(PgConnection):
     def end_now(self, exc: PgwardenError) -> None:
         self.pending_termination = exc
         self.finish_termination()
+
+
+def _would_deny_field(route: Route) -> dict[str, Any]:
+    """`wouldDeny` of a SESSION_START an AUDIT Policy would have refused, else nothing."""
+    found = route.decision.would_deny
+    return {} if found is None else {"wouldDeny": {"policy": found.policy, "rule": found.rule}}

@@ -103,6 +103,14 @@ class PolicyEffect(StrEnum):
     DENY = "DENY"
 
 
+class PolicyEnforcement(StrEnum):
+    """ENFORCE: the Policy's rules decide. AUDIT (shadow mode): evaluated, never blocking; what it would deny is
+    logged and counted as `wouldDeny` (proxy/policy/engine.py says how it combines with ENFORCE Policies)."""
+
+    ENFORCE = "ENFORCE"
+    AUDIT = "AUDIT"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PolicyRule:
     """One rule of a Policy: when `condition` matches, `effect` decides (lower `priority` is tried first)."""
@@ -121,6 +129,7 @@ class Policy:
     rules: tuple[PolicyRule, ...] = ()
     attrs: Mapping[str, Any] = field(default_factory=dict)
     is_disabled: bool = False
+    enforcement: PolicyEnforcement = PolicyEnforcement.ENFORCE
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -211,6 +220,7 @@ class ServiceConfig:
 class RoutingRule:
     condition: Condition
     config_name: str
+    name: str = ""  # optional; access, diff, explain and the route's reason say it instead of the rule's number
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -336,6 +346,7 @@ def policy_spec_to_wire(p: Policy) -> dict[str, Any]:
                    "condition": condition_to_wire(r.condition)} for r in p.rules],
         "attrs": dict(p.attrs),
         "isDisabled": p.is_disabled,
+        "enforcement": p.enforcement.value,
     }
 
 
@@ -350,6 +361,7 @@ def policy_from_spec(name: str, spec: Mapping[str, Any]) -> Policy:
         ),
         attrs=dict(spec.get("attrs") or {}),
         is_disabled=bool(spec.get("isDisabled", False)),
+        enforcement=PolicyEnforcement(spec.get("enforcement", "ENFORCE")),
     )
 
 
@@ -452,7 +464,8 @@ def to_wire(snapshot: Snapshot, *, fingerprint_key: bytes, include_secrets: bool
                 "defaultConfig": s.default_config,
                 "configs": [_config_to_wire(c) for c in s.configs.values()],
                 "rules": [
-                    {"condition": condition_to_wire(r.condition), "configName": r.config_name} for r in s.rules
+                    {"condition": condition_to_wire(r.condition), "configName": r.config_name,
+                     **({"name": r.name} if r.name else {})} for r in s.rules
                 ],
                 "manifest": dict(s.manifest),
                 "authorization": authorization_to_wire(s.authorization),
@@ -525,7 +538,8 @@ def from_wire(d: Mapping[str, Any]) -> Snapshot:
                 default_config=s.get("defaultConfig"),
                 configs={c["name"]: _config_from_wire(c) for c in s.get("configs", [])},
                 rules=tuple(
-                    RoutingRule(condition=condition_from_wire(r["condition"]), config_name=r["configName"])
+                    RoutingRule(condition=condition_from_wire(r["condition"]), config_name=r["configName"],
+                                name=r.get("name", ""))
                     for r in s.get("rules", [])
                 ),
                 manifest=s.get("manifest", {}),

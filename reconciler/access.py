@@ -219,10 +219,14 @@ def decide_statement(policy: ConnectionPolicy | None, sql: str, is_function_call
 
 
 def decided_by(decision: Decision) -> str:
-    """`policy/rule`, or the default in words."""
+    """`policy/rule`, or the default in words; then the AUDIT rule that would deny it, if one would."""
     if decision.policy or decision.rule:
-        return f"{decision.policy}/{decision.rule}" if decision.policy else decision.rule
-    return "no rule matched: denied by default" if not decision.allowed else decision.reason
+        words = f"{decision.policy}/{decision.rule}" if decision.policy else decision.rule
+    else:
+        words = "no rule matched: denied by default" if not decision.allowed else decision.reason
+    if decision.would_deny is not None:
+        words += f"; would deny (AUDIT): {decision.would_deny.policy}/{decision.would_deny.rule}"
+    return words
 
 
 def evaluate_cell(live: LiveSnapshot, user: User, service: Service, samples: Sequence[datetime.datetime],

@@ -143,7 +143,8 @@ def _service(doc: Document) -> Service:
     spec = doc.body["spec"]
     configs = {name: _service_config(name, config) for name, config in merged_configs(spec).items()}
     rules = tuple(
-        RoutingRule(condition=condition_from_wire(rule["condition"]), config_name=rule["configName"])
+        RoutingRule(condition=condition_from_wire(rule["condition"]), config_name=rule["configName"],
+                    name=rule.get("name", ""))
         for rule in spec.get("dynamicConfig", {}).get("rules", [])
     )
     return Service(

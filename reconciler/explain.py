@@ -7,6 +7,7 @@ RuleBook to say whether it matches, and the final answer is the session's Connec
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from dataclasses import dataclass, field
 
@@ -15,7 +16,7 @@ from proxy.policy import timefns
 from proxy.policy.cel import ConditionError, compile_condition
 from proxy.policy.classify import classify
 from proxy.policy.compile import CompiledRule
-from proxy.policy.engine import ConnectionPolicy, Decision, RuleBook
+from proxy.policy.engine import ConnectionPolicy, Decision, RuleBook, WouldDeny
 from proxy.routing import ConnectRequest, LiveSnapshot
 from proxy.snapshot import Condition, Snapshot
 from reconciler.access import FUNCTION_CALL_OID, decided_by, identity_session
@@ -69,24 +70,26 @@ def _explain(live: LiveSnapshot, user_name: str, service_name: str, aal: str, qu
     say("")
     say("connect: attached policy rules in evaluation order" if book.rules else "connect: no policy attached")
     ctx = live.context(user, service, request, session)
+    shadow = live.decide_connect(user, service, request, session).would_deny
     for i, rule in enumerate(book.rules, 1):
-        alone = live.policies.decide(RuleBook((rule,)), ctx)
-        say(f"  {i}. {_rule_line(rule)}: {_match_words(alone.policy, alone.reason)}")
+        alone = live.policies.decide(_alone(rule), ctx)
+        say(f"  {i}. {_rule_line(rule)}: {_match_words(alone.policy, alone.reason)}{_shadow_mark(rule, shadow)}")
     say("")
     say("routing (rules in order, first match wins):" if service.rules else "routing: no rules")
     activation = live.activation(user, service, request, session)
-    first = 0
+    first = ""
     for i, routing_rule in enumerate(service.rules, 1):
+        label = routing_rule.name or str(i)
         if first:
-            say(f"  rule {i} → {routing_rule.config_name}: {condition_text(routing_rule.condition)}: "
-                f"not tried (rule {first} matched)")
+            say(f"  rule {label} → {routing_rule.config_name}: {condition_text(routing_rule.condition)}: not tried "
+                f"(rule {first} matched)")
             continue
         try:
             matched = "MATCH" if compile_condition(routing_rule.condition).evaluate(activation) else "no match"
         except ConditionError as exc:
             matched = f"failed to evaluate ({exc.reason}): the connection is refused"
-        first = i if matched == "MATCH" else 0
-        say(f"  rule {i} → {routing_rule.config_name}: {condition_text(routing_rule.condition)}: {matched}")
+        first = label if matched == "MATCH" else ""
+        say(f"  rule {label} → {routing_rule.config_name}: {condition_text(routing_rule.condition)}: {matched}")
     try:
         route = live.route(user_name, service_name, request, identity_session=session)
     except PgwardenError as exc:
@@ -115,11 +118,14 @@ def _explain(live: LiveSnapshot, user_name: str, service_name: str, aal: str, qu
     decision = _decide(policy, query, is_function_call)
     say("  rules in evaluation order (lower priority first, DENY before ALLOW at equal priority):")
     decided = False
+    shadow = decision.would_deny
     for i, rule in enumerate(book.rules, 1):
-        alone = _decide(ConnectionPolicy(RuleBook((rule,)), base, 0), query, is_function_call)
+        alone = _decide(ConnectionPolicy(_alone(rule), base, 0), query, is_function_call)
         mark = " (not reached)" if decided else ""
-        if not decided and (rule.policy, rule.rule) == (decision.policy, decision.rule):
+        if not decided and not rule.is_audit and (rule.policy, rule.rule) == (decision.policy, decision.rule):
             mark, decided = "  ← decides", True
+        else:
+            mark = _shadow_mark(rule, shadow) or mark
         say(f"  {i}. {_rule_line(rule)}: {_match_words(alone.policy, alone.reason)}{mark}")
     if not decided and not decision.rule:
         say("  no rule matched: denied by default" if not decision.allowed else f"  {decision.reason}")
@@ -132,8 +138,21 @@ def _decide(policy: ConnectionPolicy, query: str | None, is_function_call: bool)
     return policy.decide_function_call(FUNCTION_CALL_OID) if is_function_call else policy.decide_query(query or "")
 
 
+def _alone(rule: CompiledRule) -> RuleBook:
+    """A book of this rule only, as ENFORCE: whether it matches, whatever its Policy's enforcement."""
+    return RuleBook((dataclasses.replace(rule, is_audit=False),))
+
+
 def _rule_line(rule: CompiledRule) -> str:
-    return f"{rule.policy}/{rule.rule} ({rule.effect}, priority {rule.priority})"
+    audit = ", AUDIT: never blocks" if rule.is_audit else ""
+    return f"{rule.policy}/{rule.rule} ({rule.effect}, priority {rule.priority}{audit})"
+
+
+def _shadow_mark(rule: CompiledRule, shadow: WouldDeny | None) -> str:
+    """`  ← would deny (AUDIT)` on the AUDIT rule that would have denied what the ENFORCE rules allowed."""
+    if shadow is not None and rule.is_audit and (rule.policy, rule.rule) == (shadow.policy, shadow.rule):
+        return "  ← would deny (AUDIT)"
+    return ""
 
 
 def _match_words(policy: str, reason: str) -> str:

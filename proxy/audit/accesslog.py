@@ -127,6 +127,7 @@ class AccessLog:
                  query_text: QueryText = QueryText.FULL) -> None:
         self.writer = writer
         self.sinks = list(sinks)  # each gets every record as fields; the JSON line is built only for the writer
+        self.query_text = query_text
         self.render_query = query_renderer(query_text)  # None: query text is logged as the client sent it
 
     def close_sinks(self) -> None:
@@ -199,9 +200,11 @@ class SessionLog:
         )
 
     def decision(self, kind: str, request: Mapping[str, Any], *, is_allowed: bool, policy: str, rule: str,
-                 reason: str, response: Mapping[str, Any] | None = None) -> None:
+                 reason: str, response: Mapping[str, Any] | None = None,
+                 would_deny: tuple[str, str] | None = None) -> None:
         """A per-query decision (QUERY, PARSE, BIND, EXECUTE, FUNCTION_CALL) with the policy and rule that decided,
-        and the upstream's answer (commandTag, rows, sqlstate, durationMs) when it came before the session ended."""
+        and the upstream's answer (commandTag, rows, sqlstate, durationMs) when it came before the session ended.
+        `would_deny` is (policy, rule) of an AUDIT rule that would have denied this allowed request."""
         sinks = self._log.sinks
         if self._writer._stream is None and not sinks:
             return
@@ -211,6 +214,8 @@ class SessionLog:
         if sinks:
             postgres: dict[str, Any] = {"type": kind, _DECISION_KEYS[kind]: request, "decision": {
                 "status": "ALLOWED" if is_allowed else "DENIED", "policy": policy, "rule": rule, "reason": reason}}
+            if would_deny is not None:
+                postgres["decision"]["wouldDeny"] = {"policy": would_deny[0], "rule": would_deny[1]}
             if response is not None:
                 postgres["response"] = response
             entry_id = f"{self.connection_id}-{self._seq}"
@@ -220,7 +225,7 @@ class SessionLog:
                 return
         # The same JSON as _compact_json(postgres), but the "decision" object is encoded once per distinct
         # decision and no nested dict is built per query.
-        decided = _decision_json(is_allowed, policy, rule, reason)
+        decided = _decision_json(is_allowed, policy, rule, reason, would_deny)
         answered = "" if response is None else f',"response":{_compact_json(response)}'
         self._writer.write_line(
             f'{self._head}{self._seq}","createdAt":"{_now_iso()}"}},"entry":{{"common":{self._common_json},'
@@ -232,18 +237,22 @@ class SessionLog:
 _DECISION_KEYS = {"QUERY": "query", "PARSE": "parse", "BIND": "bind", "EXECUTE": "execute",
                   "FUNCTION_CALL": "functionCall"}
 _DECISION_JSON_MAX = 4096  # distinct (status, policy, rule, reason) kept; policies have few rules
-_decision_json_cache: dict[tuple[bool, str, str, str], str] = {}
+_decision_json_cache: dict[tuple[bool, str, str, str, tuple[str, str] | None], str] = {}
 
 
-def _decision_json(is_allowed: bool, policy: str, rule: str, reason: str) -> str:
+def _decision_json(is_allowed: bool, policy: str, rule: str, reason: str,
+                   would_deny: tuple[str, str] | None = None) -> str:
     """The "decision" object's JSON, built once per distinct decision (the engine reuses a few per policy)."""
-    key = (is_allowed, policy, rule, reason)
+    key = (is_allowed, policy, rule, reason, would_deny)
     found = _decision_json_cache.get(key)
     if found is None:
         if len(_decision_json_cache) >= _DECISION_JSON_MAX:
             _decision_json_cache.clear()
-        found = _compact_json({"status": "ALLOWED" if is_allowed else "DENIED", "policy": policy, "rule": rule,
-                               "reason": reason})
+        value: dict[str, Any] = {"status": "ALLOWED" if is_allowed else "DENIED", "policy": policy, "rule": rule,
+                                 "reason": reason}
+        if would_deny is not None:
+            value["wouldDeny"] = {"policy": would_deny[0], "rule": would_deny[1]}
+        found = _compact_json(value)
         _decision_json_cache[key] = found
     return found
 

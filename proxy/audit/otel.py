@@ -295,6 +295,9 @@ def summary(common: Mapping[str, Any], postgres: Mapping[str, Any], *, is_denied
     if isinstance(decision, Mapping):  # a per-query decision: name what decided (common's reason is the connect's)
         by = f"policy {decision.get('policy') or '?'}, rule {decision.get('rule') or '?'}"
         verdict = "DENIED" if is_denied else "ALLOWED"
+        would = decision.get("wouldDeny")
+        if isinstance(would, Mapping):  # shadow mode: name the AUDIT rule that would have denied it
+            by += f"; AUDIT policy {would.get('policy')}, rule {would.get('rule')} would deny"
         return f"{kind} {verdict} {who} by {by}" + (f": {decision['reason']}" if decision.get("reason") else "")
     if is_denied:
         reason = postgres.get("reason") or common.get("reason") or ""

@@ -15,7 +15,7 @@ import lark
 
 from proxy.policy.cel import CompiledExpression, compile_expression, to_cel
 from proxy.policy.cel_cost import dotted_names
-from proxy.snapshot import Condition, Policy, PolicyEffect
+from proxy.snapshot import Condition, Policy, PolicyEffect, PolicyEnforcement
 
 ALL = ("*", "*")  # a read of the whole request (or of ctx itself)
 REQUEST_KINDS = ("query", "parse", "statement", "copy", "functionCall")
@@ -65,6 +65,7 @@ class CompiledRule:
     order: int  # position among the rules collected for a session: ties keep manifest order
     condition: Node
     attrs: Any  # the policy's attrs as a CEL value
+    is_audit: bool = False  # of a Policy with enforcement AUDIT: evaluated, never deciding (engine.py)
 
 
 def compile_node(c: Condition) -> Node:
@@ -90,8 +91,9 @@ def compile_policy(policy: Policy, start: int = 0) -> list[CompiledRule]:
     if policy.is_disabled:
         return []
     attrs = to_cel(dict(policy.attrs))
-    return [CompiledRule(policy.name, r.name, r.effect, r.priority, start + i, compile_node(r.condition), attrs)
-            for i, r in enumerate(policy.rules)]
+    is_audit = policy.enforcement == PolicyEnforcement.AUDIT
+    return [CompiledRule(policy.name, r.name, r.effect, r.priority, start + i, compile_node(r.condition), attrs,
+                         is_audit) for i, r in enumerate(policy.rules)]
 
 
 def ordered(rules: Iterable[CompiledRule]) -> tuple[CompiledRule, ...]:

@@ -77,6 +77,14 @@ MAX_BACKLOG_BYTES = 1 << 20  # held client bytes above which the client is no lo
 MAX_PORTALS = 10_000  # portal names remembered; a forgotten one is unknown (denied after a reload)
 _RECHECK_DEPTH = 4  # EXECUTE of a statement whose stored text EXECUTEs another...
 DENIAL_HINT = "pgwarden checks every query against the service's policies; ask an administrator for access"
+
+
+def explain_hint(user: str, service: str, aal: str = "AAL1") -> str:
+    """The HINT of a policy denial: the command that shows which rule decided. The statement is not echoed
+    (it may be long or hold a literal the client would not want in an error log)."""
+    level = "" if aal == "AAL1" else f" --aal {aal}"
+    return (f"see which policy rule decided: pgwarden explain --user {user} --service {service}{level} "
+            "--query '<your statement>'")
 AFTER_EXECUTE = ("query text with non-ASCII characters or backslashes cannot be checked after an Execute "
                  "in the same pipeline: pgwarden cannot know the client_encoding and "
                  "standard_conforming_strings the server will read it with; send Sync before it")
@@ -184,8 +192,10 @@ class RequestGate:
         on_ready_requested: Callable[[], None] | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         parameters: dict[str, str] | None = None,
+        denial_hint: str = DENIAL_HINT,
     ) -> None:
         self._policy = policy
+        self._denial_hint = denial_hint  # the HINT of a policy's denial (explain_hint names the user and service)
         self._codec = codec
         self._responses = responses
         self._on_decision = on_decision
@@ -613,7 +623,7 @@ class RequestGate:
         message = denial_message(what, decision)
         is_plain = decision.reason in (usual, message) or isinstance(decision, GateDenial)
         detail = "" if is_plain else decision.reason
-        hint = RAIL_HINT if decision.rule.startswith(RAIL_RULE_PREFIX) else DENIAL_HINT
+        hint = RAIL_HINT if decision.rule.startswith(RAIL_RULE_PREFIX) else self._denial_hint
         sql = raise_sql(message, marker=marker, detail=detail, hint=hint)
         return marker, sql
 

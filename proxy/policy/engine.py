@@ -29,6 +29,7 @@ from proxy.snapshot import (
     Group,
     Policy,
     PolicyEffect,
+    PolicyEnforcement,
     Service,
     ServiceConfig,
     Snapshot,
@@ -39,6 +40,14 @@ MAX_CACHED_DECISIONS = 4096  # per (user, service) rule book; oldest shapes are 
 
 
 @dataclass(frozen=True, slots=True)
+class WouldDeny:
+    """The AUDIT rule that would have denied an allowed request, had its Policy been ENFORCE."""
+
+    policy: str
+    rule: str
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
     """The outcome of one decision and the policy rule that made it."""
 
@@ -46,6 +55,7 @@ class Decision:
     policy: str  # deciding policy name ("" for default deny / no policy)
     rule: str  # deciding rule name ("" for default deny / no policy)
     reason: str  # one human line
+    would_deny: WouldDeny | None = None  # allowed, but an AUDIT Policy would deny it (cached with the decision)
 
 
 NO_POLICY = Decision(True, "", "", "no policy applies")
@@ -62,6 +72,40 @@ def _failed(rule: CompiledRule, exc: ConditionError) -> Decision:
     # Fail closed. The reason names no operand values: those may hold query text or attrs.
     return Decision(False, rule.policy, rule.rule,
                     f'denied: policy "{rule.policy}" rule "{rule.rule}" failed to evaluate ({exc.reason})')
+
+
+def first_match(rules: tuple[CompiledRule, ...], ctx: Any, constants: Mapping[int, Any] | None,
+                default: Decision = DEFAULT_DENY) -> Decision:
+    """The rules in order, first match decides; AUDIT rules never decide.
+
+    The ENFORCE answer is the one the rules give with every AUDIT rule left out, so an AUDIT Policy cannot change
+    it, in either direction. The AUDIT answer is the one they would give were the AUDIT Policies ENFORCE: when an
+    AUDIT rule matches (or fails to evaluate) before the deciding rule, that is it; when it denies and the ENFORCE
+    answer allows, the Decision carries `would_deny`. Later AUDIT rules are then skipped: they could not decide.
+    """
+    shadow: Decision | None = None
+    for rule in rules:
+        if rule.is_audit and shadow is not None:
+            continue
+        try:
+            matched = _evaluate(rule.condition, {"ctx": ctx, "attrs": rule.attrs}, constants)
+        except ConditionError as exc:
+            if rule.is_audit:
+                shadow = _failed(rule, exc)
+                continue
+            return _audited(_failed(rule, exc), shadow)
+        if matched:
+            if rule.is_audit:
+                shadow = _decided(rule)
+                continue
+            return _audited(_decided(rule), shadow)
+    return _audited(default, shadow)
+
+
+def _audited(decision: Decision, shadow: Decision | None) -> Decision:
+    if shadow is None or shadow.allowed or not decision.allowed:
+        return decision
+    return Decision(True, decision.policy, decision.rule, decision.reason, WouldDeny(shadow.policy, shadow.rule))
 
 
 class _Failed:
@@ -211,18 +255,14 @@ class PolicySet:
     def has_policies(self, user: User, service: Service) -> bool:
         return bool(self.attached(user, service))
 
+    def enforces(self, user: User, service: Service) -> bool:
+        """Whether an ENFORCE Policy is attached: with AUDIT ones only, a connection is decided as with none."""
+        return any(p.enforcement != PolicyEnforcement.AUDIT for p in self.attached(user, service))
+
     @decision_budget
-    def decide(self, book: RuleBook, ctx: Mapping[str, Any]) -> Decision:
+    def decide(self, book: RuleBook, ctx: Mapping[str, Any], default: Decision = DEFAULT_DENY) -> Decision:
         """Evaluate every rule in order against a full plain-Python ctx (connect decisions; not cached)."""
-        cel_ctx = to_cel(ctx)
-        for rule in book.rules:
-            try:
-                matched = _evaluate(rule.condition, {"ctx": cel_ctx, "attrs": rule.attrs}, None)
-            except ConditionError as exc:
-                return _failed(rule, exc)
-            if matched:
-                return _decided(rule)
-        return DEFAULT_DENY
+        return first_match(book.rules, to_cel(ctx), None, default)
 
     def connection_policy(
         self, user: User, service: Service, base_ctx: Mapping[str, Any], generation: int,
@@ -332,14 +372,7 @@ class ConnectionPolicy:
     @decision_budget
     def _evaluate(self, postgres: dict[str, Any]) -> Decision:
         ctx = celtypes.MapType({**self._base, celtypes.StringType("request"): to_cel({"postgres": postgres})})
-        for rule in self._book.rules:
-            try:
-                matched = _evaluate(rule.condition, {"ctx": ctx, "attrs": rule.attrs}, self._constants)
-            except ConditionError as exc:
-                return _failed(rule, exc)
-            if matched:
-                return _decided(rule)
-        return DEFAULT_DENY
+        return first_match(self._book.rules, ctx, self._constants)
 
     @staticmethod
     def _statement_request(kind: str, c: Classification, sql: str, name: str) -> dict[str, Any]:

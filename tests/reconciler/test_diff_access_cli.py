@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tests.reconciler.test_diff_cli import ROOT, commit_all, git, pgwarden
 
-BOB_LINE = "bob · my-db · connects as read_only → full_access (rule 1 (configName full-access))"
+BOB_LINE = "bob · my-db · connects as read_only → full_access (rule engineering-or-admins (configName full-access))"
 
 
 def test_a_group_for_bob_reads_as_his_new_role_before_the_object_changes(tmp_path: Path) -> None:

@@ -67,10 +67,12 @@ def test_explain_the_same_drop_inside_the_window_is_allowed(cookbook: Path) -> N
 def test_explain_routing_rules_in_order(tmp_path: Path) -> None:
     out = pgwarden("explain", "--user", "erin", "--service", "my-db", "--query", "SELECT 1", "examples-repo/")
     assert out.returncode == 0, out.stderr
-    assert ('  rule 1 → full-access: ctx.user.spec.groups.hasAny(["engineering", "admins"]): MATCH'
+    assert ('  rule engineering-or-admins → full-access: ctx.user.spec.groups.hasAny(["engineering", "admins"]): MATCH'
             in out.stdout.splitlines())
-    assert "  rule 2 → read-only: matchAny: true: not tried (rule 1 matched)" in out.stdout
-    assert "config full-access (rule 1 (configName full-access)): upstream role full_access" in out.stdout
+    assert ("  rule everyone-else → read-only: matchAny: true: not tried (rule engineering-or-admins matched)"
+            in out.stdout)
+    assert ("config full-access (rule engineering-or-admins (configName full-access)): upstream role full_access"
+            in out.stdout)
     assert out.stdout.endswith("ALLOW: not checked per statement (config full-access has authorization mode NONE)\n")
 
 

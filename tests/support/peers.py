@@ -238,8 +238,8 @@ async def follow_login(
     is_abort: bool = False, max_steps: int = 20,
 ) -> LoginOutcome:
     """Follow redirects by hand and submit each form as a user would: the device confirmation (or its abort),
-    the login (`login`, any password), then consent. Stops at a redirect to `redirect_prefix` or a page
-    without a form ("Sign-in Success")."""
+    the login (`login`, any password; at the demo's provider, `login` as the subject), then consent. Stops at a
+    redirect to `redirect_prefix` or a page without a form ("Sign-in Success")."""
     method, data, has_aborted = "GET", None, False
     for _ in range(max_steps):
         async with browser.request(method, url, data=data, allow_redirects=False) as response:
@@ -258,6 +258,8 @@ async def follow_login(
         action, fields = forms[0]
         if fields.get("prompt") == "login":
             fields.update(login=login, password="any password works with devInteractions")
+        if fields.get("sub") == "":  # the demo's Python provider (pgwarden/demo_idp.py) asks whom to sign in as
+            fields["sub"] = login
         if "confirm" in fields and is_abort:
             fields["abort"] = "yes"  # the "[ Abort ]" button submits the confirm form with abort=yes
             has_aborted = True
