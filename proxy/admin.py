@@ -56,6 +56,10 @@ class AdminHost(Protocol):
 
     def session_list(self) -> list[dict[str, Any]]: ...
 
+    def peer_connections(self) -> dict[str, int]:
+        """Open database connections per identity Session on other replicas (runtime/replica.py); {} if none."""
+        ...
+
     async def revoke_identity_sessions(self, session_ids: list[str], *, reason: str) -> int: ...
 
 
@@ -111,7 +115,7 @@ def build_app(server: AdminHost) -> web.Application:
         include_inactive = request.query.get("all", "") in ("1", "true")
         sessions = await server.identity.store.list_sessions(user, include_inactive=include_inactive)
         now = utc_now()
-        live: dict[str, int] = {}
+        live = dict(server.peer_connections())  # other replicas', from their heartbeat rows
         for entry in server.session_list():
             if entry["identitySession"]:
                 live[entry["identitySession"]] = live.get(entry["identitySession"], 0) + 1

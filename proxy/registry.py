@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
@@ -100,6 +101,8 @@ class SessionRegistry:
         self._by_identity: dict[str, set[Any]] = {}  # identity Session id -> its live DB sessions
         self._rail_slots: dict[ConnectionSlot, set[str]] = {}  # -> ids of its sessions
         self._cancels: set[asyncio.Task[None]] = set()  # in flight; held so a closing client cannot drop them
+        # Replicas behind one balancer: a cancel for a key we did not issue goes to the others (proxy/cancel_forward).
+        self.forward_cancel: Callable[[int, int], Awaitable[None]] | None = None
 
     def register(self, session: RegisteredSession, user: str, generation: int) -> tuple[int, int]:
         """Record a session that reached the relay; returns the BackendKeyData we give its client.
@@ -184,12 +187,19 @@ class SessionRegistry:
         if self.cancel_router is not None and not self.cancel_router.is_mine(secret_key):
             await self.cancel_router.forward(process_id, secret_key)
             return
+        if await self.cancel_here(process_id, secret_key) or self.forward_cancel is None:
+            return
+        await self.forward_cancel(process_id, secret_key)  # issued by another replica, perhaps
+
+    async def cancel_here(self, process_id: int, secret_key: int) -> bool:
+        """Cancel on the upstream if this process issued the key; False if it did not."""
         session = self.by_cancel_key.get((process_id, secret_key))
         if session is None or session.login is None or session.route is None:
-            return
+            return False
         up = session.route.config.upstream
         await send_cancel(up.host, up.port, session.route.config.postgres.ssl_mode,
                           session.login.process_id, session.login.secret_key)
+        return True
 
     # --- identity Sessions ---------------------------------------------------------------
     def identity_session_ids(self) -> list[str]:

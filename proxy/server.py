@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -77,6 +78,10 @@ class ProxyServer:
         # Grant windows end at the second with no commit: a timer re-evaluates the live snapshot at each boundary.
         # Workers leave it to the parent, which pushes the re-evaluation to all of them (one generation).
         self.grant_timer: GrantTimer | None = GrantTimer(self.refresh_grants)
+        # Replicas (runtime/replica.py): only the writer-lease holder runs housekeeping on the shared store, and
+        # `sessions list` adds the other replicas' open connections per identity Session.
+        self.is_writer: Callable[[], bool] = lambda: True
+        self.peer_connections: Callable[[], dict[str, int]] = dict
 
     # --- listening -----------------------------------------------------------------------
     async def start(self, host: str, port: int, *, reuse_port: bool = False) -> tuple[str, int]:
@@ -268,6 +273,8 @@ class ProxyServer:
 
     async def housekeeping(self, now: datetime) -> int:
         """Delete device codes past their expiry and sessions expired over PURGE_AFTER ago; never raises."""
+        if not self.is_writer():
+            return 0
         try:
             purged = await self.identity.store.purge_expired(now - PURGE_AFTER)
         except StateStoreError as exc:

@@ -14,6 +14,8 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from aiohttp import web
+
 from identity.web.limits import HttpLimits
 from proxy.drain import FINAL_GRACE_S, drain
 from proxy.metrics import ProxyCollector
@@ -27,6 +29,7 @@ from reconciler.source import GitSource, SourceSpec
 from runtime.datadir import ADMIN_SOCKET
 from runtime.probes import Readiness
 from runtime.process import EmbeddedTarget, ProxyOptions, RunningProxy, run, serve_until_signal, start_proxy
+from runtime.replica import Replica, ReplicaSettings, is_shared_state
 from runtime.web import start_http, stop_accepting
 from runtime.worker_group import WorkerGroup, WorkerProcesses, start_control, worker_admin_socket
 from runtime.workers import WorkerSlot, announce_ready, recheck_identity_sessions, start_worker
@@ -46,6 +49,7 @@ class UpSettings:
     reconcile: ReconcileOptions
     workers: int = 1
     drain_timeout_s: float = DRAIN_TIMEOUT_S
+    replica: ReplicaSettings = ReplicaSettings()  # in effect with a PostgreSQL state store (runtime/replica.py)
 
 
 OnReady = Callable[[RunningProxy], None]
@@ -79,14 +83,24 @@ async def serve_up(settings: UpSettings, spec: SourceSpec, keys: KeyRing, *, on_
     metrics.registry.register(ProxyCollector(
         lambda: target.server, skip={"pgwarden_sessions_open", "pgwarden_live_generation"}))
     readiness = Readiness(has_applied=lambda: reconciler.status.last_applied_at is not None)
-    running = await start_proxy(settings.proxy, Snapshot(),
-                                admin_routes=lambda app: add_reconciler_routes(app, reconciler, metrics))
+    replica = (Replica(settings.replica, str(settings.proxy.state), settings.proxy.data_dir,
+                       revision=lambda: reconciler.status.last_applied_revision or "", web_url=settings.public_url)
+               if is_shared_state(settings.proxy.state) else None)
+
+    def admin_routes(app: web.Application) -> None:
+        add_reconciler_routes(app, reconciler, metrics)
+        if replica is not None:
+            replica.add_routes(app)
+
+    running = await start_proxy(settings.proxy, Snapshot(), admin_routes=admin_routes)
     target.server = running.server
     readiness.is_listening = True
     http = await start_http(running.server, running, reconciler, readiness, listen=settings.http_listen,
                             public_url=settings.public_url, limits=settings.http_limits, metrics=metrics)
     loop_task: asyncio.Task[None] | None = None
     try:
+        if replica is not None:
+            await replica.start(running.server, running.host)
         first = await reconciler.reconcile()
         loop_task = readiness.reconcile_task = asyncio.get_running_loop().create_task(reconciler.run(initial=False))
         announce(running, source, settings, is_applied=first)
@@ -102,6 +116,8 @@ async def serve_up(settings: UpSettings, spec: SourceSpec, keys: KeyRing, *, on_
         await serve_until_signal(running, drain=drain_process)
     finally:
         await _cancel(loop_task)
+        if replica is not None:
+            await replica.close()
         await http.cleanup()
 
 

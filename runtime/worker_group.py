@@ -98,6 +98,10 @@ class WorkerGroup:
     def client_ca(self) -> ClientCertificateAuthority | None:
         return self._bound().client_ca
 
+    def peer_connections(self) -> dict[str, int]:
+        """Other replicas' connections: none are known with --workers (docs/replicas.md, Limits)."""
+        return {}
+
     @property
     def sessions(self) -> dict[str, Any]:
         return self._bound().sessions  # the parent relays nothing: its own, always empty

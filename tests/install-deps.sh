@@ -34,6 +34,7 @@ install_debian() {
     fi
     dpkg -s postgresql-contrib >/dev/null 2>&1 || missing+=(postgresql-contrib)
     command -v pgbouncer >/dev/null 2>&1 || missing+=(pgbouncer)
+    command -v haproxy >/dev/null 2>&1 || [[ -x /usr/sbin/haproxy ]] || missing+=(haproxy)  # replicas' balancer
     command -v gpg >/dev/null 2>&1 || missing+=(gnupg)
     command -v chromium >/dev/null 2>&1 || missing+=(chromium)
     [[ -f /usr/share/java/postgresql.jar ]] || missing+=(libpostgresql-jdbc-java)

@@ -9,6 +9,7 @@
 # What it installs when absent:
 #   Debian (apt-get, as root or through sudo): gcc and python3-dev (to compile proxy/pgwire/walker.py),
 #     postgresql (15: initdb/pg_ctl for the throwaway servers), postgresql-contrib, pgbouncer (bench targets),
+#     haproxy (the balancer in front of the replica tests),
 #     gnupg (sops PGP corpus), chromium (passkeys through the DevTools virtual authenticator),
 #     libpostgresql-jdbc-java and a JDK (the JDBC client tests), nodejs/npm;
 #   Python: this project with its test and bench extras (pip install -e ".[test,bench]"; that brings the

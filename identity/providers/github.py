@@ -77,7 +77,7 @@ class GitHubLogin:
         q = request.query
         flow_id, _, nonce = q.get("state", "").partition(".")
         try:
-            flow = auth.flow(request, flow_id)
+            flow = await auth.flow(request, flow_id)
             scratch = flow.data.pop("github", None)  # one use: a replayed callback finds nothing
             if not isinstance(scratch, dict) or not hmac.compare_digest(nonce.encode(), scratch["nonce"].encode()):
                 raise CallbackRejected("the GitHub callback does not belong to this sign-in (state mismatch)",

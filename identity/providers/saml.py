@@ -35,8 +35,8 @@ from identity.providers.oidc import (
     read_bounded,
 )
 from identity.store.base import AssuranceLevel, AuthMethod
-from identity.web.flow import MAX_FLOWS, AuthServer
-from identity.web.login_flow import FLOW_TTL_S, LoginFlow, LoginRefused, LoginResult
+from identity.web.flow import AuthServer
+from identity.web.login_flow import LoginFlow, LoginResult
 from proxy.snapshot import IdentityProvider
 
 log = logging.getLogger("pgwarden.identity")
@@ -71,19 +71,14 @@ _metadata_cache: dict[str, tuple[float, dict[str, Any]]] = {}
 class _SentRequest:
     """An AuthnRequest on its way: the ACS accepts exactly one response to it."""
 
-    flow: LoginFlow
     idp: str
     request_id: str
-    expires: float
 
 
 class SamlLogin:
     """The ProviderHandler for `saml` IdentityProviders."""
 
     type_name = "saml"
-
-    def __init__(self) -> None:
-        self._sent: dict[str, _SentRequest] = {}  # flow id (the RelayState) -> the request the IdP answers
 
     def add_routes(self, app: web.Application, auth: AuthServer) -> None:
         async def metadata(request: web.Request) -> web.StreamResponse:
@@ -108,11 +103,8 @@ class SamlLogin:
         except OneLogin_Saml2_Error as exc:
             raise ProviderMisconfigured(f"identity provider {provider.name!r}: cannot build the SAML request "
                                         f"({exc})") from exc
-        self._forget_expired()
-        if len(self._sent) >= MAX_FLOWS:
-            raise LoginRefused("too many SAML sign-ins in progress; try again in a few minutes")
-        self._sent[flow.id] = _SentRequest(flow=flow, idp=provider.name, request_id=saml.get_last_request_id(),
-                                           expires=time.monotonic() + FLOW_TTL_S)
+        # Kept on the flow, which is in the state store: the ACS may be served by any replica.
+        flow.data["saml_request"] = _SentRequest(idp=provider.name, request_id=saml.get_last_request_id())
         return web.Response(status=302, headers={"Location": location})
 
     async def _metadata(self, request: web.Request, auth: AuthServer) -> web.StreamResponse:
@@ -127,9 +119,13 @@ class SamlLogin:
     async def _acs(self, request: web.Request, auth: AuthServer) -> web.StreamResponse:
         form = await request.post()
         relay_state, encoded = str(form.get("RelayState", "")), form.get("SAMLResponse")
-        sent = self._sent.pop(relay_state, None)  # single use: a replayed response finds nothing
+        # The flow is taken from the store, and the request popped from it: a replayed response finds nothing.
+        flow = await auth.take_flow(relay_state)
+        sent = flow.data.pop("saml_request", None) if flow is not None else None
+        if flow is not None:
+            auth.check_out(request, flow)  # back to the store when this request ends, for GET /login/saml/finish
         try:
-            if sent is None or sent.expires < time.monotonic() or sent.flow.is_expired(time.monotonic()):
+            if flow is None or not isinstance(sent, _SentRequest):
                 raise CallbackRejected("this SAML response does not answer a sign-in in progress here "
                                        "(unknown, expired or already used)", hint="start again from the login page")
             if not isinstance(encoded, str) or not encoded:
@@ -141,13 +137,13 @@ class SamlLogin:
         except IdentityError as exc:
             log.warning("saml login refused: %s", exc.message)
             return auth.refuse(exc)
-        sent.flow.data["saml_result"] = LoginResult(user=user.name, idp=provider.name, method=AuthMethod.SAML,
-                                                    aal=AssuranceLevel.AAL1, claims=claims)
-        return web.Response(status=303, headers={"Location": f"{FINISH_PATH}?{urlencode({'flow': sent.flow.id})}"})
+        flow.data["saml_result"] = LoginResult(user=user.name, idp=provider.name, method=AuthMethod.SAML,
+                                               aal=AssuranceLevel.AAL1, claims=claims)
+        return web.Response(status=303, headers={"Location": f"{FINISH_PATH}?{urlencode({'flow': flow.id})}"})
 
     async def _finish(self, request: web.Request, auth: AuthServer) -> web.StreamResponse:
         try:
-            flow = auth.flow(request)  # the cookie check the cross-site ACS POST could not make
+            flow = await auth.flow(request)  # the cookie check the cross-site ACS POST could not make
             result = flow.data.pop("saml_result", None)
             if not isinstance(result, LoginResult):
                 raise CallbackRejected("this sign-in has no verified SAML response", hint="start again")
@@ -156,10 +152,6 @@ class SamlLogin:
             return auth.refuse(exc)
         return await auth.finish_login(request, flow, result)
 
-    def _forget_expired(self) -> None:
-        now = time.monotonic()
-        for key in [k for k, sent in self._sent.items() if sent.expires < now]:
-            del self._sent[key]
 
 
 def verified_claims(auth: AuthServer, provider: IdentityProvider, settings: dict[str, Any], encoded: str,

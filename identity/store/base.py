@@ -261,6 +261,12 @@ class IdentityStore(Protocol):
     async def hit_counter(self, key: str, *, window_s: int, cost: int = 1, now: datetime | None = None) -> WindowCount:
         """Add `cost` to the fixed-window counter `key` (cost 0 only reads it); shared by every process and replica
         on this store, for rate limits and failure budgets. `purge_expired` deletes ended windows."""
+    async def put_ephemeral(self, kind: str, key: str, value: bytes, *, expires_at: datetime, max_rows: int,
+                            now: datetime | None = None) -> int:
+        """Store `value` sealed under `key` (kept hashed) until `expires_at`, replacing any value there; at most
+        `max_rows` of one kind live, the least recently stored go first. Returns how many rows it evicted."""
+    async def take_ephemeral(self, kind: str, key: str, now: datetime | None = None) -> bytes | None:
+        """Delete and return the unexpired value under `key`: of several replicas asking, exactly one gets it."""
     async def close(self) -> None: ...
 
 
@@ -366,6 +372,11 @@ class Sealer:
     def verify_key_check(self, sealed: bytes, *, where: str) -> None:
         if self.unseal(sealed, aad=b"key-check", where=where) != _KEY_CHECK_PLAINTEXT:
             raise EncryptionKeyMismatch(f"{where}: key check value is wrong")
+
+
+def ephemeral_aad(kind: str, key_hash: str) -> bytes:
+    # Bound to its kind and key: a sealed flow cannot be replayed as a one-time code, or under another flow's id.
+    return f"ephemeral:{kind}:{key_hash}".encode()
 
 
 def totp_aad(user: str) -> bytes:

@@ -38,6 +38,19 @@ POSTGRES_MIGRATIONS: tuple[str, ...] = (
         key text NOT NULL, window_end timestamptz NOT NULL, count bigint NOT NULL, PRIMARY KEY (key, window_end));
     CREATE INDEX counters_window_end ON pgwarden.counters (window_end);
     """,
+    """
+    CREATE TABLE pgwarden.ephemeral (
+        kind text NOT NULL, key_hash text NOT NULL, value_sealed bytea NOT NULL, stored_at timestamptz NOT NULL,
+        expires_at timestamptz NOT NULL, PRIMARY KEY (kind, key_hash));
+    CREATE INDEX ephemeral_expires ON pgwarden.ephemeral (expires_at);
+    CREATE INDEX ephemeral_stored ON pgwarden.ephemeral (kind, stored_at);
+    """,
+    """
+    CREATE TABLE pgwarden.replicas (
+        id text PRIMARY KEY, backend_pid integer NOT NULL, cancel_address text NOT NULL, web_url text NOT NULL,
+        revision text NOT NULL, connections jsonb NOT NULL, started_at timestamptz NOT NULL,
+        heartbeat_at timestamptz NOT NULL);
+    """,
 )
 
 # SQLite: times as integer microseconds since the epoch (exact and sortable).
@@ -66,6 +79,13 @@ SQLITE_MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE counters (
         key TEXT NOT NULL, window_end INTEGER NOT NULL, count INTEGER NOT NULL, PRIMARY KEY (key, window_end));
     CREATE INDEX counters_window_end ON counters (window_end);
+    """,
+    """
+    CREATE TABLE ephemeral (
+        kind TEXT NOT NULL, key_hash TEXT NOT NULL, value_sealed BLOB NOT NULL, stored_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL, PRIMARY KEY (kind, key_hash));
+    CREATE INDEX ephemeral_expires ON ephemeral (expires_at);
+    CREATE INDEX ephemeral_stored ON ephemeral (kind, stored_at);
     """,
 )
 

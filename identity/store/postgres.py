@@ -31,6 +31,8 @@ from identity.store.base import (
     WindowCount,
     build_session,
     counter_key,
+    ephemeral_aad,
+    hash_secret,
     mask_dsn,
     normalize_user_code,
     require_aware,
@@ -228,6 +230,7 @@ class PostgresStore:
         at = require_aware(now, "now")
         await self._execute(f"DELETE FROM {SCHEMA}.device_codes WHERE expires_at <= $1", at)
         await self._execute(f"DELETE FROM {SCHEMA}.counters WHERE window_end <= $1", at)
+        await self._execute(f"DELETE FROM {SCHEMA}.ephemeral WHERE expires_at <= $1", at)
         return await self._execute(f"DELETE FROM {SCHEMA}.sessions WHERE expires_at <= $1", at)
 
     async def watch_revocations(self, callback: Callable[[str], None], *, restart: bool = False) -> None:
@@ -401,3 +404,33 @@ class PostgresStore:
         async with self._translate("write"):
             count = await self._db().fetchval(sql, counter_key(key), ends, cost)
         return WindowCount(count=int(count), resets_at=ends)
+
+    # --- ephemeral records (login flows, one-time codes, challenges) ---
+
+    async def put_ephemeral(self, kind: str, key: str, value: bytes, *, expires_at: datetime, max_rows: int,
+                            now: datetime | None = None) -> int:
+        at, key_hash = require_aware(now or utc_now(), "now"), hash_secret(key)
+        sealed = self._sealer.seal(value, aad=ephemeral_aad(kind, key_hash))
+        async with self._translate("write"), self._db().acquire() as conn, conn.transaction():
+            await conn.execute(
+                f"INSERT INTO {SCHEMA}.ephemeral (kind, key_hash, value_sealed, stored_at, expires_at) "
+                "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (kind, key_hash) DO UPDATE SET value_sealed = "
+                "excluded.value_sealed, stored_at = excluded.stored_at, expires_at = excluded.expires_at",
+                kind, key_hash, sealed, at, require_aware(expires_at, "expires_at"))
+            # Expired rows of this kind first, then the least recently stored beyond the bound.
+            status = await conn.execute(
+                f"DELETE FROM {SCHEMA}.ephemeral WHERE kind = $1 AND (expires_at <= $2 OR key_hash IN "
+                f"(SELECT key_hash FROM {SCHEMA}.ephemeral WHERE kind = $1 AND expires_at > $2 "
+                "ORDER BY stored_at DESC OFFSET $3))", kind, at, max_rows)
+        return _count(status)
+
+    async def take_ephemeral(self, kind: str, key: str, now: datetime | None = None) -> bytes | None:
+        at, key_hash = require_aware(now or utc_now(), "now"), hash_secret(key)
+        row = await self._fetchrow(
+            f"DELETE FROM {SCHEMA}.ephemeral WHERE kind = $1 AND key_hash = $2 RETURNING value_sealed, expires_at",
+            kind, key_hash)
+        if row is None or row["expires_at"] <= at:
+            return None
+        return self._sealer.unseal(row["value_sealed"], aad=ephemeral_aad(kind, key_hash),
+                                   where=f"{self._where} ephemeral {kind}")
+

@@ -31,6 +31,8 @@ from identity.store.base import (
     WindowCount,
     build_session,
     counter_key,
+    ephemeral_aad,
+    hash_secret,
     normalize_user_code,
     require_aware,
     require_hash,
@@ -159,6 +161,7 @@ class SqliteStore:
             sessions = db.execute("DELETE FROM sessions WHERE expires_at <= ?", (now_us,)).rowcount
             db.execute("DELETE FROM device_codes WHERE expires_at <= ?", (now_us,))
             db.execute("DELETE FROM counters WHERE window_end <= ?", (now_us,))
+            db.execute("DELETE FROM ephemeral WHERE expires_at <= ?", (now_us,))
             return sessions
 
     def _consume(self, code_hash: str, now_us: int) -> tuple[Any, ...] | None:
@@ -367,3 +370,38 @@ class SqliteStore:
                              "(key, window_end) DO UPDATE SET count = count + excluded.count RETURNING count",
                              (key, ends_us, cost)).fetchone()
             return int(row[0])
+
+    # --- ephemeral records (login flows, one-time codes, challenges) ---
+
+    async def put_ephemeral(self, kind: str, key: str, value: bytes, *, expires_at: datetime, max_rows: int,
+                            now: datetime | None = None) -> int:
+        key_hash = hash_secret(key)
+        sealed = self._sealer.seal(value, aad=ephemeral_aad(kind, key_hash))
+        return await self._run(self._put_ephemeral, kind, key_hash, sealed, to_us(now or utc_now()),
+                               to_us(expires_at), max_rows)
+
+    def _put_ephemeral(self, kind: str, key_hash: str, sealed: bytes, now_us: int, expires_us: int,
+                       max_rows: int) -> int:
+        with self._write() as db:
+            db.execute("INSERT INTO ephemeral (kind, key_hash, value_sealed, stored_at, expires_at) "
+                       "VALUES (?, ?, ?, ?, ?) ON CONFLICT (kind, key_hash) DO UPDATE SET value_sealed = "
+                       "excluded.value_sealed, stored_at = excluded.stored_at, expires_at = excluded.expires_at",
+                       (kind, key_hash, sealed, now_us, expires_us))
+            return db.execute(
+                "DELETE FROM ephemeral WHERE kind = ? AND (expires_at <= ? OR key_hash IN (SELECT key_hash FROM "
+                "ephemeral WHERE kind = ? AND expires_at > ? ORDER BY stored_at DESC LIMIT -1 OFFSET ?))",
+                (kind, now_us, kind, now_us, max_rows)).rowcount
+
+    async def take_ephemeral(self, kind: str, key: str, now: datetime | None = None) -> bytes | None:
+        key_hash = hash_secret(key)
+        sealed = await self._run(self._take_ephemeral, kind, key_hash, to_us(now or utc_now()))
+        if sealed is None:
+            return None
+        return self._sealer.unseal(sealed, aad=ephemeral_aad(kind, key_hash), where=f"{self.path} ephemeral {kind}")
+
+    def _take_ephemeral(self, kind: str, key_hash: str, now_us: int) -> bytes | None:
+        with self._write() as db:
+            row = db.execute("DELETE FROM ephemeral WHERE kind = ? AND key_hash = ? RETURNING value_sealed, "
+                             "expires_at", (kind, key_hash)).fetchone()
+        return None if row is None or row[1] <= now_us else bytes(row[0])
+

@@ -190,6 +190,7 @@ class DeviceAuthorization:
                                  want_aal=AssuranceLevel[wishes.get("aal", "AAL1")])
         except (LoginRefused, KeyError, ValueError) as exc:
             return auth.refuse(exc if isinstance(exc, LoginRefused) else "the device asked for an unknown option")
+        auth.check_out(request, flow)  # stored when this page is served
         idp = wishes.get("idp")
         response: web.StreamResponse
         if idp:

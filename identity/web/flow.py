@@ -13,22 +13,26 @@ to whoever started the flow:
 A flow that asks for AAL2 and whose first factor gave AAL1 is parked (`flow.pending`) and sent to
 /login/second-factor, where passkey or TOTP finishes it at AAL2.
 
-Flows live in memory for FLOW_TTL_S: they are seconds-long browser round trips and a replica restart only costs
-the person a click. At most MAX_FLOWS exist; one more evicts the least recently used (a flow moves to the back each
-time a step of it is served), so a flood of anonymous GET /login costs bounded memory and cannot block a person
-who starts, or is in the middle of, a login. (Not yet shared across replicas: a flow must come back to the replica
-that started it, as with sticky sessions.) Sessions, device codes, passkeys and TOTP secrets live in the state store.
+Flows and one-time CLI codes live in the identity state store (`put_ephemeral`/`take_ephemeral`), sealed with
+the state key, so a callback may land on any replica behind a balancer without stickiness. A request that names
+a flow *takes* it from the store (one atomic DELETE … RETURNING); the flow goes back when the request ends, unless
+the login finished or was dropped. So a step served twice at once, on one replica or two, finds the flow once,
+and a callback or code replayed later finds nothing. Flows expire after FLOW_TTL_S (wall clock, which replicas
+share); at most MAX_FLOWS exist, and one more evicts the least recently stored, so a flood of anonymous GET
+/login costs bounded space and cannot block a person in the middle of a login.
 The flow's data (LoginFlow, LoginResult, what GET /login may ask for) is in login_flow.py.
 """
 
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 from urllib.parse import urlencode
 
@@ -39,6 +43,7 @@ from identity.host import IdentityHost
 from identity.mapping import map_identity
 from identity.pkce import s256_challenge
 from identity.sessions import Identity
+from identity.store.base import StateStoreError, utc_now
 from identity.web.login_flow import FLOW_TTL_S, LoginFlow, LoginRefused, LoginResult, flow_fields_from_query
 from identity.web.pages import e, error_page, page, redirect
 from proxy.errors import PgwardenError
@@ -52,6 +57,12 @@ EVICTION_LOG_INTERVAL_S = 10.0
 FLOW_COOKIE = "pgw_flow"
 WEB_COOKIE = "pgw_web"
 HUMAN_PROVIDER_TYPES = ("oidc", "github", "saml")
+FLOW_KIND = "login-flow"  # ephemeral records in the state store
+CODE_KIND = "cli-code"
+MAX_CODES = 10_000
+
+
+_CHECKED_OUT = web.RequestKey("pgwarden.flow", LoginFlow)  # the flow a request took from the store
 
 
 class ProviderHandler(Protocol):
@@ -83,14 +94,6 @@ class SecondFactor:
     available: Callable[[str], Awaitable[bool]]  # does this user have it enrolled?
 
 
-@dataclass(slots=True)
-class _IssuedCode:
-    token: str
-    body: dict[str, Any]
-    code_challenge: str
-    expires: float
-
-
 class AuthServer:
     """Login pages and the finish of every login, bound to one IdentityHost (its snapshot, tokens and store)."""
 
@@ -103,8 +106,6 @@ class AuthServer:
         self.pages: list[Pages] = []
         self.second_factors: list[SecondFactor] = []
         self.first_factor_links: list[tuple[str, str]] = []  # (label, path) e.g. passkey sign-in without SSO
-        self._flows: dict[str, LoginFlow] = {}  # least recently used first
-        self._codes: dict[str, _IssuedCode] = {}
         self.evicted_flows = 0
         self._evictions_unlogged = 0
         self._evictions_logged_at = 0.0
@@ -125,61 +126,82 @@ class AuthServer:
         app.router.add_get("/login/idp/{idp}", self._start_provider)
         app.router.add_post("/v1/auth/cli/token", self._redeem_code)
         app.router.add_get("/v1/auth/cluster", self._cluster)
+        app.middlewares.append(self._return_flows)
         for module in [*self.handlers.values(), *self.pages]:
             module.add_routes(app, self)
 
     # --- flows --------------------------------------------------------------------------------------
 
     def new_flow(self, **fields: Any) -> LoginFlow:
-        now = time.monotonic()
-        self._make_room(now)
-        flow = LoginFlow(id=secrets.token_urlsafe(24), created=now, **fields)
-        self._flows[flow.id] = flow
+        """A fresh flow, in memory until `save_flow` (or the end of the request that took it) stores it."""
+        return LoginFlow(id=secrets.token_urlsafe(24), created=time.time(), **fields)
+
+    async def save_flow(self, flow: LoginFlow) -> None:
+        """Put `flow` (back) in the shared store, where the next step finds it on any replica."""
+        if flow.is_done:
+            return
+        expires = datetime.fromtimestamp(flow.created + FLOW_TTL_S, UTC)
+        evicted = await self.host.identity.store.put_ephemeral(FLOW_KIND, flow.id, flow.encode(), expires_at=expires,
+                                                               max_rows=MAX_FLOWS)
+        if evicted:
+            self._count_evictions(evicted, time.monotonic())
+
+    async def take_flow(self, flow_id: str) -> LoginFlow | None:
+        """The unexpired flow `flow_id`, taken out of the store (no cookie check: for callers that make their own)."""
+        if not flow_id:
+            return None
+        data = await self.host.identity.store.take_ephemeral(FLOW_KIND, flow_id)
+        flow = LoginFlow.decode(data) if data is not None else None
+        if flow is None or flow.is_expired(time.time()):
+            return None
         return flow
 
-    def flow(self, request: web.Request, flow_id: str | None = None) -> LoginFlow:
+    async def flow(self, request: web.Request, flow_id: str | None = None) -> LoginFlow:
         """The flow named by `flow_id` (default: the `flow` query parameter), bound to this browser's cookie.
 
-        The cookie check stops login CSRF: a flow someone else started cannot be finished in your browser.
+        Taken from the store for this request, and put back when it ends (unless finished or dropped). The
+        cookie check stops login CSRF: a flow someone else started cannot be finished in your browser.
         """
         flow_id = flow_id or request.query.get("flow", "")
-        flow = self._flows.pop(flow_id, None)
-        if flow is None or flow.is_expired(time.monotonic()):
+        flow = await self.take_flow(flow_id)
+        if flow is None:
             raise LoginRefused("this login has expired or is unknown", hint="start again from the login page")
-        self._flows[flow_id] = flow  # back to the end: most recently used, last to be evicted
         cookie = request.cookies.get(FLOW_COOKIE, "")
         if not hmac.compare_digest(cookie.encode(), flow.id.encode()):
+            await self.save_flow(flow)  # still its owner's to finish
             raise LoginRefused("this login was started in another browser",
                                hint="start again from the login page in this browser")
+        self.check_out(request, flow)
         return flow
 
+    def check_out(self, request: web.Request, flow: LoginFlow) -> None:
+        """Let the end of `request` put `flow` back in the store (see `_return_flows`)."""
+        request[_CHECKED_OUT] = flow
+
     def drop_flow(self, flow: LoginFlow) -> None:
-        self._flows.pop(flow.id, None)
+        """The flow is over (finished, or refused for good): it does not go back to the store."""
+        flow.is_done = True
 
-    def _make_room(self, now: float) -> None:
-        """Drop expired flows from the front, then the least recently used while the table is full."""
-        flows = self._flows
-        evicted = 0
-        while flows:
-            oldest = next(iter(flows.values()))
-            if not oldest.is_expired(now):
-                if len(flows) < MAX_FLOWS:
-                    break
-                evicted += 1
-            del flows[oldest.id]
-        if evicted:
-            self.evicted_flows += evicted
-            self._evictions_unlogged += evicted
-            if now - self._evictions_logged_at >= EVICTION_LOG_INTERVAL_S:
-                log.warning("login flows: %d unfinished login(s) evicted, least recently used first (%d at most)",
-                            self._evictions_unlogged, MAX_FLOWS)
-                self._evictions_unlogged, self._evictions_logged_at = 0, now
+    @web.middleware
+    async def _return_flows(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        try:
+            response: web.StreamResponse = await handler(request)
+            return response
+        finally:
+            flow = request.get(_CHECKED_OUT)
+            if isinstance(flow, LoginFlow) and not flow.is_done:
+                try:
+                    await self.save_flow(flow)
+                except StateStoreError as exc:
+                    log.warning("login flow could not go back to the state store: %s", exc.message)
 
-    def _expire(self, now: float) -> None:
-        for key in [k for k, f in self._flows.items() if f.is_expired(now)]:
-            del self._flows[key]
-        for key in [k for k, c in self._codes.items() if c.expires < now]:
-            del self._codes[key]
+    def _count_evictions(self, evicted: int, now: float) -> None:
+        self.evicted_flows += evicted
+        self._evictions_unlogged += evicted
+        if now - self._evictions_logged_at >= EVICTION_LOG_INTERVAL_S:
+            log.warning("login flows: %d unfinished login(s) evicted, least recently used first (%d at most)",
+                        self._evictions_unlogged, MAX_FLOWS)
+            self._evictions_unlogged, self._evictions_logged_at = 0, now
 
     # --- identities ---------------------------------------------------------------------------------
 
@@ -238,6 +260,7 @@ class AuthServer:
         """Create the Session for `result` and deliver its credential to whoever started `flow`."""
         if result.aal < flow.want_aal:
             flow.pending = result
+            await self.save_flow(flow)  # parked: the second factor may be served by another replica
             return redirect(f"/login/second-factor?{urlencode({'flow': flow.id})}")
         self.drop_flow(flow)
         session, token = await self.host.identity.issue_token(
@@ -250,8 +273,9 @@ class AuthServer:
                 "aal": str(session.aal), "expiresAt": session.expires_at.isoformat(), **self.cluster_info()}
         if flow.redirect_uri:
             code = secrets.token_urlsafe(32)
-            self._codes[code] = _IssuedCode(token=token, body=body, code_challenge=flow.code_challenge,
-                                            expires=time.monotonic() + CODE_TTL_S)
+            issued = json.dumps({"body": body, "codeChallenge": flow.code_challenge}).encode()
+            await self.host.identity.store.put_ephemeral(CODE_KIND, code, issued, max_rows=MAX_CODES,
+                                                         expires_at=utc_now() + timedelta(seconds=CODE_TTL_S))
             target = f"{flow.redirect_uri}?{urlencode({'code': code, 'state': flow.state})}"
             return _clear_flow_cookie(redirect(target))
         if flow.user_code:
@@ -287,6 +311,7 @@ class AuthServer:
             flow = self.new_flow(**fields)
         except LoginRefused as exc:
             return self.refuse(exc, status=400)
+        self.check_out(request, flow)  # stored when this page is served
         providers = [p for p in self.host.live.snapshot.identity_providers.values()
                      if p.type in HUMAN_PROVIDER_TYPES and not p.is_disabled]
         if q.get("idp"):
@@ -308,7 +333,7 @@ class AuthServer:
     async def _start_provider(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["idp"]
         try:
-            flow = self.flow(request)
+            flow = await self.flow(request)
             provider = self.host.live.snapshot.identity_providers.get(name)
             if provider is None or provider.type not in self.handlers:
                 raise LoginRefused(f"there is no sign-in method named {name!r}")
@@ -319,7 +344,7 @@ class AuthServer:
 
     async def _second_factor_page(self, request: web.Request) -> web.StreamResponse:
         try:
-            flow = self.flow(request)
+            flow = await self.flow(request)
         except LoginRefused as exc:
             return self.refuse(exc)
         if flow.pending is None:
@@ -341,14 +366,14 @@ class AuthServer:
             code, verifier = str(body["code"]), str(body["codeVerifier"])
         except (ValueError, KeyError, TypeError):
             return web.json_response({"error": 'expected {"code": CODE, "codeVerifier": VERIFIER}'}, status=400)
-        self._expire(time.monotonic())
-        issued = self._codes.pop(code, None)
-        if issued is None:
+        stored = await self.host.identity.store.take_ephemeral(CODE_KIND, code)  # one use, on any replica
+        if stored is None:
             return web.json_response({"error": "unknown, used or expired login code"}, status=400)
-        if not hmac.compare_digest(s256_challenge(verifier), issued.code_challenge):
+        issued = json.loads(stored)
+        if not hmac.compare_digest(s256_challenge(verifier), str(issued["codeChallenge"])):
             log.warning("login code presented with the wrong PKCE verifier")
             return web.json_response({"error": "the code verifier does not match"}, status=400)
-        return web.json_response(issued.body)
+        return web.json_response(issued["body"])
 
     async def _cluster(self, _: web.Request) -> web.Response:
         return web.json_response(self.cluster_info())

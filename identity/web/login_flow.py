@@ -4,6 +4,7 @@ path, an AAL, a TTL), the LoginFlow that carries it, and the LoginResult a login
 from __future__ import annotations
 
 import ipaddress
+import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,7 +36,7 @@ class LoginResult:
 @dataclass(slots=True, kw_only=True)
 class LoginFlow:
     id: str
-    created: float
+    created: float  # wall clock (time.time()): replicas share it, unlike a monotonic clock
     redirect_uri: str = ""  # CLI loopback redirect
     state: str = ""  # the CLI's state, echoed back on the redirect
     code_challenge: str = ""  # the CLI's PKCE S256 challenge
@@ -45,9 +46,22 @@ class LoginFlow:
     ttl_s: int = DEFAULT_SESSION_TTL_S
     pending: LoginResult | None = None  # first factor done, second factor still to come
     data: dict[str, Any] = field(default_factory=dict)  # per-method scratch: OIDC nonce/verifier, SAML request id…
+    is_done: bool = False  # finished or dropped: it does not go back to the state store
 
     def is_expired(self, now: float) -> bool:
         return now - self.created > FLOW_TTL_S
+
+    def encode(self) -> bytes:
+        return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
+
+    @staticmethod
+    def decode(data: bytes) -> LoginFlow:
+        # Only bytes that opened with the replicas' state key (AES-GCM, bound to this flow id) reach here: a
+        # writer of the store without that key cannot forge a flow, so unpickling trusts what we sealed.
+        flow = pickle.loads(data)  # noqa: S301
+        if not isinstance(flow, LoginFlow):
+            raise TypeError("not a login flow")
+        return flow
 
 
 def is_loopback_redirect(uri: str) -> bool:

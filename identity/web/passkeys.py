@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
+from datetime import timedelta
 from urllib.parse import urlencode, urlsplit
 
 from aiohttp import web
@@ -45,6 +45,8 @@ LOGIN_PATH = "/login/passkey"
 ADD_PATH = "/account/passkeys"
 REMOVE_PATH = "/account/passkeys/remove"
 CHALLENGE_TTL_S = 300
+REGISTRATION_KIND = "passkey-registration"  # ephemeral records in the state store
+MAX_REGISTRATIONS = 10_000
 RP_NAME = "pgwarden"
 
 # The browser half: WebAuthn Level 3's JSON helpers do the base64url work, so the page stays this short.
@@ -89,7 +91,6 @@ class PasskeyMethod:
         # WebAuthn binds credentials to a registrable domain, never an IP address: reach the server by name.
         self.rp_id = parts.hostname or "localhost"
         self.origin = f"{parts.scheme}://{parts.netloc}"
-        self._registrations: dict[str, tuple[bytes, float]] = {}  # web session id → (challenge, issued at)
         account.sections.append(self._section)
         auth.second_factors.append(SecondFactor(name="passkey", label="Use a passkey", path=LOGIN_PATH,
                                                 available=self._has_passkey))
@@ -109,7 +110,7 @@ class PasskeyMethod:
 
     async def _login_page(self, request: web.Request) -> web.StreamResponse:
         try:
-            flow = self.auth.flow(request)
+            flow = await self.auth.flow(request)
         except LoginRefused as exc:
             return self.auth.refuse(exc)
         # No allowCredentials: the authenticator offers its own (discoverable) credentials; the server then
@@ -128,7 +129,7 @@ class PasskeyMethod:
 
     async def _login_finish(self, request: web.Request) -> web.StreamResponse:
         try:
-            flow = self.auth.flow(request)
+            flow = await self.auth.flow(request)
             result = await self._verify_assertion(flow, str((await request.post()).get("credential", "")))
             return await self.auth.finish_login(request, flow, result)
         except LoginRefused as exc:
@@ -210,8 +211,10 @@ class PasskeyMethod:
                 user_verification=UserVerificationRequirement.REQUIRED),
             exclude_credentials=[PublicKeyCredentialDescriptor(id=c.credential_id) for c in mine],
         )
-        self._expire_registrations()
-        self._registrations[identity.session.id] = (options.challenge, time.monotonic())
+        # In the shared store, keyed by the web session: the POST may be served by another replica.
+        await self.auth.host.identity.store.put_ephemeral(
+            REGISTRATION_KIND, identity.session.id, options.challenge, max_rows=MAX_REGISTRATIONS,
+            expires_at=utc_now() + timedelta(seconds=CHALLENGE_TTL_S))
         html += (f"<form method=post action={ADD_PATH}><input type=hidden name=csrf value={csrf}>"
                  "<input type=hidden name=credential>"
                  "<button type=button data-webauthn=create data-options=passkey-register>Add a passkey</button>"
@@ -219,18 +222,12 @@ class PasskeyMethod:
                  f"{_options_tag('passkey-register', options_to_json(options))}</section>")
         return html, _SCRIPT
 
-    def _expire_registrations(self) -> None:
-        cutoff = time.monotonic() - CHALLENGE_TTL_S
-        for key in [k for k, (_, at) in self._registrations.items() if at < cutoff]:
-            del self._registrations[key]
-
     async def _add(self, request: web.Request) -> web.StreamResponse:
         checked = await self.account.change_request(request)
         if isinstance(checked, web.Response):
             return checked
         identity, form = checked
-        self._expire_registrations()
-        challenge, _ = self._registrations.pop(identity.session.id, (None, 0.0))
+        challenge = await self.auth.host.identity.store.take_ephemeral(REGISTRATION_KIND, identity.session.id)
         if challenge is None:
             return self.auth.refuse(LoginRefused("this registration has expired", hint="open /account again"))
         try:

@@ -109,8 +109,8 @@ class TotpMethod:
 
     # --- second factor ------------------------------------------------------------------------------
 
-    def _pending(self, request: web.Request) -> LoginFlow:
-        flow = self.auth.flow(request)
+    async def _pending(self, request: web.Request) -> LoginFlow:
+        flow = await self.auth.flow(request)
         if flow.pending is None:
             raise LoginRefused("sign in with your identity provider first", hint="start again from the login page")
         return flow
@@ -124,13 +124,13 @@ class TotpMethod:
 
     async def _login_page(self, request: web.Request) -> web.StreamResponse:
         try:
-            return self._form(self._pending(request))
+            return self._form(await self._pending(request))
         except LoginRefused as exc:
             return self.auth.refuse(exc)
 
     async def _login_finish(self, request: web.Request) -> web.StreamResponse:
         try:
-            flow = self._pending(request)
+            flow = await self._pending(request)
         except LoginRefused as exc:
             return self.auth.refuse(exc)
         first = flow.pending

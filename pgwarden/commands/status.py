@@ -92,12 +92,23 @@ def render(status: dict[str, Any], proxy: dict[str, Any] | None, expiring: list[
     return "\n".join(lines)
 
 
+def render_replicas(shared: dict[str, Any]) -> str:
+    """Who leads (holds the writer lease) and what each live replica has applied."""
+    lines = [f"\nreplicas:   {len(shared['replicas'])} live; this is {shared['replica']}; leader (writer lease): "
+             f"{shared['leader'] or '(none yet)'}{' (this one)' if shared['isLeader'] else ''}"]
+    for r in shared["replicas"]:
+        lines.append(f"  {r['id']:<24} {'leader ' if r['isLeader'] else '       '} {r['revision'] or '(nothing yet)'}  "
+                     f"{r['databaseConnections']} connection(s), cancel inbox {r['cancelAddress']}")
+    return "\n".join(lines)
+
+
 def run_status(args: argparse.Namespace) -> int:
     path = socket_path(args.data_dir, args.admin_socket)
     try:
         code, status = call(path, "GET", "/v1/status")
         _, proxy = call(path, "GET", "/healthz")
         state_code, state = call(path, "GET", "/v1/state")
+        replicas_code, replicas = call(path, "GET", "/v1/replicas")  # 404 unless replicas share a state store
     except AdminUnavailable as exc:
         error(str(exc), hint="start one with `pgwarden up`, or pass --data-dir")
         return 2
@@ -105,9 +116,11 @@ def run_status(args: argparse.Namespace) -> int:
         error("this instance runs no reconciler (started with `pgwarden proxy`?)")
         return 2
     expiring = expiring_grants(state, datetime.datetime.now(datetime.UTC)) if state_code == 200 else []
+    shared = replicas if replicas_code == 200 and isinstance(replicas, dict) else None
     if args.output == "json":
-        print(json.dumps({**status, "proxy": proxy, "expiringGrants": expiring}, indent=2))
+        print(json.dumps({**status, "proxy": proxy, "expiringGrants": expiring,
+                          **({"replicas": shared} if shared else {})}, indent=2))
     else:
-        print(render(status, proxy, expiring))
+        print(render(status, proxy, expiring) + (render_replicas(shared) if shared else ""))
     ready = any(c["type"] == "Ready" and c["status"] == "True" for c in status["conditions"])
     return 0 if ready and not status["suspended"] else 1

@@ -14,12 +14,14 @@ from pgwarden.demo_help import demo_help
 from pgwarden.demo_postgres import CHOICES as POSTGRES_CHOICES
 from pgwarden.keys import load_keyring
 from pgwarden.output import error
+from pgwarden.replica_options import add_replica_options, replica_settings_from
 from pgwarden.worker_options import add_up_worker_options
 from reconciler.loop import ReconcileOptions
 from reconciler.sops import SopsError
 from reconciler.source import SourceSpec
 from runtime.datadir import default_data_dir, prepare
 from runtime.process import RunningProxy, run
+from runtime.replica import is_shared_state
 from runtime.up import DRAIN_TIMEOUT_S, UpSettings, run_up_worker, serve_up, serve_up_with_workers
 from runtime.web import public_url_of
 
@@ -95,6 +97,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_proxy_options(p)
     add_http_limit_options(p)
     add_up_worker_options(p)
+    add_replica_options(p)
     p.set_defaults(func=run_up)
 
 
@@ -189,6 +192,9 @@ def run_up(args: argparse.Namespace) -> int:
         settings = settings_from(args)
         on_ready = (lambda running: print(_demo_help(running, args), flush=True)) if args.demo else None
         serve = serve_up_with_workers if settings.workers > 1 else serve_up
+        if settings.workers > 1 and is_shared_state(settings.proxy.state):
+            print("pgwarden: note: with --workers, the replica directory, cancel forwarding between replicas and "
+                  "the writer lease are off (docs/replicas.md)", file=sys.stderr)
         run(lambda: serve(settings, spec, keys, on_ready=on_ready))
     except OSError as exc:
         error(f"cannot listen: {exc.strerror or exc}", hint="pick other addresses with --listen/--http-listen")
@@ -220,6 +226,7 @@ def settings_from(args: argparse.Namespace) -> UpSettings:
     return UpSettings(
         proxy=options_from(args), http_listen=args.http_listen, public_url=public_url_from(args),
         http_limits=http_limits_from(args), workers=args.workers, drain_timeout_s=args.drain_timeout,
+        replica=replica_settings_from(args),
         reconcile=ReconcileOptions(allow_empty=args.allow_empty, allow_plaintext_secrets=args.allow_plaintext_secrets,
                                    health_probe=not args.no_health_probe, status_path=args.data_dir / "status.json"))
 

@@ -38,8 +38,9 @@ KEY = bytes(range(32))
 OTHER_KEY = bytes(32)
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 HOUR_S = 3600
+HOUR = timedelta(hours=1)
 TOTP_SECRET = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"
-TABLES = ("sessions", "passkeys", "totp", "device_codes", "counters")
+TABLES = ("sessions", "passkeys", "totp", "device_codes", "counters", "ephemeral")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -435,6 +436,50 @@ async def test_device_code_needs_a_live_code_and_session(store: IdentityStore) -
 # --- lifecycle ---------------------------------------------------------------------------------------------
 
 
+# --- ephemeral records (login flows, one-time codes) -------------------------------------------------------
+
+
+async def test_an_ephemeral_record_is_sealed_and_taken_once_by_one_of_two_stores(backend: Backend) -> None:
+    first, second = await backend.open(), await backend.open()
+    try:
+        await first.put_ephemeral("cli-code", "the-code", b"token material", max_rows=10,
+                                  expires_at=NOW + timedelta(minutes=2), now=NOW)
+        raw = backend.raw()
+        assert_not_stored(raw, "the-code")
+        assert_not_stored(raw, "token material")
+        assert await first.take_ephemeral("login-flow", "the-code", NOW) is None  # kinds do not mix
+        taken = await asyncio.gather(*(s.take_ephemeral("cli-code", "the-code", NOW) for s in (first, second)))
+        assert sorted(taken, key=bool) == [None, b"token material"]  # exactly one replica gets it
+        assert await second.take_ephemeral("cli-code", "the-code", NOW) is None
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_ephemeral_records_expire_and_are_bounded(store: IdentityStore) -> None:
+    later = NOW + timedelta(minutes=5)
+    await store.put_ephemeral("login-flow", "old", b"1", expires_at=NOW + timedelta(minutes=1), max_rows=2, now=NOW)
+    assert await store.take_ephemeral("login-flow", "old", later) is None  # expired: gone, never served
+    for i in range(3):
+        evicted = await store.put_ephemeral("login-flow", f"f{i}", b"%d" % i, expires_at=later, max_rows=2,
+                                            now=NOW + timedelta(seconds=i))
+        assert evicted == (1 if i == 2 else 0)
+    assert await store.take_ephemeral("login-flow", "f0", NOW) is None  # the least recently stored went
+    assert await store.take_ephemeral("login-flow", "f2", NOW) == b"2"
+    await store.put_ephemeral("login-flow", "f1", b"again", expires_at=later, max_rows=2, now=NOW)
+    assert await store.take_ephemeral("login-flow", "f1", NOW) == b"again"  # put replaces
+
+
+async def test_a_sealed_ephemeral_record_cannot_move_to_another_key(store: IdentityStore, backend: Backend) -> None:
+    await store.put_ephemeral("login-flow", "mine", b"alice's flow", expires_at=NOW + HOUR, max_rows=5, now=NOW)
+    await store.put_ephemeral("login-flow", "yours", b"bob's flow", expires_at=NOW + HOUR, max_rows=5, now=NOW)
+    table = backend.table("ephemeral")
+    backend.execute(f"UPDATE {table} SET value_sealed = (SELECT value_sealed FROM {table} e WHERE e.key_hash = "
+                    f"'{hash_secret('mine')}') WHERE key_hash = '{hash_secret('yours')}'")
+    with pytest.raises(EncryptionKeyMismatch):
+        await store.take_ephemeral("login-flow", "yours", NOW)
+
+
 async def test_reopening_keeps_everything(backend: Backend) -> None:
     first = await backend.open()
     try:
@@ -565,3 +610,19 @@ async def test_proxy_housekeeping_keeps_recently_expired_sessions(store: Identit
     assert await store.get_session(long_gone) is None
     assert await store.get_session(just_expired) is not None  # still shown by `pgwarden sessions list`
     assert await store.device_code_by_user_code("WXYZ-BCDF") is None
+
+
+async def test_only_the_writer_lease_holder_runs_housekeeping(store: IdentityStore, tmp_path: Path) -> None:
+    from identity.sessions import SessionAuthority
+    from identity.tokens import TokenAuthority
+    from proxy.audit.accesslog import AccessLog, AccessLogWriter
+    from proxy.server import PURGE_AFTER, ProxyServer
+
+    long_gone = await new_session(store, now=NOW - PURGE_AFTER - timedelta(hours=2))
+    server = ProxyServer(tls_context=None, identity=SessionAuthority(TokenAuthority.load_or_create(tmp_path), store),
+                         access_log=AccessLog(AccessLogWriter(None)), fingerprint_key=b"k" * 32)
+    server.is_writer = lambda: False  # a replica that waits for the lease (runtime/replica.py sets this)
+    assert await server.housekeeping(NOW) == 0
+    assert await store.get_session(long_gone) is not None
+    server.is_writer = lambda: True
+    assert await server.housekeeping(NOW) == 1

@@ -127,13 +127,14 @@ def bind_auth_socket() -> tuple[socket.socket, str]:
 
 
 def start_auth_site(pg: Any, base: Path, *, bound: tuple[socket.socket, str] | None = None,
-                    issuer: str = "http://localhost:9", ) -> tuple[AuthSite, Callable[[], None]]:
+                    issuer: str = "http://localhost:9", **harness: Any) -> tuple[AuthSite, Callable[[], None]]:
     """The proxy on MANIFESTS plus the auth server. `issuer`: the OIDC provider of IdentityProvider `corp`
-    (contacted only when someone signs in through it)."""
+    (contacted only when someone signs in through it). `harness`: start_harness options (replicas pass a
+    shared `state`, `data_dir` and their own `name`)."""
     manifests = (MANIFESTS + "".join(USER.format(name=n) for n in PEOPLE)).replace("__ISSUER__", issuer) \
         .replace("__CLIENT_ID__", OIDC_CLIENT_ID).replace("__CLIENT_SECRET__", OIDC_CLIENT_SECRET)
     sock, url = bound or bind_auth_socket()
-    proxy, stop_proxy = start_harness(pg, base, manifests_text=manifests)
+    proxy, stop_proxy = start_harness(pg, base, manifests_text=manifests, **harness)
 
     async def serve() -> tuple[AuthServer, web.AppRunner]:
         auth = build_auth_server(proxy.running.server, public_url=url)
@@ -150,7 +151,7 @@ def start_auth_site(pg: Any, base: Path, *, bound: tuple[socket.socket, str] | N
         proxy.run(runner.cleanup())
         stop_proxy()
 
-    return AuthSite(proxy=proxy, auth=auth, url=url, data_dir=base / "data"), stop
+    return AuthSite(proxy=proxy, auth=auth, url=url, data_dir=harness.get("data_dir") or base / "data"), stop
 
 
 def set_cookie(client: aiohttp.ClientSession, site_url: str, name: str, value: str, path: str = "/") -> None:

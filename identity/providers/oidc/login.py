@@ -74,7 +74,7 @@ class OidcLogin:
     async def callback(self, request: web.Request, auth: AuthServer) -> web.StreamResponse:
         provider_name = "?"
         try:
-            flow = auth.flow(request, request.cookies.get(FLOW_COOKIE, "") or "-")
+            flow = await auth.flow(request, request.cookies.get(FLOW_COOKIE, "") or "-")
             pending = flow.data.pop("oidc", None)  # one callback per authorization request, replay or not
             if not isinstance(pending, _PendingOidc):
                 raise LoginRefused("this sign-in did not go to an OpenID Connect provider",
