@@ -39,6 +39,7 @@ from identity.tokens import TokenAuthority
 from pgwarden.adminclient import request
 from pgwarden.commands.proxy import options_from
 from pgwarden.datadir import ADMIN_SOCKET, fingerprint_key, prepare, state_key
+from pgwarden.notifications import notify_revocations, start_notifications
 from pgwarden.output import error
 from pgwarden.runtime import ProxyOptions, RunningProxy, run, serve_until_signal, start_proxy
 from pgwarden.workers import (
@@ -275,8 +276,9 @@ async def serve_with_workers(args: argparse.Namespace, spec: SourceSpec, keys: K
     worker_sockets = [worker_admin_socket(admin_socket, i) for i in range(workers.count)]
     source, target, reconciler, metrics = up.build_reconciler(
         args, spec, keys, count_sessions=lambda server: len(server.session_list()))  # every worker's sessions
-    running = await start_control(options, workers.port, worker_sockets,
-                                  admin_routes=lambda app: add_reconciler_routes(app, reconciler, metrics))
+    notifier = start_notifications(args, reconciler, metrics.registry)
+    running = await start_control(options, workers.port, worker_sockets, admin_routes=lambda app: (
+        add_reconciler_routes(app, reconciler, metrics), notify_revocations(app, notifier)))
     target.server = running.server
     watch: asyncio.Task[None] | None = None
     loop_task: asyncio.Task[None] | None = None
