@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from reconciler.status import ConditionStatus, Reason, Status
@@ -31,6 +31,7 @@ class ReconcilerMetrics:
         open_sessions = Gauge("pgwarden_sessions_open", "Client sessions relaying now", registry=self.registry)
         open_sessions.set_function(lambda: float(sessions()))
         self.registry.register(StatusCollector(status))
+        ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, process_cpu_seconds_total
         self._seen = 0
 
     def observe(self) -> None:

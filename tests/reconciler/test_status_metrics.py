@@ -52,3 +52,10 @@ def test_each_probed_upstream_is_up_or_down_and_skipped_ones_are_absent() -> Non
         (("config", "full-access"), ("service", "my-db")): 0.0,
         (("config", "read-only"), ("service", "my-db")): 1.0,
     }
+
+
+def test_the_process_reports_its_memory_and_cpu() -> None:
+    # The sizing figures (memory per session, CPU per transaction) are read from these two on a live pod.
+    metrics = _metrics(Status())
+    assert _samples(metrics, "process_resident_memory_bytes")[()] > 10 * 2**20
+    assert _samples(metrics, "process_cpu_seconds_total")[()] > 0
