@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pyrage
 
+from identity.certs import ClientCertificateAuthority
+from identity.tokens import TokenAuthority
+from pgwarden.datadir import fingerprint_key, state_key
 from tests.deploy.rendered import PgwardenPod
 from tests.support.pgcluster import issue_cert, make_test_ca
 
@@ -20,6 +23,10 @@ def lay_out(pod: PgwardenPod, pod_root: Path) -> dict[str, Path]:
     mounted: dict[str, Path] = {}
     for mount in pod.container["volumeMounts"]:
         host = pod_root / mount["mountPath"].lstrip("/")
+        if "subPath" in mount:  # one file of a Secret: the keys replicas share, made by pgwarden's own code
+            host.parent.mkdir(parents=True, exist_ok=True)
+            host.write_bytes((_shared_keys(pod_root) / mount["subPath"]).read_bytes())
+            continue
         host.mkdir(parents=True, exist_ok=True)
         mounted[mount["mountPath"]] = host
         secret = volumes[mount["name"]].get("secret")
@@ -45,3 +52,15 @@ def _write_secret_file(directory: Path, name: str) -> None:
     else:
         path.write_text("sqlite\n")  # the state store URL: sqlite in the data directory
     path.chmod(0o600)
+
+
+def _shared_keys(pod_root: Path) -> Path:
+    """What `pgwarden proxy --data-dir DIR` creates on a first start, as docs/operations.md has it made once."""
+    directory = pod_root.parent / "shared-keys"
+    if not directory.exists():
+        directory.mkdir(mode=0o700)
+        TokenAuthority.load_or_create(directory)
+        ClientCertificateAuthority.load_or_create(directory)
+        state_key(directory)
+        fingerprint_key(directory)
+    return directory

@@ -9,6 +9,9 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
+from identity.certs import CLIENT_CA_CERT, CLIENT_CA_KEY
+from identity.tokens import KEY_FILE
+from pgwarden.datadir import FINGERPRINT_KEY, STATE_KEY
 from tests.deploy.pod_files import lay_out
 from tests.deploy.rendered import KUBERNETES, OVERLAYS, ROOT, PgwardenPod, one, render
 
@@ -68,6 +71,21 @@ def test_every_file_an_argument_names_is_mounted_and_secrets_are_read_only(rende
         assert secret["defaultMode"] & 0o007 == 0, f"{option}: other users can read {path}"
     data_dir = pod.option("--data-dir")
     assert data_dir in mounts and "emptyDir" in volumes[mounts[data_dir]["name"]], "--data-dir needs a writable volume"
+
+
+def test_the_keys_replicas_share_come_from_one_secret(rendered: list[dict[str, Any]]) -> None:
+    # Each pod's data directory is its own emptyDir: a key pgwarden generated there would differ per replica,
+    # and a token issued by one would be refused by the next.
+    pod = PgwardenPod.of(rendered)
+    data_dir = pod.option("--data-dir")
+    volumes = {v["name"]: v for v in pod.pod_spec["volumes"]}
+    mounts = {m["mountPath"]: m for m in pod.container["volumeMounts"]}
+    secrets = set()
+    for name in (KEY_FILE, STATE_KEY, FINGERPRINT_KEY, CLIENT_CA_CERT, CLIENT_CA_KEY):
+        mount = mounts.get(f"{data_dir}/{name}")
+        assert mount is not None and mount["subPath"] == name and mount["readOnly"] is True, f"{name} is not mounted"
+        secrets.add(volumes[mount["name"]]["secret"]["secretName"])
+    assert len(secrets) == 1
 
 
 def test_ports_probes_and_services_match_the_listen_options(rendered: list[dict[str, Any]], tmp_path: Path) -> None:
