@@ -3,7 +3,8 @@
 #
 #   bash tests/install-deps.sh            # all of it
 #   bash tests/install-deps.sh system     # Debian packages only (as root, or through sudo)
-#   bash tests/install-deps.sh python     # pip install -e ".[test,bench]" (compiles proxy/pgwire/walker.py)
+#   bash tests/install-deps.sh python     # pip install -e ".[test,bench]" (compiles proxy/pgwire/walker.py), kubectl
+#   bash tests/install-deps.sh kubectl    # kubectl where it is missing (tests/deploy renders the manifests)
 #   bash tests/install-deps.sh node       # npm ci (identity test peers) and asyncpg's own test suite
 #
 # What each step installs is listed in tests/run.sh. A step whose inputs did not change since it last
@@ -116,7 +117,8 @@ install_asyncpg_suite() {
 case "${1:-all}" in
     system) install_debian ;;
     python) install_python; install_kubectl ;;
+    kubectl) install_kubectl ;;
     node) install_node; install_asyncpg_suite ;;
     all) install_debian; install_python; install_kubectl; install_node; install_asyncpg_suite ;;
-    *) echo "usage: bash tests/install-deps.sh [all|system|python|node]" >&2; exit 2 ;;
+    *) echo "usage: bash tests/install-deps.sh [all|system|python|kubectl|node]" >&2; exit 2 ;;
 esac
