@@ -92,3 +92,11 @@ def in_pod(args: list[str], pod_root: Path) -> list[str]:
     pattern = re.compile("|".join(re.escape(d) for d in POD_DIRS))
     return [pattern.sub(lambda m: str(pod_root) + m.group(0), arg) for arg in args]
 
+
+
+def dest_of(option: str, *values: str) -> str:
+    """The attribute `pgwarden up` stores `option` in, found by parsing it with two values (public argparse only)."""
+    first, second = (vars(build_parser("up").parse_args(["up", option, v])) for v in values)
+    changed = [name for name in first if first[name] != second[name]]
+    assert len(changed) == 1, f"{option}: expected one attribute to change, got {changed}"
+    return changed[0]

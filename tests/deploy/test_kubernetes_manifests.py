@@ -13,7 +13,7 @@ from identity.certs import CLIENT_CA_CERT, CLIENT_CA_KEY
 from identity.tokens import KEY_FILE
 from pgwarden.datadir import FINGERPRINT_KEY, STATE_KEY
 from tests.deploy.pod_files import lay_out
-from tests.deploy.rendered import KUBERNETES, OVERLAYS, ROOT, PgwardenPod, one, render
+from tests.deploy.rendered import KUBERNETES, OVERLAYS, ROOT, PgwardenPod, dest_of, one, render
 
 # The oldest Kubernetes minor still commonly run, and the newest kubernetes-validate knows.
 KUBERNETES_VERSIONS = ("1.29.0", kubernetes_validate.latest_version())
@@ -112,7 +112,7 @@ def test_ports_probes_and_services_match_the_listen_options(rendered: list[dict[
 def test_the_grace_period_outlasts_the_drain(rendered: list[dict[str, Any]], tmp_path: Path) -> None:
     pod = PgwardenPod.of(rendered)
     lay_out(pod, tmp_path)
-    drain = pod.parse(tmp_path).drain_timeout
+    drain = getattr(pod.parse(tmp_path), dest_of("--drain-timeout", "1", "2"))
     assert pod.pod_spec["terminationGracePeriodSeconds"] >= drain + 10, \
         f"terminationGracePeriodSeconds must exceed --drain-timeout ({drain} s) with room to close"
 
