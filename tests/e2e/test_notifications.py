@@ -104,12 +104,13 @@ def test_stalled_recovered_upstream_and_revocation_events_as_json(
     leak_guard.check(output, "pgwarden up output")
 
 
-def test_slack_shape_delivered_after_two_failures(
+def test_slack_shape_delivered_after_two_failures_with_workers(
     repo: ManifestRepo, tmp_path: Path, receivers: list[WebhookReceiver],
 ) -> None:
+    # With --workers the parent's admin API revokes and notifies; the workers only end connections.
     receiver = WebhookReceiver(fail_first=2).start()
     receivers.append(receiver)
-    up = start_up(repo, tmp_path, receiver, "--notify-format", "slack")
+    up = start_up(repo, tmp_path, receiver, "--notify-format", "slack", "--workers", "2")
     try:
         up.token("bob")
         assert up.cli("sessions", "revoke", "--user", "bob").returncode == 0
