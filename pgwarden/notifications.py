@@ -8,31 +8,19 @@ reviews access, and carry a credential (a Slack URL is one) that comes from the 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from aiohttp import web
-from prometheus_client import CollectorRegistry
-
 from pgwarden.state_dsn import MAX_STATE_FILE_BYTES
-from reconciler.loop import Reconciler
 from reconciler.notify import (
     ATTEMPT_TIMEOUT_S,
     QUEUE_SIZE,
-    Event,
-    EventKind,
     Format,
-    Notifier,
-    NotifierCollector,
     WebhookSettings,
 )
-from reconciler.status_events import StatusEvents
 
 URL_ENV = "PGWARDEN_NOTIFY_URL"
-_REVOKE_ROUTES = {"/v1/identity/sessions/{sid}/revoke", "/v1/identity/users/{user}/revoke"}
 
 
 def add_notification_options(p: argparse.ArgumentParser) -> None:
@@ -95,49 +83,3 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = Non
         return None
     return WebhookSettings(url=url, format=Format(args.notify_format), queue_size=max(1, args.notify_queue),
                            attempt_timeout_s=args.notify_timeout)
-
-
-def start_notifications(args: argparse.Namespace, reconciler: Reconciler,
-                        registry: CollectorRegistry) -> Notifier | None:
-    """Start the sender, subscribe it to the reconciler's status and export its counters; None when off."""
-    settings = settings_from(args)
-    if settings is None:
-        return None
-    notifier = Notifier(settings, source=reconciler.source.describe())
-    notifier.start()
-    reconciler.status_listeners.append(StatusEvents(notifier.publish).observe)
-    registry.register(NotifierCollector(notifier))  # type: ignore[arg-type]
-    return notifier
-
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def notify_revocations(app: web.Application, notifier: Notifier | None) -> None:
-    """On the admin API: after a successful revoke (`pgwarden sessions revoke`), publish SessionsRevoked.
-
-    Only the replica whose admin API revoked sends it; the others end their connections without a word.
-    """
-    if notifier is None:
-        return
-
-    @web.middleware
-    async def after_revoke(request: web.Request, handler: Handler) -> web.StreamResponse:
-        response = await handler(request)
-        route = request.match_info.route.resource
-        if request.method == "POST" and route is not None and route.canonical in _REVOKE_ROUTES \
-                and response.status == 200 and isinstance(response, web.Response) and response.text:
-            body = json.loads(response.text)
-            sessions = [str(s) for s in body.get("revoked", [])]
-            if sessions:
-                user = request.match_info.get("user")
-                who = f"all {len(sessions)} sessions of {user}" if user else f"session {sessions[0]}"
-                ended = int(body.get("databaseConnectionsEnded", 0))
-                notifier.publish(Event(kind=EventKind.SESSIONS_REVOKED,
-                                       text=f"revoked {who}; {ended} database connections ended here",
-                                       details={"sessions": sessions, "user": user or "",
-                                                "databaseConnectionsEnded": ended}))
-        return response
-
-    app.middlewares.append(after_revoke)
-
