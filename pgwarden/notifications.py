@@ -73,7 +73,7 @@ def _checked_url(url: str, *, where: str) -> str:
     return url
 
 
-def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = None) -> WebhookSettings | None:
+def webhook_settings_from(args: argparse.Namespace, environ: dict[str, str] | None = None) -> WebhookSettings | None:
     """The webhook of --notify-url-file, else $PGWARDEN_NOTIFY_URL, else None (no notifications)."""
     env = os.environ if environ is None else environ
     url = getattr(args, "notify_url", None)

@@ -39,7 +39,7 @@ from identity.tokens import TokenAuthority
 from pgwarden.adminclient import request
 from pgwarden.commands.proxy import options_from
 from pgwarden.datadir import ADMIN_SOCKET, fingerprint_key, prepare, state_key
-from pgwarden.notifications import settings_from
+from pgwarden.notifications import webhook_settings_from
 from pgwarden.output import error
 from pgwarden.runtime import ProxyOptions, RunningProxy, run, serve_until_signal, start_proxy
 from pgwarden.workers import (
@@ -277,7 +277,7 @@ async def serve_with_workers(args: argparse.Namespace, spec: SourceSpec, keys: K
     worker_sockets = [worker_admin_socket(admin_socket, i) for i in range(workers.count)]
     source, target, reconciler, metrics = up.build_reconciler(
         args, spec, keys, count_sessions=lambda server: len(server.session_list()))  # every worker's sessions
-    notifier = start_notifications(settings_from(args), reconciler, metrics.registry)
+    notifier = start_notifications(webhook_settings_from(args), reconciler, metrics.registry)
     running = await start_control(options, workers.port, worker_sockets, admin_routes=lambda app: (
         add_reconciler_routes(app, reconciler, metrics), notify_revocations(app, notifier)))
     target.server = running.server

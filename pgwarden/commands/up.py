@@ -23,7 +23,7 @@ from pgwarden import demo
 from pgwarden.commands.proxy import add_proxy_options, options_from, parse_listen
 from pgwarden.datadir import default_data_dir, prepare
 from pgwarden.keys import load_keyring
-from pgwarden.notifications import add_notification_options, settings_from
+from pgwarden.notifications import add_notification_options, webhook_settings_from
 from pgwarden.output import error
 from pgwarden.runtime import EmbeddedTarget, RunningProxy, run, serve_until_signal, start_proxy
 from pgwarden.up_workers import add_up_worker_options, run_up_worker, serve_with_workers
@@ -216,7 +216,7 @@ async def _serve(args: argparse.Namespace, spec: SourceSpec, keys: KeyRing, *, i
     # One /metrics for both rooms: the reconciler's registry already has these two series, with the same values.
     metrics.registry.register(ProxyCollector(  # type: ignore[arg-type]
         lambda: target.server, skip={"pgwarden_sessions_open", "pgwarden_live_generation"}))
-    notifier = start_notifications(settings_from(args), reconciler, metrics.registry)
+    notifier = start_notifications(webhook_settings_from(args), reconciler, metrics.registry)
     running = await start_proxy(options_from(args), Snapshot(), admin_routes=lambda app: (
         add_reconciler_routes(app, reconciler, metrics), notify_revocations(app, notifier)))
     target.server = running.server

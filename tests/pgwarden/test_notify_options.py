@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pgwarden.__main__ import build_parser
-from pgwarden.notifications import URL_ENV, settings_from
+from pgwarden.notifications import URL_ENV, webhook_settings_from
 from reconciler.notify import Format, WebhookSettings
 
 SECRET_URL = "https://hooks.example.com/services/T0/B0/s3cr3t-t0ken"
@@ -22,14 +22,14 @@ def parse(*args: str) -> object:
 def test_the_url_comes_from_a_file_and_is_never_shown(tmp_path: Path) -> None:
     url_file = tmp_path / "url"
     url_file.write_text("\n" + SECRET_URL + "\n")
-    settings = settings_from(parse("--notify-url-file", str(url_file), "--notify-format", "slack"), {})
+    settings = webhook_settings_from(parse("--notify-url-file", str(url_file), "--notify-format", "slack"), {})
     assert settings == WebhookSettings(url=SECRET_URL, format=Format.SLACK)
     assert settings is not None and settings.where == "https://hooks.example.com"
 
 
 def test_the_environment_is_the_fallback_and_nothing_means_off() -> None:
-    assert settings_from(parse(), {}) is None
-    settings = settings_from(parse(), {URL_ENV: SECRET_URL})
+    assert webhook_settings_from(parse(), {}) is None
+    settings = webhook_settings_from(parse(), {URL_ENV: SECRET_URL})
     assert settings is not None and settings.url == SECRET_URL and settings.format is Format.JSON
 
 
