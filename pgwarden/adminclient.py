@@ -1,18 +1,17 @@
 """Talk to a running `pgwarden up`/`proxy` over its admin socket: the one client for every admin-API call.
 
-Blocking on purpose (http.client over a unix socket): the CLI makes one call and exits, and the parent of
-`pgwarden up --workers N` calls its workers from synchronous code (ProxyServer.apply and session_list).
+Blocking (runtime/admin_socket.py): the CLI makes one call and exits.
 """
 
 from __future__ import annotations
 
-import http.client
-import json
-import socket
 from pathlib import Path
 from typing import Any
 
-from pgwarden.datadir import ADMIN_SOCKET, default_data_dir
+from runtime.admin_socket import request
+from runtime.datadir import ADMIN_SOCKET, default_data_dir
+
+__all__ = ["AdminUnavailable", "add_target_options", "call", "request", "socket_path"]
 
 
 class AdminUnavailable(Exception):
@@ -21,45 +20,6 @@ class AdminUnavailable(Exception):
 
 def socket_path(data_dir: Path | None, admin_socket: Path | None = None) -> Path:
     return admin_socket or (data_dir or default_data_dir()) / ADMIN_SOCKET
-
-
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: Path, timeout_s: float) -> None:
-        super().__init__("pgwarden", timeout=timeout_s)
-        self.socket_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(str(self.socket_path))
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
-
-
-def request(path: Path, method: str, url: str, *, timeout_s: float = 10.0, json_body: Any = None,
-            body: bytes | str | None = None) -> tuple[int, Any]:
-    """One request; returns (HTTP status, decoded JSON or text). Raises OSError if the socket cannot be reached.
-
-    `json_body` is sent encoded; `body` is sent as given (tests send malformed JSON this way).
-    """
-    if json_body is not None:
-        body = json.dumps(json_body)
-    data = body.encode() if isinstance(body, str) else body
-    connection = _UnixHTTPConnection(path, timeout_s)
-    try:
-        connection.request(method, url, body=data,
-                           headers={"Content-Type": "application/json"} if data is not None else {})
-        response = connection.getresponse()
-        text = response.read().decode(errors="replace")
-    finally:
-        connection.close()
-    try:
-        return response.status, json.loads(text)
-    except ValueError:
-        return response.status, text
 
 
 def call(path: Path, method: str, url: str, *, timeout_s: float = 10.0, json_body: Any = None,

@@ -19,8 +19,8 @@ from urllib.parse import urlsplit
 import aiohttp
 import platformdirs
 
-from pgwarden.datadir import default_data_dir
 from proxy.filesafe import write_private
+from runtime.datadir import default_data_dir
 
 DEFAULT_PROXY_PORT = 6543
 LOGIN_HINT = "run pgwarden login --cluster URL"

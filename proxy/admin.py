@@ -8,14 +8,16 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
+from identity.sessions import SessionAuthority
 from identity.store.base import utc_now
 from proxy import metrics
 from proxy.errors import PgwardenError, SnapshotRejected, SnapshotSuperseded
 from proxy.offload import run_beside_relay
+from proxy.routing import LiveSnapshot
 from proxy.server import ProxyServer
 from proxy.snapshot import Snapshot, from_wire, to_wire
 
@@ -32,7 +34,32 @@ def _snapshot_from_json(body: bytes) -> Snapshot:
     return from_wire(json.loads(body))
 
 
-def build_app(server: ProxyServer) -> web.Application:
+class AdminHost(Protocol):
+    """What the admin API serves: a ProxyServer, or runtime/'s worker group in `pgwarden up --workers`."""
+
+    @property
+    def live(self) -> LiveSnapshot: ...
+
+    @property
+    def applied_at(self) -> float: ...
+
+    @property
+    def fingerprint_key(self) -> bytes: ...
+
+    @property
+    def identity(self) -> SessionAuthority: ...
+
+    @property
+    def sessions(self) -> dict[str, Any]: ...
+
+    async def reload(self, snapshot: Snapshot) -> int: ...
+
+    def session_list(self) -> list[dict[str, Any]]: ...
+
+    async def revoke_identity_sessions(self, session_ids: list[str], *, reason: str) -> int: ...
+
+
+def build_app(server: AdminHost) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES)
 
     async def healthz(_: web.Request) -> web.Response:

@@ -6,6 +6,7 @@ PgwardenError
 ├── UnknownService          3D000
 ├── AccessDenied            42501; names the policy rule that decided
 ├── UpstreamUnavailable     08006
+├── AdminShutdown           57P01; the proxy is draining (SIGTERM) and ends the session
 └── SnapshotRejected        the admin API refused a snapshot; nothing changed
     ├── SnapshotInvalid     it cannot be compiled: the same snapshot is always refused
     ├── WorkerUnreachable   a worker could not be asked: a retry may succeed
@@ -18,6 +19,7 @@ from proxy.pgwire.errors import PgwardenError, ProtocolViolation
 
 __all__ = [
     "AccessDenied",
+    "AdminShutdown",
     "AuthenticationFailed",
     "PgwardenError",
     "ProtocolViolation",
@@ -52,6 +54,12 @@ class UpstreamUnavailable(PgwardenError):
     """The real database could not be reached or refused our login."""
 
     sqlstate = "08006"
+
+
+class AdminShutdown(PgwardenError):
+    """The proxy is shutting down (drained after SIGTERM); the client should reconnect, to another replica."""
+
+    sqlstate = "57P01"
 
 
 class SnapshotRejected(PgwardenError):

@@ -69,11 +69,32 @@ class RegisteredSession(Protocol):
     def terminate(self, reason: PgwardenError) -> None: ...
 
 
+class CancelRouter(Protocol):
+    """Where a CancelRequest goes when several processes share one address (runtime/ injects one).
+
+    PostgreSQL sends a cancel on a new connection, which may reach a process other than the session's owner:
+    the keys we hand out say which process owns them, and a cancel for another process's key is forwarded.
+    """
+
+    def claim(self, secret_key: int) -> int:
+        """`secret_key` changed (a few bits at most) so that it names this process; stays a signed int32."""
+        ...
+
+    def is_mine(self, secret_key: int) -> bool:
+        """Whether this process issued `secret_key`."""
+        ...
+
+    async def forward(self, process_id: int, secret_key: int) -> None:
+        """Send the cancel to the process that owns `secret_key`; never raises (a cancel gets no reply)."""
+        ...
+
+
 class SessionRegistry:
     """Live sessions, cancel keys, the identity index and connection slots of one proxy process."""
 
-    def __init__(self, metrics: ProxyMetrics) -> None:
+    def __init__(self, metrics: ProxyMetrics, *, cancel_router: CancelRouter | None = None) -> None:
         self.metrics = metrics
+        self.cancel_router = cancel_router  # None: one process owns every key
         self.sessions: dict[str, Any] = {}  # id -> a RegisteredSession that reached the relay
         self.connections: set[Any] = set()  # every open client socket, logged in or not
         self.by_cancel_key: dict[tuple[int, int], Any] = {}
@@ -90,8 +111,11 @@ class SessionRegistry:
         """
         assert session.route is not None and session.login is not None
         process_id = session.login.process_id
+        router = self.cancel_router
         while True:
             secret_key = secrets.randbits(32) - 2**31
+            if router is not None:
+                secret_key = router.claim(secret_key)
             if (process_id, secret_key) not in self.by_cancel_key:
                 break
         route = session.route
@@ -158,6 +182,9 @@ class SessionRegistry:
 
     async def cancel(self, process_id: int, secret_key: int) -> None:
         """Forward a client's CancelRequest to the upstream backend of the session it names."""
+        if self.cancel_router is not None and not self.cancel_router.is_mine(secret_key):
+            await self.cancel_router.forward(process_id, secret_key)
+            return
         session = self.by_cancel_key.get((process_id, secret_key))
         if session is None or session.login is None or session.route is None:
             return

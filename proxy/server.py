@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -25,7 +24,7 @@ from proxy.metrics import ProxyMetrics
 from proxy.offload import compile_window
 from proxy.pgwire.errors import PgwardenError
 from proxy.preauth import PreAuthLimits, PreAuthRegistry
-from proxy.registry import SessionRegistry
+from proxy.registry import CancelRouter, SessionRegistry
 from proxy.routing import LiveSnapshot
 from proxy.session import ClientSession, SessionCollaborators
 from proxy.snapshot import AuthorizationMode, Snapshot
@@ -53,7 +52,7 @@ class ProxyServer:
         default_service: str | None = None,
         client_ca: ClientCertificateAuthority | None = None,
         preauth_limits: PreAuthLimits | None = None,
-        registry_factory: Callable[[ProxyMetrics], SessionRegistry] = SessionRegistry,  # workers tag cancel keys
+        cancel_router: CancelRouter | None = None,  # several processes share the address (runtime/workers.py)
     ) -> None:
         self.tls_context = tls_context
         self.identity = identity
@@ -66,7 +65,7 @@ class ProxyServer:
         self.applied_at = time.time()
         self._reloads_asked = 0  # tickets handed to apply/reload calls, in the order they were made
         self._live_ticket = 0  # the ticket of the live snapshot: an older one never swaps in after it
-        self.registry = registry_factory(self.metrics)  # live sessions, cancel keys, identity index, slots
+        self.registry = SessionRegistry(self.metrics, cancel_router=cancel_router)  # sessions, cancel keys, identity
         self.preauth = PreAuthRegistry(preauth_limits or PreAuthLimits(), self.metrics)  # not logged in yet
         self.collaborators = SessionCollaborators(
             registry=self.registry, snapshots=self, access_log=access_log, metrics=self.metrics,
@@ -88,6 +87,11 @@ class ProxyServer:
         sockname = self._server.sockets[0].getsockname()
         self._identity_watch = loop.create_task(self.watch_identity_sessions())
         return sockname[0], sockname[1]
+
+    def stop_accepting(self) -> None:
+        """Close the listening socket, so a balancer moves on; open sessions carry on (proxy/drain.py ends them)."""
+        if self._server is not None:
+            self._server.close()
 
     async def close(self) -> None:
         if self._identity_watch is not None:

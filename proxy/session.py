@@ -165,6 +165,9 @@ class ClientSession(PgConnection):
         self.secret_key = 0
         self.transaction_status = b"I"
         self.pending_termination: PgwardenError | None = None
+        self.bytes_at_ready = 0  # bytes_received when the last ReadyForQuery went out: equal means idle
+        self.ending_at_ready: PgwardenError | None = None  # draining (proxy/drain.py): end at a ReadyForQuery
+        self.is_ending_in_transaction = False  # ... even one inside a transaction (the drain timeout passed)
         self.identity: Identity | None = None  # the token's claims and its identity Session
         self.is_tls = False
         self._codec = "utf-8"
@@ -520,6 +523,10 @@ class ClientSession(PgConnection):
         for type_byte, body in found:
             if type_byte == m.READY_FOR_QUERY:
                 self.transaction_status = body[:1]
+                self.bytes_at_ready = self.bytes_received
+                if self.ending_at_ready is not None and (body[:1] == b"I" or self.is_ending_in_transaction):
+                    # Draining: the relay that called us ends the session once this chunk is out, at a boundary.
+                    self.pending_termination = self.pending_termination or self.ending_at_ready
                 if self._cycle_watch is not None:
                     self._cycle_watch.on_cycle_reply(type_byte)
             elif type_byte in _COPY_IN and self._cycle_watch is not None:

@@ -26,13 +26,13 @@ def modules(package: str) -> list[Path]:
 
 @pytest.mark.parametrize("path", modules("proxy"), ids=lambda p: str(p.relative_to(ROOT)))
 def test_proxy_never_imports_reconciler_or_the_command(path: Path) -> None:
-    bad = {m for m in imports_of(path) if m.split(".")[0] in ("reconciler", "pgwarden")}
+    bad = {m for m in imports_of(path) if m.split(".")[0] in ("reconciler", "pgwarden", "runtime")}
     assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
 
 
 @pytest.mark.parametrize("path", modules("reconciler"), ids=lambda p: str(p.relative_to(ROOT)))
 def test_reconciler_never_imports_the_command(path: Path) -> None:
-    bad = {m for m in imports_of(path) if m.split(".")[0] == "pgwarden"}
+    bad = {m for m in imports_of(path) if m.split(".")[0] in ("pgwarden", "runtime")}
     assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
 
 
@@ -51,8 +51,38 @@ def test_identity_never_imports_the_proxy_server(path: Path) -> None:
     """Identity is handed the live snapshot and a session authority (identity/host.py), never the server."""
     bad = {m for m in imports_of(path)
            if m in ("proxy.server", "proxy.session", "proxy.registry", "proxy.relay", "proxy.admin")
-           or m.split(".")[0] in ("reconciler", "pgwarden")}
+           or m.split(".")[0] in ("reconciler", "pgwarden", "runtime")}
     assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
+
+
+@pytest.mark.parametrize("path", modules("runtime"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_runtime_never_imports_the_command(path: Path) -> None:
+    """pgwarden → runtime → reconciler / identity / proxy: the command calls the assembly, never the reverse."""
+    bad = {m for m in imports_of(path) if m.split(".")[0] == "pgwarden"}
+    assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
+
+
+@pytest.mark.parametrize("path", modules("runtime") + modules("pgwarden"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_server_is_composed_not_subclassed(path: Path) -> None:
+    """A topology (workers, replicas) composes ProxyServer and SessionRegistry; it never subclasses them."""
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.ClassDef):
+            bases = {ast.unparse(base).rsplit(".", 1)[-1] for base in node.bases}
+            assert not bases & {"ProxyServer", "SessionRegistry"}, f"{path.relative_to(ROOT)}: class {node.name}"
+
+
+FIRST_PARTY = ("proxy", "identity", "reconciler", "runtime", "pgwarden")
+
+
+@pytest.mark.parametrize("path", [p for package in FIRST_PARTY for p in modules(package)],
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_private_names_are_imported_across_modules(path: Path) -> None:
+    bad = [f"{node.module}.{alias.name}"
+           for node in ast.walk(ast.parse(path.read_text(), filename=str(path)))
+           if isinstance(node, ast.ImportFrom) and node.module and node.level == 0
+           and node.module.split(".")[0] in FIRST_PARTY
+           for alias in node.names if alias.name.startswith("_")]
+    assert not bad, f"{path.relative_to(ROOT)} imports private names {bad}"
 
 
 @pytest.mark.parametrize("path", modules("proxy"), ids=lambda p: str(p.relative_to(ROOT)))
@@ -124,3 +154,8 @@ def test_cycles_finds_a_cycle_through_a_function_level_import() -> None:
 def test_no_import_cycles_in_the_proxy_and_identity() -> None:
     """server → session → registry → metrics point one way; no module of proxy/ or identity/ imports itself back."""
     assert cycles(import_graph(("proxy", "identity"))) == []
+
+
+def test_no_import_cycles_in_the_command_and_the_runtime() -> None:
+    """`pgwarden up` and its workers share parts through runtime/, never by importing each other."""
+    assert cycles(import_graph(("pgwarden", "runtime"))) == []

@@ -95,7 +95,7 @@ def run_connect(args: argparse.Namespace) -> int:
                     loop.remove_signal_handler(sig)
             await agent.close()
 
-    from pgwarden.runtime import run  # the proxy's runtime module is heavy to import: only when serving
+    from runtime.process import run  # the proxy's runtime module is heavy to import: only when serving
 
     run(main)
     return code

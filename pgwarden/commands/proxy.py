@@ -11,12 +11,10 @@ from urllib.parse import urlsplit
 
 from identity.revocation_watch import STATE_OUTAGE_GRACE_S
 from pgwarden.addresses import parse_listen
-from pgwarden.datadir import default_data_dir
 from pgwarden.keys import add_key_options, load_keyring
 from pgwarden.output import error
-from pgwarden.runtime import ProxyOptions, run, serve_until_signal, start_proxy
 from pgwarden.state_dsn import add_state_options, state_from
-from pgwarden.workers import add_worker_options, announce_ready, is_parent, run_workers, worker_setup
+from pgwarden.worker_options import add_worker_options, is_parent
 from proxy.audit.normalize import QueryText
 from proxy.audit.otel import settings_from
 from proxy.offload import run_beside_relay
@@ -25,6 +23,9 @@ from proxy.server import ProxyServer
 from reconciler.directory import load_snapshot
 from reconciler.errors import ConfigError, ManifestErrors
 from reconciler.sops import KeyRing, SopsError
+from runtime.datadir import default_data_dir
+from runtime.process import ProxyOptions, run, serve_until_signal, start_proxy
+from runtime.workers import WorkersFailed, announce_ready, run_workers, start_worker, worker_options
 
 log = logging.getLogger("pgwarden")
 
@@ -234,11 +235,23 @@ def _serve_manifests(args: argparse.Namespace, keys: KeyRing | None) -> int:
         error(f"no such directory: {exc.filename or args.manifests}")
         return 2
     if is_parent(args):  # --workers N: this process only starts, signals and watches the workers
-        return run_workers(args, ready_to_stderr=args.access_log == "-")
+        host, port = args.listen
+        try:
+            run_workers(host, port, args.workers, ready_to_stderr=args.access_log == "-")
+        except OSError as exc:
+            error(f"cannot listen on {host}:{port}: {exc.strerror or exc}", hint="pick another address with --listen")
+            return 2
+        except WorkersFailed as exc:
+            error(exc.message, hint=exc.hint)
+            return 1
+        return 0
 
     async def main() -> None:
-        options, factory = worker_setup(options_from(args), args.worker_slot)
-        running = await start_proxy(options, snapshot, server_factory=factory)
+        slot = args.worker_slot
+        if slot is None:
+            running = await start_proxy(options_from(args), snapshot)
+        else:
+            running = await start_worker(worker_options(options_from(args), slot), snapshot, slot)
         announce_ready(running.ready_line(), is_to_stderr=args.access_log == "-")
 
         reloads = ManifestReloads(running.server, args.manifests, keys)

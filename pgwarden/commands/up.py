@@ -3,40 +3,24 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import logging
-import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
 
-from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST
-
-from identity.web.app import build_auth_server, canonical_login_host
-from identity.web.exchange import add_exchange_routes
-from identity.web.limits import HttpLimits, RateLimit, limit_app, start_limited_site
+from identity.web.limits import HttpLimits, RateLimit
 from pgwarden import demo
 from pgwarden.commands.proxy import add_proxy_options, options_from, parse_listen
-from pgwarden.datadir import default_data_dir, prepare
 from pgwarden.keys import load_keyring
 from pgwarden.notifications import add_notification_options, webhook_settings_from
 from pgwarden.output import error
-from pgwarden.runtime import EmbeddedTarget, RunningProxy, run, serve_until_signal, start_proxy
-from pgwarden.up_workers import add_up_worker_options, run_up_worker, serve_with_workers
-from proxy.metrics import ProxyCollector
-from proxy.server import ProxyServer
-from proxy.snapshot import Snapshot
-from reconciler.api import add_reconciler_routes
-from reconciler.loop import ReconcileOptions, Reconciler
-from reconciler.metrics import ReconcilerMetrics
-from reconciler.notifications import notify_revocations, start_notifications
-from reconciler.sops import KeyRing, SopsError
-from reconciler.source import GitSource, SourceSpec
-from reconciler.webhook import add_webhook_routes
+from pgwarden.worker_options import add_up_worker_options
+from reconciler.loop import ReconcileOptions
+from reconciler.sops import SopsError
+from reconciler.source import SourceSpec
+from runtime.datadir import default_data_dir, prepare
+from runtime.process import RunningProxy, run
+from runtime.up import DRAIN_TIMEOUT_S, UpSettings, run_up_worker, serve_up, serve_up_with_workers
+from runtime.web import public_url_of
 
 log = logging.getLogger("pgwarden")
 
@@ -55,6 +39,16 @@ A change is live within --poll-interval, within about a second when --repo is a 
 X-Hub-Signature-256 (GitHub, secret from $PGWARDEN_WEBHOOK_SECRET) or carrying
 "Authorization: Bearer $PGWARDEN_WEBHOOK_TOKEN". The webhook only triggers a fetch.
 Then: pgwarden status | pgwarden reconcile --with-source | pgwarden suspend | pgwarden resume
+
+probes (on --http-listen; JSON bodies give the reason):
+  GET /livez    200 while the process works (503: the reconcile loop died; restart it)
+  GET /readyz   200 once the first revision is applied and the proxy listens; 503 before, and while draining
+  GET /healthz  {"ready": ...} from the reconciler's Ready condition; 503 when not Ready (the last revision
+                failed, the last good one stays live)
+stopping: SIGTERM (or Ctrl-C) drains: /readyz turns 503, the PostgreSQL and HTTP listeners close, idle sessions
+end at once and busy ones when their transaction ends, up to --drain-timeout; the rest then end at their next
+message boundary with FATAL 57P01 (admin_shutdown), and pgwarden exits 0. A second signal ends everything at once.
+Under Kubernetes, set terminationGracePeriodSeconds above --drain-timeout + 5 (the last sessions' grace).
 """
 
 
@@ -89,6 +83,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="allow a revision with no objects to remove everything this source applied")
     p.add_argument("--no-health-probe", action="store_true",
                    help="do not log in to each upstream after an apply")
+    p.add_argument("--drain-timeout", type=float, default=DRAIN_TIMEOUT_S, metavar="SECONDS",
+                   help="on SIGTERM, how long open sessions may go on finishing their transactions before they are "
+                        f"ended with FATAL 57P01 (default {DRAIN_TIMEOUT_S:g}; 0: busy sessions end at their next "
+                        "ReadyForQuery); the listeners close at once, see 'stopping' below")
     add_proxy_options(p)
     add_http_limit_options(p)
     add_up_worker_options(p)
@@ -136,7 +134,7 @@ def http_limits_from(args: argparse.Namespace) -> HttpLimits:
 
 def run_up(args: argparse.Namespace) -> int:
     if args.worker_slot is not None:  # a proxy worker started by `pgwarden up --workers N`
-        return run_up_worker(args)
+        return _run_worker(args)
     if not args.demo and not args.repo:
         error("say where the manifests are: --repo URL|PATH (or try --demo)")
         return 2
@@ -174,13 +172,15 @@ def run_up(args: argparse.Namespace) -> int:
     try:
         if args.demo:
             try:
-                sso = demo.start_identity_provider(data_dir, public_url_of(args) + "/login/oidc/callback")
+                sso = demo.start_identity_provider(data_dir, public_url_from(args) + "/login/oidc/callback")
                 print(f"pgwarden demo: local OpenID Provider (npm oidc-provider, any password) on {sso.url}",
                       file=sys.stderr)
             except (demo.DemoError, OSError) as exc:
                 print(f"pgwarden demo: browser login is off: {exc}", file=sys.stderr)
-        serve = serve_with_workers if args.workers > 1 else _serve
-        run(lambda: serve(args, spec, keys, is_demo=args.demo))
+        settings = settings_from(args)
+        on_ready = (lambda running: print(_demo_help(running, args), flush=True)) if args.demo else None
+        serve = serve_up_with_workers if settings.workers > 1 else serve_up
+        run(lambda: serve(settings, spec, keys, on_ready=on_ready))
     except OSError as exc:
         error(f"cannot listen: {exc.strerror or exc}", hint="pick other addresses with --listen/--http-listen")
         return 2
@@ -193,103 +193,31 @@ def run_up(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_reconciler(
-    args: argparse.Namespace, spec: SourceSpec, keys: KeyRing, *, count_sessions: Callable[[ProxyServer], int],
-) -> tuple[GitSource, EmbeddedTarget, Reconciler, ReconcilerMetrics]:
-    """The control plane of `pgwarden up`: Git source, the target it applies to, the loop, and its metrics."""
-    source = GitSource(spec, cache_dir=args.data_dir / "source-cache")
-    target = EmbeddedTarget()
-    reconciler = Reconciler(source, target, keys, ReconcileOptions(
-        allow_empty=args.allow_empty, allow_plaintext_secrets=args.allow_plaintext_secrets,
-        health_probe=not args.no_health_probe, status_path=args.data_dir / "status.json"))
-    metrics = ReconcilerMetrics(
-        reconciler.status,
-        generation=lambda: target.server.live.generation if target.server else 0,
-        sessions=lambda: count_sessions(target.server) if target.server else 0,
-    )
-    return source, target, reconciler, metrics
-
-
-async def _serve(args: argparse.Namespace, spec: SourceSpec, keys: KeyRing, *, is_demo: bool) -> None:
-    source, target, reconciler, metrics = build_reconciler(args, spec, keys,
-                                                           count_sessions=lambda server: len(server.sessions))
-    # One /metrics for both rooms: the reconciler's registry already has these two series, with the same values.
-    metrics.registry.register(ProxyCollector(  # type: ignore[arg-type]
-        lambda: target.server, skip={"pgwarden_sessions_open", "pgwarden_live_generation"}))
-    notifier = start_notifications(webhook_settings_from(args), reconciler, metrics.registry)
-    running = await start_proxy(options_from(args), Snapshot(), admin_routes=lambda app: (
-        add_reconciler_routes(app, reconciler, metrics), notify_revocations(app, notifier)))
-    target.server = running.server
-    http = await _start_http(args, reconciler, running, metrics=metrics)
-    loop_task: asyncio.Task[None] | None = None
+def _run_worker(args: argparse.Namespace) -> int:
+    options = options_from(args)
     try:
-        first = await reconciler.reconcile()
-        loop_task = asyncio.get_running_loop().create_task(reconciler.run(initial=False))
-        print(running.ready_line(), file=sys.stderr, flush=True)
-        http_host, http_port = args.http_listen
-        print(f"pgwarden reconciler: {source.describe()} -> generation {running.server.live.generation}; "
-              f"webhook http://{http_host}:{http_port}/hooks/git", file=sys.stderr, flush=True)
-        if not first:
-            print("pgwarden: the first revision was not applied; see `pgwarden status`", file=sys.stderr)
-        if is_demo:
-            print(_demo_help(running, args), flush=True)
-        await serve_until_signal(running)
-    finally:
-        if loop_task is not None:
-            loop_task.cancel()
-            with contextlib.suppress(BaseException):
-                await loop_task
-        await http.cleanup()
+        run_up_worker(options, args.worker_slot, drain_timeout_s=args.drain_timeout)
+    except OSError as exc:  # the parent reports that this worker did not start
+        error(f"worker {args.worker_slot.index}: cannot listen on {options.listen_host}:{options.listen_port}: "
+              f"{exc.strerror or exc}")
+        return 2
+    return 0
 
 
-async def _start_http(args: argparse.Namespace, reconciler: Reconciler, running: RunningProxy, *,
-                      metrics: ReconcilerMetrics | None = None) -> web.AppRunner:
-    limits = http_limits_from(args)
-    app = web.Application(client_max_size=limits.max_body_bytes)
-    limit_app(app, lambda: running.server.identity.store, limits)  # outermost: timeouts, then rate limits
-    add_exchange_routes(app, running.server)
-    public_url = public_url_of(args)
-    auth = build_auth_server(running.server, public_url=public_url,
-                             cluster_info=lambda: cluster_info(running, public_url))
-    auth.add_routes(app)
-    app.middlewares.append(canonical_login_host(public_url))
-    add_webhook_routes(app, on_trigger=lambda: reconciler.request(with_source=True),
-                       github_secret=os.environ.get("PGWARDEN_WEBHOOK_SECRET"),
-                       token=os.environ.get("PGWARDEN_WEBHOOK_TOKEN"))
-
-    async def healthz(_: web.Request) -> web.Response:
-        return web.json_response({"ready": reconciler.status.is_ready})
-
-    app.router.add_get("/healthz", healthz)
-    if metrics is not None:
-        async def prometheus(_: web.Request) -> web.Response:
-            # The reconciler's and the proxy's series, for scrapers that cannot reach the admin socket.
-            return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-        app.router.add_get("/metrics", prometheus)
-    host, port = args.http_listen
-    return await start_limited_site(app, limits, host=host, port=port)
+def settings_from(args: argparse.Namespace) -> UpSettings:
+    """What runtime/up.py assembles from: the parsed options, checked."""
+    if args.drain_timeout < 0:
+        raise SystemExit("pgwarden: error: --drain-timeout must be 0 or more seconds")
+    return UpSettings(
+        proxy=options_from(args), http_listen=args.http_listen, public_url=public_url_from(args),
+        http_limits=http_limits_from(args), workers=args.workers, drain_timeout_s=args.drain_timeout,
+        notify=webhook_settings_from(args),
+        reconcile=ReconcileOptions(allow_empty=args.allow_empty, allow_plaintext_secrets=args.allow_plaintext_secrets,
+                                   health_probe=not args.no_health_probe, status_path=args.data_dir / "status.json"))
 
 
-def public_url_of(args: argparse.Namespace) -> str:
-    """--public-url, else http://HOST:PORT of --http-listen (localhost for loopback: WebAuthn needs a name)."""
-    if getattr(args, "public_url", None):
-        return str(args.public_url).rstrip("/")
-    host, port = args.http_listen
-    if host in ("127.0.0.1", "::1", "localhost"):
-        host = "localhost"
-    elif ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{port}"
-
-
-def cluster_info(running: RunningProxy, public_url: str) -> dict[str, Any]:
-    """What `pgwarden login` saves: where the proxy listens and the CA that signed its certificate."""
-    host = running.host
-    if host in ("0.0.0.0", "::", ""):  # listening everywhere: clients use the name they reach us by
-        host = urlsplit(public_url).hostname or "localhost"
-    ca_pem = running.ca_path.read_text() if running.ca_path else None
-    return {"proxyHost": host, "proxyPort": running.port, "caCertificate": ca_pem, "publicURL": public_url}
+def public_url_from(args: argparse.Namespace) -> str:
+    return public_url_of(getattr(args, "public_url", None), args.http_listen)
 
 
 def _demo_help(running: RunningProxy, args: argparse.Namespace) -> str:
@@ -298,7 +226,7 @@ def _demo_help(running: RunningProxy, args: argparse.Namespace) -> str:
     port = running.port
     http_host, http_port = args.http_listen
     cluster = "" if (http_host, http_port) == ("127.0.0.1", 8080) else f" --cluster http://{http_host}:{http_port}"
-    public_url = public_url_of(args)
+    public_url = public_url_from(args)
     return f"""
 pgwarden demo is running (Ctrl-C stops it and removes the throwaway database).
 

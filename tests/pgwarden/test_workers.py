@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from pgwarden.__main__ import build_parser
-from pgwarden.workers import WorkerSlot, admin_socket_for, parse_slot
+from pgwarden.worker_options import parse_slot
+from runtime.workers import WorkerSlot, admin_socket_for
 
 EDGES = [-(2**31), -1, 0, 1, 2**31 - 1, 2**31 - 2]
 

@@ -14,13 +14,13 @@ import pytest
 from identity.sessions import SessionAuthority
 from identity.store.sqlite import SqliteStore
 from identity.tokens import TokenAuthority
-from pgwarden.runtime import EmbeddedTarget
-from pgwarden.up_workers import ControlServer
 from proxy.audit.accesslog import AccessLog, AccessLogWriter
+from proxy.server import ProxyServer
 from reconciler.apply import InMemoryTarget, LiveTarget
 from reconciler.loop import ReconcileOptions, Reconciler
 from reconciler.source import GitSource, SourceSpec
 from reconciler.status import ConditionType, Reason, Status
+from runtime.worker_group import WorkerGroup
 
 SHORT_CLIENT_SECRET = "only-23-bytes-of-secret"  # validate cannot see a value's length; build can
 CREDENTIAL = f"""\
@@ -117,16 +117,14 @@ def refusing_worker(tmp_path: Path) -> Iterator[tuple[Path, _Worker]]:
     server.server_close()
 
 
-def embedded(server: ControlServer) -> EmbeddedTarget:
-    """The target `pgwarden up --workers` hands the reconciler: the parent's ControlServer."""
-    target = EmbeddedTarget()
-    target.server = server
-    return target
+def group(worker_sockets: list[Path], control: dict[str, object]) -> WorkerGroup:
+    """The target `pgwarden up --workers` hands the reconciler: the parent's WorkerGroup."""
+    return WorkerGroup(worker_sockets, ProxyServer(**control))  # type: ignore[arg-type]
 
 
 @pytest.fixture
 async def control(tmp_path: Path) -> AsyncIterator[dict[str, object]]:
-    """What a ControlServer needs besides its worker sockets: the parent of `pgwarden up --workers`."""
+    """What the parent's ProxyServer needs: the parent of `pgwarden up --workers`."""
     store = await SqliteStore(tmp_path / "state.db", encryption_key=b"k" * 32).open()
     yield {"tls_context": None, "identity": SessionAuthority(TokenAuthority.load_or_create(tmp_path), store),
            "access_log": AccessLog(AccessLogWriter(None)), "fingerprint_key": b"k" * 32}
@@ -137,19 +135,19 @@ async def test_a_snapshot_a_worker_cannot_compile_stalls(seed_root: Path, tmp_pa
                                                          refusing_worker: tuple[Path, _Worker],
                                                          control: dict[str, object]) -> None:
     path, worker = refusing_worker
-    target = embedded(ControlServer(worker_sockets=[path], **control))  # type: ignore[arg-type]
+    target = group([path], control)
     reconciler = reconciler_for(seed_root, tmp_path / "cache", target)
     assert not await reconciler.reconcile()
     assert_stalled(reconciler.status, Reason.APPLY_FAILED)
     assert "cannot compile" in reconciler.status.history[0].message
-    assert target.server.live.generation == 1 and worker.puts == 1
+    assert target.live.generation == 1 and worker.puts == 1
     assert not await reconciler.reconcile()  # no endless backoff: the same revision is not sent again
     assert worker.puts == 1
 
 
 async def test_an_unreachable_worker_is_retried(seed_root: Path, tmp_path: Path,
                                                 control: dict[str, object]) -> None:
-    target = embedded(ControlServer(worker_sockets=[tmp_path / "no-such-worker.sock"], **control))  # type: ignore[arg-type]
+    target = group([tmp_path / "no-such-worker.sock"], control)
     reconciler = reconciler_for(seed_root, tmp_path / "cache", target)
     assert not await reconciler.reconcile()
     status = reconciler.status
@@ -158,4 +156,4 @@ async def test_an_unreachable_worker_is_retried(seed_root: Path, tmp_path: Path,
     assert status.conditions[ConditionType.READY].reason == Reason.APPLY_FAILED
     assert status.next_retry_at is not None  # backoff: a worker that comes back takes the same revision
     assert "unreachable" in status.history[0].message
-    assert target.server.live.generation == 1
+    assert target.live.generation == 1

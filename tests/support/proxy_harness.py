@@ -16,9 +16,9 @@ from typing import Any
 
 import uvloop
 
-from pgwarden.runtime import ProxyOptions, RunningProxy, start_proxy
 from proxy.snapshot import Snapshot
 from reconciler.directory import load_snapshot
+from runtime.process import ProxyOptions, RunningProxy, start_proxy
 
 MANIFESTS = """\
 kind: Service

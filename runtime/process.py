@@ -7,9 +7,10 @@ import contextlib
 import logging
 import resource
 import signal
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -18,15 +19,16 @@ from identity.revocation_watch import STATE_OUTAGE_GRACE_S
 from identity.sessions import SessionAuthority
 from identity.store.opening import open_store
 from identity.tokens import TokenAuthority
-from pgwarden.datadir import ADMIN_SOCKET, fingerprint_key, prepare, state_key
 from proxy.admin import add_metrics_route, build_app, start_admin
 from proxy.audit.accesslog import AccessLog, AccessLogWriter
 from proxy.audit.normalize import QueryText
 from proxy.audit.otel import OtelAccessLogSink, OtlpSettings
 from proxy.preauth import PreAuthLimits
+from proxy.registry import CancelRouter
 from proxy.server import ProxyServer
 from proxy.snapshot import Snapshot
 from proxy.tls import ServerCertificate, ensure_local_certificate, server_context
+from runtime.datadir import ADMIN_SOCKET, fingerprint_key, prepare, state_key
 
 log = logging.getLogger("pgwarden")
 
@@ -56,6 +58,7 @@ class RunningProxy:
     port: int
     admin_socket: Path
     ca_path: Path | None
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)  # parts added by a topology
 
     def ready_line(self) -> str:
         ca = f", CA certificate {self.ca_path}" if self.ca_path else ""
@@ -63,6 +66,8 @@ class RunningProxy:
                 f"admin socket {self.admin_socket}{ca}, generation {self.server.live.generation}")
 
     async def close(self) -> None:
+        for close in self.closers:
+            await close()
         await self.server.close()
         await self.admin.cleanup()
         self.server.access_log.writer.close()
@@ -72,7 +77,7 @@ class RunningProxy:
 
 async def start_proxy(
     options: ProxyOptions, snapshot: Snapshot, *, admin_routes: Callable[[web.Application], None] | None = None,
-    server_factory: Callable[..., ProxyServer] = ProxyServer,  # pgwarden/workers.py passes a WorkerServer
+    cancel_router: CancelRouter | None = None, reuse_port: bool = False,  # runtime/workers.py: a worker
 ) -> RunningProxy:
     data_dir = prepare(options.data_dir)
     raise_open_files_limit()
@@ -83,7 +88,7 @@ async def start_proxy(
     writer = AccessLogWriter(options.access_log)
     store = await open_store(options.state, data_dir, encryption_key=state_key(data_dir))
     client_ca = ClientCertificateAuthority.load_or_create(data_dir)  # signs `pgwarden cert` certificates
-    server = server_factory(
+    server = ProxyServer(
         tls_context=server_context(cert, client_ca=client_ca.cert_path),
         client_ca=client_ca,
         identity=SessionAuthority(TokenAuthority.load_or_create(data_dir), store),
@@ -93,9 +98,10 @@ async def start_proxy(
         snapshot=snapshot,
         default_service=options.default_service,
         preauth_limits=options.preauth,
+        cancel_router=cancel_router,
     )
     server.state_outage_grace_s = options.state_outage_grace_s
-    host, port = await server.start(options.listen_host, options.listen_port)
+    host, port = await server.start(options.listen_host, options.listen_port, reuse_port=reuse_port)
     socket_path = options.admin_socket or data_dir / ADMIN_SOCKET
     app = build_app(server)
     if admin_routes is not None:
@@ -122,18 +128,42 @@ def raise_open_files_limit() -> int:
     return soft
 
 
-async def serve_until_signal(running: RunningProxy, *, on_reload: Callable[[], None] | None = None) -> None:
-    """Run until SIGINT/SIGTERM; SIGHUP calls `on_reload` (re-read the manifests)."""
+async def serve_until_signal(
+    running: RunningProxy, *, on_reload: Callable[[], None] | None = None,
+    drain: Callable[[], Coroutine[Any, Any, object]] | None = None, on_hurry: Callable[[], None] | None = None,
+    stop_signals: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM),
+) -> None:
+    """Run until one of `stop_signals`; SIGHUP calls `on_reload` (re-read the manifests).
+
+    With `drain`, the first signal runs it (stop accepting, let sessions finish: runtime/up.py) and a second
+    one cuts it short, calling `on_hurry` (a parent passes the signal on to its workers). Then `running` closes.
+    """
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop, hurry = asyncio.Event(), asyncio.Event()
+
+    def on_signal() -> None:
+        (hurry if stop.is_set() else stop).set()
+
+    for sig in stop_signals:
+        loop.add_signal_handler(sig, on_signal)
     if on_reload is not None:
         loop.add_signal_handler(signal.SIGHUP, on_reload)
     try:
         await stop.wait()
+        if drain is not None:
+            draining = loop.create_task(drain())
+            hurried = loop.create_task(hurry.wait())
+            await asyncio.wait({draining, hurried}, return_when=asyncio.FIRST_COMPLETED)
+            if not draining.done():
+                log.warning("second signal: ending every session now")
+                draining.cancel()
+                if on_hurry is not None:
+                    on_hurry()
+            hurried.cancel()
+            with contextlib.suppress(BaseException):
+                await draining
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        for sig in (*stop_signals, signal.SIGHUP):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)
         await running.close()

@@ -1,4 +1,4 @@
-"""`pgwarden proxy --workers N`: N worker processes, each with its own uvloop and ProxyServer, on one port.
+"""N worker processes, each with its own uvloop and ProxyServer, on one port (`pgwarden proxy|up --workers N`).
 
 How it works:
 - The parent reserves the port (a bound, non-listening SO_REUSEPORT socket, so `--listen HOST:0` works),
@@ -16,14 +16,11 @@ How it works:
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import dataclasses
-import functools
 import logging
 import os
-import secrets
 import select
 import signal
 import socket
@@ -31,18 +28,16 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from identity.store.base import utc_now
-from pgwarden.datadir import ADMIN_SOCKET
-from pgwarden.output import error
-from pgwarden.runtime import ProxyOptions
-from proxy.metrics import ProxyMetrics
-from proxy.registry import RegisteredSession, SessionRegistry
 from proxy.server import ProxyServer
+from proxy.snapshot import Snapshot
+from runtime.datadir import ADMIN_SOCKET
+from runtime.process import ProxyOptions, RunningProxy, start_proxy
 
 log = logging.getLogger("pgwarden")
 READY_FD_ENV = "PGWARDEN_WORKER_READY_FD"
@@ -70,13 +65,6 @@ class WorkerSlot:
         return unsigned - 2**32 if unsigned >= 2**31 else unsigned
 
 
-def parse_slot(text: str) -> WorkerSlot:
-    index, sep, count = text.partition("/")
-    if not sep or not index.isdigit() or not count.isdigit() or not 0 <= int(index) < int(count):
-        raise argparse.ArgumentTypeError(f"invalid worker slot {text!r}: use INDEX/COUNT, e.g. 1/4")
-    return WorkerSlot(index=int(index), count=int(count))
-
-
 MAX_WORKERS = 64
 
 
@@ -86,27 +74,6 @@ def cores_available() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not Linux
         return os.cpu_count() or 1
-
-
-def _workers(text: str) -> int:
-    """`--workers`: a count from 1 to 64, or `auto` for one per available core (at most 64)."""
-    if text.strip().lower() == "auto":
-        return max(1, min(cores_available(), MAX_WORKERS))
-    if not text.isdigit() or not 1 <= int(text) <= MAX_WORKERS:
-        raise argparse.ArgumentTypeError(f"invalid worker count {text!r}: use 1 to {MAX_WORKERS}, or auto")
-    return int(text)
-
-
-def add_worker_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workers", type=_workers, default=1, metavar="N|auto",
-                   help="worker processes sharing the listening port via SO_REUSEPORT; auto starts one per "
-                        "core this process may use (the production setting: one process relays on one core). "
-                        "Default 1, e.g. --workers auto; SIGHUP reloads all of them")
-    p.add_argument("--worker-slot", type=parse_slot, default=None, help=argparse.SUPPRESS)  # set by the parent
-
-
-def is_parent(args: argparse.Namespace) -> bool:
-    return args.workers > 1 and args.worker_slot is None
 
 
 def cancel_socket(data_dir: Path, index: int) -> Path:
@@ -120,28 +87,21 @@ def admin_socket_for(slot: WorkerSlot | None, admin_socket: Path) -> Path:
     return admin_socket.with_name(f"{admin_socket.stem}-{slot.index}{admin_socket.suffix}")
 
 
-class WorkerRegistry(SessionRegistry):
-    """A worker's sessions: cancel keys name the worker, and a cancel for a sibling's session is forwarded to it."""
+class WorkerCancelRouter:
+    """The registry's CancelRouter in a worker: keys name their worker; a sibling's key goes to its unix socket."""
 
-    def __init__(self, metrics: ProxyMetrics, *, slot: WorkerSlot, data_dir: Path) -> None:
-        super().__init__(metrics)
+    def __init__(self, slot: WorkerSlot, data_dir: Path) -> None:
         self.slot = slot
         self.data_dir = data_dir
 
-    def register(self, session: RegisteredSession, user: str, generation: int) -> tuple[int, int]:
-        process_id, secret_key = super().register(session, user, generation)
-        by_key = self.by_cancel_key  # re-filed under a key that names this worker
-        tagged = self.slot.tag(secret_key)
-        while tagged != secret_key and (process_id, tagged) in by_key:
-            tagged = self.slot.tag(secrets.randbits(32) - 2**31)
-        by_key[(process_id, tagged)] = by_key.pop((process_id, secret_key))
-        return process_id, tagged
+    def claim(self, secret_key: int) -> int:
+        return self.slot.tag(secret_key)
 
-    async def cancel(self, process_id: int, secret_key: int) -> None:
+    def is_mine(self, secret_key: int) -> bool:
+        return self.slot.owner_of(secret_key) == self.slot.index
+
+    async def forward(self, process_id: int, secret_key: int) -> None:
         owner = self.slot.owner_of(secret_key)
-        if owner == self.slot.index:
-            await super().cancel(process_id, secret_key)
-            return
         # Like PostgreSQL, a cancel gets no reply: a vanished owner is logged, never reported to the sender.
         try:
             _, writer = await asyncio.open_unix_connection(str(cancel_socket(self.data_dir, owner)))
@@ -154,46 +114,46 @@ class WorkerRegistry(SessionRegistry):
             log.warning("worker %d: could not forward a cancel request to worker %d: %s", self.slot.index, owner, exc)
 
 
-class WorkerServer(ProxyServer):
-    """A ProxyServer that shares its port and routes cancel requests to the worker owning the session."""
+async def open_cancel_inbox(server: ProxyServer, router: WorkerCancelRouter) -> Callable[[], Awaitable[None]]:
+    """Listen on DATA_DIR/cancel-I.sock for cancels sibling workers forward here; returns its closer."""
+    path = cancel_socket(router.data_dir, router.slot.index)
+    path.unlink(missing_ok=True)  # left by a worker that was killed
+    inbox = await asyncio.get_running_loop().create_unix_server(lambda: _CancelInbox(server, router), str(path))
+    path.chmod(0o600)
 
-    def __init__(self, *, slot: WorkerSlot, data_dir: Path, **kwargs: Any) -> None:
-        super().__init__(registry_factory=functools.partial(WorkerRegistry, slot=slot, data_dir=data_dir), **kwargs)
-        self.slot = slot
-        self.data_dir = data_dir
-        self._cancel_server: asyncio.AbstractServer | None = None
+    async def close() -> None:
+        inbox.close()
+        path.unlink(missing_ok=True)
 
-    async def start(self, host: str, port: int) -> tuple[str, int]:
-        path = cancel_socket(self.data_dir, self.slot.index)
-        path.unlink(missing_ok=True)  # left by a worker that was killed
-        self._cancel_server = await asyncio.get_running_loop().create_unix_server(
-            lambda: _CancelInbox(self), str(path))
-        path.chmod(0o600)
-        return await super().start(host, port, reuse_port=True)
+    return close
 
-    async def close(self) -> None:
-        if self._cancel_server is not None:
-            self._cancel_server.close()
-            cancel_socket(self.data_dir, self.slot.index).unlink(missing_ok=True)
-        await super().close()
 
-    async def recheck_identity_sessions(self) -> int:
-        """One pass of the 30 s identity re-check, now: `pgwarden up --workers N` asks for it (SIGUSR1) after a
-        revocation, because the SQLite store's notices do not cross processes. Returns connections ended."""
-        ended, now = 0, utc_now()
-        for sid in self.registry.identity_session_ids():
-            session = await self.identity.store.get_session(sid)
-            if session is None or not session.is_active(now):
-                state = "gone" if session is None else session.state(now).lower()
-                ended += await self.revoke_identity_sessions([sid], reason=f"session {sid} is {state}")
-        return ended
+async def start_worker(options: ProxyOptions, snapshot: Snapshot, slot: WorkerSlot, **kwargs: Any) -> RunningProxy:
+    """`start_proxy` for worker `slot`: the shared port (SO_REUSEPORT), a cancel router and its inbox."""
+    router = WorkerCancelRouter(slot, options.data_dir)
+    running = await start_proxy(options, snapshot, cancel_router=router, reuse_port=True, **kwargs)
+    running.closers.append(await open_cancel_inbox(running.server, router))
+    return running
+
+
+async def recheck_identity_sessions(server: ProxyServer) -> int:
+    """One pass of the 30 s identity re-check, now: `pgwarden up --workers N` asks for it (SIGUSR1) after a
+    revocation, because the SQLite store's notices do not cross processes. Returns connections ended."""
+    ended, now = 0, utc_now()
+    for sid in server.registry.identity_session_ids():
+        session = await server.identity.store.get_session(sid)
+        if session is None or not session.is_active(now):
+            state = "gone" if session is None else session.state(now).lower()
+            ended += await server.revoke_identity_sessions([sid], reason=f"session {sid} is {state}")
+    return ended
 
 
 class _CancelInbox(asyncio.Protocol):
     """Receives (pid, key) pairs forwarded by sibling workers; one pair per connection."""
 
-    def __init__(self, server: WorkerServer) -> None:
+    def __init__(self, server: ProxyServer, router: WorkerCancelRouter) -> None:
         self.server = server
+        self.router = router
         self.buffer = b""
 
     def data_received(self, data: bytes) -> None:
@@ -201,17 +161,14 @@ class _CancelInbox(asyncio.Protocol):
         if len(self.buffer) >= _CANCEL.size:
             process_id, secret_key = _CANCEL.unpack_from(self.buffer)
             self.buffer = b""
-            if self.server.slot.owner_of(secret_key) == self.server.slot.index:  # never bounce it on
+            if self.router.is_mine(secret_key):  # never bounce it on
                 self.server.start_cancel(process_id, secret_key)  # keeps a reference to its task
 
 
-def worker_setup(options: ProxyOptions, slot: WorkerSlot | None) -> tuple[ProxyOptions, Callable[..., ProxyServer]]:
-    """Options and server class for this process: unchanged unless it is a worker."""
-    if slot is None:
-        return options, ProxyServer
+def worker_options(options: ProxyOptions, slot: WorkerSlot) -> ProxyOptions:
+    """A `pgwarden proxy` worker's options: worker 0 keeps the admin socket, worker k has its own."""
     admin = admin_socket_for(slot, options.admin_socket or options.data_dir / ADMIN_SOCKET)
-    return (dataclasses.replace(options, admin_socket=admin),
-            functools.partial(WorkerServer, slot=slot, data_dir=options.data_dir))
+    return dataclasses.replace(options, admin_socket=admin)
 
 
 def announce_ready(ready_line: str, *, is_to_stderr: bool) -> None:
@@ -226,7 +183,7 @@ def announce_ready(ready_line: str, *, is_to_stderr: bool) -> None:
 
 # --- the parent ---------------------------------------------------------------------------------------------
 
-def _reserve_port(host: str, port: int) -> socket.socket:
+def reserve_port(host: str, port: int) -> socket.socket:
     """Bind (not listen) with SO_REUSEPORT: the workers can share the port, and port 0 becomes a fixed one."""
     family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     sock = socket.socket(family, kind, proto)
@@ -236,7 +193,7 @@ def _reserve_port(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _spawn(index: int, count: int, host: str, port: int,
+def spawn_worker(index: int, count: int, host: str, port: int,
            extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen[bytes], int]:
     """Start `pgwarden` with this process's arguments, then `extra` and the shared port and slot (later wins)."""
     read_fd, write_fd = os.pipe()
@@ -248,7 +205,7 @@ def _spawn(index: int, count: int, host: str, port: int,
     return popen, read_fd
 
 
-def _await_ready(popen: subprocess.Popen[bytes], read_fd: int, index: int) -> str:
+def await_ready(popen: subprocess.Popen[bytes], read_fd: int, index: int) -> str:
     deadline = time.monotonic() + _START_TIMEOUT_S
     with os.fdopen(read_fd, "rb") as pipe:
         while time.monotonic() < deadline:
@@ -263,15 +220,21 @@ def _await_ready(popen: subprocess.Popen[bytes], read_fd: int, index: int) -> st
     raise RuntimeError(f"worker {index} did not start (exit code {popen.poll()}); its errors are above")
 
 
-def run_workers(args: argparse.Namespace, ready_to_stderr: bool) -> int:
-    """Start `args.workers` workers, print one ready line, forward SIGHUP, stop them all on SIGINT/SIGTERM."""
-    host, port = args.listen
-    count = args.workers
-    try:
-        reservation = _reserve_port(host, port)
-    except OSError as exc:
-        error(f"cannot listen on {host}:{port}: {exc.strerror or exc}", hint="pick another address with --listen")
-        return 2
+class WorkersFailed(Exception):
+    """A worker did not start, or one exited while serving: the parent stopped the others."""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+def run_workers(host: str, port: int, count: int, *, ready_to_stderr: bool, stop_timeout_s: float = 15.0) -> None:
+    """Start `count` workers, print one ready line, forward SIGHUP, stop them all on SIGINT/SIGTERM.
+
+    Raises OSError when the port cannot be reserved, WorkersFailed when a worker does not start or dies.
+    """
+    reservation = reserve_port(host, port)
     port = reservation.getsockname()[1]
     workers: list[subprocess.Popen[bytes]] = []
     stopping = False
@@ -286,18 +249,17 @@ def run_workers(args: argparse.Namespace, ready_to_stderr: bool) -> int:
     for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, forward)
     try:
-        first, fd = _spawn(0, count, host, port)
+        first, fd = spawn_worker(0, count, host, port)
         workers.append(first)
-        line = _await_ready(first, fd, 0)  # worker 0 creates the data directory's keys; the rest reuse them
-        rest = [_spawn(i, count, host, port) for i in range(1, count)]
+        line = await_ready(first, fd, 0)  # worker 0 creates the data directory's keys; the rest reuse them
+        rest = [spawn_worker(i, count, host, port) for i in range(1, count)]
         workers += [popen for popen, _ in rest]
         for i, (popen, fd) in enumerate(rest, 1):
-            _await_ready(popen, fd, i)
+            await_ready(popen, fd, i)
     except RuntimeError as exc:
-        error(str(exc), hint="run without --workers to see the single-process error")
         forward(signal.SIGTERM, None)
-        _wait_all(workers)
-        return 1
+        wait_all(workers)
+        raise WorkersFailed(str(exc), hint="run without --workers to see the single-process error") from exc
     pids = ", ".join(str(w.pid) for w in workers)
     print(f"{line.split(', generation')[0]}, {count} workers (pids {pids})",
           file=sys.stderr if ready_to_stderr else sys.stdout, flush=True)
@@ -305,20 +267,20 @@ def run_workers(args: argparse.Namespace, ready_to_stderr: bool) -> int:
         if any(w.poll() is not None for w in workers):
             dead = next(i for i, w in enumerate(workers) if w.poll() is not None)
             if not stopping:
-                error(f"worker {dead} exited with {workers[dead].returncode}; stopping the others")
                 forward(signal.SIGTERM, None)
-                _wait_all(workers)
-                return 1
+                wait_all(workers)
+                raise WorkersFailed(f"worker {dead} exited with {workers[dead].returncode}; stopping the others")
         time.sleep(0.2)
-    _wait_all(workers)
+    wait_all(workers, timeout_s=stop_timeout_s)
     reservation.close()
-    return 0
 
 
-def _wait_all(workers: list[subprocess.Popen[bytes]]) -> None:
+def wait_all(workers: list[subprocess.Popen[bytes]], *, timeout_s: float = 15.0) -> None:
+    """Wait for every worker to exit (a draining one may take up to its --drain-timeout); kill one that does not."""
+    deadline = time.monotonic() + timeout_s
     for worker in workers:
         try:
-            worker.wait(15)
+            worker.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             worker.kill()
             worker.wait()
