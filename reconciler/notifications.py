@@ -16,12 +16,20 @@ from reconciler.status_events import StatusEvents
 _REVOKE_ROUTES = {"/v1/identity/sessions/{sid}/revoke", "/v1/identity/users/{user}/revoke"}
 
 
-def start_notifications(settings: WebhookSettings | None, reconciler: Reconciler,
-                        registry: CollectorRegistry) -> Notifier | None:
+def leader_only(is_writer: Callable[[], bool]) -> Callable[[Event], bool]:
+    """With replicas, every one sees the same status: only the writer-lease holder sends status events.
+
+    SessionsRevoked always goes: only the replica whose admin API revoked publishes it.
+    """
+    return lambda event: event.kind is EventKind.SESSIONS_REVOKED or is_writer()
+
+
+def start_notifications(settings: WebhookSettings | None, reconciler: Reconciler, registry: CollectorRegistry, *,
+                        should_send: Callable[[Event], bool] = lambda _: True) -> Notifier | None:
     """Start the sender, subscribe it to the reconciler's status and export its counters; None when off."""
     if settings is None:
         return None
-    notifier = Notifier(settings, source=reconciler.source.describe())
+    notifier = Notifier(settings, source=reconciler.source.describe(), should_send=should_send)
     notifier.start()
     reconciler.status_listeners.append(StatusEvents(notifier.publish).observe)
     registry.register(NotifierCollector(notifier))  # type: ignore[arg-type]
