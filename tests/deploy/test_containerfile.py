@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
+import tomllib
 
+from reconciler.validate import SCHEMA_DIR
 from tests.deploy.rendered import CONTAINERFILE, KUBERNETES, OVERLAYS, ROOT, PgwardenPod, render
 
 
@@ -63,12 +64,19 @@ def test_the_image_is_debian_slim_python_3_11_and_the_compiler_stays_in_the_buil
     assert "gcc" in build and "pip install" in build
 
 
-def test_every_copied_path_exists() -> None:
-    for word, rest in _instructions_all():
-        if word == "COPY" and "--from" not in rest:
-            *sources, _ = shlex.split(rest)
-            for source in sources:
-                assert (ROOT / source).exists(), f"COPY {source}: no such path in the repository"
+def test_the_build_context_holds_every_package_and_the_schemas() -> None:
+    """`COPY . /opt/pgwarden` takes what .dockerignore lets through: all pyproject's packages, and schemas/."""
+    assert ("COPY", ". /opt/pgwarden") in _instructions_all()
+    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    assert patterns[0] == "*", "an allow-list: only what is named below goes into the image"
+    allowed = {p[1:] for p in patterns if p.startswith("!")}
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    needed = {pattern.rstrip("*") for pattern in packages["include"]}
+    needed |= {SCHEMA_DIR.relative_to(ROOT).as_posix(), "pyproject.toml", "setup.py", "README.md"}
+    assert needed <= allowed, f"not in the image: {sorted(needed - allowed)}"
+    assert all((ROOT / name).exists() for name in needed)
+    assert "**/*.so" in patterns, "the walker is compiled in the image, not copied from the host"
 
 
 def _instructions_all() -> list[tuple[str, str]]:
