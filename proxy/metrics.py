@@ -156,6 +156,10 @@ def _families(server: ObservedProxy) -> Iterator[Metric]:
     relay.add_metric(["upstream_to_client"], from_upstream)
     yield relay
     yield _gauge("pgwarden_preauth_connections", "Client connections not authenticated yet", len(server.preauth))
+    limits = getattr(server.preauth, "limits", None)
+    if limits is not None:  # --preauth-max-connections: one more sheds the oldest
+        yield _gauge("pgwarden_preauth_connections_limit", "Unauthenticated connections allowed at once",
+                     limits.max_connections)
     preauth = CounterMetricFamily("pgwarden_preauth_refused", "Unauthenticated client connections dropped, by "
                                   "reason: shed (over the caps, oldest first), timeout, oversize (message over the "
                                   "pre-auth cap)", labels=["reason"])

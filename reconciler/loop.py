@@ -13,6 +13,7 @@ import logging
 import random
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +56,8 @@ class Reconciler:
         self._last_revision: Revision | None = None
         self._retry: asyncio.TimerHandle | None = None
         self.applied = asyncio.Event()  # set after each successful apply (tests and `up` wait on it)
+        # Called after every status change (notifications); each must return at once, never block the loop.
+        self.status_listeners: list[Callable[[Status], None]] = []
         self._fingerprint_key = secrets.token_bytes(32)  # in-process only: compares live and desired
         # The pure stages' memories: what unchanged files parsed, decrypted, validated and built to is reused.
         self._parser = load.Parser()
@@ -174,3 +177,8 @@ class Reconciler:
     def _save(self) -> None:
         if self.options.status_path is not None:
             self.status.save(self.options.status_path)
+        for listener in self.status_listeners:
+            try:
+                listener(self.status)
+            except Exception:  # noqa: BLE001 - a listener's bug must not fail a reconcile
+                log.exception("status listener failed")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
 
-from reconciler.status import Reason, Status
+from reconciler.status import ConditionStatus, Reason, Status
 
 
 class ReconcilerMetrics:
@@ -29,6 +30,8 @@ class ReconcilerMetrics:
         live.set_function(lambda: float(generation()))
         open_sessions = Gauge("pgwarden_sessions_open", "Client sessions relaying now", registry=self.registry)
         open_sessions.set_function(lambda: float(sessions()))
+        self.registry.register(StatusCollector(status))
+        ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, process_cpu_seconds_total
         self._seen = 0
 
     def observe(self) -> None:
@@ -48,3 +51,31 @@ class ReconcilerMetrics:
     def render(self) -> bytes:
         self.observe()
         return generate_latest(self.registry)
+
+
+class StatusCollector:
+    """The status's conditions and upstream probes, read when scraped (what the alert rules watch).
+
+    `pgwarden_condition{type}` is 1 while a condition is True and 0 while False, absent when not set
+    (Stalled exists only while stalled); `pgwarden_upstream_up{service,config}` is the last probe's login,
+    absent for configs the probe skips.
+    """
+
+    def __init__(self, status: Status) -> None:
+        self._status = status
+
+    def collect(self) -> Iterator[Metric]:
+        conditions = GaugeMetricFamily("pgwarden_condition", "Status conditions (Ready, Stalled, Reconciling, "
+                                       "Healthy, Suspended): 1 True, 0 False", labels=["type", "reason"])
+        for condition in list(self._status.conditions.values()):
+            if condition.status != ConditionStatus.UNKNOWN:
+                conditions.add_metric([condition.type.value, condition.reason.value],
+                                      1.0 if condition.status == ConditionStatus.TRUE else 0.0)
+        yield conditions
+        upstream = GaugeMetricFamily("pgwarden_upstream_up", "Whether the last health probe logged in to the "
+                                     "upstream of each Service config (1) or failed (0)", labels=["service", "config"])
+        for service, configs in sorted(self._status.health.items()):
+            for config, text in sorted(configs.items()):
+                if text == "ok" or text.startswith("login failed"):
+                    upstream.add_metric([service, config], 1.0 if text == "ok" else 0.0)
+        yield upstream

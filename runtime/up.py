@@ -24,6 +24,8 @@ from reconciler.api import add_reconciler_routes
 from reconciler.apply import LiveTarget
 from reconciler.loop import ReconcileOptions, Reconciler
 from reconciler.metrics import ReconcilerMetrics
+from reconciler.notifications import leader_only, notify_revocations, start_notifications
+from reconciler.notify import WebhookSettings
 from reconciler.sops import KeyRing
 from reconciler.source import GitSource, SourceSpec
 from runtime.datadir import ADMIN_SOCKET
@@ -50,6 +52,7 @@ class UpSettings:
     workers: int = 1
     drain_timeout_s: float = DRAIN_TIMEOUT_S
     replica: ReplicaSettings = ReplicaSettings()  # in effect with a PostgreSQL state store (runtime/replica.py)
+    notify: WebhookSettings | None = None  # --notify-url-file: status and revocation events to a webhook
 
 
 OnReady = Callable[[RunningProxy], None]
@@ -86,9 +89,13 @@ async def serve_up(settings: UpSettings, spec: SourceSpec, keys: KeyRing, *, on_
     replica = (Replica(settings.replica, str(settings.proxy.state), settings.proxy.data_dir,
                        revision=lambda: reconciler.status.last_applied_revision or "", web_url=settings.public_url)
                if is_shared_state(settings.proxy.state) else None)
+    # With replicas every one sees the same status: only the writer-lease holder sends status events.
+    notifier = start_notifications(settings.notify, reconciler, metrics.registry,
+                                   should_send=leader_only(lambda: target.server is None or target.server.is_writer()))
 
     def admin_routes(app: web.Application) -> None:
         add_reconciler_routes(app, reconciler, metrics)
+        notify_revocations(app, notifier)
         if replica is not None:
             replica.add_routes(app)
 
@@ -136,8 +143,13 @@ async def serve_up_with_workers(settings: UpSettings, spec: SourceSpec, keys: Ke
                                 generation=lambda: group.local.live.generation if group.local else 0,
                                 sessions=lambda: len(group.session_list()))  # every worker's sessions
     readiness = Readiness(has_applied=lambda: reconciler.status.last_applied_at is not None)
-    running = await start_control(options, workers.port, group,
-                                  admin_routes=lambda app: add_reconciler_routes(app, reconciler, metrics))
+    notifier = start_notifications(settings.notify, reconciler, metrics.registry)
+
+    def admin_routes(app: web.Application) -> None:
+        add_reconciler_routes(app, reconciler, metrics)
+        notify_revocations(app, notifier)
+
+    running = await start_control(options, workers.port, group, admin_routes=admin_routes)
     watch: asyncio.Task[None] | None = None
     loop_task: asyncio.Task[None] | None = None
     http = None

