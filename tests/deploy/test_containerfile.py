@@ -8,7 +8,7 @@ import json
 import re
 import tomllib
 
-from reconciler.validate import SCHEMA_DIR
+from reconciler.json_schema import SCHEMA_DIR
 from tests.deploy.rendered import CONTAINERFILE, KUBERNETES, OVERLAYS, ROOT, PgwardenPod, render
 
 

@@ -95,8 +95,10 @@ def test_ports_probes_and_services_match_the_listen_options(rendered: list[dict[
     listen_host, listen_port = args.listen
     http_host, http_port = args.http_listen
     assert (listen_host, http_host) == ("0.0.0.0", "0.0.0.0"), "a pod must listen beyond its loopback"
-    assert {p["name"]: p["containerPort"] for p in pod.container["ports"]} == {"postgres": listen_port,
-                                                                              "http": http_port}
+    cancel_host, cancel_port = args.cancel_listen
+    assert cancel_host == "0.0.0.0", "other replicas forward cancel requests to this pod's address"
+    assert {p["name"]: p["containerPort"] for p in pod.container["ports"]} == {
+        "postgres": listen_port, "http": http_port, "cancel": int(cancel_port)}
     probes = {name: pod.container[name]["httpGet"] for name in ("startupProbe", "livenessProbe", "readinessProbe")}
     assert probes["livenessProbe"]["path"] == "/livez" and probes["readinessProbe"]["path"] == "/readyz"
     for name, probe in probes.items():
