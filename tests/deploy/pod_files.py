@@ -8,7 +8,7 @@ import pyrage
 
 from identity.certs import ClientCertificateAuthority
 from identity.tokens import TokenAuthority
-from pgwarden.datadir import fingerprint_key, state_key
+from runtime.datadir import fingerprint_key, state_key
 from tests.deploy.rendered import PgwardenPod
 from tests.support.pgcluster import issue_cert, make_test_ca
 

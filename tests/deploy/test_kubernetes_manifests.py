@@ -11,7 +11,7 @@ import pytest
 
 from identity.certs import CLIENT_CA_CERT, CLIENT_CA_KEY
 from identity.tokens import KEY_FILE
-from pgwarden.datadir import FINGERPRINT_KEY, STATE_KEY
+from runtime.datadir import FINGERPRINT_KEY, STATE_KEY
 from tests.deploy.pod_files import lay_out
 from tests.deploy.rendered import KUBERNETES, OVERLAYS, ROOT, PgwardenPod, dest_of, one, render
 
