@@ -96,13 +96,13 @@ class ServerProcess:
                 self.popen.wait()
 
 
-def _wait_until(process: ServerProcess, is_ready: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + _START_TIMEOUT_S
+def _wait_until(process: ServerProcess, is_ready: Callable[[], bool], *, timeout_s: float = _START_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout_s
     while not is_ready():
         if process.popen.poll() is not None:
             raise process.fail(f"exited with {process.popen.returncode} while starting")
         if time.monotonic() > deadline:
-            raise process.fail(f"was not ready after {_START_TIMEOUT_S:.0f} s")
+            raise process.fail(f"was not ready after {timeout_s:.0f} s")
         time.sleep(0.05)
 
 
@@ -143,8 +143,11 @@ stats_period = 3600
 """
 
 
-def start_pgbouncer(binaries: Binaries, cluster: BenchCluster, base: Path, *, is_tls: bool) -> ServerProcess:
-    """pgbouncer in the foreground as the `postgres` OS user (it refuses root), SCRAM auth, session pooling."""
+def start_pgbouncer(binaries: Binaries, cluster: BenchCluster, base: Path, *, is_tls: bool,
+                    wrapper: tuple[str, ...] = (), start_timeout_s: float = _START_TIMEOUT_S) -> ServerProcess:
+    """pgbouncer in the foreground as the `postgres` OS user (it refuses root), SCRAM auth, session pooling.
+
+    `wrapper` goes in front of the command (bench/process_instructions.py runs it under callgrind)."""
     base.mkdir(parents=True)
     auth_file, ini, log = base / "userlist.txt", base / "pgbouncer.ini", base / "pgbouncer.log"
     # A plain-text password in auth_file lets pgbouncer do SCRAM with clients and with PostgreSQL.
@@ -162,12 +165,12 @@ def start_pgbouncer(binaries: Binaries, cluster: BenchCluster, base: Path, *, is
         client_tls="require" if is_tls else "disable", tls_files=tls_files, log=log,
     ))
     give_to_postgres(*owned)
-    popen = subprocess.Popen([str(binaries.pgbouncer), str(ini)], stdin=subprocess.DEVNULL,
+    popen = subprocess.Popen([*wrapper, str(binaries.pgbouncer), str(ini)], stdin=subprocess.DEVNULL,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=base,
                              start_new_session=True,  # Ctrl-C reaches the bench, which then stops us
                              **as_postgres_user())
     process = ServerProcess(TargetName.PGBOUNCER_TLS if is_tls else TargetName.PGBOUNCER, popen, log, port=port)
-    _wait_until(process, lambda: _accepts_tcp("127.0.0.1", port))
+    _wait_until(process, lambda: _accepts_tcp("127.0.0.1", port), timeout_s=start_timeout_s)
     return process
 
 
@@ -266,7 +269,8 @@ def _pgwarden(*args: str) -> list[str]:
 
 
 def start_pgwarden(cluster: BenchCluster, base: Path, *, is_policy: bool = False, workers: int = 1,
-                   name: TargetName | None = None) -> ServerProcess:
+                   name: TargetName | None = None, wrapper: tuple[str, ...] = (),
+                   start_timeout_s: float = _START_TIMEOUT_S) -> ServerProcess:
     """`python -m pgwarden proxy` on a free port with an access log file, as a user would run it.
 
     With `is_policy`, the Service authorizes every query against the Policy in _POLICY_MANIFESTS; raises
@@ -279,8 +283,9 @@ def start_pgwarden(cluster: BenchCluster, base: Path, *, is_policy: bool = False
         client=USER, password=cluster.password,
     ))
     ready_path, log = base / "pgwarden.out", base / "pgwarden.log"
-    argv = _pgwarden("proxy", "--manifests", str(manifests), "--listen", "127.0.0.1:0", "--data-dir", str(data_dir),
-                     "--access-log", str(base / "access.log"), *(["--workers", str(workers)] if workers > 1 else []))
+    argv = [*wrapper, *_pgwarden("proxy", "--manifests", str(manifests), "--listen", "127.0.0.1:0",
+                                 "--data-dir", str(data_dir), "--access-log", str(base / "access.log"),
+                                 *(["--workers", str(workers)] if workers > 1 else []))]
     with ready_path.open("wb") as out, log.open("wb") as err:
         popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=REPO_ROOT,
                                  env=clean_libpq_env(), start_new_session=True)
@@ -296,7 +301,7 @@ def start_pgwarden(cluster: BenchCluster, base: Path, *, is_policy: bool = False
         return match is not None
 
     try:
-        _wait_until(process, is_ready)
+        _wait_until(process, is_ready, timeout_s=start_timeout_s)
     except BenchSetupError as exc:
         if is_policy and process.popen.returncode is not None:  # it refused the manifests and exited
             raise PolicyUnavailable(f"policy engine not available: {_first_error(process)}") from exc
