@@ -26,8 +26,8 @@ from proxy.snapshot import (
     Snapshot,
     Upstream,
     User,
-    policy_from_spec,
 )
+from proxy.snapshot_wire import policy_from_spec
 
 POLICIES = [
     policy_from_spec("read-only-juniors", {"rules": [

@@ -23,7 +23,8 @@ from proxy.policy.cel import (
     to_cel,
 )
 from proxy.policy.cel_cost import decision_budget
-from proxy.snapshot import Condition, IdentityProvider, User, condition_from_wire
+from proxy.snapshot import Condition, IdentityProvider, User
+from proxy.snapshot_wire import condition_from_wire
 
 CLAIMS_VARIABLE = "claims"
 _CLAIMS = frozenset({CLAIMS_VARIABLE})

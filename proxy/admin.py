@@ -19,7 +19,8 @@ from proxy.errors import PgwardenError, SnapshotRejected, SnapshotSuperseded
 from proxy.offload import run_beside_relay
 from proxy.routing import LiveSnapshot
 from proxy.server import ProxyServer
-from proxy.snapshot import Snapshot, from_wire, to_wire
+from proxy.snapshot import Snapshot
+from proxy.snapshot_wire import from_wire, to_wire
 
 MAX_BODY_BYTES = 256 * 1024 * 1024
 MAX_TOKEN_TTL_S = 30 * 86400

@@ -25,7 +25,8 @@ from proxy.policy.cel import ConditionError, to_cel
 from proxy.policy.compile import Node, compile_node
 from proxy.policy.engine import ConnectionPolicy, Decision
 from proxy.routing import ConnectRequest, LiveSnapshot, Route
-from proxy.snapshot import Condition, Service, Snapshot, User, from_wire
+from proxy.snapshot import Condition, Service, Snapshot, User
+from proxy.snapshot_wire import from_wire
 from reconciler import build, load
 from reconciler.load import Document
 from reconciler.verdicts import ALLOW, DENY, REFUSED, Outcome, Verdict, summarize

@@ -32,10 +32,8 @@ from proxy.snapshot import (
     User,
     UserType,
     Validity,
-    authorization_from_wire,
-    condition_from_wire,
-    policy_from_spec,
 )
+from proxy.snapshot_wire import authorization_from_wire, condition_from_wire, policy_from_spec
 from reconciler.errors import ConfigError, DecryptionFailed, UnbuildableManifests
 from reconciler.load import Document
 from reconciler.workloads import build_credential

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from typing import Any
 
-from proxy.snapshot import Snapshot, to_wire
+from proxy.snapshot import Snapshot
+from proxy.snapshot_wire import to_wire
 from reconciler.errors import format_path
 from reconciler.load import Document
 from reconciler.sops.cipher import is_encrypted_string

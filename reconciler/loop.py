@@ -17,7 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from proxy.snapshot import Snapshot, to_wire
+from proxy.snapshot import Snapshot
+from proxy.snapshot_wire import to_wire
 from reconciler import apply, build, decrypt, diff, health, json_schema, load, validate
 from reconciler.sops import KeyRing
 from reconciler.source import GitSource, Revision, UntrustedRevision

@@ -28,10 +28,11 @@ def references(documents: Sequence[Document], *, verdicts: SchemaVerdicts | None
         if doc.kind == "Service":
             problems.extend(_service_references(doc, names, is_valid=id(doc) in valid))
         elif doc.kind == "User":
-            for i, group in enumerate(as_list(get(doc.body, "spec", "groups"))):
+            for i, entry in enumerate(as_list(get(doc.body, "spec", "groups"))):
+                group, path = (entry, f"spec.groups[{i}]") if isinstance(entry, str) else \
+                    (get(entry, "name"), f"spec.groups[{i}].name")  # a windowed membership
                 if isinstance(group, str) and group not in names["Group"]:
-                    problems.append(DanglingReference.to("Group", group, names["Group"],
-                                                         source=doc.source(f"spec.groups[{i}]")))
+                    problems.append(DanglingReference.to("Group", group, names["Group"], source=doc.source(path)))
             problems.extend(_identity_references(doc, names, claimed))
         elif doc.kind == "IdentityProvider":
             for method in IDENTITY_PROVIDER_TYPES:

@@ -42,7 +42,8 @@ from proxy.errors import SnapshotInvalid, WorkerUnreachable
 from proxy.grant_timer import GrantTimer
 from proxy.routing import LiveSnapshot
 from proxy.server import ProxyServer
-from proxy.snapshot import Snapshot, to_wire
+from proxy.snapshot import Snapshot
+from proxy.snapshot_wire import to_wire
 from proxy.tls import ServerCertificate, ensure_local_certificate, server_context
 from runtime.admin_socket import request
 from runtime.datadir import ADMIN_SOCKET, fingerprint_key, prepare, state_key

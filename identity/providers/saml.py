@@ -36,7 +36,7 @@ from identity.providers.oidc import (
 )
 from identity.store.base import AssuranceLevel, AuthMethod
 from identity.web.flow import AuthServer
-from identity.web.login_flow import LoginFlow, LoginResult
+from identity.web.login_flow import LoginFlow, LoginResult, flow_data
 from proxy.snapshot import IdentityProvider
 
 log = logging.getLogger("pgwarden.identity")
@@ -67,6 +67,7 @@ _REASONS = {
 _metadata_cache: dict[str, tuple[float, dict[str, Any]]] = {}
 
 
+@flow_data
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _SentRequest:
     """An AuthnRequest on its way: the ACS accepts exactly one response to it."""

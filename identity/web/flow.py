@@ -151,7 +151,11 @@ class AuthServer:
         if not flow_id:
             return None
         data = await self.host.identity.store.take_ephemeral(FLOW_KIND, flow_id)
-        flow = LoginFlow.decode(data) if data is not None else None
+        try:
+            flow = LoginFlow.decode(data) if data is not None else None
+        except (ValueError, TypeError, KeyError):  # written by another release: start the login again
+            log.warning("login flow %s could not be read back; it is dropped", flow_id[:8])
+            flow = None
         if flow is None or flow.is_expired(time.time()):
             return None
         return flow

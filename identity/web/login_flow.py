@@ -3,11 +3,14 @@ path, an AAL, a TTL), the LoginFlow that carries it, and the LoginResult a login
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import enum
 import ipaddress
-import pickle
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from identity.errors import IdentityError
@@ -52,16 +55,74 @@ class LoginFlow:
         return now - self.created > FLOW_TTL_S
 
     def encode(self) -> bytes:
-        return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
+        """JSON of the flow and its scratch data (replicas share it through the state store, sealed)."""
+        return json.dumps(_to_json(self), separators=(",", ":")).encode()
 
     @staticmethod
     def decode(data: bytes) -> LoginFlow:
-        # Only bytes that opened with the replicas' state key (AES-GCM, bound to this flow id) reach here: a
-        # writer of the store without that key cannot forge a flow, so unpickling trusts what we sealed.
-        flow = pickle.loads(data)  # noqa: S301
+        """The flow `encode` wrote. Builds only the types registered with `flow_data` (never a type named by the
+        data itself), so even a store writer holding the state key can make no other object."""
+        flow = _from_json(json.loads(data))
         if not isinstance(flow, LoginFlow):
-            raise TypeError("not a login flow")
+            raise ValueError("not a login flow")
         return flow
+
+
+# --- the flow's JSON: an allow-list of dataclasses and enums ------------------------------------------------
+
+_T = TypeVar("_T")
+_FLOW_TYPES: dict[str, type] = {}
+
+
+def flow_data(cls: _T) -> _T:
+    """Register a dataclass or enum that may travel in a LoginFlow (its fields, or `flow.data`)."""
+    assert isinstance(cls, type) and (dataclasses.is_dataclass(cls) or issubclass(cls, enum.Enum)), cls
+    _FLOW_TYPES[f"{cls.__module__}.{cls.__qualname__}"] = cls
+    return cls
+
+
+def _name(value: object) -> str:
+    name = f"{type(value).__module__}.{type(value).__qualname__}"
+    if _FLOW_TYPES.get(name) is not type(value):
+        raise TypeError(f"{name} may not travel in a login flow (register it with identity.web.login_flow.flow_data)")
+    return name
+
+
+def _to_json(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | float) and not isinstance(value, enum.Enum):
+        return value
+    if isinstance(value, enum.Enum):
+        return {"$enum": _name(value), "value": value.value}
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return {"$bytes": base64.b64encode(value).decode()}
+    if isinstance(value, list | tuple):
+        return [_to_json(v) for v in value]
+    if isinstance(value, Mapping):
+        return {"$map": {str(k): _to_json(v) for k, v in value.items()}}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {"$type": _name(value),
+                "fields": {f.name: _to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}}
+    raise TypeError(f"{type(value).__qualname__} may not travel in a login flow")
+
+
+def _from_json(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_from_json(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if "$map" in value:
+        return {k: _from_json(v) for k, v in value["$map"].items()}
+    if "$bytes" in value:
+        return base64.b64decode(value["$bytes"], validate=True)
+    tag = value.get("$type") or value.get("$enum")
+    cls = _FLOW_TYPES.get(tag) if isinstance(tag, str) else None
+    if cls is None:
+        raise ValueError("a login flow names a type that may not travel in one")
+    if "$enum" in value:
+        return cls(value["value"])
+    return cls(**{k: _from_json(v) for k, v in value["fields"].items()})
 
 
 def is_loopback_redirect(uri: str) -> bool:
@@ -102,3 +163,7 @@ def flow_fields_from_query(q: Mapping[str, str]) -> dict[str, Any]:
         except ValueError:
             raise LoginRefused("ttl must be a number of seconds") from None
     return fields
+
+
+for _cls in (LoginFlow, LoginResult, AuthMethod, AssuranceLevel):
+    flow_data(_cls)

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from pgwarden.adminclient import call
-from proxy.snapshot import to_wire
+from proxy.snapshot_wire import to_wire
 from reconciler.directory import load_snapshot
 from tests.support.proxy_harness import ProxyHarness
 

@@ -8,7 +8,8 @@ import pytest
 
 from proxy.errors import AccessDenied
 from proxy.policy.engine import Decision, WouldDeny
-from proxy.snapshot import PolicyEnforcement, policy_from_spec, policy_spec_to_wire
+from proxy.snapshot import PolicyEnforcement
+from proxy.snapshot_wire import policy_from_spec, policy_spec_to_wire
 from tests.policy.test_engine import REQUEST, WRITES, connection_policy, live, rule
 
 ALLOW_ALL = policy_from_spec("allow-all", {"rules": [rule("everything", "ALLOW", {"matchAny": True}, priority=4)]})

@@ -34,8 +34,8 @@ from proxy.snapshot import (
     Snapshot,
     Upstream,
     User,
-    policy_from_spec,
 )
+from proxy.snapshot_wire import policy_from_spec
 
 
 @pytest.fixture(autouse=True)

@@ -22,8 +22,8 @@ from proxy.snapshot import (
     Snapshot,
     Upstream,
     User,
-    policy_from_spec,
 )
+from proxy.snapshot_wire import policy_from_spec
 
 UP = Upstream.from_url("postgres://127.0.0.1:5432")
 REQUEST = ConnectRequest(user="alice", database="app")

@@ -37,8 +37,8 @@ from proxy.snapshot import (
     Snapshot,
     Upstream,
     User,
-    policy_from_spec,
 )
+from proxy.snapshot_wire import policy_from_spec
 
 RAILS = GuardRails(read_only=True, statement_timeout_ms=30_000, lock_timeout_ms=5_000,
                    idle_in_transaction_timeout_ms=60_000, search_path=("public", "My Schema"))

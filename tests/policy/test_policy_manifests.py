@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from proxy.routing import LiveSnapshot
-from proxy.snapshot import PolicyEffect, from_wire, to_wire
+from proxy.snapshot import PolicyEffect
+from proxy.snapshot_wire import from_wire, to_wire
 from reconciler.apply import InMemoryTarget, plan
 from reconciler.directory import load_snapshot
 from reconciler.errors import ConfigError, DanglingReference, DuplicateName, InvalidExpression, ManifestErrors

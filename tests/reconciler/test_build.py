@@ -20,9 +20,8 @@ from proxy.snapshot import (
     SSLMode,
     Upstream,
     UserType,
-    from_wire,
-    to_wire,
 )
+from proxy.snapshot_wire import from_wire, to_wire
 from reconciler.build import build_snapshot, merged_configs
 from reconciler.directory import load_snapshot
 from reconciler.errors import DecryptionFailed, ManifestErrors

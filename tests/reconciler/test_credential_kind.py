@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy.snapshot import Snapshot, from_wire, to_wire
+from proxy.snapshot import Snapshot
+from proxy.snapshot_wire import from_wire, to_wire
 from reconciler.apply import plan
 from reconciler.diff import diff_snapshots
 from reconciler.diff_report import render_text

@@ -8,7 +8,7 @@ import textwrap
 import pyrage
 import pytest
 
-from proxy.snapshot import to_wire
+from proxy.snapshot_wire import to_wire
 from reconciler.build import build_snapshot
 from reconciler.diff import (
     ABSENT,

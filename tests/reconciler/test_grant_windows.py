@@ -16,7 +16,8 @@ from proxy.errors import AccessDenied
 from proxy.grant_timer import name_lapsed_grants
 from proxy.policy.cel import CelCompileError
 from proxy.routing import ConnectRequest, LiveSnapshot
-from proxy.snapshot import Condition, Policy, PolicyEffect, PolicyRule, Snapshot, Validity, from_wire, to_wire
+from proxy.snapshot import Condition, Policy, PolicyEffect, PolicyRule, Snapshot, Validity
+from proxy.snapshot_wire import from_wire, to_wire
 from reconciler import load
 from reconciler.access import keyless_snapshot
 from reconciler.access_report import diff_access

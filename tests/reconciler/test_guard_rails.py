@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy.snapshot import NO_GUARD_RAILS, GuardRails, Snapshot, from_wire, to_wire
+from proxy.snapshot import NO_GUARD_RAILS, GuardRails, Snapshot
+from proxy.snapshot_wire import from_wire, to_wire
 from reconciler.build import build_snapshot
 from reconciler.diff import diff_snapshots
 from reconciler.errors import ConfigError, ManifestErrors

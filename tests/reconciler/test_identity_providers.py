@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.snapshot import from_wire, to_wire
+from proxy.snapshot_wire import from_wire, to_wire
 from reconciler.directory import load_snapshot
 from reconciler.errors import ManifestErrors
 

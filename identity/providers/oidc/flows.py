@@ -30,6 +30,7 @@ from identity.pkce import s256_challenge
 from identity.providers.oidc.discovery import ProviderMetadata
 from identity.providers.oidc.http import TIMEOUT, check_url, get_json, http_client, oauth_error, read_json
 from identity.providers.oidc.verification import check_subject, is_number
+from identity.web.login_flow import flow_data
 from proxy.snapshot import SecretValue
 
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
@@ -62,6 +63,7 @@ class DeviceAuthorization:
 # --- authorization code + PKCE ----------------------------------------------------------------------------------
 
 
+@flow_data
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AuthorizationRequest:
     """One browser login: the URL to send the user to, and what the callback must match. Unpacks as

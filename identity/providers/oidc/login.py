@@ -27,7 +27,7 @@ from identity.providers.oidc import (
 )
 from identity.store.base import AssuranceLevel, AuthMethod
 from identity.web.flow import FLOW_COOKIE, AuthServer
-from identity.web.login_flow import LoginFlow, LoginRefused, LoginResult
+from identity.web.login_flow import LoginFlow, LoginRefused, LoginResult, flow_data
 from identity.web.pages import redirect
 from proxy.policy.cel import CelCompileError, ConditionError, compile_expression, to_cel
 from proxy.snapshot import IdentityProvider
@@ -38,6 +38,7 @@ CALLBACK_PATH = "/login/oidc/callback"
 DEFAULT_SCOPES = ("openid", "email", "profile")
 
 
+@flow_data
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _PendingOidc:
     """What the callback must match, kept in flow.data (memory only; the secrets stay out of repr)."""
