@@ -18,7 +18,8 @@ from typing import Any
 from proxy.pgwire import messages as m
 from proxy.relay import PlainRelay
 from proxy.server import ProxyServer
-from proxy.session import ClientSession, UpstreamSide
+from proxy.session import ClientSession
+from proxy.upstream_side import UpstreamSide
 
 QUERY = b"SELECT abalance FROM pgbench_accounts WHERE aid = 12345;"
 

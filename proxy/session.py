@@ -22,15 +22,14 @@ from identity.certs import verify_client_certificate
 from identity.sessions import Identity, SessionAuthority
 from proxy.audit.accesslog import AccessLog, SessionLog
 from proxy.audit.normalize import QueryText
-from proxy.connection import TLS_RECORD_PAYLOAD, PgConnection, Relay
+from proxy.connection import TLS_RECORD_PAYLOAD, PgConnection
 from proxy.errors import AccessDenied, AuthenticationFailed, PgwardenError, UnknownService
 from proxy.guardrails import Lock, keeps_rail, locked_settings, rail_denied
 from proxy.metrics import ProxyMetrics
 from proxy.pgwire import messages as m
-from proxy.pgwire.denials import ResponseFilter
 from proxy.pgwire.encodings import decode_text, python_codec
 from proxy.pgwire.errors import ProtocolViolation
-from proxy.pgwire.framing import DEFAULT_MAX_MESSAGE_BYTES, FrameScanner, MessageTooLarge
+from proxy.pgwire.framing import DEFAULT_MAX_MESSAGE_BYTES, MessageTooLarge
 from proxy.policy.enforce import RequestGate
 from proxy.policy.gate_decisions import DecisionLike, DenyAll, RequestDecider, explain_hint
 from proxy.policy.response_summaries import ResponseSummaries
@@ -38,7 +37,8 @@ from proxy.preauth import PreAuthRegistry
 from proxy.registry import ConnectionSlot, SessionInfo, SessionRegistry
 from proxy.relay import GatedRelay, PlainRelay
 from proxy.routing import ConnectRequest, LiveSnapshot, Route
-from proxy.upstream import UPSTREAM_MAX_MESSAGE_BYTES, UpstreamLogin, open_upstream
+from proxy.upstream import UpstreamLogin, open_upstream
+from proxy.upstream_side import COPY_IN, UpstreamSide
 
 log = logging.getLogger("pgwarden.session")
 
@@ -46,10 +46,6 @@ STARTUP_TIMEOUT_S = 60.0  # whole startup incl. upstream login; before the clien
 TERMINATE_GRACE_S = 2.0
 CLOSE_GRACE_S = 5.0
 TLS_SHUTDOWN_TIMEOUT_S = 2.0  # asyncio's default of 30 s keeps dead sessions' sockets around
-_SERVER_INSPECT = frozenset({m.READY_FOR_QUERY, m.PARAMETER_STATUS})
-_COPY_IN = frozenset(b"GW")  # CopyInResponse, CopyBothResponse
-# for response summaries, and the readOnly rail's one-cycle hold (_COPY_IN)
-_SERVER_INSPECT_GATED = _SERVER_INSPECT | {m.COMMAND_COMPLETE, m.ERROR_RESPONSE} | _COPY_IN
 
 
 class LiveSource(Protocol):
@@ -71,84 +67,6 @@ class SessionCollaborators:
     preauth: PreAuthRegistry  # the caps on clients that have not authenticated yet
     tls_context: Any
     default_service: str | None = None  # serves database names that name no service
-
-
-class UpstreamSide(PgConnection):
-    """The upstream socket of a session; its relay data goes to the client."""
-
-    def __init__(self) -> None:
-        super().__init__(whose="upstream", max_message_bytes=UPSTREAM_MAX_MESSAGE_BYTES)
-        self.session: ClientSession | None = None
-        self.scanner = FrameScanner(_SERVER_INSPECT, max_message_bytes=UPSTREAM_MAX_MESSAGE_BYTES, whose="upstream")
-        self.denials: ResponseFilter | None = None  # replaces `scanner` when per-query checks are on
-
-    @property
-    def is_at_boundary(self) -> bool:
-        """The server stream so far ends between messages: a message of our own may go to the client."""
-        return (self.denials or self.scanner).is_at_boundary
-
-    def filter_denials(self) -> ResponseFilter:
-        """Per-query checks are on: hide the extra replies to denial stand-ins (proxy/pgwire/denials.py)."""
-        self.denials = ResponseFilter(_SERVER_INSPECT_GATED, max_message_bytes=UPSTREAM_MAX_MESSAGE_BYTES)
-        return self.denials
-
-    def start_relay(self, peer: PgConnection, relay: Relay | None = None) -> None:
-        """Relay to the client: through the denial filter when per-query checks are on, else the scanner."""
-        if relay is None and self.denials is not None:
-            assert self.session is not None
-            relay = FilteredReplies(self.session, self.denials)
-        super().start_relay(peer, relay)
-
-    def on_relay_data(self, data: bytes) -> None:
-        session = self.session
-        assert session is not None
-        try:
-            found = self.scanner.scan(data)
-        except ProtocolViolation as exc:
-            session.end_now(exc)
-            return
-        session.write(data)
-        if found:
-            session.on_server_messages(found)
-        if session.pending_termination is not None and self.scanner.is_at_boundary:
-            session.finish_termination()
-
-    def resume_writing(self) -> None:
-        if self.session is not None and self.session.is_held_by_gate:
-            self._write_paused = False  # the client stays paused until the gate's held bytes go on
-            return
-        super().resume_writing()
-
-    def on_closed(self) -> None:
-        if self.session is not None:
-            self.session.on_upstream_closed()
-
-
-class FilteredReplies:
-    """The upstream side's relay with per-query checks: replies to denial stand-ins are hidden
-    (proxy/pgwire/denials.py); the rest goes to the client as the plain path sends it."""
-
-    __slots__ = ("_denials", "_session")
-
-    def __init__(self, session: ClientSession, denials: ResponseFilter) -> None:
-        self._session = session
-        self._denials = denials
-
-    def on_relay_data(self, data: bytes) -> None:
-        session = self._session
-        try:
-            out, found = self._denials.scan(data)
-        except ProtocolViolation as exc:
-            session.end_now(exc)
-            return
-        if out is None:
-            session.write(data)
-        elif out:
-            session.write_pieces(out)
-        if found:
-            session.on_replies(found)
-        if session.pending_termination is not None and self._denials.is_at_boundary:
-            session.finish_termination()
 
 
 class ClientSession(PgConnection):
@@ -542,7 +460,7 @@ class ClientSession(PgConnection):
                     self.pending_termination = self.pending_termination or self.ending_at_ready
                 if self._cycle_watch is not None:
                     self._cycle_watch.on_cycle_reply(type_byte)
-            elif type_byte in _COPY_IN and self._cycle_watch is not None:
+            elif type_byte in COPY_IN and self._cycle_watch is not None:
                 self._cycle_watch.on_cycle_reply(type_byte)
             elif body.startswith(b"client_encoding\x00"):
                 self._codec = python_codec(body[16:].rstrip(b"\x00").decode("ascii", "replace"))
