@@ -145,12 +145,12 @@ def prepare_repo(data_dir: Path) -> tuple[Path, bool]:
         return repo_dir, False
     shutil.copytree(EXAMPLES_REPO, repo_dir, dirs_exist_ok=True)
     _add_demo_identity_provider(repo_dir)
-    repo = git.Repo.init(repo_dir, initial_branch="main")
-    with repo.config_writer() as config:
-        config.set_value("user", "name", "pgwarden demo")
-        config.set_value("user", "email", "demo@pgwarden.invalid")
-    repo.git.add(A=True)
-    repo.index.commit("Import pgwarden's example repository")
+    with git.Repo.init(repo_dir, initial_branch="main") as repo:  # closing ends its `git cat-file` helpers
+        with repo.config_writer() as config:
+            config.set_value("user", "name", "pgwarden demo")
+            config.set_value("user", "email", "demo@pgwarden.invalid")
+        repo.git.add(A=True)
+        repo.index.commit("Import pgwarden's example repository")
     return repo_dir, True
 
 

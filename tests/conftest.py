@@ -5,9 +5,11 @@ Helpers live in `tests/support/` (`from tests.support.pgcluster import ...`).
 
 from __future__ import annotations
 
+import gc
 import signal
 from collections.abc import Iterator
 
+import git
 import pytest
 
 from tests.support.pgcluster import TempCluster, free_port
@@ -31,6 +33,17 @@ def pg() -> Iterator[TempCluster]:
         cluster.stop()
         if previous is signal.SIG_DFL:
             signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def close_git_repositories() -> Iterator[None]:
+    """GitPython keeps two `git cat-file` processes per Repo until it is closed. A test's Repo caught in a
+    reference cycle lives until pytest's last garbage collection, whose Popen finalizers then warn that the
+    processes still run (an error under filterwarnings=error). Close whatever Repos are left, first."""
+    yield
+    for obj in gc.get_objects():
+        if isinstance(obj, git.Repo):
+            obj.close()
 
 
 def _interrupt(signum: int, frame: object) -> None:
