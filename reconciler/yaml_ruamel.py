@@ -14,6 +14,7 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import TaggedScalar
 from ruamel.yaml.error import YAMLFutureWarning, YAMLWarning
+from ruamel.yaml.scalarbool import ScalarBoolean
 
 from reconciler.errors import ManifestSyntaxError, SourceRef, format_path
 
@@ -68,6 +69,8 @@ def to_plain(value: Any, path: list[str | int], source: SourceRef, count: list[i
         return [to_plain(item, [*path, i], source, count) for i, item in enumerate(value)]
     if isinstance(value, bool) or value is None:
         return value
+    if isinstance(value, ScalarBoolean):  # an anchored `&a false`: ruamel keeps an int subclass for the anchor
+        return bool(value)
     if isinstance(value, str):
         return str(value)
     if isinstance(value, int):

@@ -255,6 +255,15 @@ def _raw(value: Any) -> str:
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
+def test_an_anchored_boolean_stays_a_boolean_on_both_paths() -> None:
+    # Found by the mutation test: ruamel keeps `&a false` as ScalarBoolean, an int subclass, so a file that went
+    # to ruamel (a reused anchor, say) saw 0 where the fast path saw False, and the schema said "not a boolean".
+    text = "kind: Group\nmetadata: {name: g}\na: &x false\nb: *x\nc: &y true\nd: [&z true, *z]\n"
+    assert_same(text)
+    [doc] = parse_ruamel(text)
+    assert [type(doc.body[k]) for k in "abc"] == [bool, bool, bool] and doc.body["d"] == [True, True]
+
+
 @SETTINGS
 @given(documents, st.integers(0, 4))
 def test_generated_manifests_read_the_same(docs: list[Any], style: int) -> None:
