@@ -70,8 +70,12 @@ def start(log_path: Path, *, port: int, timeout_s: float = 15) -> DemoIdentityPr
 
 def serve(port: int) -> None:
     """Serve the provider on 127.0.0.1:port until SIGTERM (the body of `python -m pgwarden.demo_idp PORT`)."""
-    # Authlib announces its own 2.0 (authlib.jose, httpx) on import: noise in a person's demo log.
+    # Authlib announces its own 2.0 (authlib.jose, httpx) on import: noise in a person's demo log. Its
+    # `deprecate` module puts an "always" filter for its warnings first when imported, so ours goes in after.
+    import authlib.deprecate
+
     warnings.filterwarnings("ignore", message=r".*(is deprecated|please use)")
+    warnings.filterwarnings("ignore", category=authlib.deprecate.AuthlibDeprecationWarning)
     import oidc_provider_mock
     import werkzeug.serving
 
