@@ -7,7 +7,8 @@ How it works (SIGTERM; runtime/process.py stops the listener first):
    transaction rolls back), or at once if it is idle (the client sent nothing since the last ReadyForQuery).
 3. FINAL_GRACE_S later: whatever is left (a statement still running) ends at the next message boundary
    (ClientSession.terminate: never inside a message; half a DataRow would be garbage).
-Idle is judged by bytes: a client that pipelined a request before the last ReadyForQuery reached it looks idle.
+A session is idle when the client sent nothing since the last ReadyForQuery and every Sync, Query and
+FunctionCall it sent has been answered: a request a client pipelined behind the last answer is waited for.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ class DrainedSession(Protocol):
     is_ending_in_transaction: bool
 
     @property
+    def has_requests_in_flight(self) -> bool: ...
+
+    @property
     def upstream(self) -> object | None: ...
 
     def terminate(self, reason: PgwardenError) -> None: ...
@@ -54,8 +58,8 @@ def shutdown_reason() -> AdminShutdown:
 
 
 def is_idle(session: DrainedSession) -> bool:
-    """The client has sent nothing since the last ReadyForQuery: nothing is in flight on this session."""
-    return session.bytes_received == session.bytes_at_ready
+    """The client has sent nothing since the last ReadyForQuery, and nothing it sent before is unanswered."""
+    return session.bytes_received == session.bytes_at_ready and not session.has_requests_in_flight
 
 
 def end_when_done(sessions: Iterable[DrainedSession], reason: PgwardenError, *, is_in_transaction_too: bool) -> None:

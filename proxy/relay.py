@@ -21,7 +21,10 @@ from proxy.pgwire.framing import FrameScanner
 from proxy.policy.classify import classify
 from proxy.policy.enforce import RequestGate
 
-_CLIENT_INSPECT = frozenset({m.QUERY, m.PARSE})
+# Query and Parse for the access log; Sync, Query and FunctionCall are each answered by one ReadyForQuery, so
+# counting them tells a draining session whether a request is still in flight (proxy/drain.py).
+_CLIENT_INSPECT = frozenset({m.QUERY, m.PARSE, m.SYNC, m.FUNCTION_CALL})
+_CYCLE_ENDS = frozenset({m.QUERY, m.SYNC, m.FUNCTION_CALL})
 HELD_BYTES_MAX = 1 << 20  # readOnly rail: client bytes held behind a cycle in flight before reading pauses
 
 
@@ -41,6 +44,7 @@ class RelayedSession(Protocol):
     transport: asyncio.Transport | None
     is_closed: bool
     pending_termination: PgwardenError | None
+    cycles_sent: int  # Sync, Query and FunctionCall messages the plain relay forwarded
 
     @property
     def codec(self) -> str: ...
@@ -77,10 +81,15 @@ class PlainRelay:
             self._session.end_now(exc)
             return
         self._upstream.write(data)
-        if found and self._log is not None:
-            log_statement = self._session.log_statement
+        if found:
+            session = self._session
             for type_byte, body in found:
-                log_statement(type_byte, body)
+                if type_byte in _CYCLE_ENDS:
+                    session.cycles_sent += 1
+                    if type_byte != m.QUERY:
+                        continue
+                if self._log is not None:
+                    session.log_statement(type_byte, body)
 
 
 class GatedRelay:

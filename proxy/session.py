@@ -88,6 +88,8 @@ class ClientSession(PgConnection):
         self.transaction_status = b"I"
         self.pending_termination: PgwardenError | None = None
         self.bytes_at_ready = 0  # bytes_received when the last ReadyForQuery went out: equal means idle
+        self.cycles_sent = 0  # plain relay: Sync/Query/FunctionCall forwarded (the gate counts its own)
+        self.cycles_answered = 0  # ReadyForQuery messages relayed
         self.ending_at_ready: PgwardenError | None = None  # draining (proxy/drain.py): end at a ReadyForQuery
         self.is_ending_in_transaction = False  # ... even one inside a transaction (the drain timeout passed)
         self.identity: Identity | None = None  # the token's claims and its identity Session
@@ -440,6 +442,15 @@ class ClientSession(PgConnection):
         if self._gate is not None:
             self._gate.on_replies(found)
 
+    @property
+    def has_requests_in_flight(self) -> bool:
+        """Requests forwarded upstream that no ReadyForQuery has answered yet, or held by the gate: a client that
+        pipelined them would lose their results if the session ended now (the drain waits for them)."""
+        relay = self._gate
+        if relay is None:
+            return self.cycles_sent > self.cycles_answered
+        return relay.gate.ready_requested > self.cycles_answered or relay.gate.is_holding
+
     def log_statement(self, type_byte: int, body: bytes) -> None:
         """A Query or Parse the plain relay saw, into the access log (decoded in the client's encoding)."""
         assert self.log is not None
@@ -455,7 +466,9 @@ class ClientSession(PgConnection):
             if type_byte == m.READY_FOR_QUERY:
                 self.transaction_status = body[:1]
                 self.bytes_at_ready = self.bytes_received
-                if self.ending_at_ready is not None and (body[:1] == b"I" or self.is_ending_in_transaction):
+                self.cycles_answered += 1
+                if self.ending_at_ready is not None and (body[:1] == b"I" or self.is_ending_in_transaction) \
+                        and not self.has_requests_in_flight:
                     # Draining: the relay that called us ends the session once this chunk is out, at a boundary.
                     self.pending_termination = self.pending_termination or self.ending_at_ready
                 if self._cycle_watch is not None:
