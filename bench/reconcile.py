@@ -13,17 +13,16 @@ reconciler and the admin API use), and the next cycle after a commit that change
 from __future__ import annotations
 
 import argparse
-import asyncio
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 import pyrage
 import uvloop
 
+from bench.loop_gaps import LoopGaps, with_ticker
 from identity.sessions import SessionAuthority
 from identity.store.sqlite import SqliteStore
 from identity.tokens import TokenAuthority
@@ -79,50 +78,17 @@ def generate(root: Path, services: int, users: int, *, age_recipient: str | None
         (root / "users" / f"users-{start}.yaml").write_text("\n---\n".join(docs))
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SwapStall:
-    """One compile + swap while a 1 ms ticker runs on the same loop."""
+async def swap_with_ticker(server: ProxyServer, snapshot: object, *, is_off_loop: bool) -> LoopGaps:
+    """Apply `snapshot` (on the loop: ProxyServer.apply; off it: ProxyServer.reload) while a ticker measures gaps;
+    the revocation pass after the swap runs in batches within the 0.2 s tail."""
 
-    swap_s: float  # from the call to the new snapshot being live
-    cpu_s: float  # process CPU time meanwhile (both threads)
-    worst_gap_ms: float  # the longest the ticker waited, whatever the cause
-    worst_busy_gap_ms: float  # the same, counting only the process's own CPU time within each gap (see below)
-    p99_gap_ms: float
+    async def swap() -> None:
+        if is_off_loop:
+            await server.reload(snapshot)  # type: ignore[arg-type]
+        else:
+            server.apply(snapshot)  # type: ignore[arg-type]
 
-
-async def swap_with_ticker(server: ProxyServer, snapshot: object, *, is_off_loop: bool) -> SwapStall:
-    """Apply `snapshot` (on the loop: ProxyServer.apply; off it: ProxyServer.reload) while a ticker measures gaps.
-
-    On a loaded machine the kernel also deschedules the whole process for tens of ms; such a gap shows in
-    wall time but not in the process's CPU time. A stall we cause (the loop thread blocked by our own work)
-    burns CPU throughout, so `worst_busy_gap_ms` takes min(wall, process CPU) per gap.
-    """
-    gaps: list[tuple[float, float]] = []
-    stop = asyncio.Event()
-
-    async def ticker() -> None:
-        last, last_cpu = time.perf_counter(), time.process_time()
-        while not stop.is_set():
-            await asyncio.sleep(0.001)
-            now, cpu = time.perf_counter(), time.process_time()
-            gaps.append(((now - last) * 1000, (cpu - last_cpu) * 1000))
-            last, last_cpu = now, cpu
-
-    task = asyncio.create_task(ticker())
-    await asyncio.sleep(0.05)
-    started, cpu = time.perf_counter(), time.process_time()
-    if is_off_loop:
-        await server.reload(snapshot)  # type: ignore[arg-type]
-    else:
-        server.apply(snapshot)  # type: ignore[arg-type]
-    swap_s, swap_cpu = time.perf_counter() - started, time.process_time() - cpu
-    await asyncio.sleep(0.2)  # the revocation pass runs here, in batches
-    stop.set()
-    await task
-    walls = sorted(wall for wall, _ in gaps)
-    return SwapStall(swap_s=swap_s, cpu_s=swap_cpu, worst_gap_ms=walls[-1],
-                     worst_busy_gap_ms=max(min(wall, busy) for wall, busy in gaps),
-                     p99_gap_ms=walls[int(len(walls) * 0.99) - 1])
+    return await with_ticker(swap, tail_s=0.2)
 
 
 T = TypeVar("T")
@@ -187,7 +153,7 @@ def main() -> None:
         memory = Memory()
         snapshot = cycle(root, keys, stages, "bench", memory)
 
-        async def apply() -> list[tuple[str, SwapStall]]:
+        async def apply() -> list[tuple[str, LoopGaps]]:
             store = await SqliteStore(root / "state.db", encryption_key=b"k" * 32).open()
             identity = SessionAuthority(TokenAuthority.load_or_create(root / "data"), store)
             server = ProxyServer(tls_context=None, identity=identity,
@@ -205,7 +171,7 @@ def main() -> None:
 
         stalls = uvloop.run(apply())
         cold = stalls[0][1]
-        stages.wall["compile + swap (proxy.reload)"] = cold.swap_s
+        stages.wall["compile + swap (proxy.reload)"] = cold.action_s
         stages.cpu["compile + swap (proxy.reload)"] = cold.cpu_s
         # A second cycle after a commit that touches one Service: unchanged files come from the caches.
         (root / "services" / "svc-0.yaml").write_text(SERVICE.format(i=0, team=1))
@@ -222,7 +188,7 @@ def main() -> None:
             f"{stage.split(' ')[0]} {seconds:.2f}" for stage, seconds in incremental.wall.items()))
         print("event loop during compile + swap (1 ms ticker; busy = the process's own CPU time within a gap):")
         for label, stall in stalls:
-            print(f"  {label:<28} {stall.swap_s * 1000:7.0f} ms  worst gap {stall.worst_gap_ms:6.1f} ms  "
+            print(f"  {label:<28} {stall.action_s * 1000:7.0f} ms  worst gap {stall.worst_gap_ms:6.1f} ms  "
                   f"worst busy gap {stall.worst_busy_gap_ms:6.1f} ms  p99 gap {stall.p99_gap_ms:5.1f} ms")
 
 

@@ -14,15 +14,12 @@ process, which costs wall time but no CPU) and the 99th percentile gap.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import tempfile
-import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import uvloop
 
+from bench.loop_gaps import LoopGaps, with_ticker
 from bench.reconcile import generate
 from identity.sessions import SessionAuthority
 from identity.store.sqlite import SqliteStore
@@ -31,43 +28,6 @@ from pgwarden.commands.proxy import ManifestReloads
 from proxy.audit.accesslog import AccessLog, AccessLogWriter
 from proxy.server import ProxyServer
 from reconciler.directory import load_snapshot
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LoopGaps:
-    """What a 1 ms ticker saw while one reload ran."""
-
-    reload_s: float
-    worst_gap_ms: float
-    worst_busy_gap_ms: float
-    p99_gap_ms: float
-
-
-async def with_ticker(action: Callable[[], Awaitable[None]]) -> LoopGaps:
-    """Run `action` while a ticker on the same loop records every gap (wall ms, process CPU ms)."""
-    gaps: list[tuple[float, float]] = []
-    stop = asyncio.Event()
-
-    async def ticker() -> None:
-        last, last_cpu = time.perf_counter(), time.process_time()
-        while not stop.is_set():
-            await asyncio.sleep(0.001)
-            now, cpu = time.perf_counter(), time.process_time()
-            gaps.append(((now - last) * 1000, (cpu - last_cpu) * 1000))
-            last, last_cpu = now, cpu
-
-    task = asyncio.create_task(ticker())
-    await asyncio.sleep(0.05)
-    started = time.perf_counter()
-    await action()
-    reload_s = time.perf_counter() - started
-    await asyncio.sleep(0.1)
-    stop.set()
-    await task
-    walls = sorted(wall for wall, _ in gaps)
-    return LoopGaps(reload_s=reload_s, worst_gap_ms=walls[-1],
-                    worst_busy_gap_ms=max(min(wall, busy) for wall, busy in gaps),
-                    p99_gap_ms=walls[int(len(walls) * 0.99) - 1])
 
 
 async def measure(root: Path, rounds: int) -> list[tuple[str, LoopGaps]]:
@@ -109,7 +69,7 @@ def main() -> None:
         print(f"{args.services} Services, {args.users} Users, {2 * args.services} plaintext Secrets; "
               f"{args.rounds} interleaved rounds; 1 ms ticker on the relay's loop")
         for label, gaps in uvloop.run(measure(root, args.rounds)):
-            print(f"  {label:<36} reload {gaps.reload_s * 1000:7.0f} ms  worst gap {gaps.worst_gap_ms:7.1f} ms  "
+            print(f"  {label:<36} reload {gaps.action_s * 1000:7.0f} ms  worst gap {gaps.worst_gap_ms:7.1f} ms  "
                   f"worst busy gap {gaps.worst_busy_gap_ms:7.1f} ms  p99 gap {gaps.p99_gap_ms:5.1f} ms")
 
 

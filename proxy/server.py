@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -54,6 +54,10 @@ class ProxyServer:
         client_ca: ClientCertificateAuthority | None = None,
         preauth_limits: PreAuthLimits | None = None,
         cancel_router: CancelRouter | None = None,  # several processes share the address (runtime/workers.py)
+        # What a grant window's boundary runs: by default this server's refresh_grants; the parent of workers
+        # passes one that moves every worker. A worker has no timer (`has_grant_timer=False`): its parent's moves it.
+        grant_refresh: Callable[[], Awaitable[object]] | None = None,
+        has_grant_timer: bool = True,
     ) -> None:
         self.tls_context = tls_context
         self.identity = identity
@@ -77,7 +81,7 @@ class ProxyServer:
         self.state_outage_grace_s = STATE_OUTAGE_GRACE_S  # start_proxy sets --state-outage-grace
         # Grant windows end at the second with no commit: a timer re-evaluates the live snapshot at each boundary.
         # Workers leave it to the parent, which pushes the re-evaluation to all of them (one generation).
-        self.grant_timer: GrantTimer | None = GrantTimer(self.refresh_grants)
+        self.grant_timer = GrantTimer(grant_refresh or self.refresh_grants) if has_grant_timer else None
         # Replicas (runtime/replica.py): only the writer-lease holder runs housekeeping on the shared store, and
         # `sessions list` adds the other replicas' open connections per identity Session.
         self.is_writer: Callable[[], bool] = lambda: True

@@ -6,13 +6,12 @@ Called from `references.references` and `build.build_snapshot`; like them, pure 
 
 from __future__ import annotations
 
-import datetime
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from identity.workload_mapping import compile_claims_expression
-from proxy.snapshot import Credential, Secret, UserType, hash_client_secret
+from proxy.snapshot import Credential, Secret, UserType, hash_client_secret, parse_instant
 from reconciler.conditions import condition_problems
 from reconciler.errors import ConfigError, DanglingReference, SchemaViolation, format_path
 from reconciler.load import Document
@@ -43,7 +42,7 @@ def credential_problems(
     if isinstance(ttl, str) and _TTL.match(ttl) and parse_ttl_s(ttl) > MAX_SESSION_TTL_S:
         problems.append(SchemaViolation(f"must be at most {MAX_SESSION_TTL_S // 3600}h",
                                         source=doc.source("spec.sessionTTL")))
-    if "expiresAt" in spec and parse_expires_at(spec["expiresAt"]) is None:
+    if "expiresAt" in spec and parse_instant(spec["expiresAt"]) is None:
         problems.append(SchemaViolation("must be an RFC 3339 timestamp with a time zone, e.g. 2027-01-31T00:00:00Z",
                                         source=doc.source("spec.expiresAt")))
     return problems
@@ -90,7 +89,7 @@ def build_credential(doc: Document, secrets: Mapping[str, Secret], *, manifest: 
             source=where, hint=f"generate one: openssl rand -hex 32 | pgwarden secret create {secret_name} "
                                f"-o secrets/{secret_name}.yaml",
         )
-    expires_at = parse_expires_at(spec["expiresAt"]) if "expiresAt" in spec else None
+    expires_at = parse_instant(spec["expiresAt"]) if "expiresAt" in spec else None
     return Credential(
         name=doc.name, user=spec["user"], type=spec.get("type", "OAUTH2"),
         secret_hash=hash_client_secret(secret.value.reveal()),
@@ -105,18 +104,6 @@ def parse_ttl_s(text: str) -> int:
     if match is None:
         raise ValueError("a duration like 15m or 1h")
     return int(match.group(1)) * _UNIT_S[match.group(2)]
-
-
-def parse_expires_at(value: Any) -> datetime.datetime | None:
-    """An aware datetime from a YAML timestamp or an RFC 3339 string; None if it is neither or has no zone."""
-    if isinstance(value, str):
-        try:
-            value = datetime.datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
-        except ValueError:
-            return None
-    if not isinstance(value, datetime.datetime) or value.tzinfo is None:
-        return None
-    return value.astimezone(datetime.UTC)
 
 
 def _user_types(documents: Iterable[Document]) -> dict[str, str]:

@@ -78,6 +78,7 @@ class RunningProxy:
 async def start_proxy(
     options: ProxyOptions, snapshot: Snapshot, *, admin_routes: Callable[[web.Application], None] | None = None,
     cancel_router: CancelRouter | None = None, reuse_port: bool = False,  # runtime/workers.py: a worker
+    has_grant_timer: bool = True,  # a worker's grant windows move with its parent (runtime/worker_group.py)
 ) -> RunningProxy:
     data_dir = prepare(options.data_dir)
     raise_open_files_limit()
@@ -99,6 +100,7 @@ async def start_proxy(
         default_service=options.default_service,
         preauth_limits=options.preauth,
         cancel_router=cancel_router,
+        has_grant_timer=has_grant_timer,
     )
     server.state_outage_grace_s = options.state_outage_grace_s
     host, port = await server.start(options.listen_host, options.listen_port, reuse_port=reuse_port)

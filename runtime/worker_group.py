@@ -39,7 +39,6 @@ from identity.tokens import TokenAuthority
 from proxy.admin import add_metrics_route, build_app, start_admin
 from proxy.audit.accesslog import AccessLog, AccessLogWriter
 from proxy.errors import SnapshotInvalid, WorkerUnreachable
-from proxy.grant_timer import GrantTimer
 from proxy.routing import LiveSnapshot
 from proxy.server import ProxyServer
 from proxy.snapshot import Snapshot
@@ -212,8 +211,8 @@ async def start_control(options: ProxyOptions, port: int, group: WorkerGroup, *,
         fingerprint_key=fingerprint_key(data_dir),
         snapshot=Snapshot(),
         default_service=options.default_service,
+        grant_refresh=group.refresh_grants,  # the parent's timer moves every worker
     )
-    server.grant_timer = GrantTimer(group.refresh_grants)  # the parent's timer moves every worker
     group.local = server
     socket_path = options.admin_socket or data_dir / ADMIN_SOCKET
     app = build_app(group)

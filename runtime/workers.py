@@ -131,13 +131,11 @@ async def open_cancel_inbox(server: ProxyServer, router: WorkerCancelRouter) -> 
 async def start_worker(options: ProxyOptions, snapshot: Snapshot, slot: WorkerSlot, **kwargs: Any) -> RunningProxy:
     """`start_proxy` for worker `slot`: the shared port (SO_REUSEPORT), a cancel router and its inbox."""
     router = WorkerCancelRouter(slot, options.data_dir)
-    running = await start_proxy(options, snapshot, cancel_router=router, reuse_port=True, **kwargs)
-    running.closers.append(await open_cancel_inbox(running.server, router))
     # The parent re-evaluates grant windows and pushes the result to every worker (WorkerGroup.refresh_grants),
     # so all end a lapsed grant's sessions on one generation; a worker's own timer would race it.
-    if running.server.grant_timer is not None:
-        running.server.grant_timer.cancel()
-        running.server.grant_timer = None
+    running = await start_proxy(options, snapshot, cancel_router=router, reuse_port=True, has_grant_timer=False,
+                                **kwargs)
+    running.closers.append(await open_cancel_inbox(running.server, router))
     return running
 
 

@@ -12,7 +12,6 @@ import http.client
 import json
 import signal
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,6 +23,7 @@ import pytest
 
 from proxy.pgwire import messages as m
 from tests.support.gitops import ManifestRepo, UpProcess
+from tests.support.raw_protocol import raw_login, read_until
 
 BROKEN = "kind: NoSuchKind\nmetadata: {name: broken}\n"
 
@@ -201,38 +201,6 @@ def test_workers_drain_through_the_parent_and_a_second_signal_ends_at_once(repo:
         up.stop()
 
 
-def _raw_session(port: int, token: str, application_name: str) -> ssl.SSLSocket:
-    """TLS and a startup as alice, through to the first ReadyForQuery."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=20)
-    sock.sendall(m.encode_ssl_request())
-    assert sock.recv(1) == b"S"
-    context = ssl.create_default_context()
-    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-    tls = context.wrap_socket(sock)
-    tls.sendall(m.encode_startup_message({"user": "alice", "database": "my-db", "application_name": application_name}))
-    seen = _read_messages(tls, lambda t: t in (m.READY_FOR_QUERY, m.ERROR_RESPONSE), password=token)
-    assert seen[-1][0] == m.READY_FOR_QUERY, seen
-    return tls
-
-
-def _read_messages(sock: ssl.SSLSocket, stop: Callable[[int], bool], *,
-                   password: str | None = None) -> list[tuple[int, bytes]]:
-    buf, seen = b"", []
-    while True:
-        while len(buf) < 5 or len(buf) < 1 + int.from_bytes(buf[1:5], "big"):
-            data = sock.recv(65536)
-            if not data:
-                return seen
-            buf += data
-        length = int.from_bytes(buf[1:5], "big")
-        type_byte, body, buf = buf[0], buf[5:1 + length], buf[1 + length:]
-        seen.append((type_byte, body))
-        if type_byte == m.AUTHENTICATION and password is not None and body[:4] == b"\x00\x00\x00\x03":
-            sock.sendall(m.encode_password_message(password.encode() + b"\x00"))
-        elif stop(type_byte):
-            return seen
-
-
 @pytest.mark.parametrize("protocol", ["simple", "extended"])
 def test_requests_pipelined_behind_the_last_answer_finish_before_the_drain_ends_the_session(
         repo: ManifestRepo, pg: Any, tmp_path: Path, protocol: str) -> None:
@@ -242,7 +210,9 @@ def test_requests_pipelined_behind_the_last_answer_finish_before_the_drain_ends_
     try:
         up.wait_applied(repo.commit("v1"), timeout_s=30)
         name = f"drain-pipelined-{protocol}"
-        sock = _raw_session(up.port, up.token("alice"), name)
+        sock, seen = raw_login(up.port, {"user": "alice", "database": "my-db", "application_name": name},
+                               up.token("alice"))
+        assert seen[-1][0] == m.READY_FOR_QUERY, seen
         if protocol == "simple":
             requests = (m.encode_query("SELECT pg_sleep(1)")
                         + m.encode_query(f"INSERT INTO items(name) VALUES ('{name}')"))
@@ -255,7 +225,7 @@ def test_requests_pipelined_behind_the_last_answer_finish_before_the_drain_ends_
         sock.sendall(requests)  # one write: both are upstream before the first is answered
         wait_for(lambda: backends(pg, name) == ["active"], "the first request to run")
         up.proc.send_signal(signal.SIGTERM)
-        seen = _read_messages(sock, lambda t: t == m.ERROR_RESPONSE)
+        seen = read_until(sock, lambda t, _body: t == m.ERROR_RESPONSE)
         sock.close()
         tags = [body.rstrip(b"\x00") for t, body in seen if t == m.COMMAND_COMPLETE]
         assert tags == [b"SELECT 1", b"INSERT 0 1"], seen  # both answered before the session ended
