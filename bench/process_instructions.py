@@ -137,15 +137,15 @@ def count(binaries: Binaries, target: Target, process: ServerProcess, out_dir: P
     return Count(str(target.name), mode, clients * 4 * transactions, long - short)
 
 
-def run(*, clients: int, transactions: int, modes: tuple[str, ...]) -> list[Count]:
+def run(*, clients: int, transactions: int, modes: tuple[str, ...], keep: Path | None = None) -> list[Count]:
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise BenchSetupError("valgrind is missing; install it with: apt-get install valgrind")
     binaries = find_binaries()
     counts: list[Count] = []
     with tempfile.TemporaryDirectory(prefix="pgwarden-instr-") as tmp, contextlib.ExitStack() as stack:
         work = Path(tmp)
-        out_dir = work / "callgrind"
-        out_dir.mkdir()
+        out_dir = keep if keep is not None else work / "callgrind"
+        out_dir.mkdir(parents=True, exist_ok=True)
         give_to_postgres(work, out_dir)  # pgbouncer runs as the postgres user and writes its dumps here
         cluster = BenchCluster(binaries, work / "pg")
         cluster.start(scale=1)
@@ -192,12 +192,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--transactions", type=int, default=200,
                         help="transactions per client of the short run; the long run has 5x (default 200)")
     parser.add_argument("--modes", default=",".join(MODES), help="pgbench -M modes, comma-separated")
+    parser.add_argument("--keep", type=Path, metavar="DIR",
+                        help="keep the callgrind dumps in DIR (read them with callgrind_annotate; the last dump of "
+                             "each process is the long run)")
     args = parser.parse_args(argv)
     modes = tuple(m for m in args.modes.split(",") if m)
     if not set(modes) <= set(MODES):
         parser.error(f"--modes: choose from {', '.join(MODES)}")
     try:
-        counts = run(clients=args.clients, transactions=args.transactions, modes=modes)
+        counts = run(clients=args.clients, transactions=args.transactions, modes=modes,
+                     keep=args.keep.resolve() if args.keep else None)
     except BenchSetupError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2

@@ -32,12 +32,12 @@ views, defaults, triggers and row-security policies.
 from __future__ import annotations
 
 import json
-import re
 from collections import OrderedDict
 from dataclasses import dataclass
 
 from pglast import parser
 
+from proxy.policy.shape_key import shape_key
 from proxy.policy.sqlnames import SqlNames, sql_names
 from proxy.policy.statement_walk import StatementWalk
 
@@ -72,35 +72,8 @@ _by_text: OrderedDict[str, Classification] = OrderedDict()
 _by_normalized: OrderedDict[str, Classification] = OrderedDict()
 
 
-# A cheap literal-free key for the common case (pgbench -M simple, ORMs interpolating values): plain quoted
-# strings and numbers replaced. Only texts where that replacement cannot change the token structure qualify:
-# no dollar quotes or parameters, backslashes, comments, quoted identifiers or prefixed strings (E'', U&'', B''),
-# all of which would let a quote or digit mean something else. Anything else goes to libpg_query's normalize.
-_STRING = re.compile(r"'(?:[^']|'')*'")
-# A token that starts with a digit is a numeric literal (identifiers cannot, unless quoted, which is excluded).
-_NUMBER = re.compile(r"(?<![\w.])\d[\d.]*(?:[eE][+-]?\d+)?")
+# Literal-free keys for the common case (pgbench -M simple, ORMs interpolating values): see shape_key.py.
 _by_shape: OrderedDict[str, Classification] = OrderedDict()
-
-
-def _shape_key(sql: str) -> str | None:
-    if "$" in sql or "\\" in sql or '"' in sql or "--" in sql or "/*" in sql:
-        return None
-    if "'" not in sql:
-        return _NUMBER.sub("0", sql)
-    parts: list[str] = []
-    last = 0
-    for m in _STRING.finditer(sql):
-        start = m.start()
-        if start and (sql[start - 1].isalnum() or sql[start - 1] in "_&"):
-            return None  # E'..', U&'..', B'..', X'..' or a quote glued to a word: not a plain string
-        parts.append(sql[last:start])
-        parts.append("''")
-        last = m.end()
-    parts.append(sql[last:])
-    outside = "".join(parts)
-    if outside.count("'") != len(parts) - 1:  # two per string found
-        return None  # an unterminated quote
-    return _NUMBER.sub("0", outside)
 
 
 def classify(sql: str) -> Classification:
@@ -110,7 +83,7 @@ def classify(sql: str) -> Classification:
         return found
     if "\x00" in sql:
         return UNKNOWN  # libpg_query stops at a NUL: it would judge (and cache) only the text before it
-    shape = _shape_key(sql)
+    shape = shape_key(sql)
     if shape is not None:
         found = _by_shape.get(shape)
         if found is not None:
