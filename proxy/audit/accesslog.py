@@ -226,10 +226,10 @@ class SessionLog:
         # The same JSON as _compact_json(postgres), but the "decision" object is encoded once per distinct
         # decision and no nested dict is built per query.
         decided = _decision_json(is_allowed, policy, rule, reason, would_deny)
-        answered = "" if response is None else f',"response":{_compact_json(response)}'
+        answered = "" if response is None else f',"response":{_response_json(response)}'
         self._writer.write_line(
             f'{self._head}{self._seq}","createdAt":"{_now_iso()}"}},"entry":{{"common":{self._common_json},'
-            f'"info":{{"postgres":{{"type":"{kind}","{_DECISION_KEYS[kind]}":{_compact_json(request)},'
+            f'"info":{{"postgres":{{"type":"{kind}","{_DECISION_KEYS[kind]}":{_request_json(request)},'
             f'"decision":{decided}{answered}}}}}}}}}'
         )
 
@@ -255,6 +255,24 @@ def _decision_json(is_allowed: bool, policy: str, rule: str, reason: str,
         found = _compact_json(value)
         _decision_json_cache[key] = found
     return found
+
+
+def _request_json(request: Mapping[str, Any]) -> str:
+    """`_compact_json(request)`; a request of one text field (a Query's) without the encoder's set-up."""
+    if len(request) == 1:
+        query = request.get("query")
+        if type(query) is str:
+            return f'{{"query":{_json_string(query)}}}'
+    return _compact_json(request)
+
+
+def _response_json(response: Mapping[str, Any]) -> str:
+    """`_compact_json(response)` for ResponseSummaries' usual summary (str tag, int rows, float duration), written
+    directly: this is one of the two encodings of every gated request's log line."""
+    tag, rows, duration = response.get("commandTag"), response.get("rows"), response.get("durationMs")
+    if len(response) == 3 and type(tag) is str and type(rows) is int and type(duration) is float:
+        return f'{{"commandTag":{_json_string(tag)},"rows":{rows},"durationMs":{duration!r}}}'
+    return _compact_json(response)
 
 
 def _render_statements(postgres: Mapping[str, Any], render: Callable[[str], str | None]) -> Mapping[str, Any]:
