@@ -14,6 +14,7 @@ from setuptools import setup
 COMPILED = [
     "proxy/pgwire/walker.py",  # the one frame walker: every chunk of both directions
     "proxy/policy/shape_key.py",  # the literal-free key of every gated Query and Parse
+    "proxy/audit/json_text.py",  # the JSON string of every logged query text
 ]
 
 setup(ext_modules=cythonize(COMPILED, language_level=3, compiler_directives={"annotation_typing": False}))

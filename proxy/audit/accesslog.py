@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
+from proxy.audit.json_text import json_string
 from proxy.audit.normalize import QueryText, query_renderer
 
 API_VERSION = "pgwarden.dev/v1"
@@ -22,7 +23,7 @@ FLUSH_INTERVAL_S = 0.2
 FLUSH_BYTES = 64 * 1024
 
 
-_json_string = json.encoder.encode_basestring_ascii  # what json.dumps(str) returns, without its Python layers
+_json_string = json_string  # what json.dumps(str) returns, without its Python layers (compiled: json_text.py)
 
 
 def _not_serializable(value: object) -> object:
@@ -32,8 +33,9 @@ def _not_serializable(value: object) -> object:
 # json.dumps(value, separators=(",", ":")) builds a JSONEncoder and a C encoder per call; build the C one once.
 # CPython's C encoder (None without the _json module); typeshed does not declare it, hence getattr.
 _make_c_encoder = getattr(json.encoder, "c_make_encoder", None)
-_c_compact = _make_c_encoder(None, _not_serializable, _json_string, None, ":", ",", False, False, True) \
-    if _make_c_encoder is not None else None
+# It is given the json module's own string escaper: that one it recognises and calls without a Python call.
+_c_compact = _make_c_encoder(None, _not_serializable, json.encoder.encode_basestring_ascii, None, ":", ",",
+                             False, False, True) if _make_c_encoder is not None else None
 
 
 def _compact_json(value: object) -> str:
