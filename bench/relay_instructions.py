@@ -59,7 +59,24 @@ def reply() -> bytes:
             + b"Z" + (5).to_bytes(4, "big") + b"I")
 
 
-def relay_round_trips(count: int, *, is_logged: bool = False, is_policy: bool = False) -> None:
+def extended(aid: int) -> bytes:
+    """What pgbench -M extended sends per select-only transaction: Parse, Bind, Describe, Execute, Sync."""
+    def msg(type_byte: bytes, body: bytes) -> bytes:
+        return type_byte + (len(body) + 4).to_bytes(4, "big") + body
+
+    value = str(aid).encode()
+    return (msg(b"P", b"\x00SELECT abalance FROM pgbench_accounts WHERE aid = $1;\x00\x00\x00")
+            + msg(b"B", b"\x00\x00\x00\x00\x00\x01" + len(value).to_bytes(4, "big") + value + b"\x00\x00")
+            + msg(b"D", b"P\x00") + msg(b"E", b"\x00\x00\x00\x00\x00") + msg(b"S", b""))
+
+
+def extended_reply() -> bytes:
+    """ParseComplete, BindComplete, then the select-only answer."""
+    return b"1\x00\x00\x00\x04" + b"2\x00\x00\x00\x04" + reply()
+
+
+def relay_round_trips(count: int, *, is_logged: bool = False, is_policy: bool = False,
+                      is_extended: bool = False) -> None:
     """Relay `count` queries and their replies through one session."""
     log = AccessLog(AccessLogWriter("/dev/null")) if is_logged else None
     server = ProxyServer(tls_context=None, identity=None, access_log=log, fingerprint_key=b"k")  # type: ignore[arg-type]
@@ -85,8 +102,9 @@ def relay_round_trips(count: int, *, is_logged: bool = False, is_policy: bool = 
         relay = PlainRelay(client, upstream.transport)
     upstream.start_relay(client)
     client.start_relay(upstream, relay)
-    queries = [m.encode_query(QUERY.format(1 + n % 100_000)) for n in range(count)]
-    answer = reply()
+    queries = [extended(1 + n % 100_000) if is_extended else m.encode_query(QUERY.format(1 + n % 100_000))
+               for n in range(count)]
+    answer = extended_reply() if is_extended else reply()
     to_upstream, to_client = client.data_received, upstream.data_received
     for query in queries:
         to_upstream(query)
@@ -103,10 +121,12 @@ def main() -> None:
     parser.add_argument("count", type=int, help="round trips to relay (0: the baseline to subtract)")
     parser.add_argument("--log", action="store_true", help="write the access log (to /dev/null)")
     parser.add_argument("--policy", action="store_true", help="decide every query (authorization mode ALL)")
+    parser.add_argument("--extended", action="store_true", help="the extended protocol, as pgbench -M extended")
     args = parser.parse_args()
 
     async def in_a_loop() -> None:  # as in the server: the access log flushes on the loop's timer
-        relay_round_trips(args.count, is_logged=args.log or args.policy, is_policy=args.policy)
+        relay_round_trips(args.count, is_logged=args.log or args.policy, is_policy=args.policy,
+                          is_extended=args.extended)
 
     asyncio.run(in_a_loop())
 

@@ -260,11 +260,14 @@ def _decision_json(is_allowed: bool, policy: str, rule: str, reason: str,
 
 
 def _request_json(request: Mapping[str, Any]) -> str:
-    """`_compact_json(request)`; a request of one text field (a Query's) without the encoder's set-up."""
-    if len(request) == 1:
-        query = request.get("query")
-        if type(query) is str:
+    """`_compact_json(request)`; a Query's ({query}) and a Parse's ({query, name}) without the encoder's set-up."""
+    query = request.get("query")
+    if type(query) is str:
+        if len(request) == 1:
             return f'{{"query":{_json_string(query)}}}'
+        name = request.get("name")
+        if len(request) == 2 and type(name) is str and next(iter(request)) == "query":
+            return f'{{"query":{_json_string(query)},"name":{_json_string(name)}}}'
     return _compact_json(request)
 
 

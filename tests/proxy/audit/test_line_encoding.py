@@ -15,6 +15,8 @@ texts = st.text(max_size=30)  # any code point: quotes, backslashes, control cha
 @given(st.one_of(
     st.fixed_dictionaries({"query": texts}),
     st.fixed_dictionaries({"query": texts, "name": texts}),
+    st.builds(lambda name, query: {"name": name, "query": query}, texts, texts),  # the other key order
+    st.fixed_dictionaries({"query": texts, "name": st.integers()}),
     st.fixed_dictionaries({"oid": st.integers(0, 2**32)}),
     st.fixed_dictionaries({"query": st.none()}),
 ))
