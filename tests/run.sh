@@ -7,7 +7,7 @@
 #   PGWARDEN_TEST_NO_INSTALL=1 bash tests/run.sh ...   # skip the install checks (you know they pass)
 #
 # What it installs when absent:
-#   Debian (apt-get, as root or through sudo): gcc and python3-dev (to compile proxy/pgwire/walker.py),
+#   Debian (apt-get, as root or through sudo): gcc and python3-dev (to compile setup.py's Cython modules),
 #     postgresql (15: initdb/pg_ctl for the throwaway servers), postgresql-contrib, pgbouncer (bench targets),
 #     haproxy (the balancer in front of the replica tests),
 #     gnupg (sops PGP corpus), chromium (passkeys through the DevTools virtual authenticator),
