@@ -26,7 +26,6 @@ LEASE_CLASS, LEASE_OBJECT = 0x70677764, 1  # ('pgwd', 1): pg_try_advisory_lock(i
 _UNAVAILABLE = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ReplicaRecord:
     """One replica as the directory shows it."""
@@ -111,10 +110,16 @@ class ReplicaDirectory:
         return next((r for r in self.replicas if r.is_leader), None)
 
     async def close(self) -> None:
-        """Leave the directory and release the lease (a killed replica's row simply goes stale)."""
+        """Leave the directory and release the lease (a killed replica's row simply goes stale).
+
+        The lease is unlocked by statement, not left to the end of the connection: a backend exits some time
+        after its client's socket closes (later still on a loaded server), and another replica's beat in that
+        gap would find the lease held and leave the fleet without a writer for a whole heartbeat."""
         if self._conn is not None and not self._conn.is_closed():
             try:
                 await self._conn.execute("DELETE FROM pgwarden.replicas WHERE id = $1", self.local.id)
+                if self.is_leader:
+                    await self._conn.execute("SELECT pg_advisory_unlock($1, $2)", LEASE_CLASS, LEASE_OBJECT)
             except _UNAVAILABLE:
                 pass
         await self._drop()

@@ -111,7 +111,7 @@ def test_probes_and_a_drain_that_loses_no_finished_transaction(repo: ManifestRep
     repo.write("broken.yaml", BROKEN)  # the first revision cannot be applied
     repo.commit("broken first")
     up = UpProcess(repo.url, tmp_path / "data", "--age-key-file", str(repo.key_file), "--poll-interval", "1",
-                   "--drain-timeout", "4")
+                   "--drain-timeout", "8")  # room for the steps below on a loaded CI machine
     try:
         assert probe(up, "/livez") == (200, {"live": True, "reason": "ok"})
         code, body = probe(up, "/readyz")
@@ -133,7 +133,7 @@ def test_probes_and_a_drain_that_loses_no_finished_transaction(repo: ManifestRep
         long.conn.execute("INSERT INTO items(name) VALUES ('drain-long')")
         running_error: list[str | None] = []
         sleeper = threading.Thread(target=lambda: running_error.append(
-            shutdown_sqlstate(lambda: running.conn.execute("SELECT pg_sleep(15)"))))
+            shutdown_sqlstate(lambda: running.conn.execute("SELECT pg_sleep(30)"))))
         sleeper.start()
         wait_for(lambda: backends(pg, "drain-running") == ["active"], "the running statement")
         keep_alive = http.client.HTTPConnection("127.0.0.1", up.http_port, timeout=10)

@@ -47,7 +47,7 @@ async def test_one_replica_leads_and_a_closed_leader_hands_over(directories: lis
         assert d.leader() is not None and d.leader().id == "r0"  # type: ignore[union-attr]
     assert {r.id: r.connections for r in directories[1].others()} == {"r0": {"sid": 0}, "r2": {"sid": 2}}
 
-    await directories[0].close()  # its connection ends: PostgreSQL drops the lock at once
+    await directories[0].close()  # it unlocks the lease as it leaves
     assert [await d.beat() for d in directories[1:]] == [True, False]
     assert [r.id for r in directories[2].replicas] == ["r1", "r2"]  # a closed replica leaves the directory
     assert directories[2].leader().id == "r1"  # type: ignore[union-attr]
@@ -61,3 +61,23 @@ async def test_a_replica_that_stopped_beating_drops_out(directories: list[Replic
                      (timedelta(seconds=STALE_AFTER_S + 1),))
     await directories[0].beat()
     assert [r.id for r in directories[0].replicas] == ["r0", "r1"]
+
+
+async def test_a_closed_leader_hands_over_at_the_very_next_beat_every_time(state_dsn: str) -> None:
+    """close() releases the lease itself: the next beat of another replica takes it, however long the old
+    backend takes to exit (a graceful shutdown or a rolling update must never leave a gap without a writer)."""
+    store = await PostgresStore(state_dsn, encryption_key=bytes(32)).open()
+    await store.close()
+    follower = ReplicaDirectory(state_dsn, LocalReplica(id="f", cancel_address="127.0.0.1:7100",
+                                                        web_url="http://localhost"))
+    try:
+        for round_ in range(40):
+            leader = ReplicaDirectory(state_dsn, LocalReplica(id=f"l{round_}", cancel_address="127.0.0.1:7101",
+                                                              web_url="http://localhost"))
+            assert await leader.beat() is True, round_
+            assert await follower.beat() is False, round_
+            await leader.close()
+            assert await follower.beat() is True, f"round {round_}: the lease was still held after close()"
+            await follower.close()  # hand the lease back for the next round
+    finally:
+        await follower.close()
