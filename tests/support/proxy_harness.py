@@ -240,6 +240,9 @@ def start_harness(
 
         loop.run_until_complete(boot())
         loop.run_forever()
+        # Closed here, not by stop(): uvloop's close() runs the loop until every handle is gone, so a socket the
+        # proxy failed to close would block the caller for ever; stop() waits for this thread with a timeout.
+        loop.close()
 
     thread = threading.Thread(target=run, name="pgwarden-proxy", daemon=True)
     thread.start()
@@ -253,7 +256,7 @@ def start_harness(
         # enough (asyncpg's suite left transports still shutting down): wait the whole timeout.
         asyncio.run_coroutine_threadsafe(asyncio.sleep(2.5), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
+        thread.join(15)
+        assert not thread.is_alive(), f"{name}: the event loop did not close within 15 s of the proxy's close()"
 
     return harness, stop
