@@ -75,8 +75,13 @@ def setup(proxy: ProxyHarness, pg: Any, tmp_path_factory: pytest.TempPathFactory
     auth = AuthServer(proxy.running.server, public_url="http://127.0.0.1")
     auth.register(SamlLogin())
     runner: web.AppRunner = proxy.run(_serve(auth))
-    idp = start_saml_idp(None, acs_url=f"{auth.public_url}/login/saml/acs",
-                         audience=f"{auth.public_url}/login/saml/corp-saml/metadata")
+    try:
+        idp = start_saml_idp(None, acs_url=f"{auth.public_url}/login/saml/acs",
+                             audience=f"{auth.public_url}/login/saml/corp-saml/metadata")
+    except BaseException:
+        # A listener left on the session's proxy loop by a failed set-up would outlive every test.
+        proxy.run(runner.cleanup())
+        raise
     try:
         with urllib.request.urlopen(f"{idp.url}/metadata", timeout=10) as response:
             metadata = response.read().decode()
