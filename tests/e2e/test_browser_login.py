@@ -22,9 +22,10 @@ import pytest
 
 from identity.providers.oidc.login import assurance_level
 from identity.store.base import AssuranceLevel
+from pgwarden.demo import DEMO_OIDC_PORT
 from proxy.snapshot import IdentityProvider
 from tests.support.peers import OIDC_CLIENT_SECRET, REPO, follow_login
-from tests.support.pgcluster import free_port
+from tests.support.pgcluster import free_port, wait_for_demo_ports
 from tests.support.sso import BROWSER_SCRIPT, SsoCluster, assert_no_secrets, start_sso_cluster
 
 PGWARDEN = [sys.executable, "-m", "pgwarden"]
@@ -215,6 +216,7 @@ def test_pgwarden_login_reports_a_refused_sign_in_and_gives_up_clearly(sso: SsoC
 
 def test_the_demo_brings_its_own_provider_so_login_can_be_tried_locally(tmp_path: Path) -> None:
     http_port = free_port()
+    wait_for_demo_ports()
     proc = subprocess.Popen([*PGWARDEN, "up", "--demo", "--data-dir", str(tmp_path / "data"), "--listen",
                              "127.0.0.1:0", "--http-listen", f"127.0.0.1:{http_port}"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -226,7 +228,8 @@ def test_the_demo_brings_its_own_provider_so_login_can_be_tried_locally(tmp_path
             if "Neither alice nor bob" in line:
                 break
         text = "".join(output)
-        assert "local OpenID Provider (pick alice or bob, no password) on http://localhost:54330" in text, text
+        provider = f"local OpenID Provider (pick alice or bob, no password) on http://localhost:{DEMO_OIDC_PORT}"
+        assert provider in text, text
         assert f"pgwarden login --cluster http://127.0.0.1:{http_port}" in text
         out, browser_log = cli_login(f"http://127.0.0.1:{http_port}", tmp_path, "alice")
         assert out.returncode == 0, out.stderr + browser_log

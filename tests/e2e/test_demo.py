@@ -14,13 +14,14 @@ import git
 import psycopg
 
 from pgwarden.demo import demo_passwords
-from tests.support.pgcluster import free_port
+from tests.support.pgcluster import free_port, wait_for_demo_ports
 
 PGWARDEN = [sys.executable, "-m", "pgwarden"]
 
 
 def test_demo_end_to_end(tmp_path: Path, leak_guard) -> None:  # type: ignore[no-untyped-def]
     data_dir = tmp_path / "data"
+    wait_for_demo_ports()
     proc = subprocess.Popen([*PGWARDEN, "up", "--demo", "--data-dir", str(data_dir), "--listen", "127.0.0.1:0",
                              "--http-listen", f"127.0.0.1:{free_port()}"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -29,7 +29,7 @@ import pytest
 
 from pgwarden import demo_postgres, embedded_postgres
 from pgwarden.demo import DEMO_OIDC_PORT, demo_passwords
-from tests.support.pgcluster import free_port
+from tests.support.pgcluster import free_port, wait_for_demo_ports
 
 PGWARDEN = [sys.executable, "-m", "pgwarden"]
 DEBIAN_POSTGRES = Path("/usr/lib/postgresql")
@@ -113,6 +113,8 @@ class Demo:
 
 
 def up_argv(data_dir: Path, http_port: int, *extra: str) -> list[str]:
+    """The demo's command line, once its fixed ports are free (each test calls this just before it starts)."""
+    wait_for_demo_ports()
     return [*PGWARDEN, "up", "--demo", "--data-dir", str(data_dir), "--listen", "127.0.0.1:0",
             "--http-listen", f"127.0.0.1:{http_port}", *extra]
 

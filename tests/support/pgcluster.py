@@ -13,6 +13,7 @@ import re
 import secrets
 import shutil
 import signal
+import socket
 import tempfile
 import time
 from collections.abc import Iterable
@@ -25,14 +26,49 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from pgwarden.pgcluster import Cluster, ClusterError, HostRule, ServerTls, free_port
+from pgwarden import pgcluster
+from pgwarden.demo import DEMO_OIDC_PORT, DEMO_PG_PORT
+from pgwarden.demo_help import DEMO_AGENT_PORT
+from pgwarden.pgcluster import Cluster, ClusterError, HostRule, ServerTls
 
-__all__ = ["SEEDED_ROLES", "ClusterError", "TempCluster", "free_port", "issue_cert", "make_test_ca", "reap_orphans"]
+__all__ = ["DEMO_PORTS", "SEEDED_ROLES", "ClusterError", "TempCluster", "free_port", "issue_cert", "make_test_ca",
+           "reap_orphans", "wait_for_demo_ports"]
 
 SEEDED_ROLES = ("full_access", "read_only", "md5_user", "plain_user", "pgwarden_admin")
 _DIR_PREFIX = "pgwarden-pg-"
 _OWNER_FILE = "owner.pid"  # the test process that owns a cluster; see reap_orphans()
 _ORPHAN_MIN_AGE_S = 60
+# `pgwarden up --demo` listens on fixed ports, which lie inside the kernel's ephemeral range (32768-60999): a test
+# peer on a port the kernel picked, or a client connection's local port, can hold one when a demo test starts.
+DEMO_PORTS = (DEMO_PG_PORT, DEMO_OIDC_PORT, DEMO_AGENT_PORT)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """pgwarden.pgcluster.free_port, never one of DEMO_PORTS."""
+    while (port := pgcluster.free_port(host)) in DEMO_PORTS:
+        pass
+    return port
+
+
+def _can_listen(port: int) -> bool:
+    """Whether a server could listen on 127.0.0.1:port now. With SO_REUSEADDR, as PostgreSQL and werkzeug bind:
+    connections of an earlier run left in TIME_WAIT do not count, live ones and listeners do."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def wait_for_demo_ports(timeout_s: float = 30.0) -> None:
+    """Before a demo test: wait until nothing holds the demo's fixed ports (a client connection that
+    borrowed one as its local port ends soon); fail naming the port if something keeps it."""
+    deadline = time.monotonic() + timeout_s
+    while (taken := [p for p in DEMO_PORTS if not _can_listen(p)]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not taken, f"port(s) {taken} on 127.0.0.1 stayed in use for {timeout_s:.0f} s: the demo needs them"
 
 
 # --- test CA -------------------------------------------------------------------------------------------------
