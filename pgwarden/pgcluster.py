@@ -71,8 +71,11 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def is_port_free(host: str, port: int) -> bool:
+    """Whether a server could listen on host:port now. Bound with SO_REUSEADDR, as PostgreSQL (and most servers)
+    bind: connections of an earlier run left in TIME_WAIT do not count; listeners and live connections do."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:

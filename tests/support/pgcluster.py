@@ -13,7 +13,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import tempfile
 import time
 from collections.abc import Iterable
@@ -29,7 +28,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pgwarden import pgcluster
 from pgwarden.demo import DEMO_OIDC_PORT, DEMO_PG_PORT
 from pgwarden.demo_help import DEMO_AGENT_PORT
-from pgwarden.pgcluster import Cluster, ClusterError, HostRule, ServerTls
+from pgwarden.pgcluster import Cluster, ClusterError, HostRule, ServerTls, is_port_free
 
 __all__ = ["DEMO_PORTS", "SEEDED_ROLES", "ClusterError", "TempCluster", "free_port", "issue_cert", "make_test_ca",
            "reap_orphans", "wait_for_demo_ports"]
@@ -50,23 +49,11 @@ def free_port(host: str = "127.0.0.1") -> int:
     return port
 
 
-def _can_listen(port: int) -> bool:
-    """Whether a server could listen on 127.0.0.1:port now. With SO_REUSEADDR, as PostgreSQL and werkzeug bind:
-    connections of an earlier run left in TIME_WAIT do not count, live ones and listeners do."""
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
 def wait_for_demo_ports(timeout_s: float = 30.0) -> None:
     """Before a demo test: wait until nothing holds the demo's fixed ports (a client connection that
     borrowed one as its local port ends soon); fail naming the port if something keeps it."""
     deadline = time.monotonic() + timeout_s
-    while (taken := [p for p in DEMO_PORTS if not _can_listen(p)]) and time.monotonic() < deadline:
+    while (taken := [p for p in DEMO_PORTS if not is_port_free("127.0.0.1", p)]) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not taken, f"port(s) {taken} on 127.0.0.1 stayed in use for {timeout_s:.0f} s: the demo needs them"
 
