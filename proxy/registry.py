@@ -176,11 +176,17 @@ class SessionRegistry:
             del self.by_cancel_key[key]
 
     # --- cancel requests -----------------------------------------------------------------
-    def start_cancel(self, process_id: int, secret_key: int) -> None:
-        """Forward a CancelRequest in its own task: libpq may close its socket before the forward is done."""
+    def start_cancel(self, process_id: int, secret_key: int) -> asyncio.Task[None]:
+        """Forward a CancelRequest in its own task, held here: a client that gives up waiting must not drop it.
+
+        The caller closes the requester's connection when the task is done, not before: PostgreSQL closes a
+        cancel connection only once the backend has been signalled, and clients rely on that (libpq's PQcancel
+        and asyncpg wait for the close and then send their next query, which a late cancel would hit).
+        """
         task = asyncio.get_running_loop().create_task(self.cancel(process_id, secret_key))
         self._cancels.add(task)
         task.add_done_callback(self._cancels.discard)
+        return task
 
     async def cancel(self, process_id: int, secret_key: int) -> None:
         """Forward a client's CancelRequest to the upstream backend of the session it names."""

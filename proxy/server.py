@@ -252,9 +252,9 @@ class ProxyServer:
         """Every open client socket, logged in or not."""
         return self.registry.connections
 
-    def start_cancel(self, process_id: int, secret_key: int) -> None:
+    def start_cancel(self, process_id: int, secret_key: int) -> asyncio.Task[None]:
         """Forward a CancelRequest in its own task (a sibling worker's forward arrives here too)."""
-        self.registry.start_cancel(process_id, secret_key)
+        return self.registry.start_cancel(process_id, secret_key)
 
     async def watch_identity_sessions(self, *, interval_s: float = IDENTITY_RECHECK_S) -> None:
         """End connections whose Session was revoked elsewhere or expired, through store outages.

@@ -264,8 +264,15 @@ class ClientSession(PgConnection):
             elif isinstance(packet, m.GSSENCRequest):
                 self.write(b"N")  # no GSSAPI encryption; the client goes on with SSL or plain
             elif isinstance(packet, m.CancelRequest):
-                self.parts.registry.start_cancel(packet.process_id, packet.secret_key)
-                self.close()
+                # Closed once the upstream has the cancel, as PostgreSQL does (see Registry.start_cancel); shielded,
+                # so a client that hangs up first does not take the forward with it. Every forward has a timeout of
+                # its own, and a cancel connection gets no ErrorResponse, so the startup deadline stands down.
+                if self._deadline is not None:
+                    self._deadline.reschedule(None)
+                try:
+                    await asyncio.shield(self.parts.registry.start_cancel(packet.process_id, packet.secret_key))
+                finally:
+                    self.close()
                 return None
             else:
                 return packet

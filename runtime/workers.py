@@ -36,6 +36,7 @@ from typing import Any
 from identity.store.base import utc_now
 from proxy.server import ProxyServer
 from proxy.snapshot import Snapshot
+from proxy.upstream import CONNECT_TIMEOUT_S
 from runtime.datadir import ADMIN_SOCKET
 from runtime.process import ProxyOptions, RunningProxy, start_proxy
 
@@ -43,6 +44,9 @@ log = logging.getLogger("pgwarden")
 READY_FD_ENV = "PGWARDEN_WORKER_READY_FD"
 _START_TIMEOUT_S = 60.0
 _CANCEL = struct.Struct("!ii")  # process id, secret key: a CancelRequest's payload
+# How long a forwarding worker waits for the owner to say the upstream has the cancel (the owner's own
+# forward to the upstream gives up after CONNECT_TIMEOUT_S).
+CANCEL_FORWARD_TIMEOUT_S = CONNECT_TIMEOUT_S + 2.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -104,14 +108,19 @@ class WorkerCancelRouter:
         owner = self.slot.owner_of(secret_key)
         # Like PostgreSQL, a cancel gets no reply: a vanished owner is logged, never reported to the sender.
         try:
-            _, writer = await asyncio.open_unix_connection(str(cancel_socket(self.data_dir, owner)))
-            writer.write(_CANCEL.pack(process_id, secret_key))
-            await writer.drain()
-            writer.close()
-            await writer.wait_closed()
+            reader, writer = await asyncio.open_unix_connection(str(cancel_socket(self.data_dir, owner)))
+            try:
+                writer.write(_CANCEL.pack(process_id, secret_key))
+                await writer.drain()
+                # The owner closes once the upstream has the cancel; the client's cancel connection waits for that.
+                async with asyncio.timeout(CANCEL_FORWARD_TIMEOUT_S):
+                    await reader.read()
+            finally:
+                writer.close()
             log.info("worker %d: forwarded a cancel request to worker %d", self.slot.index, owner)
-        except OSError as exc:
-            log.warning("worker %d: could not forward a cancel request to worker %d: %s", self.slot.index, owner, exc)
+        except (OSError, TimeoutError) as exc:
+            log.warning("worker %d: could not forward a cancel request to worker %d: %s", self.slot.index, owner,
+                        exc or "no answer in time")
 
 
 async def open_cancel_inbox(server: ProxyServer, router: WorkerCancelRouter) -> Callable[[], Awaitable[None]]:
@@ -158,14 +167,25 @@ class _CancelInbox(asyncio.Protocol):
         self.server = server
         self.router = router
         self.buffer = b""
+        self.transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
-        if len(self.buffer) >= _CANCEL.size:
-            process_id, secret_key = _CANCEL.unpack_from(self.buffer)
-            self.buffer = b""
-            if self.router.is_mine(secret_key):  # never bounce it on
-                self.server.start_cancel(process_id, secret_key)  # keeps a reference to its task
+        if len(self.buffer) < _CANCEL.size:
+            return
+        process_id, secret_key = _CANCEL.unpack_from(self.buffer)
+        self.buffer = b""
+        transport = self.transport
+        assert transport is not None  # data arrives only after connection_made
+        if not self.router.is_mine(secret_key):  # never bounce it on
+            transport.close()
+            return
+        # The registry keeps a reference to the task; closing when it is done tells the forwarding sibling the
+        # upstream has the cancel.
+        self.server.start_cancel(process_id, secret_key).add_done_callback(lambda _: transport.close())
 
 
 def worker_options(options: ProxyOptions, slot: WorkerSlot) -> ProxyOptions:

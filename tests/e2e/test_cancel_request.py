@@ -61,3 +61,16 @@ def test_cancel_with_wrong_key_is_ignored(proxy: ProxyHarness) -> None:
         with socket.create_connection(("127.0.0.1", proxy.port)) as s:
             s.sendall(struct.pack("!iiii", 16, 80877102, pid, 12345))
         assert conn.execute("SELECT pg_sleep(0.3), 1").fetchone() == ("", 1)
+
+
+def test_a_cancel_has_reached_the_server_when_its_connection_closes(proxy: ProxyHarness) -> None:
+    """libpq (and asyncpg) wait for the cancel connection to close and then go on: PostgreSQL closes it only after
+    signalling the backend, so a cancel sent while idle is spent before the next query. A proxy that closed it
+    first and forwarded later would cancel whatever the client ran next (asyncpg's COPY error recovery did)."""
+    with psycopg.connect(proxy.dsn("bob"), autocommit=True) as conn:
+        for attempt in range(20):
+            conn.cancel_safe(timeout=10)  # idle: nothing to cancel, and it returns once the connection closed
+            try:
+                assert conn.execute("SELECT pg_sleep(0.05), 1").fetchone() == ("", 1)
+            except psycopg.errors.QueryCanceled:
+                pytest.fail(f"attempt {attempt}: a cancel sent while idle cancelled the next query")

@@ -135,6 +135,23 @@ def test_psycopg_cancel_reaches_the_owning_worker_from_either_worker(workers: Wo
     pytest.fail(f"owners seen {owners}, forwards seen {forwarded}")
 
 
+def test_a_cancel_forwarded_to_a_sibling_worker_has_reached_the_server_when_its_connection_closes(
+        workers: Workers) -> None:
+    # libpq returns from a cancel when its connection closes and sends the next query; PostgreSQL closes only
+    # after signalling the backend. A cancel sent while idle must be spent by then, whichever worker took it
+    # (tests/e2e/test_cancel_request.py has the single-process case).
+    forwards_before = workers.log.read_text().count("forwarded a cancel request to worker")
+    with psycopg.connect(_dsn(workers, workers.token("bob")), autocommit=True) as conn:
+        for attempt in range(30):
+            conn.cancel_safe(timeout=15)
+            try:
+                assert conn.execute("SELECT pg_sleep(0.05), 1").fetchone() == ("", 1)
+            except psycopg.errors.QueryCanceled:
+                pytest.fail(f"attempt {attempt}: a cancel sent while idle cancelled the next query")
+    forwards = workers.log.read_text().count("forwarded a cancel request to worker") - forwards_before
+    assert forwards, "no cancel went through a sibling in 30 tries; the test did not cover forwarding"
+
+
 def test_psql_ctrl_c_cancels_on_either_worker(workers: Workers, pg: Any) -> None:
     env = {**os.environ, "PGPASSWORD": workers.token("bob")}
     dsn = f"host=127.0.0.1 port={workers.port} dbname=my-db sslmode=require user=bob application_name=ctrl-c"

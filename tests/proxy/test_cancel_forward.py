@@ -54,3 +54,21 @@ async def test_the_inbox_hands_on_only_good_forwards() -> None:
         assert received == [(77, 88)]
     finally:
         await inbox.close()
+
+
+async def test_a_forward_returns_once_the_owner_has_passed_the_cancel_on() -> None:
+    # The client's cancel connection closes when the forward returns, and libpq sends its next query then: a
+    # forward that returned before the owner reached its upstream would let the cancel hit that next query.
+    delivered = asyncio.Event()
+
+    async def on_cancel(process_id: int, secret_key: int) -> None:
+        await asyncio.sleep(0.3)  # the owner's own connection to its upstream
+        delivered.set()
+
+    inbox = CancelInbox(KEY, on_cancel)
+    host, port = await inbox.start("127.0.0.1", 0)
+    try:
+        assert await forward_cancel(KEY, [f"{host}:{port}"], 5, 6) == 1
+        assert delivered.is_set()
+    finally:
+        await inbox.close()
