@@ -19,15 +19,12 @@ import struct
 import time
 from collections.abc import Awaitable, Callable, Iterable
 
-from proxy.upstream import CONNECT_TIMEOUT_S
+from proxy.upstream import CANCEL_DELIVERY_TIMEOUT_S
 
 log = logging.getLogger("pgwarden.replicas")
 
 CANCEL_WINDOW_S = 10.0
 FORWARD_TIMEOUT_S = 2.0
-# How long a forward waits for the owning replica to say its upstream has the cancel (the owner's own forward
-# to the upstream gives up after CONNECT_TIMEOUT_S).
-DELIVERY_TIMEOUT_S = CONNECT_TIMEOUT_S + 2.0
 _HEADER = struct.Struct("!4sBiiq")  # magic, version, process id, secret key, unix time in ms
 _MAGIC, _VERSION = b"PGWC", 1
 _MAC_BYTES = 32
@@ -117,12 +114,13 @@ async def forward_cancel(key: bytes, addresses: Iterable[str], process_id: int, 
                 await asyncio.wait_for(writer.drain(), FORWARD_TIMEOUT_S)
                 # An inbox closes once its upstream has the cancel (or it was not the owner); the client's cancel
                 # connection stays open until then, as PostgreSQL's does.
-                await asyncio.wait_for(reader.read(), DELIVERY_TIMEOUT_S)
+                await asyncio.wait_for(reader.read(), CANCEL_DELIVERY_TIMEOUT_S)
             finally:
                 writer.close()
             return True
         except (OSError, TimeoutError, ValueError) as exc:
-            log.warning("could not forward a cancel request to replica inbox %s: %s", address, exc)
+            # str(TimeoutError()) is empty: say what happened instead.
+            log.warning("could not forward a cancel request to replica inbox %s: %s", address, str(exc) or "timed out")
             return False
 
     results = await asyncio.gather(*(send(a) for a in addresses))

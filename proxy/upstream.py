@@ -24,6 +24,9 @@ from proxy.snapshot import Secret, SSLMode
 from proxy.tls import tls_server_end_point, upstream_context
 
 CONNECT_TIMEOUT_S = 10.0
+# How long a process that handed a cancel to its owner (a sibling worker, another replica) waits to hear that the
+# owner's send_cancel is done: send_cancel gives up after CONNECT_TIMEOUT_S, plus room for the hand-over itself.
+CANCEL_DELIVERY_TIMEOUT_S = CONNECT_TIMEOUT_S + 2.0
 TLS_SHUTDOWN_TIMEOUT_S = 2.0
 # Startup parameters a client may not pass through: we choose user/database, replication would
 # open a walsender, and _pq_ options need protocol negotiation we do not do.

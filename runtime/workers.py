@@ -36,7 +36,7 @@ from typing import Any
 from identity.store.base import utc_now
 from proxy.server import ProxyServer
 from proxy.snapshot import Snapshot
-from proxy.upstream import CONNECT_TIMEOUT_S
+from proxy.upstream import CANCEL_DELIVERY_TIMEOUT_S
 from runtime.datadir import ADMIN_SOCKET
 from runtime.process import ProxyOptions, RunningProxy, start_proxy
 
@@ -44,9 +44,6 @@ log = logging.getLogger("pgwarden")
 READY_FD_ENV = "PGWARDEN_WORKER_READY_FD"
 _START_TIMEOUT_S = 60.0
 _CANCEL = struct.Struct("!ii")  # process id, secret key: a CancelRequest's payload
-# How long a forwarding worker waits for the owner to say the upstream has the cancel (the owner's own
-# forward to the upstream gives up after CONNECT_TIMEOUT_S).
-CANCEL_FORWARD_TIMEOUT_S = CONNECT_TIMEOUT_S + 2.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -113,14 +110,14 @@ class WorkerCancelRouter:
                 writer.write(_CANCEL.pack(process_id, secret_key))
                 await writer.drain()
                 # The owner closes once the upstream has the cancel; the client's cancel connection waits for that.
-                async with asyncio.timeout(CANCEL_FORWARD_TIMEOUT_S):
+                async with asyncio.timeout(CANCEL_DELIVERY_TIMEOUT_S):
                     await reader.read()
             finally:
                 writer.close()
             log.info("worker %d: forwarded a cancel request to worker %d", self.slot.index, owner)
         except (OSError, TimeoutError) as exc:
             log.warning("worker %d: could not forward a cancel request to worker %d: %s", self.slot.index, owner,
-                        exc or "no answer in time")
+                        str(exc) or "no answer in time")  # str(TimeoutError()) is empty
 
 
 async def open_cancel_inbox(server: ProxyServer, router: WorkerCancelRouter) -> Callable[[], Awaitable[None]]:
